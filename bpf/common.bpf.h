@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * What every collector's BPF object has: the record ring buffer, the
+ * per-CPU health counters, the target filter and the record header.
+ * userspace finds `events` and `stats` by these names in every skeleton.
+ */
+#ifndef COMMON_BPF_H
+#define COMMON_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "proc_image.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Sized by proc_image before load (--ringbuf-kib). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct collector_stats);
+} stats SEC(".maps");
+
+static __always_inline struct collector_stats *this_cpu_stats(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+#define STAT_INC(field)                                          \
+	do {                                                     \
+		struct collector_stats *__s = this_cpu_stats();  \
+		if (__s)                                         \
+			__s->field++;                            \
+	} while (0)
+
+/* Reserve a record; a full ring buffer is counted, never silent. */
+static __always_inline void *reserve_record(__u64 size)
+{
+	void *rec = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!rec)
+		STAT_INC(ringbuf_drops);
+	return rec;
+}
+
+static __always_inline void submit_record(void *rec)
+{
+	bpf_ringbuf_submit(rec, 0);
+	STAT_INC(events);
+}
+
+/* Same start time as /proc/PID/stat shows (clock ticks since boot)? */
+static __always_inline bool start_matches(const struct target_filter *t,
+					  struct task_struct *task)
+{
+	if (!t->start_ticks || !t->ns_per_tick)
+		return true;
+	return task->start_boottime / t->ns_per_tick == t->start_ticks;
+}
+
+/*
+ * Is `task` (running on this CPU, or being switched on/off it) the target?
+ * The cheap pid comparison comes first; the start-time check runs only on
+ * a match.
+ */
+static __always_inline bool is_target(const struct target_filter *t,
+				      struct task_struct *task)
+{
+	switch (t->mode) {
+	case TARGET_SYSTEM:
+		return true;
+	case TARGET_THREAD:
+		return task->pid == t->pid && start_matches(t, task);
+	case TARGET_TGID:
+		return task->tgid == t->tgid && start_matches(t, task->group_leader);
+	case TARGET_IDLE:
+		return task->pid == 0 && bpf_get_smp_processor_id() == t->cpu;
+	}
+	return false;
+}
+
+static __always_inline void fill_hdr(struct event_hdr *hdr, struct task_struct *task,
+				     __u8 collector, __u8 kind, __u64 now)
+{
+	hdr->ts_ns = now;
+	hdr->pid = task->pid;
+	hdr->tgid = task->tgid;
+	bpf_probe_read_kernel_str(hdr->comm, sizeof(hdr->comm), task->comm);
+	hdr->collector = collector;
+	hdr->kind = kind;
+	hdr->cpu = bpf_get_smp_processor_id();
+	hdr->_pad = 0;
+}
+
+#endif /* COMMON_BPF_H */

@@ -1,0 +1,255 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The ABI between proc_image's BPF programs, proc_image and controller.
+ *
+ * Included by every bpf/<collector>.bpf.c and turned into Rust by bindgen
+ * (build.rs -> src/bpf_intf.rs), so each struct is defined exactly once.
+ * Only fixed-width types: the layout must be the same for the BPF target and
+ * the host. The _Static_asserts are checked by both compilations.
+ */
+#ifndef PROC_IMAGE_H
+#define PROC_IMAGE_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define PI_COMM_LEN 16
+
+/* Collectors, in the order of their bit in the masks of the control map. */
+enum pi_collector {
+	PI_KEYTIME = 0,
+	PI_LOCK = 1,
+	PI_RESOURCE = 2,
+	PI_SYSCALL = 3,
+	PI_SCHEDULE = 4,
+	PI_COLLECTOR_COUNT,
+};
+
+/* ------------------------------------------------------------------ */
+/* Target selection, written by proc_image into every active collector. */
+
+enum pi_target_mode {
+	TARGET_SYSTEM = 0, /* every task */
+	TARGET_THREAD = 1, /* one thread: pid */
+	TARGET_TGID = 2,   /* every thread of a thread group: tgid */
+	TARGET_IDLE = 3,   /* the idle task (pid 0) of one CPU: cpu */
+};
+
+struct target_filter {
+	__u32 mode;       /* enum pi_target_mode */
+	__u32 pid;        /* TARGET_THREAD */
+	__u32 tgid;       /* TARGET_TGID */
+	__u32 cpu;        /* TARGET_IDLE */
+	/*
+	 * Start time of the thread (TARGET_THREAD) or of the group leader
+	 * (TARGET_TGID) in clock ticks since boot, as /proc/PID/stat field 22
+	 * shows it; 0 = not checked. Guards against a recycled pid.
+	 */
+	__u64 start_ticks;
+	__u64 ns_per_tick; /* 1e9 / sysconf(_SC_CLK_TCK) */
+	/* Bumped at every activation: per-task state of an older one is ignored. */
+	__u32 generation;
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct target_filter) == 40, "target_filter layout");
+
+/* ------------------------------------------------------------------ */
+/* Every ring-buffer record starts with this header. */
+
+struct event_hdr {
+	__u64 ts_ns;     /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u32 pid;       /* thread id */
+	__u32 tgid;      /* thread-group id */
+	__u8 comm[PI_COMM_LEN];
+	__u8 collector;  /* enum pi_collector */
+	__u8 kind;       /* collector-specific record kind */
+	__u16 cpu;       /* CPU the record was taken on */
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct event_hdr) == 40, "event_hdr layout");
+
+/*
+ * Health counters of one collector, one slot per CPU (summed by proc_image).
+ * Nothing is dropped without being counted here.
+ */
+struct collector_stats {
+	__u64 events;         /* records submitted to the ring buffer */
+	__u64 ringbuf_drops;  /* records lost: ring buffer full */
+	__u64 map_full;       /* aggregation entries lost: map full */
+	__u64 no_task_state;  /* task storage could not be had */
+};
+
+/* ------------------------------------------------------------------ */
+/* keytime */
+
+enum keytime_kind {
+	KEYTIME_FORK = 1,
+	KEYTIME_VFORK = 2,
+	KEYTIME_PTHREAD_CREATE = 3,
+	KEYTIME_EXECVE = 4,
+	KEYTIME_EXIT = 5,
+	KEYTIME_ON_CPU = 6,
+	KEYTIME_OFF_CPU = 7,
+};
+
+/* keytime levels (controller -k LEVEL) */
+enum keytime_level {
+	KEYTIME_LEVEL_LIFECYCLE = 0, /* fork/vfork/pthread_create/execve/exit */
+	KEYTIME_LEVEL_ALL = 1,       /* ... and every on-CPU / off-CPU interval */
+};
+
+/*
+ * Why a task left the CPU, from sched_switch's preempt flag and prev_state.
+ * proc_image refines SLEEP/UNINTERRUPTIBLE into LOCK or DISK from the
+ * kernel stack it blocked in.
+ */
+enum offcpu_reason {
+	OFFCPU_PREEMPTED = 0,       /* involuntary: still runnable */
+	OFFCPU_YIELD = 1,           /* voluntary while runnable (sched_yield) */
+	OFFCPU_SLEEP = 2,           /* TASK_INTERRUPTIBLE */
+	OFFCPU_UNINTERRUPTIBLE = 3, /* TASK_UNINTERRUPTIBLE (D) */
+	OFFCPU_IDLE = 4,            /* TASK_IDLE: a kernel thread with nothing to do */
+	OFFCPU_STOPPED = 5,         /* SIGSTOP */
+	OFFCPU_TRACED = 6,          /* ptrace stop */
+	OFFCPU_PARKED = 7,          /* parked kthread */
+	OFFCPU_DEAD = 8,            /* exited */
+	OFFCPU_LOCK = 9,            /* a lock: rtlock wait, or a futex/mutex/rwsem in the stack */
+	OFFCPU_DISK = 10,           /* block I/O in the stack */
+	OFFCPU_OTHER = 11,
+	OFFCPU_REASON_COUNT = 12,
+};
+
+#define KEYTIME_STACK_DEPTH 16
+#define KEYTIME_FILENAME_LEN 256
+#define KEYTIME_ARGS_LEN 1024
+
+struct keytime_config {
+	struct target_filter target;
+	__u32 level;  /* enum keytime_level */
+	/* TARGET_SYSTEM: on/off-CPU sums go into summary_a (0) or summary_b (1) */
+	__u32 summary_slot;
+};
+
+/* fork, vfork, pthread_create: hdr is the parent */
+struct keytime_clone_event {
+	struct event_hdr hdr;
+	__u64 clone_flags;
+	__u32 child_pid;
+	__u32 child_tgid;
+};
+
+struct keytime_exec_event {
+	struct event_hdr hdr;
+	__u32 old_pid;   /* differs from hdr.pid when a non-leader thread exec'd */
+	__u32 args_len;  /* bytes used in args: NUL-separated argv */
+	__u8 args_truncated;
+	__u8 _pad[7];
+	__u8 filename[KEYTIME_FILENAME_LEN];
+	__u8 args[KEYTIME_ARGS_LEN];
+};
+
+struct keytime_exit_event {
+	struct event_hdr hdr;
+	__u32 exit_code;  /* task->exit_code: wait(2) status */
+	__u8 group_dead;  /* the last thread of the group */
+	__u8 _pad[3];
+};
+
+/* on_cpu, off_cpu: one interval that has just ended */
+struct keytime_cpu_event {
+	struct event_hdr hdr;
+	__u64 duration_ns;
+	__u32 reason;      /* off_cpu: enum offcpu_reason */
+	__u32 prev_state;  /* off_cpu: raw task state when it left */
+	__u32 stack_len;   /* off_cpu: bytes used in kstack */
+	__u32 _pad;
+	__u64 kstack[KEYTIME_STACK_DEPTH];
+};
+
+/* TARGET_SYSTEM: per-thread sums of one reporting interval */
+struct keytime_summary_key {
+	__u32 pid;
+	__u32 cpu; /* the CPU of an idle task (pid 0); 0 for every other task */
+};
+
+struct keytime_summary {
+	__u32 tgid;
+	__u32 _pad;
+	__u8 comm[PI_COMM_LEN];
+	__u64 on_cpu_ns;
+	__u64 switches_out;
+	__u64 preemptions;
+	__u64 off_cpu_ns[OFFCPU_REASON_COUNT];
+};
+
+/* ------------------------------------------------------------------ */
+/*
+ * The control map: a pinned BPF array through which controller asks and
+ * proc_image answers. Slot CONTROL_STATE is written only by proc_image,
+ * slot CONTROL_REQUEST only by controller, so neither overwrites the other.
+ * The version changes whenever a layout here changes.
+ */
+#define CONTROL_MAGIC 0x474d4950 /* "PIMG" */
+#define CONTROL_VERSION 1
+#define CONTROL_SLOT_SIZE 256
+#define CONTROL_MESSAGE_LEN 128
+
+enum control_slot {
+	CONTROL_STATE = 0,
+	CONTROL_REQUEST = 1,
+	CONTROL_SLOTS = 2,
+};
+
+enum control_command {
+	CONTROL_NONE = 0,
+	CONTROL_ACTIVATE = 1,
+	CONTROL_DEACTIVATE = 2,
+	CONTROL_FINISH = 3,
+};
+
+/* proc_image's answer to the last request it applied */
+enum control_status {
+	CONTROL_STATUS_IDLE = 0,   /* loaded, nothing active */
+	CONTROL_STATUS_ACTIVE = 1, /* collectors in active_mask are tracing */
+	CONTROL_STATUS_ERROR = 2,  /* the request failed: see message */
+	CONTROL_STATUS_ENDING = 3, /* finishing */
+};
+
+struct control_header {
+	__u32 magic;
+	__u32 version;
+};
+
+struct control_state {
+	struct control_header hdr;
+	__u32 owner_pid;         /* the proc_image that owns the pins */
+	__u32 loaded_mask;       /* collectors loaded and verified */
+	__u64 owner_start_ticks; /* owner's start time: tells a stale pin from a live one */
+	__u64 applied_seq;       /* seq of the last request handled */
+	__u32 status;            /* enum control_status */
+	__u32 active_mask;
+	__u8 message[CONTROL_MESSAGE_LEN];
+};
+_Static_assert(sizeof(struct control_state) <= CONTROL_SLOT_SIZE, "control_state size");
+
+struct control_request {
+	struct control_header hdr;
+	__u64 seq;           /* bumped by every request */
+	__u32 command;       /* enum control_command */
+	__u32 collectors;    /* mask of enum pi_collector bits */
+	__u32 target_mode;   /* enum pi_target_mode */
+	__u32 pid;
+	__u32 tgid;
+	__u32 cpu;
+	__u64 start_ticks;   /* see target_filter */
+	__u32 keytime_level;
+	__u32 syscall_seq_len;
+	__u32 duration_s;    /* 0 = unbounded */
+	__u32 interval_ms;   /* 0 = proc_image's default */
+	__u32 requester_pid;
+	__u32 _pad;
+};
+_Static_assert(sizeof(struct control_request) <= CONTROL_SLOT_SIZE, "control_request size");
+
+#endif /* PROC_IMAGE_H */

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install what building and testing proc_image needs on Debian/Ubuntu, only
+# what is missing. Safe to run again. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# command or file -> Debian package that provides it
+need=()
+check() { # check <test> <package>
+	if ! eval "$1" >/dev/null 2>&1; then need+=("$2"); fi
+}
+check "command -v clang" clang
+check "command -v llvm-strip || ls /usr/bin/llvm-strip-*" llvm
+check "command -v pkg-config" pkg-config
+check "command -v make" make
+check "test -e /usr/include/libelf.h" libelf-dev
+check "test -e /usr/include/zlib.h" zlib1g-dev
+check "ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so*" libclang-dev
+check "command -v strace" strace
+check "command -v bpftrace" bpftrace
+check "command -v setpriv" util-linux
+check "command -v promtool" prometheus
+check "command -v perf" linux-perf
+
+if [ "${#need[@]}" -gt 0 ]; then
+	echo "setup: installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -qq
+	$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+	if [ -x "$HOME/.cargo/bin/cargo" ]; then
+		export PATH="$HOME/.cargo/bin:$PATH"
+	else
+		echo "setup: installing the Rust toolchain (rustup)"
+		curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+		export PATH="$HOME/.cargo/bin:$PATH"
+	fi
+fi
+# clippy and rustfmt are used by the test command
+if command -v rustup >/dev/null 2>&1; then
+	rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
+fi

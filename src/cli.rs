@@ -1,0 +1,341 @@
+//! Command lines of proc_image and controller (clap derive). Parsing only:
+//! checks against the running system happen in app.rs and controller.rs.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Parser};
+
+use crate::collectors::CollectorKind;
+use crate::output::Format;
+
+const AFTER_HELP_PROC_IMAGE: &str = "\
+With no collector flag, -a is assumed. proc_image loads and verifies the chosen
+collectors, pins its control map (under /sys/fs/bpf/proc_image) and waits,
+attached to nothing, until `controller -a` activates collection. It ends on
+`controller -f`, SIGINT/SIGTERM/SIGHUP, or -t.
+
+Example:  sudo proc_image -a &   sudo controller -a -P 1234 -k";
+
+/// Trace a thread, a process or the whole system from creation to termination.
+#[derive(Debug, Parser)]
+#[command(name = "proc_image", version, after_help = AFTER_HELP_PROC_IMAGE)]
+pub struct ProcImageArgs {
+    /// Load every collector
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals
+    #[arg(short = 'k', long)]
+    pub keytime: bool,
+    /// Load lock: pthread mutex / rwlock / spinlock intervals
+    #[arg(short = 'l', long)]
+    pub lock: bool,
+    /// Load resource: CPU %, memory, I/O rates
+    #[arg(short = 'r', long)]
+    pub resource: bool,
+    /// Load syscall: sequence, top syscalls, latency
+    #[arg(short = 's', long)]
+    pub syscall: bool,
+    /// Load schedule: run-queue latency
+    #[arg(short = 'S', long)]
+    pub schedule: bool,
+
+    /// Output format
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+    /// Same as -o json: one JSON object per line
+    #[arg(long)]
+    pub json: bool,
+
+    /// End proc_image after SECS seconds (0 = run until told to stop)
+    #[arg(short = 't', long = "time", value_name = "SECS", default_value = "0", value_parser = parse_secs, allow_hyphen_values = true)]
+    pub time: u64,
+    /// Reporting interval for summaries, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..=60_000))]
+    pub interval: u32,
+    /// Whole-system summaries: list only the N busiest threads per interval
+    /// (default: 20 in text, all in JSON)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: Option<u32>,
+    /// Size of each collector's ring buffer in KiB (a power of two)
+    #[arg(long, value_name = "KIB", default_value_t = 4096, value_parser = parse_ringbuf_kib)]
+    pub ringbuf_kib: u32,
+    /// Directory on bpffs for the pins [env: PROC_IMAGE_PIN_DIR] [default: /sys/fs/bpf/proc_image]
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Print libbpf's log (verifier output on load errors)
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+}
+
+impl ProcImageArgs {
+    /// The collectors to load: those named, or every available one.
+    pub fn collectors(&self) -> Vec<CollectorKind> {
+        let named: Vec<CollectorKind> = [
+            (self.keytime, CollectorKind::Keytime),
+            (self.lock, CollectorKind::Lock),
+            (self.resource, CollectorKind::Resource),
+            (self.syscall, CollectorKind::Syscall),
+            (self.schedule, CollectorKind::Schedule),
+        ]
+        .into_iter()
+        .filter_map(|(on, kind)| on.then_some(kind))
+        .collect();
+        if self.all || named.is_empty() {
+            let mut all: Vec<CollectorKind> = CollectorKind::ALL
+                .into_iter()
+                .filter(|k| k.available())
+                .collect();
+            // explicitly named ones stay, so that an unavailable one is reported
+            for k in named {
+                if !all.contains(&k) {
+                    all.push(k);
+                }
+            }
+            all
+        } else {
+            named
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else {
+            self.output
+        }
+    }
+}
+
+const AFTER_HELP_CONTROLLER: &str = "\
+Without -p/-P the target is the whole system. Without a collector flag, -a
+activates every collector proc_image loaded.
+
+Examples:
+  sudo controller -a -P 1234 -k        keytime on every thread of process 1234
+  sudo controller -a -p 0 -c 1 -k 0    lifecycle of CPU 1's idle task
+  sudo controller -d                   stop collecting, stay loaded
+  sudo controller -f                   end proc_image";
+
+/// Activate, deactivate or end a running proc_image.
+#[derive(Debug, Parser)]
+#[command(name = "controller", version, after_help = AFTER_HELP_CONTROLLER)]
+#[command(group(ArgGroup::new("action").required(true).args(["activate", "deactivate", "finish", "status"])))]
+pub struct ControllerArgs {
+    /// Activate the collectors named by -k -l -r -s -S for the target
+    #[arg(short = 'a', long)]
+    pub activate: bool,
+    /// Stop collecting; proc_image stays loaded for the next -a
+    #[arg(short = 'd', long)]
+    pub deactivate: bool,
+    /// End proc_image
+    #[arg(short = 'f', long)]
+    pub finish: bool,
+    /// Show what proc_image has loaded and what is active
+    #[arg(long)]
+    pub status: bool,
+
+    /// Target one thread (pid 0 with -c: the idle task of that CPU)
+    #[arg(short = 'p', long, value_name = "PID", value_parser = parse_id, allow_hyphen_values = true, conflicts_with = "tgid")]
+    pub pid: Option<u32>,
+    /// Target every thread of a thread group (process)
+    #[arg(short = 'P', long, value_name = "TGID", value_parser = parse_id, allow_hyphen_values = true)]
+    pub tgid: Option<u32>,
+    /// The CPU whose idle task -p 0 means
+    #[arg(short = 'c', long, value_name = "CPUID", value_parser = parse_id, allow_hyphen_values = true, requires = "pid")]
+    pub cpu: Option<u32>,
+    /// End proc_image after SECS seconds of collection (0 = unbounded)
+    #[arg(short = 't', long = "time", value_name = "SECS", value_parser = parse_secs, allow_hyphen_values = true)]
+    pub time: Option<u64>,
+
+    /// keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval
+    #[arg(short = 'k', long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "1",
+          value_parser = clap::value_parser!(u32).range(0..=1))]
+    pub keytime: Option<u32>,
+    /// syscall; N = length of the syscall sequence shown, 1..50
+    #[arg(short = 's', long, value_name = "N", num_args = 0..=1, default_missing_value = "10",
+          value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub syscall: Option<u32>,
+    /// resource
+    #[arg(short = 'r', long)]
+    pub resource: bool,
+    /// lock
+    #[arg(short = 'l', long)]
+    pub lock: bool,
+    /// schedule
+    #[arg(short = 'S', long)]
+    pub schedule: bool,
+    /// Reporting interval in milliseconds (default: proc_image's --interval)
+    #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
+    pub interval: Option<u32>,
+    /// Directory on bpffs where proc_image pinned its control map
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl ControllerArgs {
+    /// Target, time and collector flags only mean something with -a.
+    pub fn validate(&self) -> Result<(), String> {
+        let with_activation = self.pid.is_some()
+            || self.tgid.is_some()
+            || self.time.is_some()
+            || self.interval.is_some()
+            || !self.collectors().is_empty();
+        if !self.activate && with_activation {
+            return Err(
+                "error: -p, -P, -c, -t, -i and the collector flags go only with -a (see --help)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The collectors named on the command line (empty: all loaded).
+    pub fn collectors(&self) -> Vec<CollectorKind> {
+        [
+            (self.keytime.is_some(), CollectorKind::Keytime),
+            (self.lock, CollectorKind::Lock),
+            (self.resource, CollectorKind::Resource),
+            (self.syscall.is_some(), CollectorKind::Syscall),
+            (self.schedule, CollectorKind::Schedule),
+        ]
+        .into_iter()
+        .filter_map(|(on, kind)| on.then_some(kind))
+        .collect()
+    }
+}
+
+/// A pid, tgid or CPU number: a non-negative integer a kernel can have.
+fn parse_id(s: &str) -> Result<u32, String> {
+    let n: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if n < 0 {
+        return Err(format!("{n} is negative"));
+    }
+    // PID_MAX_LIMIT is 4M; anything past i32 cannot name a task at all
+    u32::try_from(n)
+        .ok()
+        .filter(|&v| v <= i32::MAX as u32)
+        .ok_or_else(|| format!("{n} is out of range"))
+}
+
+fn parse_secs(s: &str) -> Result<u64, String> {
+    let n: i64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of seconds"))?;
+    u64::try_from(n).map_err(|_| format!("{n} is negative: give 0 (unbounded) or more seconds"))
+}
+
+fn parse_ringbuf_kib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    if !(4..=1 << 20).contains(&n) || !n.is_power_of_two() {
+        return Err(format!("{n} must be a power of two from 4 to 1048576"));
+    }
+    Ok(n)
+}
+
+/// Parse arguments; a usage error becomes one line on stderr and exit 2.
+pub fn parse_or_exit<P: Parser>() -> P {
+    match P::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            eprintln!("{}", one_line_error(&e.render().to_string()));
+            std::process::exit(2);
+        }
+    }
+}
+
+/// clap's message ("error: ..." up to the first blank line) on one line,
+/// plus a pointer to --help.
+pub fn one_line_error(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let message = if message.is_empty() {
+        "error: bad arguments".to_string()
+    } else {
+        message.join(" ")
+    };
+    format!("{message} (see --help)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller(args: &[&str]) -> Result<ControllerArgs, String> {
+        let mut argv = vec!["controller"];
+        argv.extend_from_slice(args);
+        let args = ControllerArgs::try_parse_from(argv)
+            .map_err(|e| one_line_error(&e.render().to_string()))?;
+        args.validate()?;
+        Ok(args)
+    }
+
+    #[test]
+    fn optional_values() {
+        let a = controller(&["-a", "-p", "5", "-k", "-s"]).unwrap();
+        assert_eq!((a.pid, a.keytime, a.syscall), (Some(5), Some(1), Some(10)));
+        let a = controller(&["-a", "-k", "0", "-s", "50"]).unwrap();
+        assert_eq!((a.keytime, a.syscall), (Some(0), Some(50)));
+        assert_eq!(
+            a.collectors(),
+            [CollectorKind::Keytime, CollectorKind::Syscall]
+        );
+        let a = controller(&["-a", "-p", "0", "-c", "1", "-t", "3"]).unwrap();
+        assert_eq!((a.pid, a.cpu, a.time), (Some(0), Some(1), Some(3)));
+    }
+
+    #[test]
+    fn bad_input_is_one_line() {
+        for (args, needle) in [
+            (&["-a", "-p", "1", "-P", "1"][..], "cannot be used with"),
+            (&["-a", "-p", "-1"], "negative"),
+            (&["-a", "-p", "abc"], "not a number"),
+            (&["-a", "-p", "99999999999"], "out of range"),
+            (&["-a", "-t", "-5"], "negative"),
+            (&["-a", "-s", "0"], "0 is not in 1..=50"),
+            (&["-a", "-s", "51"], "51 is not in 1..=50"),
+            (&["-a", "-s", "abc"], "invalid value"),
+            (&["-a", "-k", "2"], "2 is not in 0..=1"),
+            (&["-a", "-d"], "cannot be used with"),
+            (&["-d", "-p", "4"], "only with -a"),
+            (&["-f", "-k"], "only with -a"),
+            (&["-a", "-c", "1"], "--pid"),
+            (&[], "required"),
+            (&["-a", "--bogus"], "unexpected argument"),
+        ] {
+            let err = controller(args).unwrap_err();
+            assert!(
+                err.starts_with("error: ") && !err.contains('\n'),
+                "{args:?}: {err}"
+            );
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn proc_image_collectors() {
+        let p = ProcImageArgs::try_parse_from(["proc_image"]).unwrap();
+        assert_eq!(p.collectors(), [CollectorKind::Keytime]);
+        let p = ProcImageArgs::try_parse_from(["proc_image", "-k", "--json", "-t", "5"]).unwrap();
+        assert_eq!(
+            (p.collectors(), p.format(), p.time),
+            (vec![CollectorKind::Keytime], Format::Json, 5)
+        );
+        let p = ProcImageArgs::try_parse_from(["proc_image", "-l"]).unwrap();
+        assert_eq!(p.collectors(), [CollectorKind::Lock]);
+        assert!(ProcImageArgs::try_parse_from(["proc_image", "--ringbuf-kib", "3"]).is_err());
+        assert!(ProcImageArgs::try_parse_from(["proc_image", "-t", "-1"]).is_err());
+    }
+}

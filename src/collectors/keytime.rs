@@ -1,0 +1,471 @@
+//! keytime: fork, vfork, pthread_create, execve, exit, and every on-CPU /
+//! off-CPU interval of the target with the reason it left the CPU.
+//! BPF side: bpf/keytime.bpf.c.
+
+use std::cell::OnceCell;
+use std::rc::Rc;
+
+use anyhow::{anyhow, Context, Result};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+use serde_json::{Map, Value};
+
+use super::{
+    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions,
+};
+use crate::bpf_intf::{
+    self, c_str, collector_stats, decode, event_hdr, keytime_clone_event, keytime_config,
+    keytime_cpu_event, keytime_exec_event, keytime_exit_event, keytime_summary,
+    keytime_summary_key, KEYTIME_EXECVE, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_LEVEL_ALL,
+    KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
+};
+use crate::kallsyms::Kallsyms;
+use crate::output::{Output, Record};
+use crate::sys;
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/keytime.skel.rs"));
+}
+use skel::{KeytimeSkel, KeytimeSkelBuilder};
+
+const NAME: &str = "keytime";
+
+/// Threads listed per interval in whole-system text output unless --top says otherwise.
+const DEFAULT_TEXT_TOP: usize = 20;
+
+pub struct Keytime {
+    skel: KeytimeSkel<'static>,
+    links: Vec<Link>,
+    /// whole system at level 1: summaries to drain, until flushed
+    summarizing: bool,
+    /// whole system: threads per interval to print (None = all)
+    top: Option<usize>,
+    /// summaries since this time (CLOCK_MONOTONIC ns)
+    interval_start_ns: u64,
+    /// read on the first off-CPU stack, not at start: it costs ~10 MB
+    ksyms: Rc<OnceCell<Kallsyms>>,
+}
+
+impl Keytime {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let skel = load_skel(KeytimeSkelBuilder::default(), NAME, opts.ringbuf_bytes)?;
+        Ok(Keytime {
+            skel,
+            links: Vec::new(),
+            summarizing: false,
+            top: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
+            interval_start_ns: 0,
+            ksyms: Rc::new(OnceCell::new()),
+        })
+    }
+
+    fn config(&mut self) -> Result<&mut skel::types::keytime_config> {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .map(|bss| &mut bss.cfg)
+            .ok_or_else(|| anyhow!("keytime: .bss is not mapped"))
+    }
+
+    fn summary_map(&self, slot: u32) -> &dyn MapCore {
+        if slot == 0 {
+            &self.skel.maps.summary_a
+        } else {
+            &self.skel.maps.summary_b
+        }
+    }
+
+    /// Swap the summary maps and report what the old one holds.
+    fn drain_summaries(&mut self, out: &mut Output) -> Result<()> {
+        let old_slot = self.config()?.summary_slot;
+        self.config()?.summary_slot = old_slot ^ 1;
+        let now = sys::monotonic_ns();
+        let interval_ns = now.saturating_sub(self.interval_start_ns);
+        self.interval_start_ns = now;
+
+        // A program that looked the old map up just before the swap may
+        // still add to it; that sliver lands in the next interval or is lost
+        // with the entry, which is far below the interval's resolution.
+        let mut threads = Vec::new();
+        let map = self.summary_map(old_slot);
+        for (k, v) in map
+            .lookup_and_delete_batch(1024, MapFlags::ANY, MapFlags::ANY)
+            .context("drain keytime summaries")?
+        {
+            let (Ok(key), Ok(sum)) = (
+                decode::<keytime_summary_key>(&k),
+                decode::<keytime_summary>(&v),
+            ) else {
+                continue;
+            };
+            threads.push((*key, *sum));
+        }
+        threads.sort_by_key(|(_, s)| {
+            std::cmp::Reverse(s.on_cpu_ns + s.off_cpu_ns.iter().sum::<u64>())
+        });
+        let shown = self.top.unwrap_or(usize::MAX).min(threads.len());
+        for (key, sum) in &threads[..shown] {
+            out.emit(&summary_record(now, interval_ns, key, sum));
+        }
+        if shown < threads.len() {
+            let rest = &threads[shown..];
+            out.emit(
+                &Record::new(now, NAME, "cpu_summary_rest")
+                    .field("interval_ns", interval_ns)
+                    .field("threads", rest.len())
+                    .field(
+                        "on_cpu_ns",
+                        rest.iter().map(|(_, s)| s.on_cpu_ns).sum::<u64>(),
+                    )
+                    .field(
+                        "switches",
+                        rest.iter().map(|(_, s)| s.switches_out).sum::<u64>(),
+                    ),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Keytime {
+    fn kind(&self) -> CollectorKind {
+        CollectorKind::Keytime
+    }
+
+    fn activate(&mut self, act: &Activation) -> Result<()> {
+        self.deactivate();
+        let cfg = keytime_config {
+            target: act.target.filter(act.generation),
+            level: act.keytime_level,
+            summary_slot: 0,
+        };
+        bpf_intf::copy_into(self.config()?, &cfg);
+        if act.target.is_system() {
+            // leftovers of an earlier whole-system activation
+            for slot in [0, 1] {
+                let _ = self
+                    .summary_map(slot)
+                    .lookup_and_delete_batch(1024, MapFlags::ANY, MapFlags::ANY)
+                    .map(|it| it.count());
+            }
+        }
+        self.interval_start_ns = sys::monotonic_ns();
+
+        let p = &self.skel.progs;
+        let mut progs = vec![
+            ("keytime/task_newtask", &p.handle__task_newtask),
+            ("keytime/sched_process_exec", &p.handle__sched_process_exec),
+            ("keytime/sched_process_exit", &p.handle__sched_process_exit),
+        ];
+        // level 0 asks for lifecycle points only: leave sched_switch unhooked
+        if act.keytime_level >= KEYTIME_LEVEL_ALL {
+            progs.push(("keytime/sched_switch", &p.handle__sched_switch));
+        }
+        self.links = attach_all(&progs)?;
+        self.summarizing = act.target.is_system() && act.keytime_level >= KEYTIME_LEVEL_ALL;
+        Ok(())
+    }
+
+    fn deactivate(&mut self) {
+        self.links.clear();
+    }
+
+    fn describe(&self, act: &Activation) -> String {
+        let what = if act.keytime_level >= KEYTIME_LEVEL_ALL {
+            if act.target.is_system() {
+                "lifecycle events, on/off-CPU summed per thread per interval"
+            } else {
+                "lifecycle events and every on/off-CPU interval"
+            }
+        } else {
+            "lifecycle events only (level 0)"
+        };
+        format!("keytime on {}: {what}", act.target)
+    }
+
+    fn events(&self) -> Result<MapHandle> {
+        MapHandle::try_from(&self.skel.maps.events).context("keytime ring buffer")
+    }
+
+    fn decoder(&self) -> Decoder {
+        let ksyms = self.ksyms.clone();
+        Box::new(move |data| decode_record(data, &ksyms))
+    }
+
+    fn on_interval(&mut self, out: &mut Output) -> Result<()> {
+        if self.summarizing {
+            self.drain_summaries(out)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, out: &mut Output) -> Result<()> {
+        self.on_interval(out)?;
+        self.summarizing = false;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<collector_stats> {
+        read_stats(&self.skel.maps.stats)
+    }
+}
+
+fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
+    Record::new(hdr.ts_ns, NAME, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
+}
+
+pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
+    let hdr = decode::<event_hdr>(data)?;
+    let rec = match u32::from(hdr.kind) {
+        kind @ (KEYTIME_FORK | KEYTIME_VFORK | KEYTIME_PTHREAD_CREATE) => {
+            let e = decode::<keytime_clone_event>(data)?;
+            let event = match kind {
+                KEYTIME_FORK => "fork",
+                KEYTIME_VFORK => "vfork",
+                _ => "pthread_create",
+            };
+            task_record(hdr, event)
+                .field("child_pid", e.child_pid)
+                .field("child_tgid", e.child_tgid)
+                .field("clone_flags", format!("{:#x}", e.clone_flags))
+        }
+        KEYTIME_EXECVE => {
+            let e = decode::<keytime_exec_event>(data)?;
+            let args = &e.args[..(e.args_len as usize).min(e.args.len())];
+            let argv: Vec<String> = args
+                .split(|&b| b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>();
+            // the area ends with a NUL, which leaves one empty piece
+            let argv = match argv.split_last() {
+                Some((last, rest)) if last.is_empty() => rest.to_vec(),
+                _ => argv,
+            };
+            let mut rec = task_record(hdr, "execve")
+                .field("filename", c_str(&e.filename))
+                .field("argv", argv);
+            if e.old_pid != hdr.pid {
+                rec = rec.field("old_pid", e.old_pid);
+            }
+            if e.args_truncated != 0 {
+                rec = rec.field("argv_truncated", true);
+            }
+            rec
+        }
+        KEYTIME_EXIT => {
+            let e = decode::<keytime_exit_event>(data)?;
+            let status = e.exit_code;
+            let signal = status & 0x7f;
+            let mut rec = task_record(hdr, "exit")
+                .field("exit_code", (status >> 8) & 0xff)
+                .field("signal", signal);
+            if signal != 0 {
+                rec = rec.field("signal_name", signal_name(signal));
+            }
+            if status & 0x80 != 0 {
+                rec = rec.field("core_dumped", true);
+            }
+            rec.field("group_dead", e.group_dead != 0)
+        }
+        KEYTIME_ON_CPU => {
+            let e = decode::<keytime_cpu_event>(data)?;
+            task_record(hdr, "on_cpu")
+                .field("cpu", hdr.cpu)
+                .field("duration_ns", e.duration_ns)
+        }
+        KEYTIME_OFF_CPU => {
+            let e = decode::<keytime_cpu_event>(data)?;
+            let frames = (e.stack_len as usize / 8).min(e.kstack.len());
+            let (blocked_in, reason) = if frames > 0 {
+                ksyms
+                    .get_or_init(Kallsyms::load)
+                    .explain(&e.kstack[..frames], e.reason)
+            } else {
+                (None, e.reason)
+            };
+            let mut rec = task_record(hdr, "off_cpu")
+                .field("cpu", hdr.cpu)
+                .field("duration_ns", e.duration_ns)
+                .field("reason", reason_name(reason));
+            if let Some(f) = blocked_in {
+                rec = rec.field("blocked_in", f);
+            }
+            rec.field("prev_state", format!("{:#x}", e.prev_state))
+        }
+        other => return Err(anyhow!("unknown keytime record kind {other}")),
+    };
+    Ok(rec)
+}
+
+fn summary_record(
+    now: u64,
+    interval_ns: u64,
+    key: &keytime_summary_key,
+    s: &keytime_summary,
+) -> Record {
+    let mut reasons = Map::new();
+    for (i, &ns) in s.off_cpu_ns.iter().enumerate() {
+        if ns > 0 {
+            reasons.insert(reason_name(i as u32).into(), ns.into());
+        }
+    }
+    let mut rec = Record::new(now, NAME, "cpu_summary")
+        .task(key.pid, s.tgid, c_str(&s.comm))
+        .field("interval_ns", interval_ns)
+        .field("on_cpu_ns", s.on_cpu_ns)
+        .field("off_cpu_ns", s.off_cpu_ns.iter().sum::<u64>())
+        .field("switches", s.switches_out)
+        .field("preemptions", s.preemptions)
+        .field("off_cpu_by_reason_ns", Value::Object(reasons));
+    if key.pid == 0 {
+        rec = rec.field("cpu", key.cpu);
+    }
+    rec
+}
+
+/// The names used in output for enum offcpu_reason.
+pub fn reason_name(reason: u32) -> &'static str {
+    const NAMES: [&str; OFFCPU_REASON_COUNT as usize] = [
+        "preempted",
+        "yield",
+        "sleep",
+        "uninterruptible",
+        "idle",
+        "stopped",
+        "traced",
+        "parked",
+        "dead",
+        "lock",
+        "disk",
+        "other",
+    ];
+    NAMES.get(reason as usize).copied().unwrap_or("other")
+}
+
+fn signal_name(sig: u32) -> String {
+    // SAFETY: strsignal returns a pointer to a static or thread-local string.
+    let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig as i32)) };
+    name.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf_intf::{OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_PREEMPTED, OFFCPU_SLEEP};
+
+    fn bytes<T: plain::Plain>(v: &T) -> Vec<u8> {
+        // SAFETY: plain types have no padding-sensitive invariants
+        unsafe { plain::as_bytes(v) }.to_vec()
+    }
+
+    fn hdr(kind: u32) -> event_hdr {
+        let mut h = event_hdr {
+            ts_ns: 42,
+            pid: 11,
+            tgid: 10,
+            kind: kind as u8,
+            cpu: 1,
+            ..Default::default()
+        };
+        h.comm[..4].copy_from_slice(b"work");
+        h
+    }
+
+    #[test]
+    fn clone_kinds() {
+        for (kind, name) in [
+            (KEYTIME_FORK, "fork"),
+            (KEYTIME_VFORK, "vfork"),
+            (KEYTIME_PTHREAD_CREATE, "pthread_create"),
+        ] {
+            let e = keytime_clone_event {
+                hdr: hdr(kind),
+                clone_flags: 0x4111,
+                child_pid: 20,
+                child_tgid: 20,
+            };
+            let r = decode_record(&bytes(&e), &OnceCell::new()).unwrap();
+            assert_eq!(
+                (r.event, r.pid, r.tgid, r.comm.as_str()),
+                (name, 11, 10, "work")
+            );
+            assert_eq!(r.get("child_pid"), Some(&Value::from(20)));
+        }
+    }
+
+    #[test]
+    fn execve_argv_and_exit_status() {
+        let mut e = keytime_exec_event {
+            hdr: hdr(KEYTIME_EXECVE),
+            old_pid: 11,
+            ..Default::default()
+        };
+        e.filename[..9].copy_from_slice(b"/bin/true");
+        let args = b"true\0-x\0\0";
+        e.args[..args.len()].copy_from_slice(args);
+        e.args_len = args.len() as u32;
+        let r = decode_record(&bytes(&e), &OnceCell::new()).unwrap();
+        assert_eq!(r.get("filename"), Some(&Value::from("/bin/true")));
+        assert_eq!(r.get("argv"), Some(&serde_json::json!(["true", "-x", ""])));
+        assert_eq!(r.get("old_pid"), None);
+
+        let x = keytime_exit_event {
+            hdr: hdr(KEYTIME_EXIT),
+            exit_code: 7 << 8,
+            group_dead: 1,
+            _pad: [0; 3],
+        };
+        let r = decode_record(&bytes(&x), &OnceCell::new()).unwrap();
+        assert_eq!(
+            (r.get("exit_code"), r.get("signal")),
+            (Some(&Value::from(7)), Some(&Value::from(0)))
+        );
+        let killed = keytime_exit_event { exit_code: 9, ..x };
+        let r = decode_record(&bytes(&killed), &OnceCell::new()).unwrap();
+        assert_eq!(
+            (r.get("exit_code"), r.get("signal")),
+            (Some(&Value::from(0)), Some(&Value::from(9)))
+        );
+        assert_eq!(r.get("signal_name"), Some(&Value::from("Killed")));
+    }
+
+    #[test]
+    fn off_cpu_reason_and_stack() {
+        let mut e = keytime_cpu_event {
+            hdr: hdr(KEYTIME_OFF_CPU),
+            duration_ns: 5,
+            reason: OFFCPU_SLEEP,
+            ..Default::default()
+        };
+        let ksyms = OnceCell::new();
+        let _ = ksyms.set(Kallsyms::parse("ffffffff81000000 T __schedule\nffffffff81001000 T io_schedule\nffffffff81002000 T folio_wait_bit_common\n"));
+        e.kstack[..3].copy_from_slice(&[
+            0xffffffff81000010,
+            0xffffffff81001010,
+            0xffffffff81002010,
+        ]);
+        e.stack_len = 24;
+        let r = decode_record(&bytes(&e), &ksyms).unwrap();
+        assert_eq!(
+            r.get("reason"),
+            Some(&Value::from(reason_name(OFFCPU_DISK)))
+        );
+        assert_eq!(
+            r.get("blocked_in"),
+            Some(&Value::from("folio_wait_bit_common"))
+        );
+        e.reason = OFFCPU_PREEMPTED;
+        e.stack_len = 0;
+        let r = decode_record(&bytes(&e), &ksyms).unwrap();
+        assert_eq!(r.get("reason"), Some(&Value::from("preempted")));
+        assert_eq!(r.get("blocked_in"), None);
+        assert_eq!(reason_name(OFFCPU_OTHER), "other");
+        assert_eq!(reason_name(99), "other");
+    }
+
+    #[test]
+    fn short_record_is_an_error() {
+        let e = hdr(KEYTIME_EXECVE);
+        assert!(decode_record(&bytes(&e), &OnceCell::new()).is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! proc_image: a process-lifecycle profiler on eBPF. The two binaries
+//! (src/bin/) are thin: `app` runs proc_image, `controller` drives it.
+
+pub mod app;
+pub mod bpf_intf;
+pub mod cli;
+pub mod collectors;
+pub mod control;
+pub mod controller;
+pub mod kallsyms;
+pub mod output;
+pub mod sys;
+pub mod target;

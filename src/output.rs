@@ -1,0 +1,308 @@
+//! Records and how they are printed: fixed-column text for people (default)
+//! or JSON Lines for scripts (`--json`). Every collector emits `Record`s;
+//! nothing else writes to stdout.
+
+use std::io::{self, BufWriter, Write};
+
+use serde_json::{Map, Value};
+
+use crate::sys;
+
+/// One line of output. `fields` are the collector-specific details, in the
+/// order they are printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// CLOCK_MONOTONIC ns
+    pub ts_ns: u64,
+    pub collector: &'static str,
+    /// thread id
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    pub event: &'static str,
+    pub fields: Vec<(&'static str, Value)>,
+}
+
+impl Record {
+    pub fn new(ts_ns: u64, collector: &'static str, event: &'static str) -> Self {
+        Record {
+            ts_ns,
+            collector,
+            pid: 0,
+            tgid: 0,
+            comm: String::new(),
+            event,
+            fields: Vec::new(),
+        }
+    }
+
+    pub fn task(mut self, pid: u32, tgid: u32, comm: impl Into<String>) -> Self {
+        self.pid = pid;
+        self.tgid = tgid;
+        self.comm = comm.into();
+        self
+    }
+
+    pub fn field(mut self, name: &'static str, value: impl Into<Value>) -> Self {
+        self.fields.push((name, value.into()));
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.fields.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut obj = Map::new();
+        obj.insert("ts_ns".into(), self.ts_ns.into());
+        obj.insert("collector".into(), self.collector.into());
+        obj.insert("pid".into(), self.pid.into());
+        obj.insert("tgid".into(), self.tgid.into());
+        obj.insert("comm".into(), self.comm.clone().into());
+        obj.insert("event".into(), self.event.into());
+        for (name, value) in &self.fields {
+            obj.insert((*name).into(), value.clone());
+        }
+        Value::Object(obj)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Column header of text output; every collector uses the same columns.
+pub const TEXT_HEADER: &str =
+    "TIME            COLLECTOR TID     TGID    COMM             EVENT          DETAILS";
+
+/// Writes records to stdout. A closed stdout (`proc_image | head`) is not an
+/// error: it sets `closed` and proc_image ends cleanly.
+pub struct Output {
+    format: Format,
+    out: BufWriter<Box<dyn Write>>,
+    /// realtime - monotonic, to print monotonic timestamps as wall-clock time
+    wall_offset_ns: i128,
+    closed: bool,
+    records: u64,
+}
+
+impl Output {
+    pub fn stdout(format: Format) -> Self {
+        Self::new(format, Box::new(io::stdout()))
+    }
+
+    pub fn new(format: Format, sink: Box<dyn Write>) -> Self {
+        Output {
+            format,
+            out: BufWriter::with_capacity(64 * 1024, sink),
+            wall_offset_ns: sys::realtime_ns() as i128 - sys::monotonic_ns() as i128,
+            closed: false,
+            records: 0,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The section header printed when a collector is activated (text only).
+    pub fn section(&mut self, title: &str) {
+        if self.format == Format::Text {
+            let text = format!("# {title}\n{TEXT_HEADER}\n");
+            self.write(text.as_bytes());
+        }
+    }
+
+    pub fn emit(&mut self, rec: &Record) {
+        let line = match self.format {
+            Format::Json => {
+                let mut s = rec.to_json().to_string();
+                s.push('\n');
+                s
+            }
+            Format::Text => {
+                let wall = (rec.ts_ns as i128 + self.wall_offset_ns).max(0) as u64;
+                format_text(rec, &sys::local_time_of_day(wall))
+            }
+        };
+        self.write(line.as_bytes());
+        self.records += 1;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.closed {
+            return;
+        }
+        if let Err(e) = self.out.write_all(bytes) {
+            self.note_error(e);
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.closed {
+            return;
+        }
+        if let Err(e) = self.out.flush() {
+            self.note_error(e);
+        }
+    }
+
+    fn note_error(&mut self, e: io::Error) {
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            eprintln!("proc_image: cannot write output: {e}");
+        }
+        self.closed = true;
+    }
+}
+
+/// One text line: fixed columns, then `name=value` details.
+pub fn format_text(rec: &Record, time: &str) -> String {
+    let details: Vec<String> = rec
+        .fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "{}={}",
+                name.trim_end_matches("_ns"),
+                text_value(name, value)
+            )
+        })
+        .collect();
+    format!(
+        "{time:<15} {:<9} {:<7} {:<7} {:<16} {:<14} {}\n",
+        rec.collector,
+        rec.pid,
+        rec.tgid,
+        rec.comm,
+        rec.event,
+        details.join(" ")
+    )
+}
+
+/// Durations (`*_ns` fields) are shown in human units in text output.
+fn text_value(name: &str, value: &Value) -> String {
+    match value {
+        Value::Number(n) if name.ends_with("_ns") => match n.as_u64() {
+            Some(ns) => human_duration(ns),
+            None => n.to_string(),
+        },
+        Value::String(s) if s.is_empty() || s.contains(char::is_whitespace) => format!("{s:?}"),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => {
+            let parts: Vec<String> = items.iter().map(|v| text_value("", v)).collect();
+            format!("[{}]", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+pub fn human_duration(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns}ns"),
+        1_000..=999_999 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..=9_999_999_999 => format!("{:.3}ms", ns as f64 / 1e6),
+        _ => format!("{:.3}s", ns as f64 / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn sample() -> Record {
+        Record::new(5, "keytime", "off_cpu")
+            .task(12, 10, "worker")
+            .field("cpu", 1)
+            .field("duration_ns", 200_000_000u64)
+            .field("reason", "sleep")
+    }
+
+    #[test]
+    fn json_has_common_fields_first() {
+        let v = sample().to_json();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            [
+                "ts_ns",
+                "collector",
+                "pid",
+                "tgid",
+                "comm",
+                "event",
+                "cpu",
+                "duration_ns",
+                "reason"
+            ]
+        );
+        assert_eq!(v["duration_ns"], 200_000_000u64);
+    }
+
+    #[test]
+    fn text_columns_and_durations() {
+        let line = format_text(&sample(), "10:00:00.000001");
+        assert!(
+            line.starts_with("10:00:00.000001 keytime   12      10      worker           off_cpu")
+        );
+        assert!(
+            line.ends_with("cpu=1 duration=200.000ms reason=sleep\n"),
+            "{line}"
+        );
+        let argv = Record::new(0, "keytime", "execve").field("argv", vec!["a b", "c"]);
+        assert!(format_text(&argv, "t").contains("argv=[\"a b\",c]"));
+    }
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(human_duration(999), "999ns");
+        assert_eq!(human_duration(15_000), "15.0us");
+        assert_eq!(human_duration(50_000_000), "50.000ms");
+        assert_eq!(human_duration(2_254_000), "2.254ms");
+        assert_eq!(human_duration(12_000_000_000), "12.000s");
+    }
+
+    /// A sink that fails like a closed pipe after `ok` bytes.
+    struct Pipe {
+        ok: usize,
+        taken: Arc<Mutex<Vec<u8>>>,
+    }
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut t = self.taken.lock().unwrap();
+            if t.len() >= self.ok {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            t.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn closed_pipe_ends_quietly() {
+        let taken = Arc::new(Mutex::new(Vec::new()));
+        let mut out = Output::new(
+            Format::Json,
+            Box::new(Pipe {
+                ok: 10,
+                taken: taken.clone(),
+            }),
+        );
+        for _ in 0..10_000 {
+            out.emit(&sample());
+        }
+        out.flush();
+        assert!(out.is_closed());
+        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        assert!(text.ends_with('\n'), "only whole lines are written");
+    }
+}

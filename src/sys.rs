@@ -1,0 +1,244 @@
+//! Small facts about the running system: privileges, filesystems, /proc, clocks.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// `statfs(2)` magic numbers of the filesystems proc_image mounts itself.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub fn require_root(tool: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{tool} must run as root (it loads BPF programs and owns pins under /sys/fs/bpf): try sudo {tool}");
+    }
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated and st is a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
+}
+
+/// Mount bpffs at /sys/fs/bpf when a fresh boot has not.
+pub fn ensure_bpffs(mount_point: &Path) -> Result<()> {
+    if is_bpffs(mount_point) {
+        return Ok(());
+    }
+    fs::create_dir_all(mount_point)
+        .with_context(|| format!("create bpffs mount point {}", mount_point.display()))?;
+    let target = CString::new(mount_point.as_os_str().as_encoded_bytes())?;
+    // SAFETY: all arguments are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        let err = io::Error::last_os_error();
+        bail!(
+            "bpffs is not mounted at {} and mounting it failed: {err}",
+            mount_point.display()
+        );
+    }
+    Ok(())
+}
+
+/// Create `dir` (and parents) and restrict it to its owner.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("chmod 0700 {}", dir.display()))
+}
+
+/// Fields of /proc/PID/stat that proc_image needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    pub state: char,
+    pub start_ticks: u64,
+}
+
+/// Parse /proc/PID/stat text: the comm field may hold spaces and parentheses,
+/// so fields are counted after the last ')'.
+pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); starttime is field 22
+    let state = fields.first()?.chars().next()?;
+    let start_ticks = fields.get(22 - 3)?.parse().ok()?;
+    Some(ProcStat { state, start_ticks })
+}
+
+/// /proc/PID/stat of a thread or process; None when there is no such task.
+/// /proc/TID works for every thread id, though only leaders are listed.
+pub fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_proc_stat(&text)
+}
+
+/// The thread-group id of thread `pid`.
+pub fn tgid_of(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Is the task still alive (not gone, not a zombie, and not a recycled pid)?
+pub fn task_alive(pid: u32, start_ticks: u64) -> bool {
+    match proc_stat(pid) {
+        Some(st) => st.start_ticks == start_ticks && st.state != 'Z' && st.state != 'X',
+        None => false,
+    }
+}
+
+/// Does thread group `tgid` still have a live thread? A leader that called
+/// pthread_exit() stays a zombie while the other threads run.
+pub fn thread_group_alive(tgid: u32, start_ticks: u64) -> bool {
+    let Some(leader) = proc_stat(tgid) else {
+        return false;
+    };
+    if leader.start_ticks != start_ticks {
+        return false;
+    }
+    if leader.state != 'Z' && leader.state != 'X' {
+        return true;
+    }
+    let Ok(tasks) = fs::read_dir(format!("/proc/{tgid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| parse_proc_stat(&s))
+            .is_some_and(|st| st.state != 'Z' && st.state != 'X')
+    })
+}
+
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as u64
+    } else {
+        100
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns() and of every ts_ns.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+pub fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
+/// CPUs the kernel may bring online: valid `-c` values are 0..possible_cpus().
+pub fn possible_cpus() -> Result<u32> {
+    let text = fs::read_to_string("/sys/devices/system/cpu/possible")
+        .context("read /sys/devices/system/cpu/possible")?;
+    parse_cpu_list_max(&text)
+        .map(|max| max + 1)
+        .with_context(|| format!("unexpected CPU list {:?}", text.trim()))
+}
+
+/// Highest CPU number in a list such as "0-3,8-11".
+pub fn parse_cpu_list_max(text: &str) -> Option<u32> {
+    text.trim()
+        .split(',')
+        .filter_map(|r| r.rsplit('-').next()?.trim().parse().ok())
+        .max()
+}
+
+pub fn online_cpus() -> Vec<u32> {
+    let text = fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let mut cpus = Vec::new();
+    for range in text.trim().split(',').filter(|r| !r.is_empty()) {
+        let mut ends = range.split('-').map(|n| n.trim().parse::<u32>());
+        match (ends.next(), ends.next()) {
+            (Some(Ok(a)), Some(Ok(b))) => cpus.extend(a..=b),
+            (Some(Ok(a)), None) => cpus.push(a),
+            _ => {}
+        }
+    }
+    cpus
+}
+
+/// Local wall-clock time of day, "HH:MM:SS.micros", for text output.
+pub fn local_time_of_day(realtime_ns: u64) -> String {
+    let secs = (realtime_ns / 1_000_000_000) as libc::time_t;
+    let micros = (realtime_ns % 1_000_000_000) / 1000;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        tm.tm_hour, tm.tm_min, tm.tm_sec, micros
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_survives_odd_comm() {
+        let text =
+            "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 5 3 0 0 20 0 1 0 987654 1000 200";
+        assert_eq!(
+            parse_proc_stat(text),
+            Some(ProcStat {
+                state: 'S',
+                start_ticks: 987654
+            })
+        );
+        assert_eq!(parse_proc_stat("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_list() {
+        assert_eq!(parse_cpu_list_max("0-1\n"), Some(1));
+        assert_eq!(parse_cpu_list_max("0,2-5,7"), Some(7));
+        assert_eq!(parse_cpu_list_max("0"), Some(0));
+    }
+
+    #[test]
+    fn this_process_is_alive() {
+        let me = std::process::id();
+        let st = proc_stat(me).unwrap();
+        assert!(task_alive(me, st.start_ticks));
+        assert!(!task_alive(me, st.start_ticks + 1));
+        assert!(thread_group_alive(me, st.start_ticks));
+        assert_eq!(tgid_of(me), Some(me));
+    }
+}

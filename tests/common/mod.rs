@@ -1,0 +1,259 @@
+//! Helpers for the integration tests: a real proc_image, controller and the
+//! test workload, each test with a pin directory of its own.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const PROC_IMAGE: &str = env!("CARGO_BIN_EXE_proc_image");
+pub const CONTROLLER: &str = env!("CARGO_BIN_EXE_controller");
+pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_proc_image_workload");
+
+/// Tests that load BPF need root. Outside CI they are skipped loudly; in CI
+/// (CI=true) a test that cannot load BPF fails.
+#[track_caller]
+pub fn need_root() -> bool {
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("this test loads BPF and must run as root in CI");
+    }
+    eprintln!("SKIPPED: not root, cannot load BPF (run the suite with sudo)");
+    false
+}
+
+pub fn pin_dir(test: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/pi_test_{test}_{}", std::process::id()))
+}
+
+type Lines = Arc<Mutex<Vec<String>>>;
+
+fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Lines {
+    let lines: Lines = Arc::default();
+    let sink = lines.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}
+
+pub struct ProcImage {
+    pub child: Child,
+    pub pin_dir: PathBuf,
+    stdout: Lines,
+    stderr: Lines,
+}
+
+impl ProcImage {
+    /// Start `proc_image --json ARGS` and wait until it says it is ready.
+    #[track_caller]
+    pub fn start(test: &str, args: &[&str]) -> ProcImage {
+        let pin_dir = pin_dir(test);
+        let mut child = Command::new(PROC_IMAGE)
+            .arg("--json")
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn proc_image");
+        let stdout = collect_lines(child.stdout.take().unwrap());
+        let stderr = collect_lines(child.stderr.take().unwrap());
+        let mut p = ProcImage {
+            child,
+            pin_dir,
+            stdout,
+            stderr,
+        };
+        let ready = wait_until(Duration::from_secs(60), || {
+            p.stderr_text().contains("ready") || p.child.try_wait().ok().flatten().is_some()
+        });
+        assert!(
+            ready && p.stderr_text().contains("ready"),
+            "proc_image did not start:\n{}",
+            p.stderr_text()
+        );
+        p
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// Every JSON record printed so far.
+    pub fn records(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    pub fn controller(&self, args: &[&str]) -> Output {
+        controller(&self.pin_dir, args)
+    }
+
+    /// controller ARGS must succeed.
+    #[track_caller]
+    pub fn control_ok(&self, args: &[&str]) -> String {
+        let out = self.controller(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "controller {args:?} failed: {}\nproc_image stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr_text()
+        );
+        text
+    }
+
+    /// Wait for a record matching `pred`.
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> bool {
+        wait_until(timeout, || self.records().iter().any(&pred))
+    }
+
+    /// Wait for proc_image to end by itself.
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // let the readers take the last lines
+                thread::sleep(Duration::from_millis(100));
+                return st;
+            }
+            assert!(
+                Instant::now() < end,
+                "proc_image did not end:\n{}",
+                self.stderr_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// controller -f, then proc_image must exit 0 with its pins gone.
+    #[track_caller]
+    pub fn finish(mut self) -> Vec<Value> {
+        self.control_ok(&["-f"]);
+        let st = self.wait_exit(Duration::from_secs(10));
+        assert!(
+            st.success(),
+            "proc_image exited with {st}:\n{}",
+            self.stderr_text()
+        );
+        assert!(
+            !self.pin_dir.exists(),
+            "pins left in {}",
+            self.pin_dir.display()
+        );
+        self.records()
+    }
+}
+
+impl Drop for ProcImage {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(self.pin_dir.join("control"));
+        let _ = std::fs::remove_dir(&self.pin_dir);
+    }
+}
+
+pub fn controller(pin_dir: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(CONTROLLER)
+        .args(args)
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .output()
+        .expect("run controller")
+}
+
+/// The test workload, started and waiting for "go" on stdin.
+pub struct Workload {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Lines,
+}
+
+impl Workload {
+    pub fn start(args: &[&str]) -> Workload {
+        let mut child = Command::new(WORKLOAD)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn workload");
+        let stdin = child.stdin.take();
+        let stdout = collect_lines(child.stdout.take().unwrap());
+        Workload {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn go(&mut self) {
+        let mut stdin = self.stdin.take().expect("go once");
+        stdin.write_all(b"go\n").unwrap();
+    }
+
+    /// The workload's own account of what it did, by "event".
+    pub fn truth(&self, event: &str) -> Value {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == event)
+            .unwrap_or_else(|| panic!("workload did not report {event}"))
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        let st = self.child.wait().unwrap();
+        thread::sleep(Duration::from_millis(50));
+        st
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn u64_of(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}

@@ -1,0 +1,199 @@
+//! A workload of known behaviour for proc_image's tests, demo and benchmarks.
+//! It prints what it did ("the truth") as JSON lines on stdout.
+//!
+//!   proc_image_workload lifecycle [--forks N] [--vforks N] [--threads N]
+//!                                 [--sleep-ms MS] [--busy-ms MS] [--exit-code C]
+//!       waits for a line on stdin, then forks N children (child i exits with
+//!       10+i), vforks N times, starts N threads, sleeps MS in one nanosleep,
+//!       spins MS, and execs itself as `proc_image_workload exit C`.
+//!   proc_image_workload exit C        exits with C
+//!   proc_image_workload spin          2 ms busy / 3 ms asleep, until killed
+//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N
+//!       times N operations, prints {"ns_per_op": X}
+
+use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map(String::as_str).unwrap_or("");
+    let num = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| die(&format!("{name} needs a number")))
+            })
+            .unwrap_or(default)
+    };
+    let count = || -> u64 {
+        args.get(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| die("give a count"))
+    };
+    match mode {
+        "lifecycle" => lifecycle(
+            num("--forks", 3),
+            num("--vforks", 2),
+            num("--threads", 2),
+            num("--sleep-ms", 200),
+            num("--busy-ms", 50),
+            num("--exit-code", 7) as i32,
+        ),
+        "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
+        "spin" => loop {
+            busy(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(3));
+        },
+        "bench-syscalls" => bench(count(), || unsafe {
+            libc::getppid();
+        }),
+        "bench-pipe" => bench_pipe(count()),
+        "bench-forks" => bench(count(), || unsafe {
+            match libc::fork() {
+                0 => libc::_exit(0),
+                pid => {
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+            }
+        }),
+        _ => die("usage: proc_image_workload lifecycle|exit|spin|bench-syscalls|bench-pipe|bench-forks ..."),
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("proc_image_workload: {msg}");
+    std::process::exit(2)
+}
+
+fn say(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn busy(d: Duration) {
+    let end = Instant::now() + d;
+    let mut x = 0u64;
+    while Instant::now() < end {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+}
+
+fn lifecycle(forks: u64, vforks: u64, threads: u64, sleep_ms: u64, busy_ms: u64, exit_code: i32) {
+    let pid = std::process::id();
+    say(json!({"event": "ready", "pid": pid}));
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+
+    let mut fork_pids = Vec::new();
+    for i in 0..forks {
+        // SAFETY: the child only calls _exit.
+        match unsafe { libc::fork() } {
+            -1 => die("fork failed"),
+            0 => unsafe { libc::_exit(10 + i as i32) },
+            child => {
+                unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+                fork_pids.push(child);
+            }
+        }
+    }
+    let mut vfork_pids = Vec::new();
+    for _ in 0..vforks {
+        // SAFETY: the child shares our memory and only calls _exit.
+        #[allow(deprecated)]
+        match unsafe { libc::vfork() } {
+            -1 => die("vfork failed"),
+            0 => unsafe { libc::_exit(0) },
+            child => {
+                unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+                vfork_pids.push(child);
+            }
+        }
+    }
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                unsafe { libc::gettid() }
+            })
+        })
+        .collect();
+    let tids: Vec<i32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    say(json!({"event": "children", "forks": fork_pids, "vforks": vfork_pids, "threads": tids}));
+
+    let start = monotonic_ns();
+    std::thread::sleep(Duration::from_millis(sleep_ms));
+    let end = monotonic_ns();
+    let cpu_before = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    busy(Duration::from_millis(busy_ms));
+    // CPU time, not wall time: tests run side by side on few cores
+    let busy_cpu_ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu_before;
+    let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
+    let argv = [
+        "proc_image_workload".to_string(),
+        "exit".into(),
+        exit_code.to_string(),
+    ];
+    say(
+        json!({"event": "exec", "sleep_start_ns": start, "sleep_end_ns": end,
+               "busy_end_ns": monotonic_ns(), "busy_cpu_ns": busy_cpu_ns,
+               "filename": exe, "argv": argv, "exit_code": exit_code}),
+    );
+    let err = std::process::Command::new(&exe)
+        .arg0(&argv[0])
+        .args(&argv[1..])
+        .exec();
+    die(&format!("exec {}: {err}", exe.display()));
+}
+
+fn bench(n: u64, mut op: impl FnMut()) {
+    let start = Instant::now();
+    for _ in 0..n {
+        op();
+    }
+    say(json!({"ns_per_op": start.elapsed().as_nanos() as f64 / n as f64}));
+}
+
+/// Two processes bounce one byte over two pipes; one op = one round trip.
+fn bench_pipe(n: u64) {
+    let mut a = [0i32; 2];
+    let mut b = [0i32; 2];
+    unsafe {
+        libc::pipe(a.as_mut_ptr());
+        libc::pipe(b.as_mut_ptr());
+    }
+    let mut byte = [0u8; 1];
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        for _ in 0..n {
+            unsafe {
+                libc::read(a[0], byte.as_mut_ptr().cast(), 1);
+                libc::write(b[1], byte.as_ptr().cast(), 1);
+            }
+        }
+        unsafe { libc::_exit(0) };
+    }
+    bench(n, || unsafe {
+        libc::write(a[1], byte.as_ptr().cast(), 1);
+        libc::read(b[0], byte.as_mut_ptr().cast(), 1);
+    });
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+}

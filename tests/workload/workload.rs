@@ -8,8 +8,9 @@
 //!       spins MS, and execs itself as `proc_image_workload exit C`.
 //!   proc_image_workload exit C        exits with C
 //!   proc_image_workload spin          2 ms busy / 3 ms asleep, until killed
-//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N
-//!       times N operations, prints {"ns_per_op": X}
+//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N [--wait]
+//!       times N operations, prints {"ns_per_op": X}; with --wait it first
+//!       waits for a line on stdin (so a benchmark can activate on its pid)
 
 use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
@@ -35,6 +36,10 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| die("give a count"))
     };
+    if mode.starts_with("bench-") && args.iter().any(|a| a == "--wait") {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
     match mode {
         "lifecycle" => lifecycle(
             num("--forks", 3),
@@ -173,7 +178,14 @@ fn bench(n: u64, mut op: impl FnMut()) {
 }
 
 /// Two processes bounce one byte over two pipes; one op = one round trip.
+/// Both run on CPU 0, so a round trip is two context switches, not two
+/// cross-CPU wakeups whose cost depends on idle states.
 fn bench_pipe(n: u64) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
     let mut a = [0i32; 2];
     let mut b = [0i32; 2];
     unsafe {

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# keytime overhead: syscall loop, pipe ping-pong and fork loop, each
+#   (a) without proc_image
+#   (b) proc_image -a loaded but deactivated (the pre-attach promise: ~1.00x)
+#   (c) keytime active on another process
+#   (d) keytime active on the workload
+# Usage: sudo bench/keytime.sh   (REPS=N runs per figure, median taken)
+source "$(dirname "$0")/lib.sh"
+
+declare -A N=([bench-syscalls]=2000000 [bench-pipe]=100000 [bench-forks]=2000)
+sleep 1000 &
+OTHER_PID=$!
+
+for mode in bench-syscalls bench-pipe bench-forks; do
+	n=${N[$mode]}
+	a=$(measure "$mode" "$n")
+	pi_start -a
+	b=$(measure "$mode" "$n")
+	"$CTL" -a -P "$OTHER_PID" -k >/dev/null
+	c=$(measure "$mode" "$n")
+	"$CTL" -d >/dev/null
+	d=$(measure "$mode" "$n" -k)
+	pi_stop
+	echo "$mode ($n ops, median of $REPS)"
+	row "(a) no proc_image" "$a" "$a"
+	row "(b) proc_image -a loaded, deactivated" "$a" "$b"
+	row "(c) keytime active on another process" "$a" "$c"
+	row "(d) keytime active on the workload" "$a" "$d"
+done

@@ -1,0 +1,74 @@
+# Shared helpers for the benchmarks (sourced). Each benchmark measures its
+# configurations in one invocation and prints ratios to the untraced run:
+# absolute numbers differ between machines, ratios measured together do not.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$ROOT/scripts/setup.sh"
+export PATH="$HOME/.cargo/bin:$PATH"
+if [ "$(id -u)" -ne 0 ]; then echo "benchmarks load BPF: run as root" >&2; exit 1; fi
+(cd "$ROOT" && cargo build --release --bins --quiet)
+PI="$ROOT/target/release/proc_image"
+CTL="$ROOT/target/release/controller"
+WL="$ROOT/target/release/proc_image_workload"
+export PROC_IMAGE_PIN_DIR="/sys/fs/bpf/pi_bench_$$"
+REPS=${REPS:-5}
+PI_PID=""
+
+cleanup() {
+	[ -n "$PI_PID" ] && kill "$PI_PID" 2>/dev/null || true
+	[ -n "${OTHER_PID:-}" ] && kill "$OTHER_PID" 2>/dev/null || true
+	wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# pi_start ARGS...: start proc_image (output discarded) and wait until ready
+pi_start() {
+	local log
+	log=$(mktemp)
+	"$PI" "$@" >/dev/null 2>"$log" &
+	PI_PID=$!
+	for _ in $(seq 1 600); do
+		grep -q ready "$log" && { rm -f "$log"; return 0; }
+		kill -0 "$PI_PID" 2>/dev/null || { cat "$log" >&2; exit 1; }
+		sleep 0.1
+	done
+	echo "proc_image did not start" >&2
+	exit 1
+}
+
+pi_stop() {
+	"$CTL" -f >/dev/null
+	wait "$PI_PID" || true
+	PI_PID=""
+}
+
+# run_once MODE N [ACTIVATE-ARGS...]: one timed workload run, prints ns/op.
+# With ACTIVATE-ARGS, controller -a ARGS -P <workload pid> runs first.
+run_once() {
+	local mode=$1 n=$2
+	shift 2
+	local fifo out
+	fifo=$(mktemp -u)
+	out=$(mktemp)
+	mkfifo "$fifo"
+	"$WL" "$mode" "$n" --wait <"$fifo" >"$out" &
+	local wl=$!
+	exec 9>"$fifo"
+	if [ $# -gt 0 ]; then "$CTL" -a -P "$wl" "$@" >/dev/null; fi
+	echo go >&9
+	exec 9>&-
+	wait "$wl"
+	sed -n 's/.*"ns_per_op":\([0-9.e+-]*\).*/\1/p' "$out"
+	rm -f "$fifo" "$out"
+}
+
+# measure MODE N [ACTIVATE-ARGS...]: median ns/op of REPS runs
+measure() {
+	for _ in $(seq 1 "$REPS"); do run_once "$@"; done | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
+}
+
+# row LABEL BASE VALUE: one line of the table
+row() {
+	awk -v l="$1" -v b="$2" -v v="$3" 'BEGIN {printf "  %-44s %10.1f ns/op  %6.3fx\n", l, v, v / b}'
+}

@@ -1,0 +1,265 @@
+//! Bad input, signals, stale pins, closed stdout: proc_image and controller
+//! fail with one clear line and leave nothing behind.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// A failure is one line on stderr, a non-zero exit, and no panic.
+#[track_caller]
+fn assert_one_line_error(out: &Output, needle: &str, what: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{what}: succeeded");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{what}: not one line:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{what}: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "{what}: expected {needle:?} in {stderr}"
+    );
+}
+
+fn cpus() -> u32 {
+    proc_image::sys::possible_cpus().unwrap()
+}
+
+#[test]
+fn controller_without_proc_image() {
+    if !need_root() {
+        return;
+    }
+    let out = controller(&pin_dir("nothing_here"), &["-a", "-k"]);
+    assert_one_line_error(&out, "proc_image is not running", "no proc_image");
+}
+
+#[test]
+fn bad_controller_input_changes_nothing() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("badinput", &["-k"]);
+    // a zombie: exited, not yet reaped
+    let mut zombie = Command::new("true").spawn().unwrap();
+    let zombie_pid = zombie.id().to_string();
+    std::thread::sleep(Duration::from_millis(200));
+    let last_cpu = cpus().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-a", "-p", "999999999"], "no thread with pid 999999999"),
+        (&["-a", "-P", "999999999"], "no process with tgid 999999999"),
+        (&["-a", "-p", "0", "-c", &last_cpu], "out of range"),
+        (&["-a", "-p", "1", "-c", "0"], "only with -p 0"),
+        (&["-a", "-p", &zombie_pid], "has already exited"),
+        (&["-a", "-l"], "not loaded"),
+        (&["-a", "-S"], "not loaded"),
+        (&["-a", "-p", "1", "-P", "1"], "cannot be used with"),
+        (&["-a", "-p", "-1"], "negative"),
+        (&["-a", "-p", "abc"], "not a number"),
+        (&["-a", "-t", "-5"], "negative"),
+        (&["-a", "-s", "0"], "not in 1..=50"),
+        (&["-a", "-s", "51"], "not in 1..=50"),
+        (&["-a", "-s", "abc"], "invalid value"),
+        (&["-a", "-k", "2"], "not in 0..=1"),
+        (&["-a", "-d"], "cannot be used with"),
+        (&["-d", "-k"], "only with -a"),
+        (&["--bogus"], "unexpected argument"),
+        (&[], "required"),
+    ];
+    for (args, needle) in cases {
+        assert_one_line_error(
+            &pi.controller(args),
+            needle,
+            &format!("controller {args:?}"),
+        );
+    }
+    let _ = zombie.wait();
+    let status = pi.control_ok(&["--status"]);
+    assert!(status.contains("active none"), "{status}");
+    pi.finish();
+}
+
+#[test]
+fn bad_proc_image_input() {
+    if !need_root() {
+        return;
+    }
+    for (args, needle) in [
+        (&["--ringbuf-kib", "3"][..], "power of two"),
+        (&["--interval", "5"], "not in 100..=60000"),
+        (&["-t", "-5"], "negative"),
+        (&["--bogus"], "unexpected argument"),
+    ] {
+        let out = Command::new(PROC_IMAGE).args(args).output().unwrap();
+        assert_one_line_error(&out, needle, &format!("proc_image {args:?}"));
+    }
+    // bpffs path that is not bpffs
+    let out = Command::new(PROC_IMAGE)
+        .args(["--pin-dir", "/tmp/not-bpffs-pi"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "not on a bpf filesystem", "pin dir off bpffs");
+    let _ = std::fs::remove_dir("/tmp/not-bpffs-pi");
+}
+
+#[test]
+fn unprivileged_users_are_refused() {
+    if !need_root() {
+        return;
+    }
+    for (bin, args) in [(PROC_IMAGE, &["-a"][..]), (CONTROLLER, &["-a", "-k"])] {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_one_line_error(&out, "must run as root", bin);
+    }
+}
+
+#[test]
+fn second_instance_is_refused_and_stale_pins_are_replaced() {
+    if !need_root() {
+        return;
+    }
+    let mut first = ProcImage::start("second", &["-k"]);
+    let out = Command::new(PROC_IMAGE)
+        .args(["-k", "--pin-dir"])
+        .arg(&first.pin_dir)
+        .output()
+        .unwrap();
+    let owner = first.child.id().to_string();
+    assert_one_line_error(
+        &out,
+        &format!("already running (pid {owner}"),
+        "second proc_image",
+    );
+
+    // SIGKILL leaves the pin behind; the next proc_image says so and replaces it
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    assert!(first.pin_dir.join("control").exists());
+    let out = controller(&first.pin_dir, &["-a", "-k"]);
+    assert_one_line_error(&out, "is gone", "controller on a stale pin");
+    let next = ProcImage::start("second", &["-k"]);
+    assert!(
+        next.stderr_text().contains("removing stale pin"),
+        "{}",
+        next.stderr_text()
+    );
+    next.finish();
+}
+
+#[test]
+fn signals_end_cleanly() {
+    if !need_root() {
+        return;
+    }
+    for (i, sig) in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        .enumerate()
+    {
+        let mut pi = ProcImage::start(&format!("signal{i}"), &["-k"]);
+        pi.control_ok(&["-a", "-k"]);
+        unsafe { libc::kill(pi.child.id() as i32, sig) };
+        let st = pi.wait_exit(Duration::from_secs(10));
+        assert!(st.success(), "signal {sig}: {st}\n{}", pi.stderr_text());
+        assert!(!pi.pin_dir.exists(), "signal {sig}: pins left");
+    }
+}
+
+#[test]
+fn time_limit_ends_proc_image() {
+    if !need_root() {
+        return;
+    }
+    let mut pi = ProcImage::start("timelimit", &["-k", "-t", "1"]);
+    let st = pi.wait_exit(Duration::from_secs(15));
+    assert!(st.success() && !pi.pin_dir.exists(), "{}", pi.stderr_text());
+    let mut pi = ProcImage::start("ctltimelimit", &["-k"]);
+    pi.control_ok(&["-a", "-k", "0", "-t", "1"]);
+    let st = pi.wait_exit(Duration::from_secs(15));
+    assert!(st.success() && !pi.pin_dir.exists(), "{}", pi.stderr_text());
+}
+
+#[test]
+fn closed_stdout_ends_cleanly() {
+    if !need_root() {
+        return;
+    }
+    // like `proc_image --json | head -n 5`
+    let dir = pin_dir("head");
+    let mut child = Command::new(PROC_IMAGE)
+        .args(["--json", "-k", "--interval", "100", "--pin-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || dir
+        .join("control")
+        .exists()));
+    std::thread::sleep(Duration::from_millis(300));
+    let act = controller(&dir, &["-a", "-k"]);
+    assert!(
+        act.status.success(),
+        "{}",
+        String::from_utf8_lossy(&act.stderr)
+    );
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .take(5)
+        .map(|l| l.unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for l in &lines {
+        serde_json::from_str::<serde_json::Value>(l).expect("whole JSON lines");
+    }
+    // the pipe is closed now
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            panic!("proc_image kept running with stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!dir.exists(), "pins left after closed stdout");
+}
+
+#[test]
+fn controller_refuses_another_control_version() {
+    if !need_root() {
+        return;
+    }
+    use proc_image::bpf_intf::control_state;
+    let dir = pin_dir("version");
+    proc_image::control::prepare_pin_dir(&dir).unwrap();
+    let ctl = proc_image::control::ControlMap::create(&dir).unwrap();
+    let me = std::process::id();
+    let mut state = control_state {
+        hdr: proc_image::control::header(),
+        owner_pid: me,
+        owner_start_ticks: proc_image::sys::proc_stat(me).unwrap().start_ticks,
+        loaded_mask: 1,
+        ..Default::default()
+    };
+    state.hdr.version += 1;
+    ctl.write_state(&state).unwrap();
+    let out = controller(&dir, &["-a", "-k"]);
+    assert_one_line_error(&out, "control version", "version mismatch");
+    drop(ctl);
+    assert!(!dir.exists());
+}

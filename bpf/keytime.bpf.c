@@ -72,10 +72,12 @@ struct {
 
 static __always_inline __u32 offcpu_reason(bool preempt, __u32 state)
 {
-	if (preempt)
+	/*
+	 * Runnable when switched out: preempted in the kernel (preempt set) or
+	 * at return to user space (preempt clear, state TASK_RUNNING).
+	 */
+	if (preempt || state == 0)
 		return OFFCPU_PREEMPTED;
-	if (state == 0)
-		return OFFCPU_YIELD;
 	if (state & (S_DEAD | S_EXIT_DEAD | S_EXIT_ZOMBIE))
 		return OFFCPU_DEAD;
 	if (state & S_RTLOCK_WAIT)
@@ -237,7 +239,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 	st->reason = offcpu_reason(preempt, prev_state);
 	st->stack_len = 0;
 	/* the kernel stack names what it blocked in; a preemption says nothing */
-	if (st->reason != OFFCPU_PREEMPTED && st->reason != OFFCPU_YIELD) {
+	if (st->reason != OFFCPU_PREEMPTED) {
 		n = bpf_get_stack(ctx, st->kstack, sizeof(st->kstack), 0);
 		if (n > 0)
 			st->stack_len = n;

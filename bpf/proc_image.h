@@ -105,19 +105,18 @@ enum keytime_level {
  * kernel stack it blocked in.
  */
 enum offcpu_reason {
-	OFFCPU_PREEMPTED = 0,       /* involuntary: still runnable */
-	OFFCPU_YIELD = 1,           /* voluntary while runnable (sched_yield) */
-	OFFCPU_SLEEP = 2,           /* TASK_INTERRUPTIBLE */
-	OFFCPU_UNINTERRUPTIBLE = 3, /* TASK_UNINTERRUPTIBLE (D) */
-	OFFCPU_IDLE = 4,            /* TASK_IDLE: a kernel thread with nothing to do */
-	OFFCPU_STOPPED = 5,         /* SIGSTOP */
-	OFFCPU_TRACED = 6,          /* ptrace stop */
-	OFFCPU_PARKED = 7,          /* parked kthread */
-	OFFCPU_DEAD = 8,            /* exited */
-	OFFCPU_LOCK = 9,            /* a lock: rtlock wait, or a futex/mutex/rwsem in the stack */
-	OFFCPU_DISK = 10,           /* block I/O in the stack */
-	OFFCPU_OTHER = 11,
-	OFFCPU_REASON_COUNT = 12,
+	OFFCPU_PREEMPTED = 0,       /* still runnable: preempted, or switched out at return to user */
+	OFFCPU_SLEEP = 1,           /* TASK_INTERRUPTIBLE */
+	OFFCPU_UNINTERRUPTIBLE = 2, /* TASK_UNINTERRUPTIBLE (D) */
+	OFFCPU_IDLE = 3,            /* TASK_IDLE: a kernel thread with nothing to do */
+	OFFCPU_STOPPED = 4,         /* SIGSTOP */
+	OFFCPU_TRACED = 5,          /* ptrace stop */
+	OFFCPU_PARKED = 6,          /* parked kthread */
+	OFFCPU_DEAD = 7,            /* exited */
+	OFFCPU_LOCK = 8,            /* a lock: rtlock wait, or a futex/mutex/rwsem in the stack */
+	OFFCPU_DISK = 9,            /* block I/O in the stack */
+	OFFCPU_OTHER = 10,
+	OFFCPU_REASON_COUNT = 11,
 };
 
 #define KEYTIME_STACK_DEPTH 16

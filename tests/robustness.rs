@@ -417,3 +417,64 @@ fn slow_consumer_losses_are_counted() {
         "RSS grew from {before} to {during} KiB while stalled"
     );
 }
+
+/// Whole-system collection under a fork and syscall flood (a short version
+/// of bench/stress.sh): proc_image keeps up or counts what it drops, and
+/// its memory does not grow with the number of tasks it has seen.
+#[test]
+fn flood_is_survived_with_bounded_memory() {
+    if !need_root() {
+        return;
+    }
+    let mut pi = ProcImage::start("flood", &["--interval", "200"]);
+    pi.control_ok(&["-a"]);
+    let vm = |field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", pi.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let mut stress = Workload::start(&[
+        "stress",
+        "--forks-per-sec",
+        "1000",
+        "--syscalls-per-sec",
+        "200000",
+        "--secs",
+        "4",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_half = vm("VmRSS:");
+    assert!(stress.wait().success());
+    let done = stress.truth("stress");
+    let rss_end = vm("VmRSS:");
+    assert!(
+        pi.child.try_wait().unwrap().is_none(),
+        "proc_image died:\n{}",
+        pi.stderr_text()
+    );
+    // twice the tasks seen, (almost) the same memory
+    assert!(
+        rss_end < rss_half + 4096,
+        "RSS {rss_half} KiB -> {rss_end} KiB"
+    );
+    let stress_pid = stress.pid() as u64;
+    let recs = pi.finish();
+    let forks = recs
+        .iter()
+        .filter(|r| r["event"] == "fork" && r["tgid"] == stress_pid)
+        .count() as u64;
+    let lost: u64 = recs
+        .iter()
+        .filter(|r| r["event"] == "lost")
+        .map(|r| u64_of(r, "ringbuf_drops") + u64_of(r, "map_full"))
+        .sum();
+    // every fork is either printed or counted as lost
+    assert!(
+        forks + lost >= u64_of(&done, "forks"),
+        "{forks} fork records + {lost} lost < {} forks",
+        u64_of(&done, "forks")
+    );
+}

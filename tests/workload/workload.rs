@@ -8,6 +8,9 @@
 //!       spins MS, and execs itself as `proc_image_workload exit C`.
 //!   proc_image_workload exit C        exits with C
 //!   proc_image_workload spin          2 ms busy / 3 ms asleep, until killed
+//!   proc_image_workload stress [--forks-per-sec N] [--syscalls-per-sec N] [--secs S]
+//!       fork+exit and getppid at those rates for S seconds (a flood for
+//!       bench/stress.sh), then prints what it did
 //!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
@@ -54,6 +57,11 @@ fn main() {
             busy(Duration::from_millis(2));
             std::thread::sleep(Duration::from_millis(3));
         },
+        "stress" => stress(
+            num("--forks-per-sec", 1000),
+            num("--syscalls-per-sec", 1_000_000),
+            num("--secs", 30),
+        ),
         "bench-syscalls" => bench(count(), || unsafe {
             libc::getppid();
         }),
@@ -167,6 +175,45 @@ fn lifecycle(forks: u64, vforks: u64, threads: u64, sleep_ms: u64, busy_ms: u64,
         .args(&argv[1..])
         .exec();
     die(&format!("exec {}: {err}", exe.display()));
+}
+
+/// Run `op` `per_sec` times a second (in 1 ms batches) until `end`; returns the count.
+fn paced(per_sec: u64, end: Instant, mut op: impl FnMut()) -> u64 {
+    let per_ms = per_sec.div_ceil(1000).max(1);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while Instant::now() < end {
+        for _ in 0..per_ms {
+            op();
+        }
+        done += per_ms;
+        // ahead of schedule: wait for the next millisecond
+        let due = start + Duration::from_micros(done * 1_000_000 / per_sec);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    done
+}
+
+fn stress(forks_per_sec: u64, syscalls_per_sec: u64, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let forker = std::thread::spawn(move || {
+        paced(forks_per_sec, end, || unsafe {
+            match libc::fork() {
+                0 => libc::_exit(0),
+                -1 => {}
+                pid => {
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+            }
+        })
+    });
+    let syscalls = paced(syscalls_per_sec, end, || unsafe {
+        libc::getppid();
+    });
+    let forks = forker.join().unwrap();
+    say(json!({"event": "stress", "forks": forks, "syscalls": syscalls, "secs": secs}));
 }
 
 fn bench(n: u64, mut op: impl FnMut()) {

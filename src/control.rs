@@ -249,14 +249,18 @@ pub fn resolve_pin_dir(arg: Option<&Path>) -> PathBuf {
 /// directory present, private to root, and on bpffs.
 pub fn prepare_pin_dir(pin_dir: &Path) -> Result<()> {
     sys::ensure_bpffs(Path::new("/sys/fs/bpf"))?;
-    sys::create_private_dir(pin_dir)?;
-    if !sys::is_bpffs(pin_dir) {
+    // judge the nearest existing ancestor first: create nothing off bpffs
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if !pin_dir.is_absolute() || !sys::is_bpffs(existing) {
         bail!(
             "pin directory {} is not on a bpf filesystem",
             pin_dir.display()
         );
     }
-    Ok(())
+    sys::create_private_dir(pin_dir)
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ pub fn clock_ticks_per_sec() -> u64 {
     }
 }
 
-fn clock_ns(clock: libc::clockid_t) -> u64 {
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

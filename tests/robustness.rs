@@ -107,7 +107,10 @@ fn bad_proc_image_input() {
         .output()
         .unwrap();
     assert_one_line_error(&out, "not on a bpf filesystem", "pin dir off bpffs");
-    let _ = std::fs::remove_dir("/tmp/not-bpffs-pi");
+    assert!(
+        !std::path::Path::new("/tmp/not-bpffs-pi").exists(),
+        "created a directory off bpffs"
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use std::io::{BufRead, Write};
 use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
+use proc_image::sys::{clock_ns, monotonic_ns};
 use serde_json::json;
 
 fn main() {
@@ -87,19 +88,6 @@ fn say(v: serde_json::Value) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{v}");
     let _ = out.flush();
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 fn busy(d: Duration) {

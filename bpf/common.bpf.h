@@ -52,9 +52,17 @@ static __always_inline void *reserve_record(__u64 size)
 	return rec;
 }
 
+/*
+ * Wake proc_image only once a quarter of the ring buffer is waiting: it
+ * sweeps every ring every 50 ms anyway, and a wakeup per record would make
+ * every traced context switch pay for waking the reader.
+ */
 static __always_inline void submit_record(void *rec)
 {
-	bpf_ringbuf_submit(rec, 0);
+	__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+
+	bpf_ringbuf_submit(rec, waiting >= size / 4 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	STAT_INC(events);
 }
 

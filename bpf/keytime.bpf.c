@@ -24,8 +24,7 @@ struct cpu_state {
 	__u64 on_since;    /* 0 = not known to be on a CPU */
 	__u64 off_since;   /* 0 = not known to be off */
 	__u32 prev_state;
-	__u32 stack_len;
-	__u64 kstack[KEYTIME_STACK_DEPTH];
+	__u32 _pad;
 };
 
 struct {
@@ -203,6 +202,7 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 					  __u64 duration, struct cpu_state *st)
 {
 	struct keytime_cpu_event *e;
+	long n;
 
 	e = reserve_record(sizeof(*e));
 	if (!e)
@@ -210,24 +210,29 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 	fill_hdr(&e->hdr, task, PI_KEYTIME, kind, now);
 	e->duration_ns = duration;
 	e->_pad = 0;
+	e->reason = 0;
+	e->prev_state = 0;
+	e->stack_len = 0;
 	if (kind == KEYTIME_OFF_CPU) {
 		e->reason = st->reason;
 		e->prev_state = st->prev_state;
-		e->stack_len = st->stack_len;
-		__builtin_memcpy(e->kstack, st->kstack, sizeof(e->kstack));
-	} else {
-		e->reason = 0;
-		e->prev_state = 0;
-		e->stack_len = 0;
+		/*
+		 * Switching in, `task` has not run since it blocked: its saved
+		 * kernel stack still names where. A preemption names nothing.
+		 */
+		if (st->reason != OFFCPU_PREEMPTED && duration >= cfg.stack_min_ns) {
+			n = bpf_get_task_stack(task, e->kstack, sizeof(e->kstack), 0);
+			if (n > 0)
+				e->stack_len = n;
+		}
 	}
 	submit_record(e);
 }
 
-static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
+static __always_inline void switch_out(struct task_struct *prev, bool preempt,
 				       __u32 prev_state, __u64 now)
 {
 	struct cpu_state *st = task_cpu_state(prev);
-	long n;
 
 	if (!st)
 		return;
@@ -237,13 +242,6 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 	st->off_since = now;
 	st->prev_state = prev_state;
 	st->reason = offcpu_reason(preempt, prev_state);
-	st->stack_len = 0;
-	/* the kernel stack names what it blocked in; a preemption says nothing */
-	if (st->reason != OFFCPU_PREEMPTED) {
-		n = bpf_get_stack(ctx, st->kstack, sizeof(st->kstack), 0);
-		if (n > 0)
-			st->stack_len = n;
-	}
 }
 
 static __always_inline void switch_in(struct task_struct *next, __u64 now)
@@ -344,7 +342,7 @@ int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
 		return 0;
 	}
 	if (is_target(&cfg.target, prev))
-		switch_out(ctx, prev, preempt, prev_state, now);
+		switch_out(prev, preempt, prev_state, now);
 	if (is_target(&cfg.target, next))
 		switch_in(next, now);
 	return 0;

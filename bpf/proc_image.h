@@ -128,6 +128,12 @@ struct keytime_config {
 	__u32 level;  /* enum keytime_level */
 	/* TARGET_SYSTEM: on/off-CPU sums go into summary_a (0) or summary_b (1) */
 	__u32 summary_slot;
+	/*
+	 * Off-CPU intervals at least this long carry the kernel stack they
+	 * blocked in. Unwinding costs microseconds: shorter waits (a pipe
+	 * ping-pong) would pay more for the stack than they last.
+	 */
+	__u64 stack_min_ns;
 };
 
 /* fork, vfork, pthread_create: hdr is the parent */

@@ -494,10 +494,14 @@ fn lost_record(now: u64, kind: CollectorKind, d: &collector_stats) -> Record {
         .field("no_task_state", d.no_task_state)
 }
 
-/// Poll the ring buffers once. A signal interrupting the wait is not an
+/// Wait up to POLL for a wakeup, then take every record waiting. A signal interrupting the wait is not an
 /// error; a closed stdout shows in the output's state.
 fn poll(rb: &RingBuffer<'_>) -> Result<()> {
-    let rc = rb.poll_raw(POLL);
+    let mut rc = rb.poll_raw(POLL);
+    // records submitted without a wakeup (see submit_record) are swept here
+    if rc >= 0 {
+        rc = rb.consume_raw();
+    }
     if rc >= 0 || rc == -libc::EINTR || rc == -1 {
         // -1: a callback stopped the poll (stdout closed)
         return Ok(());

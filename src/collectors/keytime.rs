@@ -29,6 +29,10 @@ use skel::{KeytimeSkel, KeytimeSkelBuilder};
 
 const NAME: &str = "keytime";
 
+/// Off-CPU intervals this long or longer are named by their kernel stack
+/// (`blocked_in`, and the disk / lock refinement of the reason).
+pub const STACK_MIN_NS: u64 = 50_000;
+
 /// Threads listed per interval in whole-system text output unless --top says otherwise.
 const DEFAULT_TEXT_TOP: usize = 20;
 
@@ -138,6 +142,7 @@ impl Collector for Keytime {
             target: act.target.filter(act.generation),
             level: act.keytime_level,
             summary_slot: 0,
+            stack_min_ns: STACK_MIN_NS,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         if act.target.is_system() {

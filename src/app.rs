@@ -152,39 +152,46 @@ impl App {
             (self.args.time > 0).then(|| Instant::now() + Duration::from_secs(self.args.time));
 
         let result = loop {
-            if let Err(e) = poll(&rb) {
-                break Err(e);
-            }
-            self.output.borrow_mut().flush();
-            if self.output.borrow().is_closed() {
-                break Ok(());
-            }
-            if stop.load(Ordering::SeqCst) {
-                eprintln!("proc_image: signal received, ending");
-                break Ok(());
-            }
-            if let Err(e) = self.check_request(&rb) {
-                break Err(e);
-            }
-            if self.finishing {
-                break Ok(());
-            }
-            if let Err(e) = self.tick(&rb) {
-                break Err(e);
-            }
-            if self.finishing || run_deadline.is_some_and(|d| Instant::now() >= d) {
-                if !self.finishing {
-                    eprintln!(
-                        "proc_image: time limit of {} s reached, ending",
-                        self.args.time
-                    );
-                }
-                break Ok(());
+            match self.step(&rb, stop, run_deadline) {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
             }
         };
         self.end_activation(&rb, None);
         drop(rb);
         result
+    }
+
+    /// One turn of the loop: deliver records, answer controller, do the
+    /// periodic work. Ok(false) when proc_image should end.
+    fn step(
+        &mut self,
+        rb: &RingBuffer<'_>,
+        stop: &AtomicBool,
+        run_deadline: Option<Instant>,
+    ) -> Result<bool> {
+        poll(rb)?;
+        self.output.borrow_mut().flush();
+        if self.output.borrow().is_closed() {
+            return Ok(false);
+        }
+        if stop.load(Ordering::SeqCst) {
+            eprintln!("proc_image: signal received, ending");
+            return Ok(false);
+        }
+        self.check_request(rb)?;
+        if !self.finishing {
+            self.tick(rb)?;
+        }
+        if !self.finishing && run_deadline.is_some_and(|d| Instant::now() >= d) {
+            eprintln!(
+                "proc_image: time limit of {} s reached, ending",
+                self.args.time
+            );
+            return Ok(false);
+        }
+        Ok(!self.finishing)
     }
 
     /// Apply a new controller request, if there is one.

@@ -190,6 +190,75 @@ struct keytime_summary {
 
 /* ------------------------------------------------------------------ */
 /*
+ * Latency figures of one reporting interval, kept per CPU by syscall and
+ * schedule for the target and for the whole system side by side. A per-CPU
+ * array holds LAT_SLOTS of them: index (interval & 1) * 2 + enum lat_scope,
+ * so proc_image reads and clears last interval's pair while BPF fills the
+ * other one.
+ */
+#define LAT_HIST_BUCKETS 32 /* bucket i counts [2^i, 2^(i+1)) ns; the last is open */
+#define LAT_SLOTS 4
+
+enum lat_scope {
+	LAT_SYSTEM = 0,
+	LAT_TARGET = 1,
+};
+
+struct latency_stats {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 min_ns;
+	__u64 max_ns;
+	__u64 hist[LAT_HIST_BUCKETS];
+};
+
+/* ------------------------------------------------------------------ */
+/* syscall */
+
+#define SYSCALL_SEQ_MAX 50  /* longest sequence controller -s may ask for */
+#define SYSCALL_SEQ_RING 64 /* a power of two >= SYSCALL_SEQ_MAX: the index is a mask */
+
+struct syscall_config {
+	struct target_filter target;
+	__u32 interval; /* bumped by proc_image at every report */
+	__u32 _pad;
+};
+
+/* One target thread: its figures this interval and its last syscalls. */
+struct syscall_thread {
+	__u32 tgid;
+	__u32 interval; /* the interval count..max_ns belong to */
+	__u8 comm[PI_COMM_LEN];
+	__u64 count;
+	__u64 sum_ns;
+	__u64 min_ns;
+	__u64 max_ns;
+	__u64 seq_total; /* syscalls entered since tracing began; seq is a ring */
+	__u16 seq[SYSCALL_SEQ_RING];
+};
+
+struct syscall_count_key {
+	__u32 pid;
+	__u32 id;
+};
+
+struct syscall_count {
+	__u32 interval;
+	__u32 _pad;
+	__u64 count;
+};
+
+/* ------------------------------------------------------------------ */
+/* schedule */
+
+struct schedule_config {
+	struct target_filter target;
+	__u32 interval; /* bumped by proc_image at every report */
+	__u32 _pad;
+};
+
+/* ------------------------------------------------------------------ */
+/*
  * The control map: a pinned BPF array through which controller asks and
  * proc_image answers. Slot CONTROL_STATE is written only by proc_image,
  * slot CONTROL_REQUEST only by controller, so neither overwrites the other.

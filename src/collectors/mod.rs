@@ -7,6 +7,9 @@
 //! in build.rs, a variant here and a module implementing `Collector`.
 
 pub mod keytime;
+pub mod latency;
+pub mod schedule;
+pub mod syscall;
 
 use std::fmt;
 use std::mem::MaybeUninit;
@@ -71,7 +74,10 @@ impl CollectorKind {
 
     /// Collectors this build of proc_image has.
     pub fn available(self) -> bool {
-        matches!(self, CollectorKind::Keytime)
+        matches!(
+            self,
+            CollectorKind::Keytime | CollectorKind::Syscall | CollectorKind::Schedule
+        )
     }
 
     pub fn from_mask(mask: u32) -> Vec<CollectorKind> {
@@ -122,6 +128,9 @@ pub struct LoadOptions {
     pub json: bool,
 }
 
+/// A page: the ring buffer of a collector that reports through maps only.
+pub const MIN_RINGBUF: u32 = 4096;
+
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Record>>;
 
 pub trait Collector {
@@ -171,6 +180,8 @@ pub fn load(kinds: &[CollectorKind], opts: &LoadOptions) -> Result<Vec<Box<dyn C
         .map(|&kind| -> Result<Box<dyn Collector>> {
             match kind {
                 CollectorKind::Keytime => Ok(Box::new(keytime::Keytime::load(opts)?)),
+                CollectorKind::Syscall => Ok(Box::new(syscall::Syscall::load(opts)?)),
+                CollectorKind::Schedule => Ok(Box::new(schedule::Schedule::load(opts)?)),
                 other => {
                     bail!("the {other} collector is not available in this version of proc_image")
                 }

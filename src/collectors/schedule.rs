@@ -1,0 +1,138 @@
+//! schedule: run-queue latency (runnable -> running) of the target per
+//! interval, beside the whole system's in the same interval, with log2
+//! histograms. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
+
+use anyhow::{anyhow, Context, Result};
+use libbpf_rs::{Link, MapHandle};
+
+use super::latency;
+use super::{
+    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions,
+    MIN_RINGBUF,
+};
+use crate::bpf_intf::{self, collector_stats, schedule_config};
+use crate::output::{Output, Record};
+use crate::sys;
+use crate::target::Target;
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/schedule.skel.rs"));
+}
+use skel::{ScheduleSkel, ScheduleSkelBuilder};
+
+const NAME: &str = "schedule";
+
+pub struct Schedule {
+    skel: ScheduleSkel<'static>,
+    links: Vec<Link>,
+    /// what the current (or last) activation traces; None once flushed
+    target: Option<Target>,
+    interval_start_ns: u64,
+}
+
+impl Schedule {
+    pub fn load(_opts: &LoadOptions) -> Result<Self> {
+        // aggregates in maps: its ring buffer stays at the minimum
+        let skel = load_skel(ScheduleSkelBuilder::default(), NAME, MIN_RINGBUF)?;
+        Ok(Schedule {
+            skel,
+            links: Vec::new(),
+            target: None,
+            interval_start_ns: 0,
+        })
+    }
+
+    fn config(&mut self) -> Result<&mut skel::types::schedule_config> {
+        self.skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .map(|bss| &mut bss.cfg)
+            .ok_or_else(|| anyhow!("schedule: .bss is not mapped"))
+    }
+
+    fn report(&mut self, target: Target, out: &mut Output) -> Result<()> {
+        let old = self.config()?.interval;
+        self.config()?.interval = old.wrapping_add(1);
+        let now = sys::monotonic_ns();
+        let interval_ns = now.saturating_sub(self.interval_start_ns);
+        self.interval_start_ns = now;
+        let lat = latency::take(&self.skel.maps.latencies, old)?;
+        let (pid, tgid) = match target {
+            Target::Thread { pid, tgid, .. } => (pid, tgid),
+            Target::Group { tgid, .. } => (tgid, tgid),
+            Target::System | Target::Idle { .. } => (0, 0),
+        };
+        let rec = Record::new(now, NAME, "schedule")
+            .task(pid, tgid, "")
+            .field("interval_ns", interval_ns);
+        out.emit(&latency::with_figures(rec, &lat));
+        Ok(())
+    }
+}
+
+impl Collector for Schedule {
+    fn kind(&self) -> CollectorKind {
+        CollectorKind::Schedule
+    }
+
+    fn activate(&mut self, act: &Activation) -> Result<()> {
+        self.deactivate();
+        latency::clear(&self.skel.maps.latencies)?;
+        let cfg = schedule_config {
+            target: act.target.filter(act.generation),
+            interval: self.config()?.interval,
+            _pad: 0,
+        };
+        bpf_intf::copy_into(self.config()?, &cfg);
+        self.interval_start_ns = sys::monotonic_ns();
+        let p = &self.skel.progs;
+        self.links = attach_all(&[
+            ("schedule/sched_wakeup", &p.handle__sched_wakeup),
+            ("schedule/sched_wakeup_new", &p.handle__sched_wakeup_new),
+            ("schedule/sched_switch", &p.handle__sched_switch),
+        ])?;
+        self.target = Some(act.target);
+        Ok(())
+    }
+
+    fn deactivate(&mut self) {
+        self.links.clear();
+    }
+
+    fn describe(&self, act: &Activation) -> String {
+        format!(
+            "schedule on {}: run-queue latency beside the whole system's, per interval",
+            act.target
+        )
+    }
+
+    fn events(&self) -> Result<MapHandle> {
+        MapHandle::try_from(&self.skel.maps.events).context("schedule ring buffer")
+    }
+
+    fn decoder(&self) -> Decoder {
+        Box::new(|_| {
+            Err(anyhow!(
+                "the schedule collector sends no ring-buffer records"
+            ))
+        })
+    }
+
+    fn on_interval(&mut self, out: &mut Output) -> Result<()> {
+        match self.target {
+            Some(target) => self.report(target, out),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self, out: &mut Output) -> Result<()> {
+        self.on_interval(out)?;
+        self.target = None;
+        Ok(())
+    }
+
+    fn stats(&self) -> Result<collector_stats> {
+        read_stats(&self.skel.maps.stats)
+    }
+}

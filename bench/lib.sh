@@ -72,3 +72,30 @@ measure() {
 row() {
 	awk -v l="$1" -v b="$2" -v v="$3" 'BEGIN {printf "  %-44s %10.1f ns/op  %6.3fx\n", l, v, v / b}'
 }
+
+# floor_start syscalls|sched: no-op BPF programs on the collectors' hooks
+floor_start() {
+	local out
+	out=$(mktemp)
+	exec 8> >("$WL" noop-hooks "$1" >"$out")
+	until grep -q ready "$out"; do sleep 0.1; done
+	rm -f "$out"
+}
+floor_stop() { exec 8>&-; sleep 0.5; }
+
+# bpftrace_start PROGRAM: run bpftrace until bpftrace_stop
+bpftrace_start() {
+	local log
+	log=$(mktemp)
+	bpftrace -e "$1" >"$log" 2>&1 &
+	BT_PID=$!
+	until grep -q Attaching "$log" && sleep 1; do
+		kill -0 $BT_PID 2>/dev/null || { cat "$log" >&2; exit 1; }
+		sleep 0.2
+	done
+	rm -f "$log"
+}
+bpftrace_stop() { kill -INT "$BT_PID"; wait "$BT_PID" 2>/dev/null || true; }
+
+# cpu_ticks PID: utime + stime of a process so far
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

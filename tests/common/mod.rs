@@ -238,6 +238,20 @@ impl Workload {
             .unwrap_or_else(|| panic!("workload did not report {event}"))
     }
 
+    /// Wait until the workload has reported `event`.
+    #[track_caller]
+    pub fn wait_truth(&self, event: &str, timeout: Duration) -> Value {
+        let seen = wait_until(timeout, || {
+            self.stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains(&format!("\"event\":\"{event}\"")))
+        });
+        assert!(seen, "workload did not report {event}");
+        self.truth(event)
+    }
+
     pub fn wait(&mut self) -> ExitStatus {
         let st = self.child.wait().unwrap();
         thread::sleep(Duration::from_millis(50));

@@ -11,6 +11,16 @@
 //!   proc_image_workload stress [--forks-per-sec N] [--syscalls-per-sec N] [--secs S]
 //!       fork+exit and getppid at those rates for S seconds (a flood for
 //!       bench/stress.sh), then prints what it did
+//!   proc_image_workload syscalls [--getppid N] [--writes N] [--sleep-ms MS]
+//!       waits for a line on stdin, then makes exactly N getppid, N write to
+//!       /dev/null, one nanosleep of MS, then getpid, getuid, getgid and
+//!       _exit (exit_group): nothing else
+//!   proc_image_workload sched [--busy-threads N] [--secs S]
+//!       N threads spinning and one thread sleeping 2 ms at a time, all
+//!       pinned to CPU 0, for S seconds; prints their tids first
+//!   proc_image_workload noop-hooks syscalls|sched
+//!       attach BPF programs that do nothing to sys_enter/sys_exit (or
+//!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
 //!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
@@ -53,6 +63,9 @@ fn main() {
             num("--busy-ms", 50),
             num("--exit-code", 7) as i32,
         ),
+        "syscalls" => known_syscalls(num("--getppid", 10_000), num("--writes", 500), num("--sleep-ms", 50)),
+        "sched" => sched(num("--busy-threads", 2), num("--secs", 4)),
+        "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
             busy(Duration::from_millis(2));
@@ -95,6 +108,97 @@ fn busy(d: Duration) {
     let mut x = 0u64;
     while Instant::now() < end {
         x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+}
+
+mod noop {
+    include!(concat!(env!("OUT_DIR"), "/noop.skel.rs"));
+}
+
+fn noop_hooks(which: &str) {
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+    let mut storage = std::mem::MaybeUninit::uninit();
+    let skel = noop::NoopSkelBuilder::default()
+        .open(&mut storage)
+        .and_then(|s| s.load())
+        .unwrap_or_else(|e| die(&format!("load noop programs: {e}")));
+    let p = &skel.progs;
+    let progs = match which {
+        "syscalls" => [&p.noop__sys_enter, &p.noop__sys_exit],
+        "sched" => [&p.noop__sched_switch, &p.noop__sched_wakeup],
+        _ => die("noop-hooks syscalls|sched"),
+    };
+    let _links: Vec<libbpf_rs::Link> = progs
+        .iter()
+        .map(|p| p.attach().unwrap_or_else(|e| die(&format!("attach: {e}"))))
+        .collect();
+    say(json!({"event": "ready"}));
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+}
+
+fn known_syscalls(getppid: u64, writes: u64, sleep_ms: u64) {
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap_or_else(|_| die("open /dev/null"));
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&null);
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    unsafe {
+        for _ in 0..getppid {
+            libc::getppid();
+        }
+        for _ in 0..writes {
+            libc::write(fd, b"x".as_ptr().cast(), 1);
+        }
+        let ts = libc::timespec {
+            tv_sec: (sleep_ms / 1000) as i64,
+            tv_nsec: ((sleep_ms % 1000) * 1_000_000) as i64,
+        };
+        libc::nanosleep(&ts, std::ptr::null_mut());
+        libc::getpid();
+        libc::getuid();
+        libc::getgid();
+        libc::_exit(0);
+    }
+}
+
+fn pin_to_cpu0() {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn sched(busy_threads: u64, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    for _ in 0..busy_threads {
+        let tx = tx.clone();
+        handles.push(std::thread::spawn(move || {
+            pin_to_cpu0();
+            tx.send(("busy", unsafe { libc::gettid() })).unwrap();
+            while Instant::now() < end {
+                busy(Duration::from_millis(10));
+            }
+        }));
+    }
+    handles.push(std::thread::spawn(move || {
+        pin_to_cpu0();
+        tx.send(("sleeper", unsafe { libc::gettid() })).unwrap();
+        while Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }));
+    let tids: Vec<(&str, i32)> = rx.iter().take(busy_threads as usize + 1).collect();
+    let busy_tids: Vec<i32> = tids.iter().filter(|t| t.0 == "busy").map(|t| t.1).collect();
+    let sleeper = tids.iter().find(|t| t.0 == "sleeper").map(|t| t.1);
+    say(json!({"event": "threads", "busy": busy_tids, "sleeper": sleeper}));
+    for h in handles {
+        let _ = h.join();
     }
 }
 
@@ -187,6 +291,9 @@ fn paced(per_sec: u64, end: Instant, mut op: impl FnMut()) -> u64 {
 fn stress(forks_per_sec: u64, syscalls_per_sec: u64, secs: u64) {
     let end = Instant::now() + Duration::from_secs(secs);
     let forker = std::thread::spawn(move || {
+        if forks_per_sec == 0 {
+            return 0;
+        }
         paced(forks_per_sec, end, || unsafe {
             match libc::fork() {
                 0 => libc::_exit(0),

@@ -18,7 +18,7 @@ use crate::bpf_intf::{
 use crate::cli::ProcImageArgs;
 use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions};
 use crate::control::{self, ControlMap};
-use crate::output::{Format, Output, Record};
+use crate::output::{Format, Output, Record, Sink};
 use crate::sys;
 use crate::target::Target;
 
@@ -40,6 +40,8 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
         );
     }
 
+    // before the pins: a taken metrics port or a bad trace path leaves nothing behind
+    let sinks = open_sinks(&args)?;
     let pin_dir = control::resolve_pin_dir(args.pin_dir.as_deref());
     control::prepare_pin_dir(&pin_dir)?;
     // pinned before the (slow) load, so a second proc_image is refused at once
@@ -48,10 +50,11 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
     let opts = LoadOptions {
         ringbuf_bytes: args.ringbuf_kib * 1024,
         top: args.top.map(|n| n as usize),
-        json: args.format() == Format::Json,
+        // every thread, not a --top of them, unless people read the text
+        json: args.format() != Format::Text,
     };
     let collectors = collectors::load(&kinds, &opts)?;
-    let mut app = App::new(args, control, collectors)?;
+    let mut app = App::new(args, control, collectors, sinks)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
@@ -60,6 +63,21 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
     let result = app.main_loop(&stop);
     app.finish();
     result
+}
+
+/// The record consumers besides stdout: --metrics, --trace-out.
+fn open_sinks(args: &ProcImageArgs) -> Result<Vec<Box<dyn Sink>>> {
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+    if let Some(addr) = &args.metrics {
+        sinks.push(Box::new(crate::metrics::start(
+            addr,
+            args.metrics_top as usize,
+        )?));
+    }
+    if let Some(path) = &args.trace_out {
+        sinks.push(Box::new(crate::trace::TraceWriter::create(path)?));
+    }
+    Ok(sinks)
 }
 
 fn set_libbpf_log(verbose: bool) {
@@ -104,6 +122,7 @@ impl App {
         args: ProcImageArgs,
         control: ControlMap,
         collectors: Vec<Box<dyn Collector>>,
+        sinks: Vec<Box<dyn Sink>>,
     ) -> Result<Self> {
         let me = std::process::id();
         let mut state = control_state {
@@ -117,7 +136,9 @@ impl App {
         control::set_message(&mut state.message, "ready");
         control.write_state(&state)?;
         let last_seq = control.read_request()?.seq;
-        let output = Rc::new(RefCell::new(Output::stdout(args.format())));
+        let mut output = Output::stdout(args.format()).with_sinks(sinks);
+        output.loaded(&collectors.iter().map(|c| c.kind().name()).collect::<Vec<_>>());
+        let output = Rc::new(RefCell::new(output));
         let reported = vec![collector_stats::default(); collectors.len()];
         Ok(App {
             args,
@@ -315,6 +336,7 @@ impl App {
         for c in self.collectors.iter().filter(|c| kinds.contains(&c.kind())) {
             out.section(&c.describe(&act));
         }
+        out.activated(&target, &kinds.iter().map(|k| k.name()).collect::<Vec<_>>());
         drop(out);
         let now = Instant::now();
         let interval = Duration::from_millis(act.interval_ms.into());
@@ -461,6 +483,7 @@ impl App {
                 .field("target", target.to_string());
             self.output.borrow_mut().emit(&rec);
         }
+        self.output.borrow_mut().deactivated();
         self.output.borrow_mut().flush();
     }
 
@@ -470,7 +493,8 @@ impl App {
         self.state.active_mask = 0;
         control::set_message(&mut self.state.message, "ended");
         let _ = self.control.write_state(&self.state);
-        self.output.borrow_mut().flush();
+        // the trace file's closing bracket, the last flush
+        self.output.borrow_mut().finish();
         let lost: Vec<String> = self
             .collectors
             .iter()

@@ -65,6 +65,18 @@ pub struct ProcImageArgs {
     /// Print libbpf's log (verifier output on load errors)
     #[arg(short = 'v', long)]
     pub verbose: bool,
+
+    /// Serve Prometheus metrics on ADDR (PORT or HOST:PORT; a bare port binds
+    /// 127.0.0.1 only), e.g. --metrics 9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Metrics: label only the N most active threads; the rest are summed
+    /// under pid="other"
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub metrics_top: u32,
+    /// Write the trace as Chrome Trace Event JSON to FILE (ui.perfetto.dev, chrome://tracing)
+    #[arg(long, value_name = "FILE")]
+    pub trace_out: Option<PathBuf>,
 }
 
 impl ProcImageArgs {

@@ -8,6 +8,8 @@ pub mod collectors;
 pub mod control;
 pub mod controller;
 pub mod kallsyms;
+pub mod metrics;
 pub mod output;
 pub mod sys;
 pub mod target;
+pub mod trace;

@@ -1,12 +1,31 @@
-//! Records and how they are printed: fixed-column text for people (default)
-//! or JSON Lines for scripts (`--json`). Every collector emits `Record`s;
-//! nothing else writes to stdout.
+//! Records and where they go: stdout as fixed-column text for people
+//! (default) or JSON Lines for scripts (`--json`), and any number of other
+//! sinks (the Prometheus exporter, the trace file). Every collector emits
+//! `Record`s; nothing else writes to stdout.
 
 use std::io::{self, BufWriter, Write};
 
 use serde_json::{Map, Value};
 
 use crate::sys;
+use crate::target::Target;
+
+/// A consumer of records besides stdout (metrics, trace). Called on the
+/// main thread, in record order; it must not block.
+pub trait Sink {
+    /// Once at start: the collectors proc_image loaded.
+    fn loaded(&mut self, _collectors: &[&'static str]) {}
+    /// An activation began.
+    fn activated(&mut self, _target: &Target, _collectors: &[&'static str]) {}
+    fn record(&mut self, rec: &Record);
+    /// The activation ended (its last records were delivered).
+    fn deactivated(&mut self) {}
+    fn flush(&mut self) {}
+    /// proc_image ends: complete what was written. Called once.
+    fn finish(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
 
 /// One line of output. `fields` are the collector-specific details, in the
 /// order they are printed.
@@ -71,6 +90,8 @@ impl Record {
 pub enum Format {
     Text,
     Json,
+    /// Nothing on stdout: only --metrics and --trace-out see the records
+    None,
 }
 
 /// Column header of text output; every collector uses the same columns.
@@ -86,6 +107,7 @@ pub struct Output {
     wall_offset_ns: i128,
     closed: bool,
     records: u64,
+    sinks: Vec<Box<dyn Sink>>,
 }
 
 impl Output {
@@ -100,6 +122,36 @@ impl Output {
             wall_offset_ns: sys::realtime_ns() as i128 - sys::monotonic_ns() as i128,
             closed: false,
             records: 0,
+            sinks: Vec::new(),
+        }
+    }
+
+    pub fn with_sinks(mut self, sinks: Vec<Box<dyn Sink>>) -> Self {
+        self.sinks = sinks;
+        self
+    }
+
+    pub fn loaded(&mut self, collectors: &[&'static str]) {
+        self.sinks.iter_mut().for_each(|s| s.loaded(collectors));
+    }
+
+    pub fn activated(&mut self, target: &Target, collectors: &[&'static str]) {
+        self.sinks
+            .iter_mut()
+            .for_each(|s| s.activated(target, collectors));
+    }
+
+    pub fn deactivated(&mut self) {
+        self.sinks.iter_mut().for_each(|s| s.deactivated());
+    }
+
+    /// Complete every sink (the trace file's closing bracket); idempotent.
+    pub fn finish(&mut self) {
+        self.flush();
+        for mut sink in self.sinks.drain(..) {
+            if let Err(e) = sink.finish() {
+                eprintln!("proc_image: {e:#}");
+            }
         }
     }
 
@@ -120,7 +172,12 @@ impl Output {
     }
 
     pub fn emit(&mut self, rec: &Record) {
+        for sink in &mut self.sinks {
+            sink.record(rec);
+        }
+        self.records += 1;
         let line = match self.format {
+            Format::None => return,
             Format::Json => {
                 let mut s = rec.to_json().to_string();
                 s.push('\n');
@@ -132,7 +189,6 @@ impl Output {
             }
         };
         self.write(line.as_bytes());
-        self.records += 1;
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -145,6 +201,7 @@ impl Output {
     }
 
     pub fn flush(&mut self) {
+        self.sinks.iter_mut().for_each(|s| s.flush());
         if self.closed {
             return;
         }
@@ -158,6 +215,13 @@ impl Output {
             eprintln!("proc_image: cannot write output: {e}");
         }
         self.closed = true;
+    }
+}
+
+/// Every way out of proc_image (errors, panics that unwind) completes the sinks.
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

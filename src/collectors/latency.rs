@@ -86,17 +86,20 @@ pub fn hist_json(s: &latency_stats) -> Value {
     Value::Array(buckets)
 }
 
-/// count, avg_ns, max_ns, min_ns of the target, then the same for the
-/// system as sys_*; histograms last (long).
+/// count, avg_ns, max_ns, min_ns, sum_ns of the target, then the same for
+/// the system as sys_*; histograms last (long). The sums and histograms
+/// fill the exporter's Prometheus histograms exactly.
 pub fn with_figures(rec: Record, l: &IntervalLatency) -> Record {
     rec.field("count", l.target.count)
         .field("avg_ns", avg_ns(&l.target))
         .field("max_ns", l.target.max_ns)
         .field("min_ns", l.target.min_ns)
+        .field("sum_ns", l.target.sum_ns)
         .field("sys_count", l.system.count)
         .field("sys_avg_ns", avg_ns(&l.system))
         .field("sys_max_ns", l.system.max_ns)
         .field("sys_min_ns", l.system.min_ns)
+        .field("sys_sum_ns", l.system.sum_ns)
         .field("hist", hist_json(&l.target))
         .field("sys_hist", hist_json(&l.system))
 }

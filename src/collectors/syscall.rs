@@ -156,7 +156,11 @@ impl Syscall {
             .field("interval_ns", interval_ns)
             .field("threads", threads.len());
         let totals: Vec<(u32, u64)> = totals.into_iter().collect();
-        out.emit(&latency::with_figures(rec, &lat).field("top", top_json(&totals)));
+        out.emit(
+            &latency::with_figures(rec, &lat)
+                .field("top", top_json(&totals))
+                .field("by_name", by_name_json(&totals)),
+        );
         Ok(())
     }
 
@@ -220,6 +224,17 @@ pub fn top_json(counts: &[(u32, u64)]) -> Value {
             .map(|(name, count)| json!({"name": name, "count": count}))
             .collect(),
     )
+}
+
+/// Every syscall of the interval by name, most frequent first (the
+/// exporter counts them all, not only the top three).
+pub fn by_name_json(counts: &[(u32, u64)]) -> Value {
+    let mut named: Vec<(String, u64)> = counts
+        .iter()
+        .map(|&(id, n)| (syscall_name(id), n))
+        .collect();
+    named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Value::Object(named.into_iter().map(|(k, n)| (k, n.into())).collect())
 }
 
 impl Collector for Syscall {

@@ -1,0 +1,894 @@
+//! The Prometheus exporter (`--metrics ADDR`): a record sink that turns the
+//! collectors' records into metrics, and a small HTTP server on its own
+//! thread that serves them at /metrics.
+//!
+//! The main thread updates a `Snapshot` under a mutex, one short lock per
+//! record; a scrape clones it under that lock and encodes the clone, so
+//! encoding never holds up the collectors. Encoding is prometheus-client's:
+//! the Prometheus text format 0.0.4, or OpenMetrics when the scraper's
+//! Accept header asks for it.
+//!
+//! Series are bounded: per-thread metrics are labelled only for the
+//! `--metrics-top` most active threads (the rest are summed under
+//! pid="other"), and series of threads that exited or fell out of the top,
+//! and of earlier targets, are removed after `LINGER`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use prometheus_client::collector::Collector as PromCollector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::Value;
+
+use crate::bpf_intf::LAT_HIST_BUCKETS;
+use crate::output::{Record, Sink};
+use crate::sys;
+use crate::target::Target;
+
+/// How long the series of a thread that exited (or left the top N), or of
+/// an earlier target, stay exported: long enough for a scraper to see
+/// their last value.
+pub const LINGER_NS: u64 = 60_000_000_000;
+/// How often the labelled set is re-ranked and old series are removed.
+const REBALANCE_NS: u64 = 1_000_000_000;
+const BUCKETS: usize = LAT_HIST_BUCKETS as usize;
+const OTHER: &str = "other";
+
+/// Every metric family: its name (after `proc_image_`, before the unit
+/// suffix), unit, type and help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fam {
+    LifecycleEvents,
+    OnCpu,
+    OffCpu,
+    ThreadSyscalls,
+    Syscalls,
+    SyscallLatency,
+    SchedLatency,
+    CpuUsage,
+    ThreadCpuUsage,
+    CpuSeconds,
+    MemoryRss,
+    MemoryUsage,
+    IoRead,
+    IoWrite,
+    LockWait,
+    LockHold,
+    LockFailures,
+    Records,
+    RingbufDrops,
+    LostEvents,
+    CollectorLoaded,
+    CollectorActive,
+    TargetInfo,
+    Series,
+    BuildInfo,
+}
+
+struct Desc {
+    name: &'static str,
+    unit: Option<Unit>,
+    kind: MetricType,
+    help: &'static str,
+}
+
+impl Fam {
+    fn desc(self) -> Desc {
+        use MetricType::{Counter, Gauge, Histogram};
+        let d = |name, unit, kind, help| Desc {
+            name,
+            unit,
+            kind,
+            help,
+        };
+        match self {
+            Fam::LifecycleEvents => d("lifecycle_events", None, Counter, "fork, vfork, pthread_create, execve and exit events, by thread (pid = the thread that made the call or exited)"),
+            Fam::OnCpu => d("on_cpu", Some(Unit::Seconds), Counter, "Time on CPU, by thread"),
+            Fam::OffCpu => d("off_cpu", Some(Unit::Seconds), Counter, "Time off CPU, by thread and reason"),
+            Fam::ThreadSyscalls => d("thread_syscalls", None, Counter, "System calls, by thread"),
+            Fam::Syscalls => d("syscalls", None, Counter, "System calls of the target, by syscall name"),
+            Fam::SyscallLatency => d("syscall_latency", Some(Unit::Seconds), Histogram, "System call latency, of the target (scope=target) and of every task (scope=system)"),
+            Fam::SchedLatency => d("sched_latency", Some(Unit::Seconds), Histogram, "Run-queue latency (runnable to running), of the target (scope=target) and of every task (scope=system)"),
+            Fam::CpuUsage => d("cpu_usage", Some(Unit::Other("ratio".into())), Gauge, "CPU used by a process in the last interval, in CPUs (1 = one CPU busy)"),
+            Fam::ThreadCpuUsage => d("thread_cpu_usage", Some(Unit::Other("ratio".into())), Gauge, "CPU used by a thread in the last interval, in CPUs"),
+            Fam::CpuSeconds => d("cpu", Some(Unit::Seconds), Counter, "CPU time of a process"),
+            Fam::MemoryRss => d("memory_rss", Some(Unit::Bytes), Gauge, "Resident set size of a process"),
+            Fam::MemoryUsage => d("memory_usage", Some(Unit::Other("ratio".into())), Gauge, "Resident set size of a process over the memory of the host"),
+            Fam::IoRead => d("io_read", Some(Unit::Bytes), Counter, "Bytes read by a process from storage"),
+            Fam::IoWrite => d("io_write", Some(Unit::Bytes), Counter, "Bytes written by a process to storage"),
+            Fam::LockWait => d("lock_wait", Some(Unit::Seconds), Histogram, "Time from requesting a user-space lock to getting it, by lock type"),
+            Fam::LockHold => d("lock_hold", Some(Unit::Seconds), Histogram, "Time a user-space lock was held, by lock type"),
+            Fam::LockFailures => d("lock_failures", None, Counter, "Lock calls that failed (trylock busy, timeout, error), by lock type"),
+            Fam::Records => d("records", None, Counter, "Records produced, by collector"),
+            Fam::RingbufDrops => d("ringbuf_drops", None, Counter, "Records the kernel side could not send because the ring buffer was full, by collector"),
+            Fam::LostEvents => d("lost_events", None, Counter, "Events the kernel side could not account, by collector and reason (map_full, no_task_state)"),
+            Fam::CollectorLoaded => d("collector_loaded", None, Gauge, "1 for each collector this proc_image loaded"),
+            Fam::CollectorActive => d("collector_active", None, Gauge, "1 for each collector currently collecting"),
+            Fam::TargetInfo => d("target_info", None, Gauge, "1 for the current target, 0 for recent ones"),
+            Fam::Series => d("metric_series", None, Gauge, "Series this exporter serves (bounded by --metrics-top)"),
+            Fam::BuildInfo => d("build_info", None, Gauge, "proc_image's version"),
+        }
+    }
+}
+
+/// A log2 latency histogram, the layout the BPF side keeps: bucket i counts
+/// latencies in [2^i, 2^(i+1)) ns, the last bucket is open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log2Hist {
+    pub buckets: [u64; BUCKETS],
+    pub sum_s: f64,
+}
+
+impl Default for Log2Hist {
+    fn default() -> Self {
+        Log2Hist {
+            buckets: [0; BUCKETS],
+            sum_s: 0.0,
+        }
+    }
+}
+
+impl Log2Hist {
+    pub fn observe_ns(&mut self, ns: u64) {
+        let b = (63 - ns.max(1).leading_zeros()) as usize;
+        self.buckets[b.min(BUCKETS - 1)] += 1;
+        self.sum_s += ns as f64 / 1e9;
+    }
+
+    /// Add a record's `hist` ([{le_ns, count}], le_ns = 2^(i+1) or null for
+    /// the open bucket) and its sum.
+    pub fn add_json(&mut self, hist: &Value, sum_ns: u64) {
+        for b in hist.as_array().into_iter().flatten() {
+            let count = b["count"].as_u64().unwrap_or(0);
+            let idx = match b["le_ns"].as_u64() {
+                Some(le) if le >= 2 => (63 - le.leading_zeros()) as usize - 1,
+                _ => BUCKETS - 1,
+            };
+            self.buckets[idx.min(BUCKETS - 1)] += count;
+        }
+        self.sum_s += sum_ns as f64 / 1e9;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Prometheus buckets (upper bound in seconds, count in the bucket):
+    /// bucket i holds whole nanoseconds up to 2^(i+1) - 1, so that is its
+    /// inclusive bound `le`, exactly; the last is +Inf.
+    pub fn prometheus_buckets(&self) -> Vec<(f64, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let le = if i + 1 == BUCKETS {
+                    f64::INFINITY
+                } else {
+                    ((1u64 << (i + 1)) - 1) as f64 / 1e9
+                };
+                (le, n)
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    Num(f64),
+    Hist(Box<Log2Hist>),
+}
+
+pub type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug, Clone)]
+struct Series {
+    val: Val,
+    updated_ns: u64,
+}
+
+/// What a scrape encodes: every series of every family.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    series: BTreeMap<Fam, BTreeMap<Labels, Series>>,
+}
+
+impl Snapshot {
+    pub fn get(&self, fam: Fam, labels: &[(&'static str, &str)]) -> Option<&Val> {
+        let key: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.series.get(&fam)?.get(&key).map(|s| &s.val)
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Series of `fam` as (labels, value), for tests and the trace of health.
+    pub fn family(&self, fam: Fam) -> Vec<(&Labels, &Val)> {
+        self.series
+            .get(&fam)
+            .map(|m| m.iter().map(|(l, s)| (l, &s.val)).collect())
+            .unwrap_or_default()
+    }
+
+    fn entry(&mut self, fam: Fam, labels: Labels, now: u64, init: impl FnOnce() -> Val) -> &mut Val {
+        let s = self
+            .series
+            .entry(fam)
+            .or_default()
+            .entry(labels)
+            .or_insert_with(|| Series {
+                val: init(),
+                updated_ns: now,
+            });
+        s.updated_ns = now;
+        &mut s.val
+    }
+
+    fn add(&mut self, fam: Fam, labels: Labels, now: u64, v: f64) {
+        if let Val::Num(n) = self.entry(fam, labels, now, || Val::Num(0.0)) {
+            *n += v;
+        }
+    }
+
+    fn set(&mut self, fam: Fam, labels: Labels, now: u64, v: f64) {
+        *self.entry(fam, labels, now, || Val::Num(0.0)) = Val::Num(v);
+    }
+
+    fn hist(&mut self, fam: Fam, labels: Labels, now: u64) -> &mut Log2Hist {
+        let v = self.entry(fam, labels, now, || Val::Hist(Box::default()));
+        if !matches!(v, Val::Hist(_)) {
+            *v = Val::Hist(Box::default());
+        }
+        match v {
+            Val::Hist(h) => h,
+            Val::Num(_) => unreachable!("set to a histogram above"),
+        }
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(Fam, &Labels, &Series) -> bool) {
+        for (fam, m) in self.series.iter_mut() {
+            m.retain(|l, s| keep(*fam, l, s));
+        }
+        self.series.retain(|_, m| !m.is_empty());
+    }
+
+    /// Encode every family through prometheus-client.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let total = self.len() + 1;
+        for (fam, series) in self
+            .series
+            .iter()
+            .map(|(f, m)| (*f, Some(m)))
+            .chain([(Fam::Series, None)])
+        {
+            let d = fam.desc();
+            let mut family = encoder.encode_descriptor(d.name, d.help, d.unit.as_ref(), d.kind)?;
+            let Some(series) = series else {
+                family.encode_gauge(&(total as u64))?;
+                continue;
+            };
+            for (labels, s) in series {
+                let mut m = family.encode_family(labels)?;
+                match (&s.val, d.kind) {
+                    (Val::Num(v), MetricType::Counter) => {
+                        m.encode_counter::<NoLabelSet, f64, f64>(v, None)?
+                    }
+                    (Val::Num(v), _) => m.encode_gauge(v)?,
+                    (Val::Hist(h), _) => m.encode_histogram::<NoLabelSet>(
+                        h.sum_s,
+                        h.count(),
+                        &h.prometheus_buckets(),
+                        None,
+                    )?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ids (pids, or tgids) that get labels of their own: at most `cap`
+/// at a time, chosen by activity; the rest are "other". An id that leaves
+/// the set (or exits) lingers, still exported but no longer updated, and is
+/// removed after LINGER_NS; at most `cap` ids linger.
+#[derive(Debug)]
+pub struct Bounded {
+    cap: usize,
+    labelled: HashMap<u32, ()>,
+    lingering: HashMap<u32, u64>,
+    activity: HashMap<u32, u64>,
+}
+
+impl Bounded {
+    pub fn new(cap: usize) -> Self {
+        Bounded {
+            cap,
+            labelled: HashMap::new(),
+            lingering: HashMap::new(),
+            activity: HashMap::new(),
+        }
+    }
+
+    /// Whether `id` is labelled; admits it while there is room.
+    pub fn admit(&mut self, id: u32) -> bool {
+        if self.labelled.contains_key(&id) {
+            return true;
+        }
+        if self.labelled.len() < self.cap {
+            self.lingering.remove(&id);
+            self.labelled.insert(id, ());
+            return true;
+        }
+        false
+    }
+
+    pub fn note(&mut self, id: u32, amount: u64) {
+        *self.activity.entry(id).or_default() += amount.max(1);
+    }
+
+    pub fn labelled_len(&self) -> usize {
+        self.labelled.len()
+    }
+
+    /// Re-rank by the activity seen since the last call; returns the ids
+    /// whose series must go now.
+    pub fn rebalance(&mut self, now: u64, alive: impl Fn(u32) -> bool) -> Vec<u32> {
+        let mut ranked: Vec<(u32, u64)> = self.activity.drain().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let want: Vec<u32> = ranked.iter().take(self.cap).map(|r| r.0).collect();
+        // the most active first; labelled ones keep the remaining places
+        let mut keep: Vec<u32> = want.clone();
+        let mut rest: Vec<u32> = self
+            .labelled
+            .keys()
+            .copied()
+            .filter(|id| !want.contains(id))
+            .collect();
+        rest.sort_unstable();
+        keep.extend(rest);
+        keep.retain(|&id| alive(id));
+        keep.truncate(self.cap);
+        for id in self.labelled.keys().copied().collect::<Vec<_>>() {
+            if !keep.contains(&id) {
+                self.labelled.remove(&id);
+                self.lingering.insert(id, now);
+            }
+        }
+        for id in keep {
+            self.lingering.remove(&id);
+            self.labelled.insert(id, ());
+        }
+        let mut gone: Vec<u32> = self
+            .lingering
+            .iter()
+            .filter(|(_, &since)| now.saturating_sub(since) >= LINGER_NS)
+            .map(|(&id, _)| id)
+            .collect();
+        // bound the lingering set too: the oldest go first
+        let mut by_age: Vec<(u32, u64)> = self
+            .lingering
+            .iter()
+            .filter(|(id, _)| !gone.contains(id))
+            .map(|(&id, &t)| (id, t))
+            .collect();
+        by_age.sort_by_key(|&(id, t)| (t, id));
+        let excess = by_age.len().saturating_sub(self.cap);
+        gone.extend(by_age[..excess].iter().map(|r| r.0));
+        for id in &gone {
+            self.lingering.remove(id);
+        }
+        gone.sort_unstable();
+        gone
+    }
+}
+
+/// The record -> metrics mapping, with the bounded label sets. Lives on the
+/// main thread; `shared` is what scrapes read.
+pub struct Exporter {
+    shared: Arc<Mutex<Snapshot>>,
+    threads: Bounded,
+    procs: Bounded,
+    target: Option<String>,
+    loaded: Vec<&'static str>,
+    /// resource totals last seen per tgid: counters grow by the difference
+    last_totals: HashMap<u32, [u64; 3]>,
+    next_rebalance_ns: u64,
+}
+
+fn target_label(t: &Target) -> String {
+    match *t {
+        Target::System => "system".into(),
+        Target::Thread { pid, .. } => format!("pid:{pid}"),
+        Target::Group { tgid, .. } => format!("tgid:{tgid}"),
+        Target::Idle { cpu } => format!("idle:cpu{cpu}"),
+    }
+}
+
+fn u64_of(rec: &Record, name: &str) -> u64 {
+    match rec.get(name) {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn f64_of(rec: &Record, name: &str) -> f64 {
+    rec.get(name).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn str_of<'a>(rec: &'a Record, name: &str) -> &'a str {
+    rec.get(name).and_then(Value::as_str).unwrap_or("")
+}
+
+impl Exporter {
+    pub fn new(top: usize) -> Self {
+        let mut snap = Snapshot::default();
+        snap.set(
+            Fam::BuildInfo,
+            vec![("version", env!("CARGO_PKG_VERSION").into())],
+            0,
+            1.0,
+        );
+        Exporter {
+            shared: Arc::new(Mutex::new(snap)),
+            threads: Bounded::new(top),
+            procs: Bounded::new(top),
+            target: None,
+            loaded: Vec::new(),
+            last_totals: HashMap::new(),
+            next_rebalance_ns: 0,
+        }
+    }
+
+    pub fn shared(&self) -> Arc<Mutex<Snapshot>> {
+        self.shared.clone()
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
+        let mut snap = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut snap)
+    }
+
+    fn target(&self) -> String {
+        self.target.clone().unwrap_or_else(|| "none".into())
+    }
+
+    /// target, tgid, pid, comm of a thread, or the "other" aggregate.
+    fn thread_labels(&mut self, pid: u32, tgid: u32, comm: &str, activity: u64) -> Labels {
+        self.threads.note(pid, activity);
+        let target = ("target", self.target());
+        if self.threads.admit(pid) {
+            vec![
+                target,
+                ("tgid", tgid.to_string()),
+                ("pid", pid.to_string()),
+                ("comm", comm.to_string()),
+            ]
+        } else {
+            vec![
+                target,
+                ("tgid", OTHER.into()),
+                ("pid", OTHER.into()),
+                ("comm", OTHER.into()),
+            ]
+        }
+    }
+
+    fn proc_labels(&mut self, tgid: u32, comm: &str, activity: u64) -> Option<Labels> {
+        self.procs.note(tgid, activity);
+        let target = ("target", self.target());
+        self.procs
+            .admit(tgid)
+            .then(|| vec![target, ("tgid", tgid.to_string()), ("comm", comm.to_string())])
+    }
+
+    fn with_label(mut labels: Labels, k: &'static str, v: &str) -> Labels {
+        labels.push((k, v.to_string()));
+        labels
+    }
+
+    pub fn loaded(&mut self, collectors: &[&'static str]) {
+        self.loaded = collectors.to_vec();
+        self.with(|s| {
+            for &c in collectors {
+                s.set(Fam::CollectorLoaded, vec![("collector", c.into())], 0, 1.0);
+                s.set(Fam::CollectorActive, vec![("collector", c.into())], 0, 0.0);
+                s.add(Fam::Records, vec![("collector", c.into())], 0, 0.0);
+                s.add(Fam::RingbufDrops, vec![("collector", c.into())], 0, 0.0);
+                for reason in ["map_full", "no_task_state"] {
+                    s.add(
+                        Fam::LostEvents,
+                        vec![("collector", c.into()), ("reason", reason.into())],
+                        0,
+                        0.0,
+                    );
+                }
+            }
+        });
+    }
+
+    pub fn activated(&mut self, target: &Target, collectors: &[&'static str], now: u64) {
+        let label = target_label(target);
+        let loaded = self.loaded.clone();
+        self.with(|s| {
+            for t in s.family(Fam::TargetInfo).iter().map(|(l, _)| (*l).clone()).collect::<Vec<_>>() {
+                s.set(Fam::TargetInfo, t, now, 0.0);
+            }
+            s.set(Fam::TargetInfo, vec![("target", label.clone())], now, 1.0);
+            for c in loaded {
+                let on = collectors.contains(&c);
+                s.set(Fam::CollectorActive, vec![("collector", c.into())], 0, f64::from(u8::from(on)));
+            }
+        });
+        self.target = Some(label);
+    }
+
+    pub fn deactivated(&mut self, now: u64) {
+        let loaded = self.loaded.clone();
+        let target = self.target.take();
+        self.with(|s| {
+            if let Some(t) = target {
+                s.set(Fam::TargetInfo, vec![("target", t)], now, 0.0);
+            }
+            for c in loaded {
+                s.set(Fam::CollectorActive, vec![("collector", c.into())], 0, 0.0);
+            }
+        });
+        self.maintain(now);
+    }
+
+    /// Re-rank the labelled threads and processes; drop series of those
+    /// removed and of earlier targets not updated for LINGER_NS.
+    pub fn maintain_with(&mut self, now: u64, alive: impl Fn(u32) -> bool + Copy) {
+        let gone_threads = self.threads.rebalance(now, alive);
+        let gone_procs = self.procs.rebalance(now, alive);
+        self.last_totals.retain(|tgid, _| alive(*tgid));
+        let current = self.target.clone();
+        let gone_t: Vec<String> = gone_threads.iter().map(u32::to_string).collect();
+        let gone_p: Vec<String> = gone_procs.iter().map(u32::to_string).collect();
+        self.with(|s| {
+            s.retain(|fam, labels, series| {
+                let label = |k: &str| labels.iter().find(|(n, _)| *n == k).map(|(_, v)| v);
+                if let Some(pid) = label("pid") {
+                    if gone_t.contains(pid) {
+                        return false;
+                    }
+                } else if let Some(tgid) = label("tgid") {
+                    if gone_p.contains(tgid) {
+                        return false;
+                    }
+                }
+                match label("target") {
+                    Some(t) if Some(t) != current.as_ref() => {
+                        now.saturating_sub(series.updated_ns) < LINGER_NS
+                            || fam == Fam::TargetInfo && series.val == Val::Num(1.0)
+                    }
+                    _ => true,
+                }
+            });
+        });
+    }
+
+    fn maintain(&mut self, now: u64) {
+        self.maintain_with(now, |id| id == 0 || sys::proc_stat(id).is_some());
+    }
+
+    /// Turn one record into metric updates.
+    pub fn apply(&mut self, rec: &Record, now: u64) {
+        if now >= self.next_rebalance_ns {
+            if self.next_rebalance_ns != 0 {
+                self.maintain(now);
+            }
+            self.next_rebalance_ns = now + REBALANCE_NS;
+        }
+        let collector = rec.collector;
+        let (pid, tgid, comm) = (rec.pid, rec.tgid, rec.comm.as_str());
+        let target = self.target();
+        let mut updates: Vec<(Fam, Labels, Update)> = Vec::new();
+        let mut put = |fam, labels, u| updates.push((fam, labels, u));
+        if collector != "proc_image" {
+            put(Fam::Records, vec![("collector", collector.into())], Update::Add(1.0));
+        }
+        match (collector, rec.event) {
+            ("keytime", ev @ ("fork" | "vfork" | "pthread_create" | "execve" | "exit")) => {
+                let l = self.thread_labels(pid, tgid, comm, 1_000_000);
+                put(Fam::LifecycleEvents, Self::with_label(l, "event", ev), Update::Add(1.0));
+            }
+            ("keytime", "on_cpu") => {
+                let ns = u64_of(rec, "duration_ns");
+                let l = self.thread_labels(pid, tgid, comm, ns);
+                put(Fam::OnCpu, l, Update::Add(ns as f64 / 1e9));
+            }
+            ("keytime", "off_cpu") => {
+                let ns = u64_of(rec, "duration_ns");
+                let l = self.thread_labels(pid, tgid, comm, 0);
+                let reason = str_of(rec, "reason");
+                put(Fam::OffCpu, Self::with_label(l, "reason", reason), Update::Add(ns as f64 / 1e9));
+            }
+            ("keytime", "cpu_summary") => {
+                let on = u64_of(rec, "on_cpu_ns");
+                let l = self.thread_labels(pid, tgid, comm, on);
+                put(Fam::OnCpu, l.clone(), Update::Add(on as f64 / 1e9));
+                if let Some(Value::Object(reasons)) = rec.get("off_cpu_by_reason_ns") {
+                    for (reason, ns) in reasons {
+                        let s = ns.as_u64().unwrap_or(0) as f64 / 1e9;
+                        put(Fam::OffCpu, Self::with_label(l.clone(), "reason", reason), Update::Add(s));
+                    }
+                }
+            }
+            ("keytime", "cpu_summary_rest") => {
+                let other = vec![
+                    ("target", target.clone()),
+                    ("tgid", OTHER.into()),
+                    ("pid", OTHER.into()),
+                    ("comm", OTHER.into()),
+                ];
+                put(Fam::OnCpu, other, Update::Add(u64_of(rec, "on_cpu_ns") as f64 / 1e9));
+            }
+            ("syscall", "syscalls") => {
+                let n = u64_of(rec, "count");
+                let l = self.thread_labels(pid, tgid, comm, n * 1000);
+                put(Fam::ThreadSyscalls, l, Update::Add(n as f64));
+            }
+            ("syscall", "syscalls_total") => {
+                if let Some(Value::Object(by_name)) = rec.get("by_name") {
+                    for (name, n) in by_name {
+                        let l = vec![("target", target.clone()), ("syscall", name.clone())];
+                        put(Fam::Syscalls, l, Update::Add(n.as_f64().unwrap_or(0.0)));
+                    }
+                }
+                Self::latency(rec, Fam::SyscallLatency, &target, &mut put);
+            }
+            ("schedule", "schedule") => Self::latency(rec, Fam::SchedLatency, &target, &mut put),
+            ("resource", "resource") => {
+                let cpu = f64_of(rec, "cpu_pct") / 100.0;
+                let activity = (cpu * u64_of(rec, "interval_ns") as f64) as u64;
+                let l = self.thread_labels(pid, tgid, comm, activity);
+                if l[2].1 != OTHER {
+                    put(Fam::ThreadCpuUsage, l, Update::Set(cpu));
+                }
+            }
+            ("resource", "resource_total") => {
+                let cpu = f64_of(rec, "cpu_pct") / 100.0;
+                let activity = (cpu * u64_of(rec, "interval_ns") as f64) as u64;
+                let totals = [
+                    u64_of(rec, "cpu_ns_total"),
+                    u64_of(rec, "read_bytes_total"),
+                    u64_of(rec, "write_bytes_total"),
+                ];
+                let last = self.last_totals.insert(tgid, totals).unwrap_or([0; 3]);
+                // a total that went down started again (a new activation)
+                let delta: Vec<f64> = totals
+                    .iter()
+                    .zip(last)
+                    .map(|(&t, l)| t.checked_sub(l).unwrap_or(t) as f64)
+                    .collect();
+                let l = self.proc_labels(tgid, comm, activity).unwrap_or_else(|| {
+                    vec![("target", target.clone()), ("tgid", OTHER.into()), ("comm", OTHER.into())]
+                });
+                put(Fam::CpuSeconds, l.clone(), Update::Add(delta[0] / 1e9));
+                put(Fam::IoRead, l.clone(), Update::Add(delta[1]));
+                put(Fam::IoWrite, l.clone(), Update::Add(delta[2]));
+                if l[1].1 != OTHER {
+                    put(Fam::CpuUsage, l.clone(), Update::Set(cpu));
+                    put(Fam::MemoryRss, l.clone(), Update::Set(u64_of(rec, "rss_kib") as f64 * 1024.0));
+                    put(Fam::MemoryUsage, l, Update::Set(f64_of(rec, "mem_pct") / 100.0));
+                }
+            }
+            ("lock", "lock") => {
+                let l = vec![("target", target.clone()), ("lock_type", str_of(rec, "lock_type").to_string())];
+                put(Fam::LockWait, l.clone(), Update::Observe(u64_of(rec, "wait_ns")));
+                put(Fam::LockHold, l, Update::Observe(u64_of(rec, "hold_ns")));
+            }
+            ("lock", "lock_failed") => {
+                let l = vec![("target", target.clone()), ("lock_type", str_of(rec, "lock_type").to_string())];
+                put(Fam::LockFailures, l, Update::Add(1.0));
+            }
+            ("proc_image", "lost") => {
+                let c = str_of(rec, "lost_collector").to_string();
+                put(Fam::RingbufDrops, vec![("collector", c.clone())], Update::Add(u64_of(rec, "ringbuf_drops") as f64));
+                for reason in ["map_full", "no_task_state"] {
+                    let l = vec![("collector", c.clone()), ("reason", reason.into())];
+                    put(Fam::LostEvents, l, Update::Add(u64_of(rec, reason) as f64));
+                }
+            }
+            _ => {}
+        }
+        self.with(|s| {
+            for (fam, labels, u) in updates {
+                match u {
+                    Update::Add(v) => s.add(fam, labels, now, v),
+                    Update::Set(v) => s.set(fam, labels, now, v),
+                    Update::Observe(ns) => s.hist(fam, labels, now).observe_ns(ns),
+                    Update::Hist(h, sum_ns) => s.hist(fam, labels, now).add_json(&h, sum_ns),
+                }
+            }
+        });
+    }
+
+    /// A latency record (syscalls_total, schedule): target and system histograms.
+    fn latency(rec: &Record, fam: Fam, target: &str, put: &mut impl FnMut(Fam, Labels, Update)) {
+        for (scope, prefix) in [("target", ""), ("system", "sys_")] {
+            let Some(hist) = rec.get(&format!("{prefix}hist")) else {
+                continue;
+            };
+            let count = u64_of(rec, &format!("{prefix}count"));
+            let sum = match rec.get(&format!("{prefix}sum_ns")) {
+                Some(v) => v.as_u64().unwrap_or(0),
+                None => u64_of(rec, &format!("{prefix}avg_ns")) * count,
+            };
+            let l = vec![("target", target.to_string()), ("scope", scope.into())];
+            put(fam, l, Update::Hist(hist.clone(), sum));
+        }
+    }
+}
+
+enum Update {
+    Add(f64),
+    Set(f64),
+    Observe(u64),
+    Hist(Value, u64),
+}
+
+/// The record sink of --metrics: the exporter, whose snapshot the server
+/// thread reads.
+pub struct MetricsSink {
+    exporter: Exporter,
+}
+
+impl Sink for MetricsSink {
+    fn loaded(&mut self, collectors: &[&'static str]) {
+        self.exporter.loaded(collectors);
+    }
+    fn activated(&mut self, target: &Target, collectors: &[&'static str]) {
+        self.exporter
+            .activated(target, collectors, sys::monotonic_ns());
+    }
+    fn record(&mut self, rec: &Record) {
+        self.exporter.apply(rec, sys::monotonic_ns());
+    }
+    fn deactivated(&mut self) {
+        self.exporter.deactivated(sys::monotonic_ns());
+    }
+}
+
+/// What prometheus-client encodes at each scrape: a clone of the snapshot,
+/// taken under the lock and encoded after it is released.
+#[derive(Debug)]
+struct View(Arc<Mutex<Snapshot>>);
+
+impl PromCollector for View {
+    fn encode(&self, encoder: DescriptorEncoder) -> std::fmt::Result {
+        let snap = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        snap.encode(encoder)
+    }
+}
+
+pub const OPENMETRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The exposition of `shared`: OpenMetrics or the Prometheus text format.
+pub fn exposition(shared: &Arc<Mutex<Snapshot>>, openmetrics: bool) -> Result<String> {
+    let mut registry = Registry::with_prefix("proc_image");
+    registry.register_collector(Box::new(View(shared.clone())));
+    let mut body = String::new();
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut body, &registry)
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut body, &registry)
+    }
+    .map_err(|_| anyhow::anyhow!("encode metrics"))?;
+    Ok(body)
+}
+
+/// `PORT`, `:PORT` (loopback) or `HOST:PORT`.
+pub fn parse_addr(s: &str) -> Result<SocketAddr> {
+    let s = s.trim();
+    let spec = match s.strip_prefix(':').unwrap_or(s) {
+        port if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("127.0.0.1:{port}")
+        }
+        _ => s.to_string(),
+    };
+    spec.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .with_context(|| format!("--metrics {s}: give PORT or HOST:PORT (e.g. 9464 or 127.0.0.1:9464)"))
+}
+
+/// Bind --metrics ADDR (before anything else is set up, so a taken port is
+/// refused at once) and start serving; returns the record sink.
+pub fn start(addr: &str, top: usize) -> Result<MetricsSink> {
+    let addr = parse_addr(addr)?;
+    let listener = TcpListener::bind(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (the port is taken: choose another with --metrics)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot serve metrics on {addr}: {e}{hint}")
+    })?;
+    let exporter = Exporter::new(top);
+    let shared = exporter.shared();
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || serve(listener, shared))
+        .context("start the metrics thread")?;
+    Ok(MetricsSink { exporter })
+}
+
+fn serve(listener: TcpListener, shared: Arc<Mutex<Snapshot>>) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        // one scrape at a time; a slow client cannot hold the thread long
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+        let _ = answer(&mut conn, &shared);
+    }
+}
+
+/// The request line and the Accept header of one HTTP request.
+pub fn parse_request(head: &str) -> Option<(String, String, String)> {
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split_whitespace();
+    let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
+    let accept = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    Some((method, path, accept))
+}
+
+fn answer(conn: &mut TcpStream, shared: &Arc<Mutex<Snapshot>>) -> Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 || head.len() > 16 * 1024 {
+            bail!("bad request");
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    let (status, ctype, body) = match parse_request(&head) {
+        Some((m, _, _)) if m != "GET" && m != "HEAD" => {
+            ("405 Method Not Allowed", "text/plain", "GET only\n".to_string())
+        }
+        Some((m, path, accept)) if path.split('?').next() == Some("/metrics") => {
+            let om = accept.contains("application/openmetrics-text");
+            let body = exposition(shared, om)?;
+            let ctype = if om {
+                OPENMETRICS_TYPE
+            } else {
+                prometheus_client::encoding::prometheus_text::CONTENT_TYPE
+            };
+            ("200 OK", ctype, if m == "HEAD" { String::new() } else { body })
+        }
+        Some((_, path, _)) if path == "/" => (
+            "200 OK",
+            "text/html",
+            "<html><body><a href=\"/metrics\">proc_image metrics</a></body></html>\n".into(),
+        ),
+        Some(_) => ("404 Not Found", "text/plain", "not found: try /metrics\n".into()),
+        None => ("400 Bad Request", "text/plain", "bad request\n".into()),
+    };
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()?;
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! `--trace-out FILE`: the records as a Chrome Trace Event JSON array,
+//! which ui.perfetto.dev and chrome://tracing open.
+//!
+//! Tracks: one per thread (tid = pid), grouped by process (pid = tgid) and
+//! named by comm. On-CPU and off-CPU intervals are complete ("X") slices on
+//! the thread's track, off-CPU ones named by reason; fork, vfork,
+//! pthread_create, execve and exit are thread-scoped instants; lock waits
+//! and holds are async slices of the process (they overlap the CPU slices);
+//! CPU %, RSS, I/O rates, syscall rates and latencies are counters.
+//!
+//! The file is written as records arrive and its array is closed when the
+//! sink finishes (every way proc_image ends, see output.rs); the JSON Array
+//! Format also lets viewers read a file cut short by SIGKILL. Timestamps are
+//! CLOCK_MONOTONIC in microseconds. On a thread's track slices never
+//! overlap and start in time order (a slice that would start before the
+//! previous one ended is clipped); instants and counter samples of a track
+//! are in time order (a late one is moved to the track's last timestamp).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{json, Map, Value};
+
+use crate::output::{Record, Sink};
+
+pub struct TraceWriter {
+    path: PathBuf,
+    out: Option<BufWriter<Box<dyn Write>>>,
+    first: bool,
+    /// thread (tgid, pid): end of its last slice, ns
+    slice_end: HashMap<(u32, u32), u64>,
+    /// (tgid, pid or counter name): last instant or counter time, ns
+    last_ts: HashMap<(u32, String), u64>,
+    thread_names: HashMap<(u32, u32), String>,
+    process_names: HashMap<u32, String>,
+    lock_ids: u64,
+    error: Option<std::io::Error>,
+    counters_named: HashSet<u32>,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn u64_of(rec: &Record, name: &str) -> u64 {
+    rec.get(name).and_then(Value::as_u64).unwrap_or(0)
+}
+
+fn args_of(rec: &Record, names: &[&str]) -> Value {
+    let mut m = Map::new();
+    for &n in names {
+        if let Some(v) = rec.get(n) {
+            m.insert(n.into(), v.clone());
+        }
+    }
+    Value::Object(m)
+}
+
+impl TraceWriter {
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path)
+            .with_context(|| format!("--trace-out: cannot create {}", path.display()))?;
+        Ok(Self::new(path, Box::new(file)))
+    }
+
+    pub fn new(path: &Path, sink: Box<dyn Write>) -> Self {
+        let mut w = TraceWriter {
+            path: path.to_path_buf(),
+            out: Some(BufWriter::with_capacity(256 * 1024, sink)),
+            first: true,
+            slice_end: HashMap::new(),
+            last_ts: HashMap::new(),
+            thread_names: HashMap::new(),
+            process_names: HashMap::new(),
+            lock_ids: 0,
+            error: None,
+            counters_named: HashSet::new(),
+        };
+        w.write_raw("[\n");
+        w
+    }
+
+    fn write_raw(&mut self, s: &str) {
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.write_all(s.as_bytes()) {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn event(&mut self, ev: Value) {
+        let sep = if self.first { "" } else { ",\n" };
+        self.first = false;
+        let text = format!("{sep}{ev}");
+        self.write_raw(&text);
+    }
+
+    /// Name the thread's track and its process's group from comm.
+    fn name_track(&mut self, tgid: u32, pid: u32, comm: &str) {
+        if comm.is_empty() {
+            return;
+        }
+        if self.thread_names.get(&(tgid, pid)).map(String::as_str) != Some(comm) {
+            self.thread_names.insert((tgid, pid), comm.to_string());
+            self.event(json!({"ph": "M", "name": "thread_name", "pid": tgid, "tid": pid,
+                              "args": {"name": comm}}));
+        }
+        let leader = pid == tgid;
+        if leader || !self.process_names.contains_key(&tgid) {
+            if self.process_names.get(&tgid).map(String::as_str) != Some(comm) {
+                self.process_names.insert(tgid, comm.to_string());
+                let name = if tgid == 0 { "idle / system".to_string() } else { comm.to_string() };
+                self.event(json!({"ph": "M", "name": "process_name", "pid": tgid, "tid": pid,
+                                  "args": {"name": name}}));
+            }
+        }
+    }
+
+    /// A slice [end - dur, end] on the thread's track, clipped so it starts
+    /// no earlier than the previous slice ended.
+    fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: Value) {
+        let end = rec.ts_ns;
+        let key = (rec.tgid, rec.pid);
+        let mut start = end.saturating_sub(dur_ns);
+        if let Some(&last) = self.slice_end.get(&key) {
+            start = start.max(last);
+        }
+        if end <= start {
+            return;
+        }
+        self.slice_end.insert(key, end);
+        self.event(json!({"ph": "X", "cat": "cpu", "name": name, "pid": rec.tgid, "tid": rec.pid,
+                          "ts": us(start), "dur": us(end - start), "args": args}));
+    }
+
+    /// A timestamp no earlier than the last one of track `key`.
+    fn in_order(&mut self, tgid: u32, key: String, ts: u64) -> u64 {
+        let last = self.last_ts.entry((tgid, key)).or_insert(0);
+        *last = (*last).max(ts);
+        *last
+    }
+
+    fn instant(&mut self, rec: &Record, args: Value) {
+        let ts = self.in_order(rec.tgid, rec.pid.to_string(), rec.ts_ns);
+        self.event(json!({"ph": "i", "s": "t", "cat": "lifecycle", "name": rec.event,
+                          "pid": rec.tgid, "tid": rec.pid, "ts": us(ts), "args": args}));
+    }
+
+    fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
+        if !self.counters_named.contains(&tgid) && !self.process_names.contains_key(&tgid) {
+            self.counters_named.insert(tgid);
+            let pname = if tgid == 0 { "system".to_string() } else { format!("process {tgid}") };
+            self.process_names.insert(tgid, pname.clone());
+            self.event(json!({"ph": "M", "name": "process_name", "pid": tgid, "tid": tgid,
+                              "args": {"name": pname}}));
+        }
+        let ts = self.in_order(tgid, format!("C:{name}"), ts_ns);
+        self.event(json!({"ph": "C", "name": name, "pid": tgid, "tid": tgid, "ts": us(ts), "args": args}));
+    }
+
+    /// Lock wait and hold: async slices (they overlap the thread's CPU slices).
+    fn lock(&mut self, rec: &Record) {
+        let kind = rec
+            .get("lock_type")
+            .and_then(Value::as_str)
+            .unwrap_or("lock")
+            .to_string();
+        let (req, acq, rel) = (
+            u64_of(rec, "request_ns"),
+            u64_of(rec, "acquire_ns"),
+            u64_of(rec, "release_ns"),
+        );
+        let args = args_of(rec, &["lock_addr", "ret"]);
+        let phase = |w: &mut Self, name: String, start: u64, end: u64| {
+            if start == 0 || end < start {
+                return;
+            }
+            w.lock_ids += 1;
+            let id = w.lock_ids;
+            let base = json!({"cat": "lock", "name": name, "id": id, "pid": rec.tgid, "tid": rec.pid});
+            for (ph, ts) in [("b", start), ("e", end)] {
+                let mut ev = base.clone();
+                ev["ph"] = ph.into();
+                ev["ts"] = us(ts).into();
+                if ph == "b" {
+                    ev["args"] = args.clone();
+                }
+                w.event(ev);
+            }
+        };
+        let wait_name = if rec.event == "lock_failed" {
+            format!("{kind} failed")
+        } else {
+            format!("{kind} wait")
+        };
+        phase(self, wait_name, req, if acq > 0 { acq } else { rec.ts_ns });
+        if rec.event == "lock" {
+            phase(self, format!("{kind} hold"), acq, rel);
+        }
+    }
+
+    /// Turn one record into trace events.
+    pub fn add(&mut self, rec: &Record) {
+        if rec.pid != 0 || rec.tgid != 0 {
+            self.name_track(rec.tgid, rec.pid, &rec.comm);
+        }
+        match (rec.collector, rec.event) {
+            ("keytime", "fork" | "vfork" | "pthread_create") => {
+                self.instant(rec, args_of(rec, &["child_pid", "child_tgid", "clone_flags"]))
+            }
+            ("keytime", "execve") => self.instant(rec, args_of(rec, &["filename", "argv", "old_pid"])),
+            ("keytime", "exit") => {
+                self.instant(rec, args_of(rec, &["exit_code", "signal", "signal_name", "group_dead"]))
+            }
+            ("keytime", "on_cpu") => {
+                let args = args_of(rec, &["cpu"]);
+                self.slice(rec, "on-CPU", u64_of(rec, "duration_ns"), args)
+            }
+            ("keytime", "off_cpu") => {
+                let reason = rec.get("reason").and_then(Value::as_str).unwrap_or("other");
+                let name = format!("off-CPU: {reason}");
+                let args = args_of(rec, &["cpu", "reason", "blocked_in", "prev_state"]);
+                self.slice(rec, &name, u64_of(rec, "duration_ns"), args)
+            }
+            ("keytime", "cpu_summary") => {
+                let pct = percent(u64_of(rec, "on_cpu_ns"), u64_of(rec, "interval_ns"));
+                self.counter(rec.tgid, "on-CPU %", rec.ts_ns, json!({rec.pid.to_string(): pct}));
+            }
+            ("syscall", "syscalls") => {
+                let secs = u64_of(rec, "interval_ns").max(1) as f64 / 1e9;
+                let rate = u64_of(rec, "count") as f64 / secs;
+                self.counter(rec.tgid, "syscalls/s", rec.ts_ns, json!({rec.pid.to_string(): rate}));
+            }
+            ("syscall", "syscalls_total") => self.counter(
+                rec.tgid,
+                "syscall latency avg (us)",
+                rec.ts_ns,
+                json!({"target": us(u64_of(rec, "avg_ns")), "system": us(u64_of(rec, "sys_avg_ns"))}),
+            ),
+            ("schedule", "schedule") => self.counter(
+                rec.tgid,
+                "run-queue latency avg (us)",
+                rec.ts_ns,
+                json!({"target": us(u64_of(rec, "avg_ns")), "system": us(u64_of(rec, "sys_avg_ns"))}),
+            ),
+            ("resource", "resource_total") => {
+                let secs = u64_of(rec, "interval_ns").max(1) as f64 / 1e9;
+                let cpu = rec.get("cpu_pct").and_then(Value::as_f64).unwrap_or(0.0);
+                self.counter(rec.tgid, "CPU %", rec.ts_ns, json!({"cpu": cpu}));
+                self.counter(rec.tgid, "RSS (KiB)", rec.ts_ns, json!({"rss": u64_of(rec, "rss_kib")}));
+                let (r, w) = (
+                    rec.get("read_bps").and_then(Value::as_f64),
+                    rec.get("write_bps").and_then(Value::as_f64),
+                );
+                let _ = secs;
+                self.counter(
+                    rec.tgid,
+                    "I/O (bytes/s)",
+                    rec.ts_ns,
+                    json!({"read": r.unwrap_or(0.0), "write": w.unwrap_or(0.0)}),
+                );
+            }
+            ("resource", "resource") => {
+                let cpu = rec.get("cpu_pct").and_then(Value::as_f64).unwrap_or(0.0);
+                self.counter(rec.tgid, "CPU % by thread", rec.ts_ns, json!({rec.pid.to_string(): cpu}));
+            }
+            ("lock", "lock" | "lock_failed") => self.lock(rec),
+            ("proc_image", "lost") => {
+                let ts = self.in_order(0, "lost".into(), rec.ts_ns);
+                self.event(json!({"ph": "i", "s": "g", "cat": "proc_image", "name": "records lost",
+                                  "pid": 0, "tid": 0, "ts": us(ts),
+                                  "args": args_of(rec, &["lost_collector", "ringbuf_drops", "map_full", "no_task_state"])}));
+            }
+            _ => {}
+        }
+    }
+
+    /// Close the array and flush; later calls do nothing.
+    pub fn close(&mut self) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
+        self.write_raw("\n]\n");
+        let mut out = self.out.take().expect("checked above");
+        let flushed = out.flush();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => flushed,
+        }
+        .with_context(|| format!("--trace-out: write {}", self.path.display()))
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        (part as f64 * 100.0 / whole as f64 * 10.0).round() / 10.0
+    }
+}
+
+impl Sink for TraceWriter {
+    fn record(&mut self, rec: &Record) {
+        self.add(rec);
+    }
+    fn flush(&mut self) {
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.flush() {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+    fn finish(&mut self) -> Result<()> {
+        self.close()
+    }
+}
+
+/// A trace cut short by an error before it reached Output still closes.
+impl Drop for TraceWriter {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}

@@ -137,7 +137,12 @@ impl App {
         control.write_state(&state)?;
         let last_seq = control.read_request()?.seq;
         let mut output = Output::stdout(args.format()).with_sinks(sinks);
-        output.loaded(&collectors.iter().map(|c| c.kind().name()).collect::<Vec<_>>());
+        output.loaded(
+            &collectors
+                .iter()
+                .map(|c| c.kind().name())
+                .collect::<Vec<_>>(),
+        );
         let output = Rc::new(RefCell::new(output));
         let reported = vec![collector_stats::default(); collectors.len()];
         Ok(App {

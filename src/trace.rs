@@ -105,17 +105,25 @@ impl TraceWriter {
         }
         if self.thread_names.get(&(tgid, pid)).map(String::as_str) != Some(comm) {
             self.thread_names.insert((tgid, pid), comm.to_string());
-            self.event(json!({"ph": "M", "name": "thread_name", "pid": tgid, "tid": pid,
-                              "args": {"name": comm}}));
+            self.event(
+                json!({"ph": "M", "name": "thread_name", "pid": tgid, "tid": pid,
+                              "args": {"name": comm}}),
+            );
         }
         let leader = pid == tgid;
-        if leader || !self.process_names.contains_key(&tgid) {
-            if self.process_names.get(&tgid).map(String::as_str) != Some(comm) {
-                self.process_names.insert(tgid, comm.to_string());
-                let name = if tgid == 0 { "idle / system".to_string() } else { comm.to_string() };
-                self.event(json!({"ph": "M", "name": "process_name", "pid": tgid, "tid": pid,
-                                  "args": {"name": name}}));
-            }
+        // the leader's comm names the process; until it is seen, any thread's
+        let known = self.process_names.get(&tgid).map(String::as_str);
+        if (leader || known.is_none()) && known != Some(comm) {
+            self.process_names.insert(tgid, comm.to_string());
+            let name = if tgid == 0 {
+                "idle / system".to_string()
+            } else {
+                comm.to_string()
+            };
+            self.event(
+                json!({"ph": "M", "name": "process_name", "pid": tgid, "tid": pid,
+                                  "args": {"name": name}}),
+            );
         }
     }
 
@@ -132,8 +140,10 @@ impl TraceWriter {
             return;
         }
         self.slice_end.insert(key, end);
-        self.event(json!({"ph": "X", "cat": "cpu", "name": name, "pid": rec.tgid, "tid": rec.pid,
-                          "ts": us(start), "dur": us(end - start), "args": args}));
+        self.event(
+            json!({"ph": "X", "cat": "cpu", "name": name, "pid": rec.tgid, "tid": rec.pid,
+                          "ts": us(start), "dur": us(end - start), "args": args}),
+        );
     }
 
     /// A timestamp no earlier than the last one of track `key`.
@@ -145,20 +155,30 @@ impl TraceWriter {
 
     fn instant(&mut self, rec: &Record, args: Value) {
         let ts = self.in_order(rec.tgid, rec.pid.to_string(), rec.ts_ns);
-        self.event(json!({"ph": "i", "s": "t", "cat": "lifecycle", "name": rec.event,
-                          "pid": rec.tgid, "tid": rec.pid, "ts": us(ts), "args": args}));
+        self.event(
+            json!({"ph": "i", "s": "t", "cat": "lifecycle", "name": rec.event,
+                          "pid": rec.tgid, "tid": rec.pid, "ts": us(ts), "args": args}),
+        );
     }
 
     fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
         if !self.counters_named.contains(&tgid) && !self.process_names.contains_key(&tgid) {
             self.counters_named.insert(tgid);
-            let pname = if tgid == 0 { "system".to_string() } else { format!("process {tgid}") };
+            let pname = if tgid == 0 {
+                "system".to_string()
+            } else {
+                format!("process {tgid}")
+            };
             self.process_names.insert(tgid, pname.clone());
-            self.event(json!({"ph": "M", "name": "process_name", "pid": tgid, "tid": tgid,
-                              "args": {"name": pname}}));
+            self.event(
+                json!({"ph": "M", "name": "process_name", "pid": tgid, "tid": tgid,
+                              "args": {"name": pname}}),
+            );
         }
         let ts = self.in_order(tgid, format!("C:{name}"), ts_ns);
-        self.event(json!({"ph": "C", "name": name, "pid": tgid, "tid": tgid, "ts": us(ts), "args": args}));
+        self.event(
+            json!({"ph": "C", "name": name, "pid": tgid, "tid": tgid, "ts": us(ts), "args": args}),
+        );
     }
 
     /// Lock wait and hold: async slices (they overlap the thread's CPU slices).
@@ -180,7 +200,8 @@ impl TraceWriter {
             }
             w.lock_ids += 1;
             let id = w.lock_ids;
-            let base = json!({"cat": "lock", "name": name, "id": id, "pid": rec.tgid, "tid": rec.pid});
+            let base =
+                json!({"cat": "lock", "name": name, "id": id, "pid": rec.tgid, "tid": rec.pid});
             for (ph, ts) in [("b", start), ("e", end)] {
                 let mut ev = base.clone();
                 ev["ph"] = ph.into();
@@ -322,5 +343,139 @@ impl Sink for TraceWriter {
 impl Drop for TraceWriter {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn events(buf: &Buf) -> Vec<Value> {
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        serde_json::from_str::<Vec<Value>>(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    fn kt(ts: u64, event: &'static str) -> Record {
+        Record::new(ts, "keytime", event).task(11, 10, "work")
+    }
+
+    #[test]
+    fn slices_instants_and_names() {
+        let buf = Buf::default();
+        let mut w = TraceWriter::new(Path::new("t"), Box::new(buf.clone()));
+        w.add(
+            &kt(5_000, "on_cpu")
+                .field("cpu", 0)
+                .field("duration_ns", 4_000u64),
+        );
+        // overlaps the previous slice by 1 us: clipped to start at its end
+        w.add(
+            &kt(9_000, "off_cpu")
+                .field("duration_ns", 5_000u64)
+                .field("reason", "sleep"),
+        );
+        // entirely inside what was already drawn: dropped
+        w.add(&kt(8_000, "on_cpu").field("duration_ns", 1_000u64));
+        w.add(
+            &kt(6_000, "fork")
+                .field("child_pid", 12)
+                .field("child_tgid", 12),
+        );
+        w.add(&kt(9_500, "exit").field("exit_code", 0));
+        w.add(&Record::new(9_600, "keytime", "execve").task(11, 10, "newname"));
+        w.close().unwrap();
+        w.close().unwrap();
+        let ev = events(&buf);
+        let x: Vec<&Value> = ev.iter().filter(|e| e["ph"] == "X").collect();
+        assert_eq!(x.len(), 2);
+        assert_eq!(
+            (x[0]["ts"].as_f64(), x[0]["dur"].as_f64()),
+            (Some(1.0), Some(4.0))
+        );
+        assert_eq!(x[1]["name"], "off-CPU: sleep");
+        assert_eq!(
+            (x[1]["ts"].as_f64(), x[1]["dur"].as_f64()),
+            (Some(5.0), Some(4.0))
+        );
+        let inst: Vec<&Value> = ev.iter().filter(|e| e["ph"] == "i").collect();
+        assert_eq!(inst[0]["name"], "fork");
+        assert_eq!(inst[0]["args"]["child_pid"], 12);
+        assert_eq!(
+            (inst[0]["pid"].as_u64(), inst[0]["tid"].as_u64()),
+            (Some(10), Some(11))
+        );
+        let names: Vec<(&Value, &Value)> = ev
+            .iter()
+            .filter(|e| e["ph"] == "M")
+            .map(|e| (&e["name"], &e["args"]["name"]))
+            .collect();
+        assert!(names.contains(&(&"thread_name".into(), &"work".into())));
+        // a new comm after execve renames the thread
+        assert!(names.contains(&(&"thread_name".into(), &"newname".into())));
+    }
+
+    #[test]
+    fn locks_are_async_slices_and_resources_counters() {
+        let buf = Buf::default();
+        {
+            let mut w = TraceWriter::new(Path::new("t"), Box::new(buf.clone()));
+            w.add(
+                &Record::new(50_000, "lock", "lock")
+                    .task(11, 10, "work")
+                    .field("lock_type", "mutex")
+                    .field("lock_addr", "0x10")
+                    .field("request_ns", 10_000u64)
+                    .field("acquire_ns", 20_000u64)
+                    .field("release_ns", 45_000u64)
+                    .field("ret", 0),
+            );
+            w.add(
+                &Record::new(60_000, "resource", "resource_total")
+                    .task(10, 10, "work")
+                    .field("cpu_pct", 12.5)
+                    .field("rss_kib", 100)
+                    .field("read_bps", 1.0)
+                    .field("write_bps", 2.0),
+            );
+            // dropped without close: Drop closes the array
+        }
+        let ev = events(&buf);
+        let lock: Vec<(&str, &str, f64)> = ev
+            .iter()
+            .filter(|e| e["cat"] == "lock")
+            .map(|e| {
+                (
+                    e["ph"].as_str().unwrap(),
+                    e["name"].as_str().unwrap(),
+                    e["ts"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            lock,
+            [
+                ("b", "mutex wait", 10.0),
+                ("e", "mutex wait", 20.0),
+                ("b", "mutex hold", 20.0),
+                ("e", "mutex hold", 45.0)
+            ]
+        );
+        let c: Vec<&Value> = ev.iter().filter(|e| e["ph"] == "C").collect();
+        assert_eq!(c[0]["name"], "CPU %");
+        assert_eq!(c[0]["args"]["cpu"], 12.5);
+        assert_eq!(c[2]["args"]["write"], 2.0);
     }
 }

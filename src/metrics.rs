@@ -542,6 +542,22 @@ impl Exporter {
                 s.set(Fam::TargetInfo, t, now, 0.0);
             }
             s.set(Fam::TargetInfo, vec![("target", label.clone())], now, 1.0);
+            // latency histograms exist from the start, so that a scraper's
+            // rate() sees their first increments
+            for (c, fam) in [
+                ("schedule", Fam::SchedLatency),
+                ("syscall", Fam::SyscallLatency),
+            ] {
+                if collectors.contains(&c) {
+                    for scope in ["target", "system"] {
+                        s.hist(
+                            fam,
+                            vec![("target", label.clone()), ("scope", scope.into())],
+                            now,
+                        );
+                    }
+                }
+            }
             for c in loaded {
                 let on = collectors.contains(&c);
                 s.set(

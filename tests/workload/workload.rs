@@ -3,9 +3,12 @@
 //!
 //!   proc_image_workload lifecycle [--forks N] [--vforks N] [--threads N]
 //!                                 [--sleep-ms MS] [--busy-ms MS] [--exit-code C]
+//!                                 [--linger-ms MS]
 //!       waits for a line on stdin, then forks N children (child i exits with
 //!       10+i), vforks N times, starts N threads, sleeps MS in one nanosleep,
-//!       spins MS, and execs itself as `proc_image_workload exit C`.
+//!       spins MS, and execs itself as `proc_image_workload exit C`; with
+//!       --linger-ms, first MS of the spin pattern (syscalls and wakeups
+//!       for the metrics test to scrape).
 //!   proc_image_workload exit C        exits with C
 //!   proc_image_workload spin          2 ms busy / 3 ms asleep, until killed
 //!   proc_image_workload stress [--forks-per-sec N] [--syscalls-per-sec N] [--secs S]
@@ -62,6 +65,7 @@ fn main() {
             num("--sleep-ms", 200),
             num("--busy-ms", 50),
             num("--exit-code", 7) as i32,
+            num("--linger-ms", 0),
         ),
         "syscalls" => known_syscalls(num("--getppid", 10_000), num("--writes", 500), num("--sleep-ms", 50)),
         "sched" => sched(num("--busy-threads", 2), num("--secs", 4)),
@@ -202,7 +206,15 @@ fn sched(busy_threads: u64, secs: u64) {
     }
 }
 
-fn lifecycle(forks: u64, vforks: u64, threads: u64, sleep_ms: u64, busy_ms: u64, exit_code: i32) {
+fn lifecycle(
+    forks: u64,
+    vforks: u64,
+    threads: u64,
+    sleep_ms: u64,
+    busy_ms: u64,
+    exit_code: i32,
+    linger_ms: u64,
+) {
     let pid = std::process::id();
     say(json!({"event": "ready", "pid": pid}));
     let mut line = String::new();
@@ -251,6 +263,11 @@ fn lifecycle(forks: u64, vforks: u64, threads: u64, sleep_ms: u64, busy_ms: u64,
     busy(Duration::from_millis(busy_ms));
     // CPU time, not wall time: tests run side by side on few cores
     let busy_cpu_ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu_before;
+    let linger_end = Instant::now() + Duration::from_millis(linger_ms);
+    while Instant::now() < linger_end {
+        busy(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(3));
+    }
     let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
     let argv = [
         "proc_image_workload".to_string(),

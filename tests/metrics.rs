@@ -1,0 +1,433 @@
+//! The Prometheus exporter end to end: the real Prometheus scrapes a real
+//! proc_image tracing a workload of known behaviour, then every PromQL
+//! expression of the Grafana dashboards must return data; promtool accepts
+//! the exposition; a taken port is refused in one line.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// Debian's prometheus package (scripts/setup.sh installs it). Outside CI
+/// a missing one skips the test loudly; in CI it fails.
+fn need_prometheus() -> bool {
+    let found = Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("prometheus is not installed (scripts/setup.sh installs it)");
+        }
+        eprintln!("SKIPPED: prometheus is not installed (run scripts/setup.sh)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.0 GET: (status line, headers, body).
+fn http_get(port: u16, path: &str, accept: Option<&str>) -> (String, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{accept}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Prometheus {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    /// Prometheus on loopback scraping 127.0.0.1:`target` every second,
+    /// its storage in a directory of its own.
+    fn start(target: u16) -> Prometheus {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("pi_prom_{}_{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: proc_image\n    static_configs:\n      - targets: [\"127.0.0.1:{target}\"]\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .expect("spawn prometheus");
+        let p = Prometheus { child, port, dir };
+        let ready = wait_until(Duration::from_secs(30), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && http_get(port, "/-/ready", None).0.contains("200")
+        });
+        assert!(ready, "prometheus did not start: {}", p.log());
+        p
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// An instant query: the result vector (status must be success).
+    fn query(&self, promql: &str) -> Vec<Value> {
+        let (status, _, body) = http_get(
+            self.port,
+            &format!("/api/v1/query?query={}", url_encode(promql)),
+            None,
+        );
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{status}: {e}: {body} for {promql}"));
+        assert_eq!(v["status"], "success", "{promql}: {body}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn scalar(&self, promql: &str) -> Option<f64> {
+        let r = self.query(promql);
+        r.first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every PromQL expression in a dashboard: panel targets, and template
+/// variables' label_values(SELECTOR, LABEL) as count by (LABEL) (SELECTOR).
+fn expressions(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", Value::String(e)) => out.push(e.clone()),
+                    ("query", Value::Object(q)) => {
+                        if let Some(Value::String(e)) = q.get("query") {
+                            out.push(label_values_as_promql(e));
+                        }
+                    }
+                    _ => expressions(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| expressions(x, out)),
+        _ => {}
+    }
+}
+
+fn label_values_as_promql(e: &str) -> String {
+    let inner = e
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|s| s.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("template query is not label_values(...): {e}"));
+    let (selector, label) = inner.rsplit_once(',').unwrap();
+    format!("count by ({}) ({})", label.trim(), selector.trim())
+}
+
+/// The collector a metric comes from (None: the exporter's own health).
+fn collector_of(metric: &str) -> Option<&'static str> {
+    let name = metric.strip_prefix("proc_image_")?;
+    let table: [(&str, &str); 14] = [
+        ("lifecycle_events", "keytime"),
+        ("on_cpu", "keytime"),
+        ("off_cpu", "keytime"),
+        ("thread_syscalls", "syscall"),
+        ("syscalls", "syscall"),
+        ("syscall_latency", "syscall"),
+        ("sched_latency", "schedule"),
+        ("cpu_usage", "resource"),
+        ("thread_cpu_usage", "resource"),
+        ("cpu_seconds", "resource"),
+        ("memory_", "resource"),
+        ("io_", "resource"),
+        ("lock_", "lock"),
+        ("records", ""),
+    ];
+    table
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map(|(_, c)| *c)
+        .filter(|c| !c.is_empty())
+}
+
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("proc_image_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn dashboards() -> Vec<(PathBuf, Value)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/dashboards");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "dashboards in {}", dir.display());
+    files
+        .into_iter()
+        .map(|p| {
+            let v = serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p, v)
+        })
+        .collect()
+}
+
+#[test]
+fn dashboards_query_real_prometheus_scraping_proc_image() {
+    if !need_root() || !need_prometheus() {
+        return;
+    }
+    let mport = free_port();
+    let addr = format!("127.0.0.1:{mport}");
+    let pi = ProcImage::start("metrics", &["-a", "--metrics", &addr, "--interval", "300"]);
+    let prom = Prometheus::start(mport);
+    // scraping from before the workload starts: rate() sees all it does
+    let scraped = |n: f64| {
+        wait_until(Duration::from_secs(30), || {
+            prom.scalar(r#"count_over_time(up{job="proc_image"}[10m])"#)
+                .unwrap_or(0.0)
+                >= n
+        })
+    };
+    assert!(scraped(1.0), "prometheus did not scrape: {}", prom.log());
+    let mut w = Workload::start(&[
+        "lifecycle",
+        "--forks",
+        "3",
+        "--vforks",
+        "2",
+        "--threads",
+        "2",
+        "--sleep-ms",
+        "300",
+        "--busy-ms",
+        "1000",
+        "--exit-code",
+        "0",
+        "--linger-ms",
+        "4000",
+    ]);
+    let pid = w.pid();
+    pi.control_ok(&["-a", "-P", &pid.to_string()]);
+    w.go();
+    assert_eq!(w.wait().code(), Some(0));
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
+        "{}",
+        pi.stderr_text()
+    );
+
+    // two scrapes after the last record
+    let before = prom
+        .scalar(r#"count_over_time(up{job="proc_image"}[10m])"#)
+        .unwrap_or(0.0);
+    assert!(
+        scraped(before + 2.0),
+        "prometheus did not scrape: {}",
+        prom.log()
+    );
+    assert_eq!(prom.scalar(r#"up{job="proc_image"}"#), Some(1.0));
+
+    // the workload's truth, through Prometheus
+    let target = format!("tgid:{pid}");
+    let forks = prom.scalar(&format!(
+        r#"sum(proc_image_lifecycle_events_total{{target="{target}",event="fork"}})"#
+    ));
+    assert_eq!(forks, Some(3.0), "forks of the workload");
+    let threads = prom.scalar(&format!(
+        r#"sum(proc_image_lifecycle_events_total{{target="{target}",event="pthread_create",pid="{pid}"}})"#
+    ));
+    assert_eq!(threads, Some(2.0));
+
+    let available: Vec<String> = prom
+        .query("proc_image_collector_loaded == 1")
+        .iter()
+        .map(|s| s["metric"]["collector"].as_str().unwrap().to_string())
+        .collect();
+    assert!(available.contains(&"keytime".to_string()), "{available:?}");
+
+    let mut checked = 0;
+    let mut unchecked = Vec::new();
+    for (path, dash) in dashboards() {
+        let mut exprs = Vec::new();
+        expressions(&dash, &mut exprs);
+        assert!(!exprs.is_empty(), "{}", path.display());
+        for expr in exprs {
+            let missing: Vec<&str> = metric_names(&expr)
+                .iter()
+                .filter_map(|m| collector_of(m))
+                .filter(|c| !available.iter().any(|a| a == c))
+                .collect();
+            if !missing.is_empty() {
+                unchecked.push(format!("{expr} (needs {})", missing.join(", ")));
+                continue;
+            }
+            let q = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", &addr)
+                .replace("$target", &target);
+            let result = prom.query(&q);
+            let finite = result.iter().any(|s| {
+                s["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(f64::is_finite)
+            });
+            assert!(
+                finite,
+                "{}: no data for\n  {q}\n  -> {result:?}",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    eprintln!("checked {checked} dashboard expressions");
+    if !unchecked.is_empty() {
+        eprintln!(
+            "NOT CHECKED ({} expressions; their collector is not in this build):\n  {}",
+            unchecked.len(),
+            unchecked.join("\n  ")
+        );
+    }
+    assert!(checked >= 15, "only {checked} expressions checked");
+
+    // promtool accepts the exposition; OpenMetrics where asked
+    let (status, headers, body) = http_get(mport, "/metrics", None);
+    assert!(status.contains("200"), "{status}");
+    assert!(headers.contains("text/plain; version=0.0.4"), "{headers}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, headers, om) = http_get(
+        mport,
+        "/metrics",
+        Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+    );
+    assert!(
+        headers.contains("application/openmetrics-text"),
+        "{headers}"
+    );
+    assert!(om.ends_with("# EOF\n"));
+    assert!(http_get(mport, "/nope", None).0.contains("404"));
+    pi.finish();
+}
+
+#[test]
+fn metrics_port_taken_is_one_line_and_leaves_no_pins() {
+    if !need_root() {
+        return;
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let pins = pin_dir("port_taken");
+    let out = Command::new(PROC_IMAGE)
+        .args(["-k", "--metrics", &format!("127.0.0.1:{port}")])
+        .arg("--pin-dir")
+        .arg(&pins)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("cannot serve metrics") && stderr.contains("in use"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"));
+    assert!(!pins.exists(), "pins left in {}", pins.display());
+
+    // a bad address too
+    let out = Command::new(PROC_IMAGE)
+        .args(["-k", "--metrics", "not-an-address"])
+        .arg("--pin-dir")
+        .arg(&pins)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        (out.status.code(), stderr.lines().count()),
+        (Some(1), 1),
+        "{stderr}"
+    );
+    assert!(!pins.exists());
+}

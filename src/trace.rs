@@ -17,6 +17,7 @@
 //! are in time order (a late one is moved to the track's last timestamp).
 
 use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,15 @@ pub struct TraceWriter {
 
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
+}
+
+/// Nanoseconds as exact decimal microseconds.
+struct Us(u64);
+
+impl std::fmt::Display for Us {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
+    }
 }
 
 fn u64_of(rec: &Record, name: &str) -> u64 {
@@ -92,10 +102,15 @@ impl TraceWriter {
     }
 
     fn event(&mut self, ev: Value) {
-        let sep = if self.first { "" } else { ",\n" };
+        self.event_text(&ev.to_string());
+    }
+
+    fn event_text(&mut self, ev: &str) {
+        if !self.first {
+            self.write_raw(",\n");
+        }
         self.first = false;
-        let text = format!("{sep}{ev}");
-        self.write_raw(&text);
+        self.write_raw(ev);
     }
 
     /// Name the thread's track and its process's group from comm.
@@ -129,7 +144,7 @@ impl TraceWriter {
 
     /// A slice [end - dur, end] on the thread's track, clipped so it starts
     /// no earlier than the previous slice ended.
-    fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: Value) {
+    fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, arg_names: &[&str]) {
         let end = rec.ts_ns;
         let key = (rec.tgid, rec.pid);
         let mut start = end.saturating_sub(dur_ns);
@@ -140,10 +155,24 @@ impl TraceWriter {
             return;
         }
         self.slice_end.insert(key, end);
-        self.event(
-            json!({"ph": "X", "cat": "cpu", "name": name, "pid": rec.tgid, "tid": rec.pid,
-                          "ts": us(start), "dur": us(end - start), "args": args}),
+        // the hot path (every context switch): formatted directly, no Value
+        let mut ev = format!(
+            r#"{{"ph":"X","cat":"cpu","name":{},"pid":{},"tid":{},"ts":{},"dur":{},"args":{{"#,
+            Value::from(name),
+            rec.tgid,
+            rec.pid,
+            Us(start),
+            Us(end - start)
         );
+        let mut sep = "";
+        for &n in arg_names {
+            if let Some(v) = rec.get(n) {
+                let _ = write!(ev, "{sep}\"{n}\":{v}");
+                sep = ",";
+            }
+        }
+        ev.push_str("}}");
+        self.event_text(&ev);
     }
 
     /// A timestamp no earlier than the last one of track `key`.
@@ -237,14 +266,13 @@ impl TraceWriter {
                 self.instant(rec, args_of(rec, &["exit_code", "signal", "signal_name", "group_dead"]))
             }
             ("keytime", "on_cpu") => {
-                let args = args_of(rec, &["cpu"]);
-                self.slice(rec, "on-CPU", u64_of(rec, "duration_ns"), args)
+                self.slice(rec, "on-CPU", u64_of(rec, "duration_ns"), &["cpu"])
             }
             ("keytime", "off_cpu") => {
                 let reason = rec.get("reason").and_then(Value::as_str).unwrap_or("other");
                 let name = format!("off-CPU: {reason}");
-                let args = args_of(rec, &["cpu", "reason", "blocked_in", "prev_state"]);
-                self.slice(rec, &name, u64_of(rec, "duration_ns"), args)
+                let args = ["cpu", "reason", "blocked_in", "prev_state"];
+                self.slice(rec, &name, u64_of(rec, "duration_ns"), &args)
             }
             ("keytime", "cpu_summary") => {
                 let pct = percent(u64_of(rec, "on_cpu_ns"), u64_of(rec, "interval_ns"));

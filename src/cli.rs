@@ -351,6 +351,24 @@ mod tests {
         );
         let p = ProcImageArgs::try_parse_from(["proc_image", "-l"]).unwrap();
         assert_eq!(p.collectors(), [CollectorKind::Lock]);
+        let p = ProcImageArgs::try_parse_from([
+            "proc_image",
+            "-o",
+            "none",
+            "--metrics",
+            "9464",
+            "--metrics-top",
+            "5",
+            "--trace-out",
+            "/tmp/t.json",
+        ])
+        .unwrap();
+        assert_eq!(
+            (p.format(), p.metrics.as_deref(), p.metrics_top),
+            (Format::None, Some("9464"), 5)
+        );
+        assert_eq!(p.trace_out, Some(PathBuf::from("/tmp/t.json")));
+        assert!(ProcImageArgs::try_parse_from(["proc_image", "--metrics-top", "0"]).is_err());
         assert!(ProcImageArgs::try_parse_from(["proc_image", "--ringbuf-kib", "3"]).is_err());
         assert!(ProcImageArgs::try_parse_from(["proc_image", "-t", "-1"]).is_err());
     }

@@ -946,13 +946,15 @@ fn answer(conn: &mut TcpStream, shared: &Arc<Mutex<Snapshot>>) -> Result<()> {
         head.extend_from_slice(&buf[..n]);
     }
     let head = String::from_utf8_lossy(&head);
-    let (status, ctype, body) = match parse_request(&head) {
+    let request = parse_request(&head);
+    let head_only = request.as_ref().is_some_and(|r| r.0 == "HEAD");
+    let (status, ctype, body) = match request {
         Some((m, _, _)) if m != "GET" && m != "HEAD" => (
             "405 Method Not Allowed",
             "text/plain",
             "GET only\n".to_string(),
         ),
-        Some((m, path, accept)) if path.split('?').next() == Some("/metrics") => {
+        Some((_, path, accept)) if path.split('?').next() == Some("/metrics") => {
             let om = accept.contains("application/openmetrics-text");
             let body = exposition(shared, om)?;
             let ctype = if om {
@@ -960,11 +962,7 @@ fn answer(conn: &mut TcpStream, shared: &Arc<Mutex<Snapshot>>) -> Result<()> {
             } else {
                 prometheus_client::encoding::prometheus_text::CONTENT_TYPE
             };
-            (
-                "200 OK",
-                ctype,
-                if m == "HEAD" { String::new() } else { body },
-            )
+            ("200 OK", ctype, body)
         }
         Some((_, path, _)) if path == "/" => (
             "200 OK",
@@ -980,9 +978,12 @@ fn answer(conn: &mut TcpStream, shared: &Arc<Mutex<Snapshot>>) -> Result<()> {
     };
     write!(
         conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )?;
+    if !head_only {
+        conn.write_all(body.as_bytes())?;
+    }
     conn.flush()?;
     Ok(())
 }

@@ -431,3 +431,66 @@ fn metrics_port_taken_is_one_line_and_leaves_no_pins() {
     );
     assert!(!pins.exists());
 }
+
+/// Whole system on a busy host: only --metrics-top threads have series of
+/// their own, the rest is "other", and the series count stays bounded.
+#[test]
+fn whole_system_series_are_bounded() {
+    if !need_root() {
+        return;
+    }
+    let mport = free_port();
+    let pi = ProcImage::start(
+        "metrics_top",
+        &[
+            "-k",
+            "-o",
+            "none",
+            "--metrics",
+            &mport.to_string(),
+            "--metrics-top",
+            "3",
+            "--interval",
+            "200",
+        ],
+    );
+    pi.control_ok(&["-a", "-k"]);
+    // a churn of short-lived processes on top of whatever the host runs
+    let mut w = Workload::start(&[
+        "stress",
+        "--forks-per-sec",
+        "200",
+        "--syscalls-per-sec",
+        "1000",
+        "--secs",
+        "3",
+    ]);
+    w.wait();
+    std::thread::sleep(Duration::from_millis(600));
+    let (_, _, body) = http_get(mport, "/metrics", None);
+    let pids = |metric: &str| -> Vec<String> {
+        let mut v: Vec<String> = body
+            .lines()
+            .filter(|l| l.starts_with(metric))
+            .filter_map(|l| l.split("pid=\"").nth(1))
+            .filter_map(|r| r.split('"').next())
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let on_cpu = pids("proc_image_on_cpu_seconds_total{");
+    let events = pids("proc_image_lifecycle_events_total{");
+    assert!(on_cpu.contains(&"other".to_string()), "{on_cpu:?}");
+    // labelled now (3) + lingering (at most 3) + other
+    assert!(on_cpu.len() <= 7, "{on_cpu:?}");
+    assert!(events.len() <= 7, "~600 forks, {events:?}");
+    let series: f64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("proc_image_metric_series "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("proc_image_metric_series");
+    assert!(series < 200.0, "{series} series");
+    pi.finish();
+}

@@ -212,7 +212,7 @@ impl Snapshot {
         self.len() == 0
     }
 
-    /// Series of `fam` as (labels, value), for tests and the trace of health.
+    /// Series of `fam` as (labels, value).
     pub fn family(&self, fam: Fam) -> Vec<(&Labels, &Val)> {
         self.series
             .get(&fam)
@@ -406,8 +406,9 @@ pub struct Exporter {
     procs: Bounded,
     target: Option<String>,
     loaded: Vec<&'static str>,
-    /// resource totals last seen per tgid: counters grow by the difference
-    last_totals: HashMap<u32, [u64; 3]>,
+    /// resource totals last seen per tgid, and when: counters grow by the
+    /// difference
+    last_totals: HashMap<u32, ([u64; 3], u64)>,
     next_rebalance_ns: u64,
 }
 
@@ -590,7 +591,9 @@ impl Exporter {
     pub fn maintain_with(&mut self, now: u64, alive: impl Fn(u32) -> bool + Copy) {
         let gone_threads = self.threads.rebalance(now, alive);
         let gone_procs = self.procs.rebalance(now, alive);
-        self.last_totals.retain(|tgid, _| alive(*tgid));
+        // processes that stopped reporting (gone, or a new target)
+        self.last_totals
+            .retain(|_, (_, seen)| now.saturating_sub(*seen) < 10 * REBALANCE_NS);
         let current = self.target.clone();
         let gone_t: Vec<String> = gone_threads.iter().map(u32::to_string).collect();
         let gone_p: Vec<String> = gone_procs.iter().map(u32::to_string).collect();
@@ -724,7 +727,10 @@ impl Exporter {
                     u64_of(rec, "read_bytes_total"),
                     u64_of(rec, "write_bytes_total"),
                 ];
-                let last = self.last_totals.insert(tgid, totals).unwrap_or([0; 3]);
+                let last = self
+                    .last_totals
+                    .insert(tgid, (totals, now))
+                    .map_or([0; 3], |(t, _)| t);
                 // a total that went down started again (a new activation)
                 let delta: Vec<f64> = totals
                     .iter()

@@ -296,7 +296,6 @@ impl TraceWriter {
                 json!({"target": us(u64_of(rec, "avg_ns")), "system": us(u64_of(rec, "sys_avg_ns"))}),
             ),
             ("resource", "resource_total") => {
-                let secs = u64_of(rec, "interval_ns").max(1) as f64 / 1e9;
                 let cpu = rec.get("cpu_pct").and_then(Value::as_f64).unwrap_or(0.0);
                 self.counter(rec.tgid, "CPU %", rec.ts_ns, json!({"cpu": cpu}));
                 self.counter(rec.tgid, "RSS (KiB)", rec.ts_ns, json!({"rss": u64_of(rec, "rss_kib")}));
@@ -304,7 +303,6 @@ impl TraceWriter {
                     rec.get("read_bps").and_then(Value::as_f64),
                     rec.get("write_bps").and_then(Value::as_f64),
                 );
-                let _ = secs;
                 self.counter(
                     rec.tgid,
                     "I/O (bytes/s)",

@@ -254,9 +254,8 @@ impl TraceWriter {
 
     /// Turn one record into trace events.
     pub fn add(&mut self, rec: &Record) {
-        if rec.pid != 0 || rec.tgid != 0 {
-            self.name_track(rec.tgid, rec.pid, &rec.comm);
-        }
+        // records without a task (the tool's own, per-target figures) have no comm
+        self.name_track(rec.tgid, rec.pid, &rec.comm);
         match (rec.collector, rec.event) {
             ("keytime", "fork" | "vfork" | "pthread_create") => {
                 self.instant(rec, args_of(rec, &["child_pid", "child_tgid", "clone_flags"]))

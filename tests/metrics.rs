@@ -152,9 +152,11 @@ fn expressions(v: &Value, out: &mut Vec<String>) {
             for (k, x) in m {
                 match (k.as_str(), x) {
                     ("expr", Value::String(e)) => out.push(e.clone()),
-                    ("query", Value::Object(q)) => {
-                        if let Some(Value::String(e)) = q.get("query") {
-                            out.push(label_values_as_promql(e));
+                    ("templating", t) => {
+                        for var in t["list"].as_array().into_iter().flatten() {
+                            let q = &var["query"];
+                            let e = q.as_str().or_else(|| q["query"].as_str());
+                            out.push(label_values_as_promql(e.expect("variable query")));
                         }
                     }
                     _ => expressions(x, out),

@@ -57,8 +57,11 @@ struct mm_struct___old {
 
 /*
  * One RSS counter, as get_mm_counter() reads it: the shared count only
- * (percpu_counter_read_positive), never negative. A literal `member`: a CO-RE
- * array index must be a constant.
+ * (percpu_counter_read_positive), never negative. Each CPU may hold up to
+ * a batch (32 pages or more) not folded in yet; VmRSS adds those since 6.16
+ * but BPF cannot reach them here (per-CPU offsets need a kallsyms entry for
+ * this_cpu_off, which a kernel without KALLSYMS_ALL lacks). A literal
+ * `member`: a CO-RE array index must be a constant.
  */
 #define MM_COUNTER(mm, member)                                                       \
 	({                                                                           \

@@ -72,6 +72,8 @@ struct Seen {
     /// at the activation (or zero for a thread born after it)
     base: Counters,
     last: Counters,
+    /// when `last` was taken (bpf_ktime_get_ns)
+    last_ns: u64,
 }
 
 /// One thread (or a total) over one interval.
@@ -80,19 +82,16 @@ pub struct Figures {
     pub pid: u32,
     pub tgid: u32,
     pub comm: String,
-    /// in the interval
+    /// when the figures were taken (CLOCK_MONOTONIC)
+    pub ts_ns: u64,
+    /// the span `delta` covers: from the thread's previous sample to this one
+    pub window_ns: u64,
+    /// in the window
     pub delta: Counters,
     /// since the activation
     pub total: Counters,
     pub rss_kib: u64,
     pub exited: bool,
-}
-
-/// What to turn counts into rates and percentages with.
-#[derive(Debug, Clone, Copy)]
-pub struct Scale {
-    pub interval_ns: u64,
-    pub mem_total_kib: u64,
 }
 
 /// `part` of `whole` in percent, to 0.01.
@@ -112,15 +111,16 @@ pub fn per_second(bytes: u64, interval_ns: u64) -> u64 {
 }
 
 impl Figures {
-    pub fn record(&self, now: u64, event: &'static str, scale: &Scale) -> Record {
-        Record::new(now, NAME, event)
+    pub fn record(&self, event: &'static str, mem_total_kib: u64) -> Record {
+        let window = self.window_ns;
+        Record::new(self.ts_ns, NAME, event)
             .task(self.pid, self.tgid, self.comm.clone())
-            .field("interval_ns", scale.interval_ns)
-            .field("cpu_pct", percent(self.delta.on_cpu_ns, scale.interval_ns))
+            .field("interval_ns", window)
+            .field("cpu_pct", percent(self.delta.on_cpu_ns, window))
             .field("rss_kib", self.rss_kib)
-            .field("mem_pct", percent(self.rss_kib, scale.mem_total_kib))
-            .field("read_bps", per_second(self.delta.rchar, scale.interval_ns))
-            .field("write_bps", per_second(self.delta.wchar, scale.interval_ns))
+            .field("mem_pct", percent(self.rss_kib, mem_total_kib))
+            .field("read_bps", per_second(self.delta.rchar, window))
+            .field("write_bps", per_second(self.delta.wchar, window))
             .field("cpu_ns_total", self.total.on_cpu_ns)
             .field("read_bytes_total", self.total.rchar)
             .field("write_bytes_total", self.total.wchar)
@@ -128,9 +128,17 @@ impl Figures {
     }
 }
 
-/// The sum of `threads`. Threads of one process share its memory: RSS is
+/// The sum of `threads`, taken at the latest of their samples over the
+/// longest of their windows (`now` and `interval_ns` when there are none). Threads of one process share its memory: RSS is
 /// counted once per thread group (its largest sample in the interval).
-pub fn total_of(threads: &[Figures], pid: u32, tgid: u32, total: Counters) -> Figures {
+pub fn total_of(
+    threads: &[Figures],
+    pid: u32,
+    tgid: u32,
+    total: Counters,
+    now: u64,
+    interval_ns: u64,
+) -> Figures {
     let mut delta = Counters::default();
     let mut rss: HashMap<u32, u64> = HashMap::new();
     for t in threads {
@@ -142,6 +150,12 @@ pub fn total_of(threads: &[Figures], pid: u32, tgid: u32, total: Counters) -> Fi
         pid,
         tgid,
         comm: String::new(),
+        ts_ns: threads.iter().map(|t| t.ts_ns).max().unwrap_or(now),
+        window_ns: threads
+            .iter()
+            .map(|t| t.window_ns)
+            .max()
+            .unwrap_or(interval_ns),
         delta,
         total,
         rss_kib: rss.values().sum(),
@@ -187,12 +201,25 @@ impl Tracker {
         self.total = Counters::default();
         for s in samples {
             let c = Counters::of(s);
-            self.seen.insert(s.hdr.pid, Seen { base: c, last: c });
+            self.seen.insert(
+                s.hdr.pid,
+                Seen {
+                    base: c,
+                    last: c,
+                    last_ns: s.hdr.ts_ns,
+                },
+            );
         }
     }
 
     /// Turn this interval's samples into figures, and remember them.
-    pub fn figures(&mut self, samples: &[resource_sample], page_kib: u64) -> Vec<Figures> {
+    /// A thread first seen now was born after `interval_start_ns`.
+    pub fn figures(
+        &mut self,
+        samples: &[resource_sample],
+        page_kib: u64,
+        interval_start_ns: u64,
+    ) -> Vec<Figures> {
         let mut latest: HashMap<u32, &resource_sample> = HashMap::new();
         for s in samples {
             // an exit sample is later than a live one of the same thread
@@ -211,12 +238,15 @@ impl Tracker {
             let before = self.seen.get(&pid).copied().unwrap_or(Seen {
                 base: Counters::default(),
                 last: Counters::default(),
+                last_ns: interval_start_ns,
             });
             let exited = s.hdr.kind == RESOURCE_EXIT as u8;
             figures.push(Figures {
                 pid,
                 tgid: s.hdr.tgid,
                 comm: c_str(&s.hdr.comm),
+                ts_ns: s.hdr.ts_ns,
+                window_ns: s.hdr.ts_ns.saturating_sub(before.last_ns),
                 delta: now.since(&before.last),
                 total: now.since(&before.base),
                 rss_kib: s.rss_pages * page_kib,
@@ -228,6 +258,7 @@ impl Tracker {
                     Seen {
                         base: before.base,
                         last: now,
+                        last_ns: s.hdr.ts_ns,
                     },
                 );
             }
@@ -312,14 +343,17 @@ impl Resource {
     }
 
     fn report(&mut self, target: Target, out: &mut Output) -> Result<()> {
+        // each thread's figures are stamped with the time of its sample and
+        // cover the span since its previous one: proc_image may be late to
+        // close an interval (a busy machine), the kernel's clock is not
         let now = sys::monotonic_ns();
-        let scale = Scale {
-            interval_ns: now.saturating_sub(self.interval_start_ns),
-            mem_total_kib: self.mem_total_kib,
-        };
-        self.interval_start_ns = now;
+        let interval_ns = now.saturating_sub(self.interval_start_ns);
         let samples = self.samples()?;
-        let mut figures = self.tracker.figures(&samples, self.page_kib);
+        let mut figures = self
+            .tracker
+            .figures(&samples, self.page_kib, self.interval_start_ns);
+        self.interval_start_ns = now;
+        let mem = self.mem_total_kib;
         // busiest first; ties by pid so that the order is stable
         figures.sort_by(|a, b| {
             b.delta
@@ -331,17 +365,17 @@ impl Resource {
         match target {
             Target::Thread { .. } | Target::Idle { .. } => {
                 for f in &figures {
-                    out.emit(&f.record(now, "resource", &scale));
+                    out.emit(&f.record("resource", mem));
                 }
             }
             Target::Group { tgid, .. } => {
                 for f in &figures {
-                    out.emit(&f.record(now, "resource", &scale));
+                    out.emit(&f.record("resource", mem));
                 }
-                let total = total_of(&figures, tgid, tgid, self.tracker.total);
+                let total = total_of(&figures, tgid, tgid, self.tracker.total, now, interval_ns);
                 out.emit(
                     &total
-                        .record(now, "resource_total", &scale)
+                        .record("resource_total", mem)
                         .field("threads", figures.len()),
                 );
             }
@@ -351,12 +385,12 @@ impl Resource {
                     .iter()
                     .filter(|f| f.delta != Counters::default() || f.exited);
                 for f in active.take(self.top) {
-                    out.emit(&f.record(now, "resource", &scale));
+                    out.emit(&f.record("resource", mem));
                 }
-                let total = total_of(&figures, 0, 0, self.tracker.total);
+                let total = total_of(&figures, 0, 0, self.tracker.total, now, interval_ns);
                 out.emit(
                     &total
-                        .record(now, "resource_total", &scale)
+                        .record("resource_total", mem)
                         .field("threads", figures.len()),
                 );
             }
@@ -547,6 +581,8 @@ mod tests {
             pid,
             tgid,
             comm: String::new(),
+            ts_ns: 7,
+            window_ns: 1000,
             delta: Counters {
                 on_cpu_ns: cpu,
                 rchar: 1,
@@ -557,7 +593,10 @@ mod tests {
             exited: false,
         };
         let threads = [t(1, 1, 100, 5), t(2, 1, 100, 7), t(3, 3, 40, 1)];
-        let sum = total_of(&threads, 0, 0, Counters::default());
+        let sum = total_of(&threads, 0, 0, Counters::default(), 9, 5);
+        assert_eq!((sum.ts_ns, sum.window_ns), (7, 1000));
+        let none = total_of(&[], 0, 0, Counters::default(), 9, 5);
+        assert_eq!((none.ts_ns, none.window_ns), (9, 5));
         assert_eq!(sum.rss_kib, 140);
         assert_eq!(
             sum.delta,
@@ -567,16 +606,62 @@ mod tests {
                 wchar: 6
             }
         );
-        let rec = sum.record(
-            9,
-            "resource_total",
-            &Scale {
-                interval_ns: 1000,
-                mem_total_kib: 1400,
-            },
-        );
+        let rec = sum.record("resource_total", 1400);
         assert_eq!(rec.get("cpu_pct"), Some(&serde_json::json!(1.3)));
         assert_eq!(rec.get("mem_pct"), Some(&serde_json::json!(10.0)));
         assert_eq!(rec.get("read_bps"), Some(&serde_json::json!(3_000_000)));
+    }
+
+    #[test]
+    fn tracker_takes_differences_per_thread() {
+        use crate::bpf_intf::RESOURCE_LIVE as LIVE;
+        let mut t = Tracker::default();
+        // at the activation: thread 1 had read 1000 bytes already
+        t.start(&[sample(1, LIVE, 100, 0, 1000, 0)]);
+        let f = t.figures(
+            &[
+                sample(1, LIVE, 1100, 400, 1500, 20),
+                // born during the interval, which began at 100
+                sample(2, LIVE, 1150, 300, 10, 10),
+            ],
+            4,
+            100,
+        );
+        let one = f.iter().find(|f| f.pid == 1).unwrap();
+        assert_eq!(one.window_ns, 1000);
+        assert_eq!(
+            (one.delta.on_cpu_ns, one.delta.rchar, one.delta.wchar),
+            (400, 500, 20)
+        );
+        assert_eq!(one.rss_kib, 1024);
+        let two = f.iter().find(|f| f.pid == 2).unwrap();
+        assert_eq!((two.window_ns, two.delta.rchar), (1050, 10));
+        assert_eq!(t.total.on_cpu_ns, 700);
+
+        // thread 1 exits: its exit sample wins over a live one; thread 2 is
+        // not sampled any more (no longer a target) and is forgotten
+        let f = t.figures(
+            &[
+                sample(1, RESOURCE_EXIT, 1900, 500, 1600, 20),
+                sample(1, LIVE, 1800, 450, 1550, 20),
+            ],
+            4,
+            1100,
+        );
+        assert_eq!(f.len(), 1);
+        assert!(f[0].exited);
+        assert_eq!((f[0].window_ns, f[0].delta.on_cpu_ns), (800, 100));
+        assert_eq!(
+            f[0].total,
+            Counters {
+                on_cpu_ns: 500,
+                rchar: 600,
+                wchar: 20
+            }
+        );
+        assert_eq!(t.total.on_cpu_ns, 800);
+        // an exited thread is gone: the same pid later is a new thread
+        let f = t.figures(&[sample(1, LIVE, 2900, 50, 5, 0)], 4, 1900);
+        assert_eq!((f[0].delta.on_cpu_ns, f[0].window_ns), (50, 1000));
     }
 }

@@ -209,7 +209,12 @@ fn proc_self() -> serde_json::Value {
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    json!({"cpu_ticks": tick(14) + tick(15),
+    // on-CPU ns as the scheduler counts it (sum_exec_runtime)
+    let run_ns = read("schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<u64>().ok());
+    json!({"cpu_ticks": tick(14) + tick(15), "run_ns": run_ns,
            "ticks_per_sec": unsafe { libc::sysconf(libc::_SC_CLK_TCK) },
            "vmrss_kib": vmrss, "rchar": io_field("rchar:"), "wchar": io_field("wchar:")})
 }

@@ -307,3 +307,113 @@ fn whole_system_lists_the_busiest_threads() {
     let mean = spin.iter().sum::<f64>() / spin.len() as f64;
     assert!((20.0..=60.0).contains(&mean), "{spin:?}");
 }
+
+/// utime + stime of a process so far, in ns (clock-tick resolution).
+fn proc_cpu_ns(pid: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<u64> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // field 3 is at index 0: utime is field 14, stime 15
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    (fields[11] + fields[12]) * 1_000_000_000 / hz
+}
+
+/// -P on a process of several threads: a record per thread and a total
+/// that sums them, counts the shared memory once, keeps the threads that
+/// exited, and agrees with the CPU time the kernel reports when the
+/// process is reaped.
+#[test]
+fn group_total_sums_its_threads() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("resource_group", &["-r"]);
+    let mut w = Workload::start(&["sched", "--busy-threads", "2", "--secs", "3"]);
+    let pid = w.pid() as u64;
+    let threads = w.wait_truth("threads", Duration::from_secs(5));
+    let mut workers: Vec<u64> = threads["busy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    workers.push(threads["sleeper"].as_u64().unwrap());
+
+    // CPU used before the activation, bracketed by two reads
+    let before = proc_cpu_ns(pid);
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-r", "-i", "300"]);
+    let after = proc_cpu_ns(pid);
+    // reap it ourselves: rusage has the CPU of every thread, exited ones too
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+    assert_eq!(reaped as u64, pid);
+    let tv_ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
+    let total_cpu = tv_ns(usage.ru_utime) + tv_ns(usage.ru_stime);
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    drop(w);
+
+    // an interval's thread records come right before its total
+    let mut intervals: Vec<(Vec<&Value>, &Value)> = Vec::new();
+    let mut pending = Vec::new();
+    for r in recs.iter().filter(|r| r["collector"] == "resource") {
+        if r["event"] == "resource_total" {
+            intervals.push((std::mem::take(&mut pending), r));
+        } else {
+            pending.push(r);
+        }
+    }
+    let totals: Vec<&Value> = intervals.iter().map(|(_, t)| *t).collect();
+    assert!(totals.len() >= 5, "{totals:?}");
+    let mut rss_seen = false;
+    for (threads, t) in &intervals {
+        assert_eq!(u64_of(t, "threads"), threads.len() as u64, "{t}");
+        assert!(threads.iter().all(|r| r["tgid"] == pid));
+        let sum: u64 = threads
+            .iter()
+            .map(|r| (f64_of(r, "cpu_pct") / 100.0 * u64_of(r, "interval_ns") as f64) as u64)
+            .sum();
+        let total = f64_of(t, "cpu_pct") / 100.0 * u64_of(t, "interval_ns") as f64;
+        assert!(
+            (total - sum as f64).abs() <= 0.02 * u64_of(t, "interval_ns") as f64,
+            "{t}: threads sum to {sum} ns"
+        );
+        // one mm: the same RSS in every live thread, counted once
+        let live_rss: Vec<u64> = threads
+            .iter()
+            .filter(|r| r["exited"] == false)
+            .map(|r| u64_of(r, "rss_kib"))
+            .collect();
+        if let Some(max) = live_rss.iter().max() {
+            assert_eq!(u64_of(t, "rss_kib"), *max, "{t}");
+            rss_seen = true;
+        }
+    }
+    assert!(rss_seen);
+    // every worker thread's last figures were taken at its exit
+    for tid in &workers {
+        assert!(
+            recs.iter().any(|r| r["pid"] == *tid && r["exited"] == true),
+            "no exit figures for thread {tid}"
+        );
+    }
+    // the last total holds all the CPU the process used since the
+    // activation, its exited threads' included
+    let ours = u64_of(totals.last().unwrap(), "cpu_ns_total") as f64;
+    let (lo, hi) = (
+        total_cpu.saturating_sub(after) as f64,
+        total_cpu.saturating_sub(before) as f64,
+    );
+    eprintln!("group CPU: ours {ours}, rusage minus before activation {lo}..{hi}");
+    assert!(
+        ours >= lo * 0.95 && ours <= hi * 1.05,
+        "ours {ours} vs {lo}..{hi}"
+    );
+}

@@ -330,7 +330,7 @@ fn group_total_sums_its_threads() {
         return;
     }
     let pi = ProcImage::start("resource_group", &["-r"]);
-    let mut w = Workload::start(&["sched", "--busy-threads", "2", "--secs", "3"]);
+    let w = Workload::start(&["sched", "--busy-threads", "2", "--secs", "3"]);
     let pid = w.pid() as u64;
     let threads = w.wait_truth("threads", Duration::from_secs(5));
     let mut workers: Vec<u64> = threads["busy"]

@@ -13,30 +13,43 @@ source "$(dirname "$0")/lib.sh"
 sleep 1000 &
 OTHER_PID=$!
 
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+# The four configurations take turns within each repetition, so that a
+# neighbour's load on this shared machine falls on all of them alike.
+# (a) runs beside a loaded, deactivated proc_image: that attaches nothing.
 table() { # table MODE N
-	local mode=$1 n=$2 a b c d
-	a=$(measure "$mode" "$n")
-	floor_start resource
-	b=$(measure "$mode" "$n")
-	floor_stop
+	local mode=$1 n=$2 a b c d dir
+	dir=$(mktemp -d)
 	pi_start -r
-	c=$(measure "$mode" "$n" -r)
-	"$CTL" -a -P "$OTHER_PID" -r >/dev/null
-	d=$(measure "$mode" "$n")
+	for _ in $(seq 1 "$REPS"); do
+		run_once "$mode" "$n" >>"$dir/a"
+		floor_start resource
+		run_once "$mode" "$n" >>"$dir/b"
+		floor_stop
+		run_once "$mode" "$n" -r >>"$dir/c"
+		"$CTL" -d >/dev/null || true
+		"$CTL" -a -P "$OTHER_PID" -r >/dev/null
+		run_once "$mode" "$n" >>"$dir/d"
+		"$CTL" -d >/dev/null
+	done
 	pi_stop
+	a=$(median <"$dir/a") b=$(median <"$dir/b") c=$(median <"$dir/c") d=$(median <"$dir/d")
+	rm -rf "$dir"
 	echo "$mode with proc_image -r ($n ops, median of $REPS)"
 	row "(a) no tracing" "$a" "$a"
 	row "(b) floor: no-op programs on the same hooks" "$a" "$b"
 	row "(c) active on the workload" "$a" "$c"
 	row "(d) active on another process" "$a" "$d"
 	awk -v a="$a" -v b="$b" -v c="$c" -v d="$d" 'BEGIN {
-		fl = b - a; if (fl <= 0) fl = 1e-9
-		printf "  overhead over (a): floor %.1f ns, on workload %.1f ns (%.2fx the floor), other process %.1f ns (%.2fx)\n",
-			b - a, c - a, (c - a) / fl, d - a, (d - a) / fl }'
+		printf "  overhead over (a): floor %.1f ns, on workload %.1f ns, other process %.1f ns", b - a, c - a, d - a
+		if (b - a > 0) printf "; on workload %.2fx the floor", (c - a) / (b - a)
+		else printf "; the floor is below the noise"
+		printf "\n" }'
 }
 
 table bench-syscalls 2000000
-table bench-pipe 100000
+table bench-pipe 300000
 
 # proc_image's own CPU while resource follows every task for 10 s (1 s intervals)
 pi_start -r

@@ -3,8 +3,8 @@
  * resource: on-CPU time, memory (RSS) and I/O bytes of the target's threads.
  *
  * sched_switch keeps only what has to be caught as it happens: each target
- * thread's on-CPU time, summed in task storage from its switch-in and
- * switch-out times. The levels and counters the kernel already keeps (the
+ * thread's on-CPU time, from its switch-in time (kept per CPU while it
+ * runs) to its switch-out, summed in task storage. The levels and counters the kernel already keeps (the
  * mm's RSS counters, task->ioac) are read from the task itself when
  * proc_image closes an interval, by a task iterator (handle__iter_task) that
  * also counts the current run of a thread that is on a CPU right now, so a
@@ -16,10 +16,10 @@
 /* Written by proc_image (struct resource_config). */
 struct resource_config cfg;
 
+/* A target thread's on-CPU time in runs that have ended. */
 struct run_time {
-	__u64 on_cpu_ns;    /* runs that have ended */
-	__u64 run_start_ns; /* switch-in time of the current run; 0 = off CPU */
-	__u32 generation;   /* the activation on_cpu_ns belongs to */
+	__u64 on_cpu_ns;
+	__u32 generation; /* the activation on_cpu_ns belongs to */
 	__u32 _pad;
 };
 
@@ -29,6 +29,48 @@ struct {
 	__type(key, int);
 	__type(value, struct run_time);
 } runs SEC(".maps");
+
+/*
+ * The target thread running on each CPU, if any, and since when. Kept per
+ * CPU rather than in the thread's task storage so that a switch-in costs a
+ * per-CPU slot and a switch-out checks the slot instead of the filter.
+ */
+struct current_run {
+	__u64 task; /* its task_struct; 0 = no target thread runs here */
+	__u64 start_ns;
+	__u32 pid;  /* with `task`: not a later task at the same address */
+	__u32 generation;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct current_run);
+} current_runs SEC(".maps");
+
+static __always_inline bool runs_here(struct current_run *c, struct task_struct *task)
+{
+	return c && c->task == (__u64)task && c->pid == task->pid &&
+	       c->generation == cfg.target.generation;
+}
+
+/* The thread's sums, started afresh for a new activation. */
+static __always_inline struct run_time *run_time_of(struct task_struct *task, __u64 flags)
+{
+	struct run_time *r = bpf_task_storage_get(&runs, task, 0, flags);
+
+	if (!r) {
+		if (flags)
+			STAT_INC(no_task_state);
+		return NULL;
+	}
+	if (r->generation != cfg.target.generation) {
+		r->generation = cfg.target.generation;
+		r->on_cpu_ns = 0;
+	}
+	return r;
+}
 
 /* Last figures of target threads that exited; proc_image takes them out. */
 #define MAX_EXITS 8192
@@ -94,17 +136,17 @@ static __always_inline void fill_sample(struct resource_sample *s, struct task_s
 	}
 }
 
-/* On-CPU time up to `now`, counting the run in progress. */
-static __always_inline __u64 on_cpu_until(struct run_time *r, __u64 now)
+/* On-CPU time up to `now`, counting the run in progress (`c`, if its). */
+static __always_inline __u64 on_cpu_until(struct task_struct *task, struct run_time *r,
+					  struct current_run *c, __u64 now)
 {
-	__u64 start, sum;
+	__u64 sum = r ? r->on_cpu_ns : 0, start;
 
-	if (!r || r->generation != cfg.target.generation)
-		return 0;
-	start = r->run_start_ns;
-	sum = r->on_cpu_ns;
-	if (start && now > start)
-		sum += now - start;
+	if (runs_here(c, task)) {
+		start = c->start_ns;
+		if (now > start)
+			sum += now - start;
+	}
 	return sum;
 }
 
@@ -112,29 +154,29 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	__u32 gen = cfg.target.generation;
+	struct current_run *c;
 	struct run_time *r;
+	__u32 zero = 0;
 	__u64 now = 0;
 
-	if (prev->pid && is_target(&cfg.target, prev)) {
-		r = bpf_task_storage_get(&runs, prev, 0, 0);
-		if (r && r->run_start_ns && r->generation == gen) {
+	c = bpf_map_lookup_elem(&current_runs, &zero);
+	if (!c)
+		return 0;
+	if (c->task == (__u64)prev) {
+		if (runs_here(c, prev)) {
 			now = bpf_ktime_get_ns();
-			r->on_cpu_ns += now - r->run_start_ns;
-			r->run_start_ns = 0;
+			/* no new state for a task that is past its exit */
+			r = run_time_of(prev, prev->exit_state ? 0 : BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (r)
+				r->on_cpu_ns += now - c->start_ns;
 		}
+		c->task = 0;
 	}
 	if (next->pid && is_target(&cfg.target, next)) {
-		r = bpf_task_storage_get(&runs, next, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (!r) {
-			STAT_INC(no_task_state);
-			return 0;
-		}
-		if (r->generation != gen) {
-			r->generation = gen;
-			r->on_cpu_ns = 0;
-		}
-		r->run_start_ns = now ?: bpf_ktime_get_ns();
+		c->task = (__u64)next;
+		c->pid = next->pid;
+		c->generation = cfg.target.generation;
+		c->start_ns = now ?: bpf_ktime_get_ns();
 	}
 	return 0;
 }
@@ -144,14 +186,16 @@ SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle__sched_process_exit, struct task_struct *p)
 {
 	struct resource_sample s;
+	__u32 pid, zero = 0;
 	__u64 now;
-	__u32 pid;
 
 	if (!is_target(&cfg.target, p))
 		return 0;
 	now = bpf_ktime_get_ns();
+	/* p is running: its run is in this CPU's slot */
 	fill_sample(&s, p, RESOURCE_EXIT, now,
-		    on_cpu_until(bpf_task_storage_get(&runs, p, 0, 0), now));
+		    on_cpu_until(p, run_time_of(p, 0), bpf_map_lookup_elem(&current_runs, &zero),
+				 now));
 	pid = p->pid;
 	if (bpf_map_update_elem(&exits, &pid, &s, BPF_ANY))
 		STAT_INC(map_full);
@@ -168,25 +212,33 @@ int handle__iter_task(struct bpf_iter__task *ctx)
 {
 	struct task_struct *task = ctx->task;
 	struct resource_sample s;
+	struct current_run *c;
 	struct run_time *r;
+	__u32 zero = 0;
 	__u64 now;
 
 	/* exited threads left their figures in `exits` */
 	if (!task || !task->pid || task->exit_state || !is_target(&cfg.target, task))
 		return 0;
 	now = bpf_ktime_get_ns();
-	r = bpf_task_storage_get(&runs, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!r) {
-		STAT_INC(no_task_state);
-		return 0;
+	c = bpf_map_lookup_percpu_elem(&current_runs, &zero, task->thread_info.cpu);
+	r = bpf_task_storage_get(&runs, task, 0, 0);
+	if (!r || r->generation != cfg.target.generation) {
+		/*
+		 * First seen by this activation: one on a CPU now was switched
+		 * in before it began, so its run counts from now.
+		 */
+		r = run_time_of(task, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!r)
+			return 0;
+		if (task->on_cpu && c && !runs_here(c, task)) {
+			c->task = (__u64)task;
+			c->pid = task->pid;
+			c->generation = cfg.target.generation;
+			c->start_ns = now;
+		}
 	}
-	if (r->generation != cfg.target.generation) {
-		/* first seen by this activation: one on a CPU now runs from now */
-		r->generation = cfg.target.generation;
-		r->on_cpu_ns = 0;
-		r->run_start_ns = task->on_cpu ? now : 0;
-	}
-	fill_sample(&s, task, RESOURCE_LIVE, now, on_cpu_until(r, now));
+	fill_sample(&s, task, RESOURCE_LIVE, now, on_cpu_until(task, r, c, now));
 	bpf_seq_write(ctx->meta->seq, &s, sizeof(s));
 	return 0;
 }

@@ -135,26 +135,35 @@ fn figures_agree_with_proc() {
     let proc = (u64_of(read, "cpu_ticks") - u64_of(start, "cpu_ticks")) as f64 * 1e9 / hz;
     within("CPU over the run vs /proc/PID/stat", ours, proc, 5.0);
 
-    // CPU %: ~100 in every interval inside the burn, unless the workload
-    // itself saw it got less of a CPU (it burns CPU time, not wall time)
+    // CPU %: near 100 in the intervals inside the burn. The workload burns
+    // CPU time, not wall time: the wall time it spent off the CPU (another
+    // task ran) bounds what the intervals may miss of 100%.
     let (b0, b1) = (u64_of(burned, "phase_start_ns"), u64_of(burned, "ts_ns"));
-    let got_cpu = 100.0 * BURN_MS as f64 * 1e6 / (b1 - b0) as f64;
-    let inside: Vec<f64> = recs
+    let off_truth = (b1 - b0).saturating_sub(BURN_MS * 1_000_000) as f64;
+    let inside: Vec<(f64, f64)> = recs
         .iter()
         .filter(|r| {
             let end = u64_of(r, "ts_ns");
             end - u64_of(r, "interval_ns") >= b0 && end <= b1
         })
-        .map(|r| f64_of(r, "cpu_pct"))
+        .map(|r| (f64_of(r, "cpu_pct"), u64_of(r, "interval_ns") as f64))
         .collect();
-    eprintln!("burn: cpu_pct {inside:?}; the workload had {got_cpu:.1}% of a CPU");
+    eprintln!(
+        "burn: (cpu_pct, interval_ns) {inside:?}; the workload was off the CPU {off_truth} ns"
+    );
     assert!(inside.len() >= 2, "{inside:?}");
-    let mean = inside.iter().sum::<f64>() / inside.len() as f64;
-    assert!((mean - got_cpu).abs() <= 10.0, "{inside:?} vs {got_cpu}");
-    if got_cpu >= 95.0 {
-        assert!(inside.iter().all(|&p| p >= 90.0), "{inside:?}");
+    assert!(inside.iter().all(|&(p, _)| p <= 101.0), "{inside:?}");
+    let span: f64 = inside.iter().map(|&(_, ns)| ns).sum();
+    let off_ours: f64 = inside.iter().map(|&(p, ns)| ns * (1.0 - p / 100.0)).sum();
+    assert!(
+        off_ours <= off_truth + 0.05 * span,
+        "off the CPU {off_ours} ns in the intervals, {off_truth} ns by the workload's clocks"
+    );
+    let mut pcts: Vec<f64> = inside.iter().map(|&(p, _)| p).collect();
+    pcts.sort_by(f64::total_cmp);
+    if off_truth <= 0.05 * span {
+        assert!(pcts[pcts.len() / 2] >= 95.0, "{inside:?}");
     }
-    assert!(inside.iter().all(|&p| p <= 101.0), "{inside:?}");
     // nothing runs during a pause
     for p in [p_start, p_burned, p_alloc, p_written, p_read] {
         assert!(f64_of(p, "cpu_pct") < 5.0, "{p}");

@@ -4,12 +4,13 @@
  *
  * sched_switch keeps only what has to be caught as it happens: each target
  * thread's on-CPU time, from its switch-in time (kept per CPU while it
- * runs) to its switch-out, summed in task storage. The levels and counters the kernel already keeps (the
- * mm's RSS counters, task->ioac) are read from the task itself when
- * proc_image closes an interval, by a task iterator (handle__iter_task) that
- * also counts the current run of a thread that is on a CPU right now, so a
- * busy loop that never switches out is seen. A thread that exits leaves
- * its last figures in `exits` (sched_process_exit), for proc_image to take.
+ * runs) to its switch-out, summed in task storage. The levels and counters
+ * the kernel already keeps (the mm's RSS counters, task->ioac) are read
+ * from the task itself when proc_image closes an interval, by a task
+ * iterator (handle__iter_task) that also counts the current run of a
+ * thread that is on a CPU right now, so a busy loop that never switches
+ * out is seen. A thread that exits leaves its last figures in `exits`
+ * (sched_process_exit), for proc_image to take.
  */
 #include "common.bpf.h"
 
@@ -108,7 +109,7 @@ struct mm_struct___old {
 #define MM_COUNTER(mm, member)                                                       \
 	({                                                                           \
 		long __v;                                                            \
-		if (bpf_core_type_exists(struct mm_rss_stat___old))                   \
+		if (bpf_core_type_exists(struct mm_rss_stat___old))                  \
 			__v = BPF_CORE_READ((struct mm_struct___old *)(mm),          \
 					    rss_stat.count[member].counter);         \
 		else                                                                 \

@@ -142,9 +142,9 @@ fn noop_hooks(which: &str) {
         .unwrap_or_else(|e| die(&format!("load noop programs: {e}")));
     let p = &skel.progs;
     let progs = match which {
-        "syscalls" => vec![&p.noop__sys_enter, &p.noop__sys_exit],
-        "sched" => vec![&p.noop__sched_switch, &p.noop__sched_wakeup],
-        "resource" => vec![&p.noop__sched_switch, &p.noop__sched_process_exit],
+        "syscalls" => [&p.noop__sys_enter, &p.noop__sys_exit],
+        "sched" => [&p.noop__sched_switch, &p.noop__sched_wakeup],
+        "resource" => [&p.noop__sched_switch, &p.noop__sched_process_exit],
         _ => die("noop-hooks syscalls|sched|resource"),
     };
     let _links: Vec<libbpf_rs::Link> = progs

@@ -21,3 +21,6 @@ int BPF_PROG(noop__sched_switch) { return 0; }
 
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(noop__sched_wakeup) { return 0; }
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(noop__sched_process_exit) { return 0; }

@@ -258,6 +258,31 @@ struct schedule_config {
 };
 
 /* ------------------------------------------------------------------ */
+/* resource */
+
+struct resource_config {
+	struct target_filter target;
+};
+
+/*
+ * One thread's cumulative figures at hdr.ts_ns. Written by the task
+ * iterator for every live target thread when proc_image closes an interval,
+ * and into the `exits` map when a target thread exits (hdr.kind says which).
+ */
+enum resource_kind {
+	RESOURCE_LIVE = 1,
+	RESOURCE_EXIT = 2,
+};
+
+struct resource_sample {
+	struct event_hdr hdr;
+	__u64 on_cpu_ns; /* on-CPU time since the activation (or the thread's first run after it) */
+	__u64 rss_pages; /* MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES of its mm; 0 without one */
+	__u64 rchar;     /* task->ioac: bytes moved by read/write syscalls since the thread began */
+	__u64 wchar;
+};
+
+/* ------------------------------------------------------------------ */
 /*
  * The control map: a pinned BPF array through which controller asks and
  * proc_image answers. Slot CONTROL_STATE is written only by proc_image,

@@ -8,6 +8,7 @@
 
 pub mod keytime;
 pub mod latency;
+pub mod resource;
 pub mod schedule;
 pub mod syscall;
 
@@ -76,7 +77,10 @@ impl CollectorKind {
     pub fn available(self) -> bool {
         matches!(
             self,
-            CollectorKind::Keytime | CollectorKind::Syscall | CollectorKind::Schedule
+            CollectorKind::Keytime
+                | CollectorKind::Resource
+                | CollectorKind::Syscall
+                | CollectorKind::Schedule
         )
     }
 
@@ -180,6 +184,7 @@ pub fn load(kinds: &[CollectorKind], opts: &LoadOptions) -> Result<Vec<Box<dyn C
         .map(|&kind| -> Result<Box<dyn Collector>> {
             match kind {
                 CollectorKind::Keytime => Ok(Box::new(keytime::Keytime::load(opts)?)),
+                CollectorKind::Resource => Ok(Box::new(resource::Resource::load(opts)?)),
                 CollectorKind::Syscall => Ok(Box::new(syscall::Syscall::load(opts)?)),
                 CollectorKind::Schedule => Ok(Box::new(schedule::Schedule::load(opts)?)),
                 other => {

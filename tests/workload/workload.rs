@@ -21,7 +21,14 @@
 //!   proc_image_workload sched [--busy-threads N] [--secs S]
 //!       N threads spinning and one thread sleeping 2 ms at a time, all
 //!       pinned to CPU 0, for S seconds; prints their tids first
-//!   proc_image_workload noop-hooks syscalls|sched
+//!   proc_image_workload resource [--burn-ms MS] [--alloc-mib N] [--io-mib N]
+//!                                [--pause-ms MS] [--dir DIR]
+//!       waits for a line on stdin, then: burns MS of CPU time, allocates and
+//!       touches N MiB, writes N MiB to a file under DIR and reads it back,
+//!       pausing MS between phases. After each phase it prints a mark with
+//!       the CLOCK_MONOTONIC time it ended and /proc/self/{stat,status,io}
+//!       read right then (the truth for tests/resource.rs)
+//!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
 //!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N [--wait]
@@ -69,6 +76,17 @@ fn main() {
         ),
         "syscalls" => known_syscalls(num("--getppid", 10_000), num("--writes", 500), num("--sleep-ms", 50)),
         "sched" => sched(num("--busy-threads", 2), num("--secs", 4)),
+        "resource" => resource(
+            num("--burn-ms", 1000),
+            num("--alloc-mib", 200),
+            num("--io-mib", 50),
+            num("--pause-ms", 700),
+            args.iter()
+                .position(|a| a == "--dir")
+                .and_then(|i| args.get(i + 1))
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+        ),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
@@ -130,7 +148,8 @@ fn noop_hooks(which: &str) {
     let progs = match which {
         "syscalls" => [&p.noop__sys_enter, &p.noop__sys_exit],
         "sched" => [&p.noop__sched_switch, &p.noop__sched_wakeup],
-        _ => die("noop-hooks syscalls|sched"),
+        "resource" => [&p.noop__sched_switch, &p.noop__sched_process_exit],
+        _ => die("noop-hooks syscalls|sched|resource"),
     };
     let _links: Vec<libbpf_rs::Link> = progs
         .iter()
@@ -166,6 +185,110 @@ fn known_syscalls(getppid: u64, writes: u64, sleep_ms: u64) {
         libc::getgid();
         libc::_exit(0);
     }
+}
+
+/// What /proc says about this process right now.
+fn proc_self() -> serde_json::Value {
+    let read = |f: &str| std::fs::read_to_string(format!("/proc/self/{f}")).unwrap_or_default();
+    let stat = read("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 1..]
+        .split_whitespace()
+        .collect();
+    // after the comm, field 3 is at index 0: utime is field 14, stime 15
+    let tick = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let status = read("status");
+    let vmrss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok());
+    // last: this read's own bytes are not in the rchar it shows
+    let io = read("io");
+    let io_field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    // on-CPU ns as the scheduler counts it (sum_exec_runtime)
+    let run_ns = read("schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<u64>().ok());
+    json!({"cpu_ticks": tick(14) + tick(15), "run_ns": run_ns,
+           "ticks_per_sec": unsafe { libc::sysconf(libc::_SC_CLK_TCK) },
+           "vmrss_kib": vmrss, "rchar": io_field("rchar:"), "wchar": io_field("wchar:")})
+}
+
+/// The end of a phase that began at `start_ns`: its time and /proc figures.
+fn mark(event: &str, start_ns: u64, pause: Duration) {
+    let end_ns = monotonic_ns();
+    let mut v = proc_self();
+    v["event"] = event.into();
+    v["phase_start_ns"] = start_ns.into();
+    v["ts_ns"] = end_ns.into();
+    v["pause_ms"] = (pause.as_millis() as u64).into();
+    say(v);
+    std::thread::sleep(pause);
+}
+
+fn resource(burn_ms: u64, alloc_mib: u64, io_mib: u64, pause_ms: u64, dir: std::path::PathBuf) {
+    use std::io::{Read, Write};
+    const MIB: usize = 1 << 20;
+    let pause = Duration::from_millis(pause_ms);
+    say(json!({"event": "ready", "pid": std::process::id()}));
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    mark("start", monotonic_ns(), pause);
+
+    // CPU time, not wall time: on a busy machine the burn lasts longer
+    let start = monotonic_ns();
+    let cpu0 = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID);
+    while clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu0 < burn_ms * 1_000_000 {
+        busy(Duration::from_millis(1));
+    }
+    mark("burned", start, pause);
+
+    let start = monotonic_ns();
+    // every byte written: every page is touched, none left to the zero page
+    let mem = std::hint::black_box(vec![0x5au8; alloc_mib as usize * MIB]);
+    mark("allocated", start, pause);
+
+    let path = dir.join(format!("proc_image_resource_{}", std::process::id()));
+    let start = monotonic_ns();
+    let chunk = vec![0xa5u8; MIB];
+    {
+        let mut f = std::fs::File::create(&path)
+            .unwrap_or_else(|e| die(&format!("create {}: {e}", path.display())));
+        for _ in 0..io_mib {
+            f.write_all(&chunk)
+                .unwrap_or_else(|e| die(&format!("write: {e}")));
+        }
+    }
+    mark("written", start, pause);
+
+    let start = monotonic_ns();
+    let mut buf = vec![0u8; MIB];
+    let mut total = 0u64;
+    {
+        let mut f = std::fs::File::open(&path).unwrap_or_else(|e| die(&format!("open: {e}")));
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) => die(&format!("read: {e}")),
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    if total != io_mib * MIB as u64 {
+        die(&format!("read back {total} bytes"));
+    }
+    mark("read", start, pause);
+    drop(mem);
 }
 
 fn pin_to_cpu0() {

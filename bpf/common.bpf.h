@@ -70,9 +70,13 @@ static __always_inline void submit_record(void *rec)
 static __always_inline bool start_matches(const struct target_filter *t,
 					  struct task_struct *task)
 {
+	__u64 from = t->start_ticks * t->ns_per_tick, start;
+
 	if (!t->start_ticks || !t->ns_per_tick)
 		return true;
-	return task->start_boottime / t->ns_per_tick == t->start_ticks;
+	/* start / ns_per_tick == start_ticks, without a 64-bit division */
+	start = task->start_boottime;
+	return start >= from && start < from + t->ns_per_tick;
 }
 
 /*

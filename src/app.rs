@@ -172,6 +172,7 @@ impl App {
         run_deadline: Option<Instant>,
     ) -> Result<bool> {
         poll(rb)?;
+        self.service();
         self.output.borrow_mut().flush();
         if self.output.borrow().is_closed() {
             return Ok(false);
@@ -334,6 +335,24 @@ impl App {
             "activated {} on {target}{limit}",
             CollectorKind::names(mask)
         ))
+    }
+
+    /// Let the active collectors act on the records just delivered. A
+    /// failure there is reported and tracing goes on.
+    fn service(&mut self) {
+        let Some(run) = &self.active else {
+            return;
+        };
+        let mut out = self.output.borrow_mut();
+        for c in self
+            .collectors
+            .iter_mut()
+            .filter(|c| run.kinds.contains(&c.kind()))
+        {
+            if let Err(e) = c.service(&mut out) {
+                eprintln!("proc_image: {}: {e:#}", c.kind());
+            }
+        }
     }
 
     /// Periodic work of an activation: summaries, lost-record reports,

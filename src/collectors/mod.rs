@@ -8,6 +8,7 @@
 
 pub mod keytime;
 pub mod latency;
+pub mod lock;
 pub mod schedule;
 pub mod syscall;
 
@@ -76,7 +77,10 @@ impl CollectorKind {
     pub fn available(self) -> bool {
         matches!(
             self,
-            CollectorKind::Keytime | CollectorKind::Syscall | CollectorKind::Schedule
+            CollectorKind::Keytime
+                | CollectorKind::Lock
+                | CollectorKind::Syscall
+                | CollectorKind::Schedule
         )
     }
 
@@ -158,6 +162,12 @@ pub trait Collector {
     /// Turns one ring-buffer record into an output record.
     fn decoder(&self) -> Decoder;
 
+    /// Called after every poll of the ring buffers while active: act on what
+    /// the records said (lock: follow the target into a new image).
+    fn service(&mut self, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+
     /// Called once per reporting interval while active: emit summaries.
     fn on_interval(&mut self, _out: &mut Output) -> Result<()> {
         Ok(())
@@ -180,6 +190,7 @@ pub fn load(kinds: &[CollectorKind], opts: &LoadOptions) -> Result<Vec<Box<dyn C
         .map(|&kind| -> Result<Box<dyn Collector>> {
             match kind {
                 CollectorKind::Keytime => Ok(Box::new(keytime::Keytime::load(opts)?)),
+                CollectorKind::Lock => Ok(Box::new(lock::Lock::load(opts)?)),
                 CollectorKind::Syscall => Ok(Box::new(syscall::Syscall::load(opts)?)),
                 CollectorKind::Schedule => Ok(Box::new(schedule::Schedule::load(opts)?)),
                 other => {

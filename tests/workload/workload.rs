@@ -18,10 +18,19 @@
 //!   proc_image_workload sched [--busy-threads N] [--secs S]
 //!       N threads spinning and one thread sleeping 2 ms at a time, all
 //!       pinned to CPU 0, for S seconds; prints their tids first
+//!   proc_image_workload locks [--fork] [--exec | --exec-from-thread]
+//!       prints its lock addresses, waits for a line on stdin, then: two
+//!       threads take one mutex in turn, each holding it 20 ms (the second
+//!       asks while the first holds it); two readers hold a rwlock 20 ms
+//!       while a writer asks for it, then the writer holds it 20 ms; one
+//!       spinlock hold of 5 ms; a trylock that fails with EBUSY. Prints what
+//!       it measured. --fork: a forked child then takes a mutex of its own 5
+//!       times. --exec: first re-exec itself into `locks` (from a second
+//!       thread with --exec-from-thread), which sleeps 500 ms, then locks.
 //!   proc_image_workload noop-hooks syscalls|sched
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
-//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N [--wait]
+//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
 
@@ -65,6 +74,7 @@ fn main() {
         ),
         "syscalls" => known_syscalls(num("--getppid", 10_000), num("--writes", 500), num("--sleep-ms", 50)),
         "sched" => sched(num("--busy-threads", 2), num("--secs", 4)),
+        "locks" => locks(&args),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
@@ -80,6 +90,13 @@ fn main() {
             libc::getppid();
         }),
         "bench-pipe" => bench_pipe(count()),
+        "bench-mutex" => {
+            let m = Locks::new();
+            bench(count(), || unsafe {
+                libc::pthread_mutex_lock(m.mutex.get());
+                libc::pthread_mutex_unlock(m.mutex.get());
+            })
+        }
         "bench-forks" => bench(count(), || unsafe {
             match libc::fork() {
                 0 => libc::_exit(0),
@@ -350,4 +367,222 @@ fn bench_pipe(n: u64) {
         libc::read(b[0], byte.as_mut_ptr().cast(), 1);
     });
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+}
+
+// glibc has them; the libc crate does not declare them for Linux
+extern "C" {
+    fn pthread_spin_init(lock: *mut i32, pshared: libc::c_int) -> libc::c_int;
+    fn pthread_spin_lock(lock: *mut i32) -> libc::c_int;
+    fn pthread_spin_unlock(lock: *mut i32) -> libc::c_int;
+}
+
+/// pthread locks at fixed addresses, shared by the threads of `locks`.
+struct Locks {
+    mutex: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+    rwlock: std::cell::UnsafeCell<libc::pthread_rwlock_t>,
+    spin: std::cell::UnsafeCell<i32>,
+    busy: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+}
+
+// SAFETY: only touched through the pthread functions, which synchronize.
+unsafe impl Sync for Locks {}
+
+impl Locks {
+    fn new() -> &'static Locks {
+        let l: &'static Locks = Box::leak(Box::new(Locks {
+            mutex: libc::PTHREAD_MUTEX_INITIALIZER.into(),
+            rwlock: libc::PTHREAD_RWLOCK_INITIALIZER.into(),
+            spin: 0.into(),
+            busy: libc::PTHREAD_MUTEX_INITIALIZER.into(),
+        }));
+        unsafe { pthread_spin_init(l.spin.get(), 0) };
+        l
+    }
+}
+
+fn addr<T>(p: *mut T) -> String {
+    format!("{:#x}", p as usize)
+}
+
+/// Hold `lock` for `ms` after `take` returns; (acquired, released) times.
+fn held(ms: u64, take: impl FnOnce(), give: impl FnOnce()) -> (u64, u64) {
+    take();
+    let acquired = monotonic_ns();
+    std::thread::sleep(Duration::from_millis(ms));
+    let released = monotonic_ns();
+    give();
+    (acquired, released)
+}
+
+fn locks(args: &[String]) {
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    if flag("--exec") || flag("--exec-from-thread") {
+        say(json!({"event": "ready", "pid": std::process::id()}));
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
+        let mut rest: Vec<String> = args[1..]
+            .iter()
+            .filter(|a| !a.starts_with("--exec"))
+            .cloned()
+            .collect();
+        rest.push("--after-exec".into());
+        let run = move || {
+            let err = std::process::Command::new(&exe)
+                .arg("locks")
+                .args(&rest)
+                .exec();
+            die(&format!("exec: {err}"));
+        };
+        if flag("--exec-from-thread") {
+            let t = std::thread::spawn(run);
+            let _ = t.join();
+        } else {
+            run();
+        }
+        return;
+    }
+    let l = Locks::new();
+    say(json!({"event": "locks", "pid": std::process::id(),
+               "mutex": addr(l.mutex.get()), "rwlock": addr(l.rwlock.get()),
+               "spinlock": addr(l.spin.get()), "trylock_mutex": addr(l.busy.get()),
+               "pthread_mutex_lock": libc::pthread_mutex_lock as *const () as usize}));
+    if flag("--after-exec") {
+        // the tracer follows the exec in the meantime
+        std::thread::sleep(Duration::from_millis(500));
+    } else {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+    let (mutex, rw, spin, busy) = (l.mutex.get(), l.rwlock.get(), l.spin.get(), l.busy.get());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+
+    // mutex: A holds 20 ms; B asks while A holds, then holds 20 ms
+    let a = std::thread::spawn(move || {
+        held(
+            20,
+            || unsafe {
+                libc::pthread_mutex_lock(l.mutex.get());
+                tx.send(()).unwrap();
+            },
+            || unsafe {
+                libc::pthread_mutex_unlock(l.mutex.get());
+            },
+        )
+    });
+    rx.recv().unwrap();
+    let requested = monotonic_ns();
+    let b = held(
+        20,
+        || unsafe {
+            libc::pthread_mutex_lock(mutex);
+        },
+        || unsafe {
+            libc::pthread_mutex_unlock(mutex);
+        },
+    );
+    let a = a.join().unwrap();
+
+    // rwlock: two readers hold 20 ms; the writer asks meanwhile
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                held(
+                    20,
+                    || unsafe {
+                        libc::pthread_rwlock_rdlock(l.rwlock.get());
+                        tx.send(()).unwrap();
+                    },
+                    || unsafe {
+                        libc::pthread_rwlock_unlock(l.rwlock.get());
+                    },
+                )
+            })
+        })
+        .collect();
+    rx.recv().unwrap();
+    rx.recv().unwrap();
+    let w = held(
+        20,
+        || unsafe {
+            libc::pthread_rwlock_wrlock(rw);
+        },
+        || unsafe {
+            libc::pthread_rwlock_unlock(rw);
+        },
+    );
+    let r: Vec<(u64, u64)> = readers.into_iter().map(|t| t.join().unwrap()).collect();
+
+    // spinlock: one hold of 5 ms
+    let s = held(
+        5,
+        || unsafe {
+            pthread_spin_lock(spin);
+        },
+        || unsafe {
+            pthread_spin_unlock(spin);
+        },
+    );
+
+    // trylock of a mutex another thread holds: EBUSY
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        held(
+            10,
+            || unsafe {
+                libc::pthread_mutex_lock(l.busy.get());
+                tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+            },
+            || unsafe {
+                libc::pthread_mutex_unlock(l.busy.get());
+            },
+        )
+    });
+    rx.recv().unwrap();
+    let ret = unsafe { libc::pthread_mutex_trylock(busy) };
+    done_tx.send(()).unwrap();
+    let h = holder.join().unwrap();
+
+    let hold = |(acq, rel): (u64, u64)| rel - acq;
+    say(json!({"event": "done",
+        "mutex": {"acquisitions": 2, "contended": 1, "hold_ns": [hold(a), hold(b)],
+                  "first_release_ns": a.1, "second_request_ns": requested, "second_acquired_ns": b.0},
+        "rwlock": {"read_acquisitions": 2, "write_acquisitions": 1,
+                   "read_hold_ns": [hold(r[0]), hold(r[1])], "write_hold_ns": hold(w)},
+        "spinlock": {"acquisitions": 1, "hold_ns": hold(s)},
+        "trylock_mutex": {"acquisitions": 1, "failed": 1, "ret": ret, "hold_ns": hold(h)}}));
+
+    if flag("--fork") {
+        // SAFETY: the child uses only its own lock and async-signal-safe calls
+        match unsafe { libc::fork() } {
+            -1 => die("fork failed"),
+            0 => unsafe {
+                let mut m: libc::pthread_mutex_t = libc::PTHREAD_MUTEX_INITIALIZER;
+                for _ in 0..5 {
+                    libc::pthread_mutex_lock(&mut m);
+                    libc::pthread_mutex_unlock(&mut m);
+                }
+                let line = format!(
+                    "{{\"event\":\"child\",\"pid\":{},\"mutex\":\"{:#x}\",\"locks\":5}}\n",
+                    libc::getpid(),
+                    &mut m as *mut _ as usize
+                );
+                libc::write(1, line.as_ptr().cast(), line.len());
+                // stay a while so the test can look at our memory
+                let ts = libc::timespec {
+                    tv_sec: 3,
+                    tv_nsec: 0,
+                };
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::_exit(0);
+            },
+            child => unsafe {
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+            },
+        }
+    }
 }

@@ -410,7 +410,13 @@ impl LockSummary {
     fn add(&mut self, e: &lock_event) {
         let wait = e.acquire_ns.saturating_sub(e.request_ns);
         let contended = e.flags & LOCK_F_CONTENDED as u8 != 0;
-        self.lock_type = type_name(e.lock_type);
+        // an rwlock taken both ways is summarized as one rwlock
+        let t = type_name(e.lock_type);
+        self.lock_type = match (self.lock_type, t) {
+            ("rwlock_read", "rwlock_write") | ("rwlock_write", "rwlock_read") => "rwlock",
+            ("rwlock", "rwlock_read" | "rwlock_write") => "rwlock",
+            _ => t,
+        };
         match u32::from(e.hdr.kind) {
             LOCK_RELEASED => {
                 let hold = e.release_ns.saturating_sub(e.acquire_ns);

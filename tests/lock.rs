@@ -1,0 +1,301 @@
+//! lock end to end, against a workload whose locking is known: a contended
+//! mutex (two 20 ms holds), a rwlock (two readers, then a waiting writer),
+//! a 5 ms spinlock hold and a trylock that fails with EBUSY. The workload
+//! measures its own holds and waits; the probes are checked in the
+//! processes' memory (/proc/PID/mem), where an armed uprobe is an int3.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const INT3: u8 = 0xcc;
+
+/// The first byte of `addr` in process `pid`'s memory.
+fn code_byte(pid: u64, addr: u64) -> Option<u8> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut b = [0u8];
+    mem.read_exact_at(&mut b, addr).ok()?;
+    Some(b[0])
+}
+
+fn addr_of(truth: &Value, lock: &str) -> String {
+    truth[lock].as_str().unwrap().to_string()
+}
+
+fn of<'a>(recs: &'a [Value], event: &str, addr: &str) -> Vec<&'a Value> {
+    recs.iter()
+        .filter(|r| r["collector"] == "lock" && r["event"] == event && r["lock_addr"] == addr)
+        .collect()
+}
+
+#[track_caller]
+fn within(got: u64, want: u64, pct: u64, what: &str) {
+    let diff = got.abs_diff(want);
+    assert!(
+        diff * 100 <= want * pct,
+        "{what}: {got} ns is not within {pct}% of {want} ns"
+    );
+}
+
+fn u64s(v: &Value) -> Vec<u64> {
+    let mut out: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+fn hold_of(recs: &[&Value]) -> Vec<u64> {
+    let mut out: Vec<u64> = recs.iter().map(|r| u64_of(r, "hold_ns")).collect();
+    out.sort();
+    out
+}
+
+/// Check every figure of one `locks` run (`locks`: its addresses, `done`:
+/// what it measured) against the records.
+fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
+    // mutex: two holds of 20 ms; the second locker waited for the first
+    let mutex = of(recs, "lock", &addr_of(locks, "mutex"));
+    assert_eq!(mutex.len(), 2, "mutex acquisitions: {mutex:?}");
+    for (got, want) in hold_of(&mutex).iter().zip(u64s(&done["mutex"]["hold_ns"])) {
+        within(*got, want, 10, "mutex hold");
+        within(*got, 20_000_000, 10, "mutex hold vs 20 ms");
+    }
+    let second: Vec<&&Value> = mutex.iter().filter(|r| r["contended"] == true).collect();
+    assert_eq!(second.len(), 1, "one contended acquisition: {mutex:?}");
+    let m = &done["mutex"];
+    let waited = u64_of(m, "first_release_ns") - u64_of(m, "second_request_ns");
+    within(
+        u64_of(second[0], "wait_ns"),
+        waited,
+        10,
+        "second locker's wait",
+    );
+    let first = mutex.iter().find(|r| r["contended"] == false).unwrap();
+    assert!(u64_of(second[0], "wait_ns") <= u64_of(first, "hold_ns") + 2_000_000);
+
+    // rwlock: two read holds, then the writer that waited for both
+    let rw = addr_of(locks, "rwlock");
+    let all: Vec<&Value> = of(recs, "lock", &rw);
+    let reads: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|r| r["lock_type"] == "rwlock_read")
+        .collect();
+    let writes: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|r| r["lock_type"] == "rwlock_write")
+        .collect();
+    assert_eq!((reads.len(), writes.len()), (2, 1), "rwlock: {all:?}");
+    for (got, want) in hold_of(&reads)
+        .iter()
+        .zip(u64s(&done["rwlock"]["read_hold_ns"]))
+    {
+        within(*got, want, 10, "read hold");
+    }
+    within(
+        u64_of(writes[0], "hold_ns"),
+        u64_of(&done["rwlock"], "write_hold_ns"),
+        10,
+        "write hold",
+    );
+    assert_eq!(writes[0]["contended"], true);
+    let last_read_release = reads.iter().map(|r| u64_of(r, "release_ns")).max().unwrap();
+    assert!(
+        u64_of(writes[0], "acquire_ns") >= last_read_release,
+        "the writer waited for the readers"
+    );
+
+    // spinlock: one 5 ms hold
+    let spin = of(recs, "lock", &addr_of(locks, "spinlock"));
+    assert_eq!(spin.len(), 1, "spinlock: {spin:?}");
+    within(
+        u64_of(spin[0], "hold_ns"),
+        u64_of(&done["spinlock"], "hold_ns"),
+        10,
+        "spin hold",
+    );
+    within(
+        u64_of(spin[0], "hold_ns"),
+        5_000_000,
+        10,
+        "spin hold vs 5 ms",
+    );
+
+    // trylock: failed with EBUSY while the other thread held it
+    let busy = addr_of(locks, "trylock_mutex");
+    let failed = of(recs, "lock_failed", &busy);
+    assert_eq!(failed.len(), 1, "failed trylock: {failed:?}");
+    assert_eq!(u64_of(&done["trylock_mutex"], "ret"), 16);
+    assert_eq!(failed[0]["ret"], 16);
+    assert_eq!(failed[0]["error"], "EBUSY");
+    assert_eq!(failed[0]["op"], "trylock");
+    assert_eq!(failed[0]["hold_ns"], 0);
+    let held = of(recs, "lock", &busy);
+    assert_eq!(held.len(), 1);
+    within(
+        u64_of(held[0], "hold_ns"),
+        u64_of(&done["trylock_mutex"], "hold_ns"),
+        10,
+        "busy hold",
+    );
+
+    // summaries add up to the same counts
+    let sum = |addr: &str, field: &str| -> u64 {
+        recs.iter()
+            .filter(|r| r["event"] == "lock_summary" && r["lock_addr"] == addr)
+            .map(|r| u64_of(r, field))
+            .sum()
+    };
+    let mutex_addr = addr_of(locks, "mutex");
+    assert_eq!(sum(&mutex_addr, "acquisitions"), 2);
+    assert_eq!(sum(&mutex_addr, "contended"), 1);
+    assert_eq!(sum(&rw, "acquisitions"), 3);
+    assert_eq!(sum(&busy, "failed"), 1);
+    assert_eq!(sum(&busy, "acquisitions"), 1);
+    assert_eq!(sum(&addr_of(locks, "spinlock"), "acquisitions"), 1);
+    for r in recs
+        .iter()
+        .filter(|r| r["collector"] == "lock" && r["event"] != "lock_summary")
+    {
+        assert_eq!(u64_of(r, "tgid"), tgid, "{r}");
+    }
+}
+
+#[test]
+fn known_locking_is_measured() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_known", &["-l"]);
+    let mut w = Workload::start(&["locks"]);
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    let pid = u64_of(&locks, "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l", "-i", "500"]);
+    // an armed uprobe is an int3 in the target's copy of the code
+    let lock_fn = u64_of(&locks, "pthread_mutex_lock");
+    assert_eq!(
+        code_byte(pid, lock_fn),
+        Some(INT3),
+        "no probe in the target"
+    );
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(20));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    check_known_locking(&recs, &locks, &done, pid);
+}
+
+#[test]
+fn whole_system_and_idle_targets_are_refused() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_refused", &["-l"]);
+    for args in [&["-a", "-l"][..], &["-a", "-p", "0", "-c", "0", "-l"]] {
+        let out = pi.controller(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            err.contains("lock tracing needs a target process") && err.contains("uprobes"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    pi.finish();
+}
+
+#[test]
+fn a_forked_child_is_not_traced_and_keeps_no_probe() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_fork", &["-l"]);
+    let mut w = Workload::start(&["locks", "--fork"]);
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    let pid = u64_of(&locks, "pid");
+    let lock_fn = u64_of(&locks, "pthread_mutex_lock");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let child = w.wait_truth("child", Duration::from_secs(20));
+    let child_pid = u64_of(&child, "pid");
+    // fork copied the parent's armed page; the child's first call found no
+    // consumer for its mm and the kernel took the breakpoint out
+    assert_eq!(code_byte(pid, lock_fn), Some(INT3), "parent lost its probe");
+    assert_ne!(
+        code_byte(child_pid, lock_fn),
+        Some(INT3),
+        "probe left in the child"
+    );
+    assert!(code_byte(child_pid, lock_fn).is_some());
+
+    // -d takes the probes out of the target too
+    pi.control_ok(&["-d"]);
+    assert!(
+        wait_until(Duration::from_secs(8), || code_byte(pid, lock_fn)
+            != Some(INT3)),
+        "probe left in the target after -d"
+    );
+    let done = w.truth("done");
+    assert!(w.wait().success());
+    let recs = pi.finish();
+    assert!(
+        !recs
+            .iter()
+            .any(|r| r["tgid"] == child_pid || r["pid"] == child_pid),
+        "records from the child"
+    );
+    let _ = done;
+}
+
+/// The target execs (from its leader, or from another thread) and the new
+/// image's locking is measured like the first one's.
+fn exec_case(test: &str, flag: &str, reattached: bool) {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start(test, &["-l"]);
+    let mut w = Workload::start(&["locks", flag]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l", "-i", "500"]);
+    w.go();
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    assert_eq!(u64_of(&locks, "pid"), pid, "exec keeps the pid");
+    let lock_fn = u64_of(&locks, "pthread_mutex_lock");
+    // it sleeps 500 ms before locking: the probes are in by then
+    let armed = wait_until(Duration::from_millis(400), || {
+        code_byte(pid, lock_fn) == Some(INT3)
+    });
+    let done = w.wait_truth("done", Duration::from_secs(20));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let follow: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "probes_follow_exec")
+        .collect();
+    assert_eq!(follow.len(), 1, "{follow:?}");
+    assert_eq!(follow[0]["reattached"], reattached);
+    assert!(armed, "no probe in the new image");
+    check_known_locking(&recs, &locks, &done, pid);
+}
+
+#[test]
+fn exec_by_the_leader_keeps_being_traced() {
+    exec_case("lock_exec", "--exec", false);
+}
+
+#[test]
+fn exec_from_another_thread_is_reattached() {
+    exec_case("lock_exec_thread", "--exec-from-thread", true);
+}

@@ -201,12 +201,18 @@ fn whole_system_and_idle_targets_are_refused() {
         return;
     }
     let pi = ProcImage::start("lock_refused", &["-l"]);
-    for args in [&["-a", "-l"][..], &["-a", "-p", "0", "-c", "0", "-l"]] {
+    for (args, end) in [
+        (&["-a", "-l"][..], "the whole system"),
+        (
+            &["-a", "-p", "0", "-c", "0", "-l"],
+            "the idle task of CPU 0",
+        ),
+    ] {
         let out = pi.controller(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(
-            err.contains("lock tracing needs a target process") && err.contains("uprobes"),
+            err.contains("lock needs -p TID or -P TGID") && err.trim().ends_with(end),
             "{args:?}: {err}"
         );
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -298,4 +304,79 @@ fn exec_by_the_leader_keeps_being_traced() {
 #[test]
 fn exec_from_another_thread_is_reattached() {
     exec_case("lock_exec_thread", "--exec-from-thread", true);
+}
+
+#[test]
+fn one_thread_is_traced_alone() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_thread", &["-l"]);
+    let mut w = Workload::start(&["locks"]);
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    let pid = u64_of(&locks, "pid");
+    // -p: the uprobes go on its process, BPF keeps this thread's calls
+    pi.control_ok(&["-a", "-p", &pid.to_string(), "-l"]);
+    w.go();
+    w.wait_truth("done", Duration::from_secs(20));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let mine: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["collector"] == "lock" && r["event"] != "lock_summary")
+        .collect();
+    assert!(
+        mine.iter().all(|r| r["pid"] == pid),
+        "other threads' records"
+    );
+    // the main thread is the mutex's second locker, the writer, the
+    // spinlock holder and the failing trylock: nothing of the other threads
+    assert_eq!(of(&recs, "lock", &addr_of(&locks, "mutex")).len(), 1);
+    let rw = of(&recs, "lock", &addr_of(&locks, "rwlock"));
+    assert_eq!(rw.len(), 1);
+    assert_eq!(rw[0]["lock_type"], "rwlock_write");
+    assert_eq!(of(&recs, "lock", &addr_of(&locks, "spinlock")).len(), 1);
+    assert_eq!(
+        of(&recs, "lock_failed", &addr_of(&locks, "trylock_mutex")).len(),
+        1
+    );
+    assert_eq!(
+        of(&recs, "lock", &addr_of(&locks, "trylock_mutex")).len(),
+        0
+    );
+}
+
+#[test]
+fn a_static_program_is_refused_clearly() {
+    if !need_root() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let pi = ProcImage::start("lock_static", &["-l"]);
+    // ldconfig is linked statically; PTRACE_TRACEME stops it right after
+    // exec, so it stays there with no C library mapped
+    let mut child = unsafe {
+        std::process::Command::new("/sbin/ldconfig")
+            .arg("-p")
+            .stdout(std::process::Stdio::null())
+            .pre_exec(|| {
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                Ok(())
+            })
+            .spawn()
+            .expect("spawn ldconfig")
+    };
+    let pid = child.id().to_string();
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("ldconfig"))
+    }));
+    let out = pi.controller(&["-a", "-P", &pid, "-l"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("statically linked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let _ = child.kill();
+    let _ = child.wait();
+    pi.finish();
 }

@@ -346,10 +346,8 @@ fn read_maps(tgid: u32) -> Result<Vec<Mapping>> {
 }
 
 fn no_library(tgid: u32) -> anyhow::Error {
-    anyhow!(
-        "process {tgid} maps no shared C library with the pthread lock functions \
-         (libc.so.6 or libpthread.so.0): a statically linked program cannot be lock-traced"
-    )
+    // short: the control record carries 128 bytes of message
+    anyhow!("process {tgid} is statically linked or maps no libc.so.6/libpthread.so.0: no pthread locks to probe")
 }
 
 // ---------------------------------------------------------------------
@@ -743,10 +741,8 @@ impl Collector for Lock {
 
     fn check_target(&self, target: &Target) -> Result<()> {
         if tgid_of(target).is_none() {
-            bail!(
-                "lock tracing needs a target process (-p TID or -P TGID): it places uprobes, \
-                 which cost ~14 us per lock call, so it is never done for {target}"
-            );
+            // short: the control record carries 128 bytes of message
+            bail!("lock needs -p TID or -P TGID: its uprobes cost ~14 us per lock call, so it never traces {target}");
         }
         Ok(())
     }

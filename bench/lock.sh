@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # lock collector overhead on a pthread_mutex_lock/unlock loop (ns per pair):
-#   (a) no tracing
+#   (a) no tracing (proc_image loaded, nothing attached: the same, see bench/keytime.sh)
 #   (b) lock active on another process: the loop is not a target (promise: within 3% of a)
 #   (c) lock active on the loop
 #   (d) bpftrace, pid-filtered to the loop, on the same hooks of the same
 #       libc: uprobe + uretprobe on pthread_mutex_lock, uprobe on
 #       pthread_mutex_unlock, keeping wait and hold per thread
 # (a)/(b) run many more pairs than (c)/(d): a traced pair costs three
-# uprobe traps (~14 us each here), an untraced one ~20 ns.
+# uprobe traps (~7 us each here), an untraced one ~3 ns (single-threaded:
+# glibc takes the lock without an atomic instruction).
 # Usage: sudo bench/lock.sh   (REPS=N runs per figure, median taken)
 source "$(dirname "$0")/lib.sh"
 
@@ -20,6 +21,7 @@ uprobe:LIBC:pthread_mutex_unlock /@acq[tid]/ { @hold = hist(nsecs - @acq[tid]); 
 
 sleep 1000 &
 OTHER_PID=$!
+TMP_A=$(mktemp) TMP_B=$(mktemp) TMP_C=$(mktemp) TMP_D=$(mktemp)
 
 # bt_once N: one timed loop under bpftrace -p <loop pid>, prints ns/pair
 bt_once() {
@@ -47,18 +49,28 @@ bt_once() {
 	rm -f "$fifo" "$out" "$log"
 }
 
-bt_measure() {
-	for _ in $(seq 1 "$REPS"); do bt_once "$@"; done | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
-}
+median() { sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-a=$(measure bench-mutex "$FAST_N")
+# The four configurations take turns, REPS rounds, so a load that comes and
+# goes on the machine weighs on each alike; proc_image stays loaded (idle,
+# nothing attached, for a and d).
 pi_start -l
-"$CTL" -a -P "$OTHER_PID" -l >/dev/null
-b=$(measure bench-mutex "$FAST_N")
-"$CTL" -d >/dev/null
-c=$(measure bench-mutex "$SLOW_N" -l)
+for _ in $(seq 1 "$REPS"); do
+	"$CTL" -d >/dev/null
+	run_once bench-mutex "$FAST_N" >>"$TMP_A"
+	"$CTL" -a -P "$OTHER_PID" -l >/dev/null
+	run_once bench-mutex "$FAST_N" >>"$TMP_B"
+	"$CTL" -d >/dev/null
+	run_once bench-mutex "$SLOW_N" -l >>"$TMP_C"
+	"$CTL" -d >/dev/null
+	bt_once "$SLOW_N" >>"$TMP_D"
+done
 pi_stop
-d=$(bt_measure "$SLOW_N")
+a=$(median <"$TMP_A")
+b=$(median <"$TMP_B")
+c=$(median <"$TMP_C")
+d=$(median <"$TMP_D")
+rm -f "$TMP_A" "$TMP_B" "$TMP_C" "$TMP_D"
 
 echo "pthread_mutex_lock+unlock pairs with proc_image -l (median of $REPS; libc $LIBC)"
 row "(a) no tracing ($FAST_N pairs)" "$a" "$a"

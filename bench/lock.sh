@@ -7,8 +7,7 @@
 #       libc: uprobe + uretprobe on pthread_mutex_lock, uprobe on
 #       pthread_mutex_unlock, keeping wait and hold per thread
 # (a)/(b) run many more pairs than (c)/(d): a traced pair costs three
-# uprobe traps (~7 us each here), an untraced one ~3 ns (single-threaded:
-# glibc takes the lock without an atomic instruction).
+# uprobe traps (~7 us each here), an untraced one ~3 ns.
 # Usage: sudo bench/lock.sh   (REPS=N runs per figure, median taken)
 source "$(dirname "$0")/lib.sh"
 

@@ -66,7 +66,8 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
     assert_eq!(mutex.len(), 2, "mutex acquisitions: {mutex:?}");
     for (got, want) in hold_of(&mutex).iter().zip(u64s(&done["mutex"]["hold_ns"])) {
         within(*got, want, 10, "mutex hold");
-        within(*got, 20_000_000, 10, "mutex hold vs 20 ms");
+        // a sleep never ends early; late, it is the workload's figure above
+        assert!(*got >= 18_000_000, "mutex hold {got} ns < 20 ms - 10%");
     }
     let second: Vec<&&Value> = mutex.iter().filter(|r| r["contended"] == true).collect();
     assert_eq!(second.len(), 1, "one contended acquisition: {mutex:?}");

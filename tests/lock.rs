@@ -149,6 +149,29 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
         "busy hold",
     );
 
+    // recursive mutex: each unlock closed the innermost hold
+    let rec = of(recs, "lock", &addr_of(locks, "recursive_mutex"));
+    assert_eq!(rec.len(), 3, "recursive: {rec:?}");
+    let want = u64s(&done["recursive_mutex"]["hold_ns"]);
+    for (got, want) in hold_of(&rec).iter().zip(&want) {
+        within(*got, *want, 10, "recursive hold");
+    }
+    // released innermost first: the records come out shortest first
+    let in_order: Vec<u64> = rec.iter().map(|r| u64_of(r, "hold_ns")).collect();
+    assert!(in_order.windows(2).all(|w| w[0] < w[1]), "{in_order:?}");
+
+    // a read hold released by another thread is counted as such, and the
+    // reader count it left is right: the write lock after it is uncontended
+    let handed = addr_of(locks, "handed_rwlock");
+    let unmatched = of(recs, "lock_unmatched", &handed);
+    assert_eq!(unmatched.len(), 1, "{unmatched:?}");
+    assert_eq!(unmatched[0]["lock_type"], "rwlock_read");
+    assert_eq!(unmatched[0]["readers_left"], 0);
+    let h = of(recs, "lock", &handed);
+    assert_eq!(h.len(), 1, "only the write hold is a hold: {h:?}");
+    assert_eq!(h[0]["lock_type"], "rwlock_write");
+    assert_eq!(h[0]["contended"], false);
+
     // summaries add up to the same counts
     let sum = |addr: &str, field: &str| -> u64 {
         recs.iter()

@@ -23,7 +23,9 @@
 //!       threads take one mutex in turn, each holding it 20 ms (the second
 //!       asks while the first holds it); two readers hold a rwlock 20 ms
 //!       while a writer asks for it, then the writer holds it 20 ms; one
-//!       spinlock hold of 5 ms; a trylock that fails with EBUSY. Prints what
+//!       spinlock hold of 5 ms; a trylock that fails with EBUSY; a recursive
+//!       mutex taken 3 deep; an rwlock read hold released by another thread,
+//!       then write-locked. Prints what
 //!       it measured. --fork: a forked child then takes a mutex of its own 5
 //!       times. --exec: first re-exec itself into `locks` (from a second
 //!       thread with --exec-from-thread), which sleeps 500 ms, then locks.
@@ -382,6 +384,8 @@ struct Locks {
     rwlock: std::cell::UnsafeCell<libc::pthread_rwlock_t>,
     spin: std::cell::UnsafeCell<i32>,
     busy: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+    recursive: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+    handed: std::cell::UnsafeCell<libc::pthread_rwlock_t>,
 }
 
 // SAFETY: only touched through the pthread functions, which synchronize.
@@ -394,8 +398,16 @@ impl Locks {
             rwlock: libc::PTHREAD_RWLOCK_INITIALIZER.into(),
             spin: 0.into(),
             busy: libc::PTHREAD_MUTEX_INITIALIZER.into(),
+            recursive: libc::PTHREAD_MUTEX_INITIALIZER.into(),
+            handed: libc::PTHREAD_RWLOCK_INITIALIZER.into(),
         }));
-        unsafe { pthread_spin_init(l.spin.get(), 0) };
+        unsafe {
+            pthread_spin_init(l.spin.get(), 0);
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            libc::pthread_mutexattr_init(&mut attr);
+            libc::pthread_mutexattr_settype(&mut attr, libc::PTHREAD_MUTEX_RECURSIVE);
+            libc::pthread_mutex_init(l.recursive.get(), &attr);
+        }
         l
     }
 }
@@ -446,6 +458,7 @@ fn locks(args: &[String]) {
     say(json!({"event": "locks", "pid": std::process::id(),
                "mutex": addr(l.mutex.get()), "rwlock": addr(l.rwlock.get()),
                "spinlock": addr(l.spin.get()), "trylock_mutex": addr(l.busy.get()),
+               "recursive_mutex": addr(l.recursive.get()), "handed_rwlock": addr(l.handed.get()),
                "pthread_mutex_lock": libc::pthread_mutex_lock as *const () as usize}));
     if flag("--after-exec") {
         // the tracer follows the exec in the meantime
@@ -547,6 +560,37 @@ fn locks(args: &[String]) {
     done_tx.send(()).unwrap();
     let h = holder.join().unwrap();
 
+    // a recursive mutex taken three deep, 2 ms between each step: holds of
+    // about 10, 6 and 2 ms, the innermost released first
+    let rec = l.recursive.get();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        unsafe { libc::pthread_mutex_lock(rec) };
+        taken.push(monotonic_ns());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut recursive_holds = Vec::new();
+    for _ in 0..3 {
+        let released = monotonic_ns();
+        unsafe { libc::pthread_mutex_unlock(rec) };
+        recursive_holds.push(released - taken.pop().unwrap());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // a read hold taken by one thread and released by another (glibc
+    // allows it), then a write lock nobody contends
+    let handed = l.handed.get();
+    std::thread::spawn(move || unsafe {
+        libc::pthread_rwlock_rdlock(l.handed.get());
+    })
+    .join()
+    .unwrap();
+    unsafe {
+        libc::pthread_rwlock_unlock(handed);
+        libc::pthread_rwlock_wrlock(handed);
+        libc::pthread_rwlock_unlock(handed);
+    }
+
     let hold = |(acq, rel): (u64, u64)| rel - acq;
     say(json!({"event": "done",
         "mutex": {"acquisitions": 2, "contended": 1, "hold_ns": [hold(a), hold(b)],
@@ -554,7 +598,9 @@ fn locks(args: &[String]) {
         "rwlock": {"read_acquisitions": 2, "write_acquisitions": 1,
                    "read_hold_ns": [hold(r[0]), hold(r[1])], "write_hold_ns": hold(w)},
         "spinlock": {"acquisitions": 1, "hold_ns": hold(s)},
-        "trylock_mutex": {"acquisitions": 1, "failed": 1, "ret": ret, "hold_ns": hold(h)}}));
+        "trylock_mutex": {"acquisitions": 1, "failed": 1, "ret": ret, "hold_ns": hold(h)},
+        "recursive_mutex": {"acquisitions": 3, "hold_ns": recursive_holds},
+        "handed_rwlock": {"read_acquisitions": 1, "released_by_another_thread": 1, "write_acquisitions": 1}}));
 
     if flag("--fork") {
         // SAFETY: the child uses only its own lock and async-signal-safe calls

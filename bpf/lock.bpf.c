@@ -162,6 +162,22 @@ static __always_inline void emit(struct task_struct *task, __u8 kind, __u64 now,
 	STAT_INC(events);
 }
 
+/*
+ * Is the lock held by another thread? A recursive mutex taken again by its
+ * holder is not contended. Readers share: a read request waits for writers.
+ */
+static __always_inline bool held_by_others(struct task_struct *task, __u64 addr,
+					   struct lock_state *s, __u8 type)
+{
+	struct lock_hold_key key = { .tgid = task->tgid, .holder = task->pid, .lock_addr = addr };
+	struct lock_hold *h = bpf_map_lookup_elem(&holds, &key);
+	__u32 own = h ? h->depth + h->overflow : 0;
+
+	if (type == LOCK_RWLOCK_READ)
+		return s->writers > own;
+	return s->writers + s->readers > own;
+}
+
 /* Entry of a lock / trylock / timedlock call. */
 SEC("uprobe")
 int BPF_UPROBE(handle__lock_enter, void *lock)
@@ -187,7 +203,7 @@ int BPF_UPROBE(handle__lock_enter, void *lock)
 		f->depth = 0;
 	}
 	s = state_of(task->tgid, addr, false);
-	if (s && (s->writers || (s->readers && (cookie & 0xff) != LOCK_RWLOCK_READ)))
+	if (s && (s->writers || s->readers) && held_by_others(task, addr, s, cookie & 0xff))
 		flags |= LOCK_F_CONTENDED;
 	r = &f->req[f->depth & (LOCK_HOLD_DEPTH - 1)];
 	r->lock_addr = addr;

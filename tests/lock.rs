@@ -159,6 +159,10 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
     // released innermost first: the records come out shortest first
     let in_order: Vec<u64> = rec.iter().map(|r| u64_of(r, "hold_ns")).collect();
     assert!(in_order.windows(2).all(|w| w[0] < w[1]), "{in_order:?}");
+    assert!(
+        rec.iter().all(|r| r["contended"] == false),
+        "its holder is no contender"
+    );
 
     // a read hold released by another thread is counted as such, and the
     // reader count it left is right: the write lock after it is uncontended

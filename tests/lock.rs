@@ -381,7 +381,7 @@ fn a_static_program_is_refused_clearly() {
         return;
     }
     use std::os::unix::process::CommandExt;
-    let pi = ProcImage::start("lock_static", &["-l"]);
+    let pi = ProcImage::start("lock_static", &["-l", "-k"]);
     // ldconfig is linked statically; PTRACE_TRACEME stops it right after
     // exec, so it stays there with no C library mapped
     let mut child = unsafe {
@@ -404,6 +404,9 @@ fn a_static_program_is_refused_clearly() {
     assert!(!out.status.success());
     assert!(err.contains("statically linked"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // without collector flags, lock is left out and the rest goes ahead
+    let answer = pi.control_ok(&["-a", "-P", &pid]);
+    assert!(answer.contains("activated keytime on"), "{answer}");
     let _ = child.kill();
     let _ = child.wait();
     pi.finish();

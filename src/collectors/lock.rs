@@ -739,17 +739,22 @@ impl Collector for Lock {
         CollectorKind::Lock
     }
 
+    /// A process with a shared C library (so `controller -a` without
+    /// collector flags skips lock for a static program instead of failing).
     fn check_target(&self, target: &Target) -> Result<()> {
-        if tgid_of(target).is_none() {
+        let Some(tgid) = tgid_of(target) else {
             // short: the control record carries 128 bytes of message
             bail!("lock needs -p TID or -P TGID: its uprobes cost ~14 us per lock call, so it never traces {target}");
-        }
+        };
+        find_library(tgid, &read_maps(tgid)?)?.ok_or_else(|| no_library(tgid))?;
         Ok(())
     }
 
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
-        self.check_target(&act.target)?;
+        if tgid_of(&act.target).is_none() {
+            self.check_target(&act.target)?;
+        }
         // the same probes attached twice would count every call twice
         self.reaper.wait();
         let tgid = tgid_of(&act.target).unwrap_or_default();

@@ -531,6 +531,16 @@ pub struct Lock {
     reaper: Reaper,
 }
 
+/// After an exec, must the probes be attached anew? They are registered on
+/// the library's inode with a filter on the target task's mm. When the
+/// group leader itself exec'd and the new image maps the same library, the
+/// kernel re-armed them as the loader mapped it. Otherwise (another library,
+/// or a non-leader thread exec'd and took over the group, leaving the probes
+/// filtering on the dead leader) they would never fire again.
+pub fn needs_reattach(old: &Mapping, new: &Mapping, old_pid: u32, tgid: u32) -> bool {
+    old.dev != new.dev || old.inode != new.inode || old_pid != tgid
+}
+
 /// Detaches uprobes off the main loop. Each perf-event uprobe waits for an
 /// RCU grace period when it goes, and the kernel takes them one at a time
 /// (~85 ms each here: 31 take 2.7 s). Once their programs match nothing
@@ -710,15 +720,10 @@ impl Lock {
             );
             return Ok(());
         };
-        // The uprobes are registered on the library's inode with a perf
-        // filter on the target task's mm. When the group leader itself
-        // exec'd and maps the same library again, the kernel re-armed them
-        // as the loader mapped it: nothing to do. Otherwise (another
-        // library, or a non-leader thread exec'd and took over the group)
-        // the old probes would never fire again: reattach.
-        let same = self.library.as_ref().is_some_and(|m| {
-            m.dev == lib.mapping.dev && m.inode == lib.mapping.inode && old_pid == tgid
-        });
+        let same = self
+            .library
+            .as_ref()
+            .is_some_and(|old| !needs_reattach(old, &lib.mapping, old_pid, tgid));
         if !same {
             self.attach(tgid, &lib)
                 .context("reattach the lock probes after exec")?;
@@ -1072,10 +1077,25 @@ mod tests {
     }
 
     #[test]
-    fn whole_system_is_refused() {
-        let t = Target::System;
-        assert!(tgid_of(&t).is_none());
+    fn only_processes_are_targets_and_names_are_stable() {
+        assert!(tgid_of(&Target::System).is_none());
+        assert!(tgid_of(&Target::Idle { cpu: 0 }).is_none());
+        let t = Target::Thread {
+            pid: 12,
+            tgid: 10,
+            start_ticks: 0,
+        };
+        assert_eq!(tgid_of(&t), Some(10));
         assert_eq!(type_name(LOCK_SPINLOCK as u8), "spinlock");
         assert_eq!(errno_name(110), "ETIMEDOUT");
+    }
+
+    #[test]
+    fn exec_reattaches_unless_the_leader_kept_the_library() {
+        let maps = parse_maps(MAPS);
+        let (libc, other) = (&maps[1], &maps[3]);
+        assert!(!needs_reattach(libc, libc, 10, 10));
+        assert!(needs_reattach(libc, libc, 11, 10), "a non-leader exec'd");
+        assert!(needs_reattach(libc, other, 10, 10), "another library");
     }
 }

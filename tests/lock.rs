@@ -134,12 +134,30 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
     // trylock: failed with EBUSY while the other thread held it
     let busy = addr_of(locks, "trylock_mutex");
     let failed = of(recs, "lock_failed", &busy);
-    assert_eq!(failed.len(), 1, "failed trylock: {failed:?}");
-    assert_eq!(u64_of(&done["trylock_mutex"], "ret"), 16);
-    assert_eq!(failed[0]["ret"], 16);
-    assert_eq!(failed[0]["error"], "EBUSY");
-    assert_eq!(failed[0]["op"], "trylock");
-    assert_eq!(failed[0]["hold_ns"], 0);
+    assert_eq!(failed.len(), 2, "failed try and timed lock: {failed:?}");
+    let t = &done["trylock_mutex"];
+    assert_eq!(u64_of(t, "ret"), 16);
+    let tried = failed
+        .iter()
+        .find(|r| r["op"] == "trylock")
+        .expect("trylock");
+    assert_eq!(tried["ret"], 16);
+    assert_eq!(tried["error"], "EBUSY");
+    assert_eq!(tried["hold_ns"], 0);
+    assert_eq!(tried["contended"], true);
+    assert_eq!(u64_of(t, "timedlock_ret"), 110);
+    let timed = failed
+        .iter()
+        .find(|r| r["op"] == "timedlock")
+        .expect("timedlock");
+    assert_eq!(timed["ret"], 110);
+    assert_eq!(timed["error"], "ETIMEDOUT");
+    within(
+        u64_of(timed, "wait_ns"),
+        u64_of(t, "timedlock_wait_ns"),
+        10,
+        "timed wait",
+    );
     let held = of(recs, "lock", &busy);
     assert_eq!(held.len(), 1);
     within(
@@ -187,7 +205,7 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
     assert_eq!(sum(&mutex_addr, "acquisitions"), 2);
     assert_eq!(sum(&mutex_addr, "contended"), 1);
     assert_eq!(sum(&rw, "acquisitions"), 3);
-    assert_eq!(sum(&busy, "failed"), 1);
+    assert_eq!(sum(&busy, "failed"), 2);
     assert_eq!(sum(&busy, "acquisitions"), 1);
     assert_eq!(sum(&addr_of(locks, "spinlock"), "acquisitions"), 1);
     for r in recs
@@ -359,7 +377,7 @@ fn one_thread_is_traced_alone() {
         "other threads' records"
     );
     // the main thread is the mutex's second locker, the writer, the
-    // spinlock holder and the failing trylock: nothing of the other threads
+    // spinlock holder and the failing try/timed locks: nothing of the others
     assert_eq!(of(&recs, "lock", &addr_of(&locks, "mutex")).len(), 1);
     let rw = of(&recs, "lock", &addr_of(&locks, "rwlock"));
     assert_eq!(rw.len(), 1);
@@ -367,7 +385,7 @@ fn one_thread_is_traced_alone() {
     assert_eq!(of(&recs, "lock", &addr_of(&locks, "spinlock")).len(), 1);
     assert_eq!(
         of(&recs, "lock_failed", &addr_of(&locks, "trylock_mutex")).len(),
-        1
+        2
     );
     assert_eq!(
         of(&recs, "lock", &addr_of(&locks, "trylock_mutex")).len(),

@@ -23,7 +23,8 @@
 //!       threads take one mutex in turn, each holding it 20 ms (the second
 //!       asks while the first holds it); two readers hold a rwlock 20 ms
 //!       while a writer asks for it, then the writer holds it 20 ms; one
-//!       spinlock hold of 5 ms; a trylock that fails with EBUSY; a recursive
+//!       spinlock hold of 5 ms; a trylock that fails with EBUSY and a 5 ms
+//!       timedlock that fails with ETIMEDOUT; a recursive
 //!       mutex taken 3 deep; an rwlock read hold released by another thread,
 //!       then write-locked. Prints what
 //!       it measured. --fork: a forked child then takes a mutex of its own 5
@@ -542,21 +543,32 @@ fn locks(args: &[String]) {
     // trylock of a mutex another thread holds: EBUSY
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        held(
-            10,
-            || unsafe {
-                libc::pthread_mutex_lock(l.busy.get());
-                tx.send(()).unwrap();
-                done_rx.recv().unwrap();
-            },
-            || unsafe {
-                libc::pthread_mutex_unlock(l.busy.get());
-            },
-        )
+    // holds it from before the trylock until after the timed lock, then 10 ms
+    let holder = std::thread::spawn(move || unsafe {
+        libc::pthread_mutex_lock(l.busy.get());
+        let acquired = monotonic_ns();
+        tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let released = monotonic_ns();
+        libc::pthread_mutex_unlock(l.busy.get());
+        (acquired, released)
     });
     rx.recv().unwrap();
     let ret = unsafe { libc::pthread_mutex_trylock(busy) };
+    // and a timed lock that gives up after 5 ms: ETIMEDOUT
+    let (timed_ret, timed_wait) = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+        ts.tv_nsec += 5_000_000;
+        if ts.tv_nsec >= 1_000_000_000 {
+            ts.tv_sec += 1;
+            ts.tv_nsec -= 1_000_000_000;
+        }
+        let start = monotonic_ns();
+        let r = libc::pthread_mutex_timedlock(busy, &ts);
+        (r, monotonic_ns() - start)
+    };
     done_tx.send(()).unwrap();
     let h = holder.join().unwrap();
 
@@ -598,7 +610,8 @@ fn locks(args: &[String]) {
         "rwlock": {"read_acquisitions": 2, "write_acquisitions": 1,
                    "read_hold_ns": [hold(r[0]), hold(r[1])], "write_hold_ns": hold(w)},
         "spinlock": {"acquisitions": 1, "hold_ns": hold(s)},
-        "trylock_mutex": {"acquisitions": 1, "failed": 1, "ret": ret, "hold_ns": hold(h)},
+        "trylock_mutex": {"acquisitions": 1, "failed": 2, "ret": ret, "hold_ns": hold(h),
+                          "timedlock_ret": timed_ret, "timedlock_wait_ns": timed_wait},
         "recursive_mutex": {"acquisitions": 3, "hold_ns": recursive_holds},
         "handed_rwlock": {"read_acquisitions": 1, "released_by_another_thread": 1, "write_acquisitions": 1}}));
 

@@ -136,9 +136,21 @@ fn cookie(lock_type: u32, op: u32) -> u64 {
 /// One file mapping of /proc/PID/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
+    /// `start-end`: its name under /proc/PID/map_files
+    pub range: String,
     pub dev: String,
     pub inode: u64,
+    /// as maps shows it, ` (deleted)` left out
     pub path: String,
+}
+
+impl Mapping {
+    /// The mapped file itself, through the process: right in another mount
+    /// namespace (a container), and even when the file was replaced or
+    /// deleted since (a libc upgraded under a running process).
+    pub fn file(&self, tgid: u32) -> String {
+        format!("/proc/{tgid}/map_files/{}", self.range)
+    }
 }
 
 /// The file mappings of a maps file (anonymous and special ones left out).
@@ -146,12 +158,18 @@ pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines()
         .filter_map(|line| {
             let mut f = line.split_ascii_whitespace();
-            let (_range, _perms, _off) = (f.next()?, f.next()?, f.next()?);
+            let (range, _perms, _off) = (f.next()?, f.next()?, f.next()?);
             let dev = f.next()?.to_string();
             let inode = f.next()?.parse().ok()?;
             let path: Vec<&str> = f.collect();
             let path = path.join(" ");
-            (inode != 0 && path.starts_with('/')).then_some(Mapping { dev, inode, path })
+            let path = path.strip_suffix(" (deleted)").unwrap_or(&path).to_string();
+            (inode != 0 && path.starts_with('/')).then(|| Mapping {
+                range: range.to_string(),
+                dev,
+                inode,
+                path,
+            })
         })
         .collect()
 }
@@ -168,9 +186,7 @@ pub fn pthread_candidates(maps: &[Mapping]) -> Vec<Mapping> {
     for prefix in ["libpthread.so", "libc.so", "ld-musl"] {
         for m in maps {
             let name = basename(&m.path);
-            if name.starts_with(prefix)
-                && !m.path.ends_with(" (deleted)")
-                && !out.iter().any(|o| o.inode == m.inode && o.dev == m.dev)
+            if name.starts_with(prefix) && !out.iter().any(|o| o.inode == m.inode && o.dev == m.dev)
             {
                 out.push(m.clone());
             }
@@ -327,8 +343,10 @@ pub struct Library {
 /// Ok(None): the process maps no candidate library (static, or not yet).
 fn find_library(tgid: u32, maps: &[Mapping]) -> Result<Option<Library>> {
     for m in pthread_candidates(maps) {
-        let path = format!("/proc/{tgid}/root{}", m.path);
-        let data = std::fs::read(&path).with_context(|| format!("read {}", m.path))?;
+        // map_files needs CAP_SYS_ADMIN: proc_image has it, unit tests may not
+        let data = std::fs::read(m.file(tgid))
+            .or_else(|_| std::fs::read(format!("/proc/{tgid}/root{}", m.path)))
+            .with_context(|| format!("read {}", m.path))?;
         let (syms, segments) = read_elf(&data).with_context(|| format!("parse {}", m.path))?;
         let probes = probes_for(&syms, &segments, &data).with_context(|| m.path.clone())?;
         let have = |f: &str| probes.iter().any(|p| p.function == f);
@@ -622,7 +640,7 @@ impl Lock {
     /// the previous ones go. After an exec those cannot fire any more (they
     /// filter on the old image's mm), so old and new never count twice.
     fn attach(&mut self, tgid: u32, lib: &Library) -> Result<()> {
-        let path = format!("/proc/{tgid}/root{}", lib.mapping.path);
+        let path = lib.mapping.file(tgid);
         let mut links = Vec::new();
         let attached = self.attach_into(&mut links, tgid, &path, lib);
         if let Err(e) = attached {
@@ -886,7 +904,7 @@ mod tests {
 7f1a00000000-7f1a00028000 r--p 00000000 fe:01 2000 /usr/lib/x86_64-linux-gnu/libc.so.6
 7f1a00028000-7f1a0019d000 r-xp 00028000 fe:01 2000 /usr/lib/x86_64-linux-gnu/libc.so.6
 7f1a10000000-7f1a10021000 rw-p 00000000 00:00 0 [heap]
-7f1a20000000-7f1a20002000 r--p 00000000 fe:01 2100 /usr/lib/x86_64-linux-gnu/libpthread.so.0
+7f1a20000000-7f1a20002000 r--p 00000000 fe:01 2100 /usr/lib/x86_64-linux-gnu/libpthread.so.0 (deleted)
 7f1a30000000-7f1a30002000 r--p 00000000 fe:01 2200 /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
 ";
@@ -897,6 +915,11 @@ mod tests {
         assert_eq!(maps.len(), 5);
         assert_eq!(maps[0].path, "/usr/bin/prog with space");
         assert_eq!((maps[1].dev.as_str(), maps[1].inode), ("fe:01", 2000));
+        assert_eq!(
+            maps[1].file(7),
+            "/proc/7/map_files/7f1a00000000-7f1a00028000"
+        );
+        assert_eq!(maps[3].path, "/usr/lib/x86_64-linux-gnu/libpthread.so.0");
         assert!(has_loader(&maps));
         assert!(!has_loader(&maps[..3]));
     }

@@ -429,3 +429,56 @@ fn a_static_program_is_refused_clearly() {
     let _ = child.wait();
     pi.finish();
 }
+
+#[test]
+fn a_deleted_libc_is_still_probed() {
+    if !need_root() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    // the workload runs on a copy of libc, deleted before tracing starts
+    // (as after an upgrade of libc under a running process)
+    let dir = std::env::temp_dir().join(format!("pi_lock_libc_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc_path = maps
+        .lines()
+        .filter_map(|l| l.split_ascii_whitespace().nth(5))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .unwrap()
+        .to_string();
+    std::fs::copy(&libc_path, dir.join("libc.so.6")).unwrap();
+    let mut child = Command::new(WORKLOAD)
+        .arg("locks")
+        .env("LD_LIBRARY_PATH", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let locks: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = u64_of(&locks, "pid");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains(&format!("{}/libc.so.6", dir.display())),
+        "{maps}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let pi = ProcImage::start("lock_deleted", &["-l"]);
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let done: Value = lines
+        .map_while(Result::ok)
+        .find_map(|l| {
+            serde_json::from_str::<Value>(&l)
+                .ok()
+                .filter(|v| v["event"] == "done")
+        })
+        .expect("done");
+    assert!(child.wait().unwrap().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    check_known_locking(&recs, &locks, &done, pid);
+}

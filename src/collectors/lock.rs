@@ -460,8 +460,8 @@ impl LockSummary {
 struct Shared {
     /// (tgid, lock address) -> this interval's figures
     locks: BTreeMap<(u32, u64), LockSummary>,
-    /// the target exec'd: (when seen, old pid)
-    exec: Option<(Instant, u32)>,
+    /// the target exec'd: (when seen, old pid, holds of the old image cleared)
+    exec: Option<(Instant, u32, bool)>,
 }
 
 fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
@@ -841,7 +841,7 @@ impl Collector for Lock {
             let e = decode::<lock_event>(data)?;
             let mut s = shared.borrow_mut();
             match u32::from(e.hdr.kind) {
-                LOCK_EXEC => s.exec = Some((Instant::now(), e.aux)),
+                LOCK_EXEC => s.exec = Some((Instant::now(), e.aux, false)),
                 _ => s.locks.entry((e.hdr.tgid, e.lock_addr)).or_default().add(e),
             }
             lock_record(e)
@@ -851,7 +851,14 @@ impl Collector for Lock {
     fn service(&mut self, out: &mut Output) -> Result<()> {
         let exec = self.shared.borrow().exec;
         match exec {
-            Some((seen, old_pid)) if self.target.is_some() => self.follow_exec(seen, old_pid, out),
+            Some((seen, old_pid, cleared)) if self.target.is_some() => {
+                if !cleared {
+                    // the old image's holds and locks are gone with it
+                    self.clear_holds();
+                    self.shared.borrow_mut().exec = Some((seen, old_pid, true));
+                }
+                self.follow_exec(seen, old_pid, out)
+            }
             _ => Ok(()),
         }
     }

@@ -482,3 +482,54 @@ fn a_deleted_libc_is_still_probed() {
     let recs = pi.finish();
     check_known_locking(&recs, &locks, &done, pid);
 }
+
+#[test]
+fn exec_into_a_static_program_is_reported() {
+    if !need_root() {
+        return;
+    }
+    // a statically linked program that sleeps 2 s
+    let dir = std::env::temp_dir().join(format!("pi_lock_static_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, bin) = (dir.join("sleeper.c"), dir.join("sleeper"));
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void) { sleep(2); return 0; }\n",
+    )
+    .unwrap();
+    let built = std::process::Command::new("clang")
+        .args(["-static", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("run clang");
+    assert!(built.success(), "clang -static failed");
+
+    let pi = ProcImage::start("lock_exec_static", &["-l"]);
+    let mut w = Workload::start(&["locks", "--exec-into", bin.to_str().unwrap()]);
+    let pid = u64_of(&w.wait_truth("ready", Duration::from_secs(10)), "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    assert!(
+        pi.wait_for(Duration::from_secs(5), |r| r["event"]
+            == "no_pthread_library"),
+        "{}",
+        pi.stderr_text()
+    );
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recs = pi.finish();
+    let gone = recs
+        .iter()
+        .find(|r| r["event"] == "no_pthread_library")
+        .unwrap();
+    assert!(gone["reason"]
+        .as_str()
+        .unwrap()
+        .contains("statically linked"));
+    assert!(recs
+        .iter()
+        .any(|r| r["event"] == "exec" && r["tgid"] == pid));
+    assert!(!recs.iter().any(|r| r["event"] == "probes_follow_exec"));
+}

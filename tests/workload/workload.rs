@@ -18,7 +18,7 @@
 //!   proc_image_workload sched [--busy-threads N] [--secs S]
 //!       N threads spinning and one thread sleeping 2 ms at a time, all
 //!       pinned to CPU 0, for S seconds; prints their tids first
-//!   proc_image_workload locks [--fork] [--exec | --exec-from-thread]
+//!   proc_image_workload locks [--fork] [--exec | --exec-from-thread | --exec-into PROGRAM]
 //!       prints its lock addresses, waits for a line on stdin, then: two
 //!       threads take one mutex in turn, each holding it 20 ms (the second
 //!       asks while the first holds it); two readers hold a rwlock 20 ms
@@ -29,7 +29,8 @@
 //!       then write-locked. Prints what
 //!       it measured. --fork: a forked child then takes a mutex of its own 5
 //!       times. --exec: first re-exec itself into `locks` (from a second
-//!       thread with --exec-from-thread), which sleeps 500 ms, then locks.
+//!       thread with --exec-from-thread), which sleeps 500 ms, then locks;
+//!       --exec-into: exec PROGRAM (no arguments) after the go line.
 //!   proc_image_workload noop-hooks syscalls|sched
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
@@ -429,10 +430,18 @@ fn held(ms: u64, take: impl FnOnce(), give: impl FnOnce()) -> (u64, u64) {
 
 fn locks(args: &[String]) {
     let flag = |f: &str| args.iter().any(|a| a == f);
-    if flag("--exec") || flag("--exec-from-thread") {
+    let into = args
+        .iter()
+        .position(|a| a == "--exec-into")
+        .and_then(|i| args.get(i + 1));
+    if flag("--exec") || flag("--exec-from-thread") || into.is_some() {
         say(json!({"event": "ready", "pid": std::process::id()}));
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
+        if let Some(program) = into {
+            let err = std::process::Command::new(program).exec();
+            die(&format!("exec {program}: {err}"));
+        }
         let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
         let mut rest: Vec<String> = args[1..]
             .iter()

@@ -306,7 +306,8 @@ fn a_forked_child_is_not_traced_and_keeps_no_probe() {
             .any(|r| r["tgid"] == child_pid || r["pid"] == child_pid),
         "records from the child"
     );
-    let _ = done;
+    // the parent's own locking, all done before the fork, is all there
+    check_known_locking(&recs, &locks, &done, pid);
 }
 
 /// The target execs (from its leader, or from another thread) and the new

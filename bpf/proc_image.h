@@ -284,6 +284,62 @@ struct resource_sample {
 
 /* ------------------------------------------------------------------ */
 /*
+ * lock: pthread mutex / rwlock / spinlock intervals, from uprobes on the C
+ * library the target maps (attached to the target's process only).
+ */
+
+enum lock_type {
+	LOCK_MUTEX = 0,
+	LOCK_RWLOCK_READ = 1,
+	LOCK_RWLOCK_WRITE = 2,
+	LOCK_SPINLOCK = 3,
+	LOCK_RWLOCK = 4, /* pthread_rwlock_unlock: read or write side */
+};
+
+/* How a lock was asked for. */
+enum lock_op {
+	LOCK_OP_LOCK = 0,  /* blocks until acquired */
+	LOCK_OP_TRY = 1,   /* trylock: fails with EBUSY at once */
+	LOCK_OP_TIMED = 2, /* timedlock / clocklock: may fail with ETIMEDOUT */
+};
+
+/* The attach cookie of a uprobe: type | op << 8. */
+#define LOCK_COOKIE(type, op) ((type) | ((op) << 8))
+
+enum lock_kind {
+	LOCK_RELEASED = 1,  /* one acquisition, from request to release */
+	LOCK_FAILED = 2,    /* a try/timed lock that returned an error */
+	LOCK_UNMATCHED = 3, /* an unlock of a lock this thread has no recorded hold on */
+	LOCK_EXEC = 4,      /* the target exec'd: its probes must follow the new image */
+};
+
+/* lock_event.flags */
+#define LOCK_F_CONTENDED 1 /* the lock was held by another acquisition when asked for */
+
+/* Recursive holds of one lock by one thread kept with their times. */
+#define LOCK_HOLD_DEPTH 4
+
+struct lock_config {
+	struct target_filter target; /* tgid is set for TARGET_THREAD too */
+};
+
+struct lock_event {
+	struct event_hdr hdr;  /* the releasing (or failing) thread */
+	__u64 lock_addr;
+	__u64 request_ns;      /* entry of the lock call */
+	__u64 acquire_ns;      /* its return (acquired, or failed) */
+	__u64 release_ns;      /* entry of the unlock call; 0 if failed */
+	__s32 ret;             /* the lock call's return: 0 or an errno */
+	__u32 aux;             /* LOCK_EXEC: old pid; LOCK_UNMATCHED: readers left */
+	__u8 lock_type;        /* enum lock_type */
+	__u8 op;               /* enum lock_op */
+	__u8 flags;            /* LOCK_F_* */
+	__u8 _pad[5];
+};
+_Static_assert(sizeof(struct lock_event) == 88, "lock_event layout");
+
+/* ------------------------------------------------------------------ */
+/*
  * The control map: a pinned BPF array through which controller asks and
  * proc_image answers. Slot CONTROL_STATE is written only by proc_image,
  * slot CONTROL_REQUEST only by controller, so neither overwrites the other.

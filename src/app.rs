@@ -33,12 +33,6 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
     set_libbpf_log(args.verbose);
 
     let kinds = args.collectors();
-    if let Some(k) = kinds.iter().find(|k| !k.available()) {
-        bail!(
-            "the {k} collector ({}) is not available in this version of proc_image",
-            k.flag()
-        );
-    }
 
     // before the pins: a taken metrics port or a bad trace path leaves nothing behind
     let sinks = open_sinks(&args)?;
@@ -198,6 +192,7 @@ impl App {
         run_deadline: Option<Instant>,
     ) -> Result<bool> {
         poll(rb)?;
+        self.service();
         self.output.borrow_mut().flush();
         if self.output.borrow().is_closed() {
             return Ok(false);
@@ -361,6 +356,24 @@ impl App {
             "activated {} on {target}{limit}",
             CollectorKind::names(mask)
         ))
+    }
+
+    /// Let the active collectors act on the records just delivered. A
+    /// failure there is reported and tracing goes on.
+    fn service(&mut self) {
+        let Some(run) = &self.active else {
+            return;
+        };
+        let mut out = self.output.borrow_mut();
+        for c in self
+            .collectors
+            .iter_mut()
+            .filter(|c| run.kinds.contains(&c.kind()))
+        {
+            if let Err(e) = c.service(&mut out) {
+                eprintln!("proc_image: {}: {e:#}", c.kind());
+            }
+        }
     }
 
     /// Periodic work of an activation: summaries, lost-record reports,

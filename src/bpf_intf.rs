@@ -30,6 +30,8 @@ plain_types!(
     syscall_count_key,
     syscall_count,
     schedule_config,
+    lock_config,
+    lock_event,
     resource_config,
     resource_sample,
     control_header,

@@ -80,7 +80,7 @@ pub struct ProcImageArgs {
 }
 
 impl ProcImageArgs {
-    /// The collectors to load: those named, or every available one.
+    /// The collectors to load: those named, or every one.
     pub fn collectors(&self) -> Vec<CollectorKind> {
         let named: Vec<CollectorKind> = [
             (self.keytime, CollectorKind::Keytime),
@@ -93,17 +93,7 @@ impl ProcImageArgs {
         .filter_map(|(on, kind)| on.then_some(kind))
         .collect();
         if self.all || named.is_empty() {
-            let mut all: Vec<CollectorKind> = CollectorKind::ALL
-                .into_iter()
-                .filter(|k| k.available())
-                .collect();
-            // explicitly named ones stay, so that an unavailable one is reported
-            for k in named {
-                if !all.contains(&k) {
-                    all.push(k);
-                }
-            }
-            all
+            CollectorKind::ALL.to_vec()
         } else {
             named
         }
@@ -339,11 +329,7 @@ mod tests {
     #[test]
     fn proc_image_collectors() {
         let p = ProcImageArgs::try_parse_from(["proc_image"]).unwrap();
-        let available: Vec<CollectorKind> = CollectorKind::ALL
-            .into_iter()
-            .filter(|k| k.available())
-            .collect();
-        assert_eq!(p.collectors(), available);
+        assert_eq!(p.collectors(), CollectorKind::ALL);
         let p = ProcImageArgs::try_parse_from(["proc_image", "-k", "--json", "-t", "5"]).unwrap();
         assert_eq!(
             (p.collectors(), p.format(), p.time),

@@ -17,8 +17,9 @@ use crate::sys;
 use crate::target::Target;
 
 /// proc_image looks at the control map every 50 ms; loading nothing, it
-/// answers well within this.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// answers well within this, except that an activation of lock right after
+/// another first waits for the old uprobes to go (~85 ms each).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_SYSCALL_SEQ_LEN: u32 = 10;
 
 pub fn run(args: &ControllerArgs) -> Result<String> {

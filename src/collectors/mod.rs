@@ -8,6 +8,7 @@
 
 pub mod keytime;
 pub mod latency;
+pub mod lock;
 pub mod resource;
 pub mod schedule;
 pub mod syscall;
@@ -15,7 +16,7 @@ pub mod syscall;
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject};
 
@@ -71,17 +72,6 @@ impl CollectorKind {
             CollectorKind::Syscall => "-s",
             CollectorKind::Schedule => "-S",
         }
-    }
-
-    /// Collectors this build of proc_image has.
-    pub fn available(self) -> bool {
-        matches!(
-            self,
-            CollectorKind::Keytime
-                | CollectorKind::Resource
-                | CollectorKind::Syscall
-                | CollectorKind::Schedule
-        )
     }
 
     pub fn from_mask(mask: u32) -> Vec<CollectorKind> {
@@ -162,6 +152,12 @@ pub trait Collector {
     /// Turns one ring-buffer record into an output record.
     fn decoder(&self) -> Decoder;
 
+    /// Called after every poll of the ring buffers while active: act on what
+    /// the records said (lock: follow the target into a new image).
+    fn service(&mut self, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+
     /// Called once per reporting interval while active: emit summaries.
     fn on_interval(&mut self, _out: &mut Output) -> Result<()> {
         Ok(())
@@ -184,12 +180,10 @@ pub fn load(kinds: &[CollectorKind], opts: &LoadOptions) -> Result<Vec<Box<dyn C
         .map(|&kind| -> Result<Box<dyn Collector>> {
             match kind {
                 CollectorKind::Keytime => Ok(Box::new(keytime::Keytime::load(opts)?)),
+                CollectorKind::Lock => Ok(Box::new(lock::Lock::load(opts)?)),
                 CollectorKind::Resource => Ok(Box::new(resource::Resource::load(opts)?)),
                 CollectorKind::Syscall => Ok(Box::new(syscall::Syscall::load(opts)?)),
                 CollectorKind::Schedule => Ok(Box::new(schedule::Schedule::load(opts)?)),
-                other => {
-                    bail!("the {other} collector is not available in this version of proc_image")
-                }
             }
         })
         .collect()

@@ -7,8 +7,9 @@
 //!       waits for a line on stdin, then forks N children (child i exits with
 //!       10+i), vforks N times, starts N threads, sleeps MS in one nanosleep,
 //!       spins MS, and execs itself as `proc_image_workload exit C`; with
-//!       --linger-ms, first MS of the spin pattern (syscalls and wakeups
-//!       for the metrics test to scrape).
+//!       --linger-ms, first MS of the spin pattern (syscalls, wakeups and
+//!       pthread mutex/rwlock/spinlock calls, with a failing trylock, for
+//!       the metrics test to scrape).
 //!   proc_image_workload exit C        exits with C
 //!   proc_image_workload spin          2 ms busy / 3 ms asleep, until killed
 //!   proc_image_workload stress [--forks-per-sec N] [--syscalls-per-sec N] [--secs S]
@@ -28,10 +29,23 @@
 //!       pausing MS between phases. After each phase it prints a mark with
 //!       the CLOCK_MONOTONIC time it ended and /proc/self/{stat,status,io}
 //!       read right then (the truth for tests/resource.rs)
+//!   proc_image_workload locks [--fork] [--exec | --exec-from-thread | --exec-into PROGRAM]
+//!       prints its lock addresses, waits for a line on stdin, then: two
+//!       threads take one mutex in turn, each holding it 20 ms (the second
+//!       asks while the first holds it); two readers hold a rwlock 20 ms
+//!       while a writer asks for it, then the writer holds it 20 ms; one
+//!       spinlock hold of 5 ms; a trylock that fails with EBUSY and a 5 ms
+//!       timedlock that fails with ETIMEDOUT; a recursive
+//!       mutex taken 3 deep; an rwlock read hold released by another thread,
+//!       then write-locked. Prints what
+//!       it measured. --fork: a forked child then takes a mutex of its own 5
+//!       times. --exec: first re-exec itself into `locks` (from a second
+//!       thread with --exec-from-thread), which sleeps 500 ms, then locks;
+//!       --exec-into: exec PROGRAM (no arguments) after the go line.
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
-//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N [--wait]
+//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
 
@@ -87,6 +101,7 @@ fn main() {
                 .map(std::path::PathBuf::from)
                 .unwrap_or_else(std::env::temp_dir),
         ),
+        "locks" => locks(&args),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
@@ -102,6 +117,13 @@ fn main() {
             libc::getppid();
         }),
         "bench-pipe" => bench_pipe(count()),
+        "bench-mutex" => {
+            let m = Locks::new();
+            bench(count(), || unsafe {
+                libc::pthread_mutex_lock(m.mutex.get());
+                libc::pthread_mutex_unlock(m.mutex.get());
+            })
+        }
         "bench-forks" => bench(count(), || unsafe {
             match libc::fork() {
                 0 => libc::_exit(0),
@@ -387,8 +409,22 @@ fn lifecycle(
     // CPU time, not wall time: tests run side by side on few cores
     let busy_cpu_ns = clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - cpu_before;
     let linger_end = Instant::now() + Duration::from_millis(linger_ms);
+    let l = Locks::new();
     while Instant::now() < linger_end {
         busy(Duration::from_millis(2));
+        // one of each pthread lock kind, and a trylock that fails (EBUSY):
+        // data for the dashboards' lock panels
+        unsafe {
+            libc::pthread_mutex_lock(l.mutex.get());
+            libc::pthread_mutex_trylock(l.mutex.get());
+            libc::pthread_mutex_unlock(l.mutex.get());
+            libc::pthread_rwlock_rdlock(l.rwlock.get());
+            libc::pthread_rwlock_unlock(l.rwlock.get());
+            libc::pthread_rwlock_wrlock(l.rwlock.get());
+            libc::pthread_rwlock_unlock(l.rwlock.get());
+            pthread_spin_lock(l.spin.get());
+            pthread_spin_unlock(l.spin.get());
+        }
         std::thread::sleep(Duration::from_millis(3));
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
@@ -490,4 +526,286 @@ fn bench_pipe(n: u64) {
         libc::read(b[0], byte.as_mut_ptr().cast(), 1);
     });
     unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+}
+
+// glibc has them; the libc crate does not declare them for Linux
+extern "C" {
+    fn pthread_spin_init(lock: *mut i32, pshared: libc::c_int) -> libc::c_int;
+    fn pthread_spin_lock(lock: *mut i32) -> libc::c_int;
+    fn pthread_spin_unlock(lock: *mut i32) -> libc::c_int;
+}
+
+/// pthread locks at fixed addresses, shared by the threads of `locks`.
+struct Locks {
+    mutex: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+    rwlock: std::cell::UnsafeCell<libc::pthread_rwlock_t>,
+    spin: std::cell::UnsafeCell<i32>,
+    busy: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+    recursive: std::cell::UnsafeCell<libc::pthread_mutex_t>,
+    handed: std::cell::UnsafeCell<libc::pthread_rwlock_t>,
+}
+
+// SAFETY: only touched through the pthread functions, which synchronize.
+unsafe impl Sync for Locks {}
+
+impl Locks {
+    fn new() -> &'static Locks {
+        let l: &'static Locks = Box::leak(Box::new(Locks {
+            mutex: libc::PTHREAD_MUTEX_INITIALIZER.into(),
+            rwlock: libc::PTHREAD_RWLOCK_INITIALIZER.into(),
+            spin: 0.into(),
+            busy: libc::PTHREAD_MUTEX_INITIALIZER.into(),
+            recursive: libc::PTHREAD_MUTEX_INITIALIZER.into(),
+            handed: libc::PTHREAD_RWLOCK_INITIALIZER.into(),
+        }));
+        unsafe {
+            pthread_spin_init(l.spin.get(), 0);
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            libc::pthread_mutexattr_init(&mut attr);
+            libc::pthread_mutexattr_settype(&mut attr, libc::PTHREAD_MUTEX_RECURSIVE);
+            libc::pthread_mutex_init(l.recursive.get(), &attr);
+        }
+        l
+    }
+}
+
+fn addr<T>(p: *mut T) -> String {
+    format!("{:#x}", p as usize)
+}
+
+/// Hold `lock` for `ms` after `take` returns; (acquired, released) times.
+fn held(ms: u64, take: impl FnOnce(), give: impl FnOnce()) -> (u64, u64) {
+    take();
+    let acquired = monotonic_ns();
+    std::thread::sleep(Duration::from_millis(ms));
+    let released = monotonic_ns();
+    give();
+    (acquired, released)
+}
+
+fn locks(args: &[String]) {
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let into = args
+        .iter()
+        .position(|a| a == "--exec-into")
+        .and_then(|i| args.get(i + 1));
+    if flag("--exec") || flag("--exec-from-thread") || into.is_some() {
+        say(json!({"event": "ready", "pid": std::process::id()}));
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        if let Some(program) = into {
+            let err = std::process::Command::new(program).exec();
+            die(&format!("exec {program}: {err}"));
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
+        let mut rest: Vec<String> = args[1..]
+            .iter()
+            .filter(|a| !a.starts_with("--exec"))
+            .cloned()
+            .collect();
+        rest.push("--after-exec".into());
+        let run = move || {
+            let err = std::process::Command::new(&exe)
+                .arg("locks")
+                .args(&rest)
+                .exec();
+            die(&format!("exec: {err}"));
+        };
+        if flag("--exec-from-thread") {
+            let t = std::thread::spawn(run);
+            let _ = t.join();
+        } else {
+            run();
+        }
+        return;
+    }
+    let l = Locks::new();
+    say(json!({"event": "locks", "pid": std::process::id(),
+               "mutex": addr(l.mutex.get()), "rwlock": addr(l.rwlock.get()),
+               "spinlock": addr(l.spin.get()), "trylock_mutex": addr(l.busy.get()),
+               "recursive_mutex": addr(l.recursive.get()), "handed_rwlock": addr(l.handed.get()),
+               "pthread_mutex_lock": libc::pthread_mutex_lock as *const () as usize}));
+    if flag("--after-exec") {
+        // the tracer follows the exec in the meantime
+        std::thread::sleep(Duration::from_millis(500));
+    } else {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+    let (mutex, rw, spin, busy) = (l.mutex.get(), l.rwlock.get(), l.spin.get(), l.busy.get());
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+
+    // mutex: A holds 20 ms; B asks while A holds, then holds 20 ms
+    let a = std::thread::spawn(move || {
+        held(
+            20,
+            || unsafe {
+                libc::pthread_mutex_lock(l.mutex.get());
+                tx.send(()).unwrap();
+            },
+            || unsafe {
+                libc::pthread_mutex_unlock(l.mutex.get());
+            },
+        )
+    });
+    rx.recv().unwrap();
+    let requested = monotonic_ns();
+    let b = held(
+        20,
+        || unsafe {
+            libc::pthread_mutex_lock(mutex);
+        },
+        || unsafe {
+            libc::pthread_mutex_unlock(mutex);
+        },
+    );
+    let a = a.join().unwrap();
+
+    // rwlock: two readers hold 20 ms; the writer asks meanwhile
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                held(
+                    20,
+                    || unsafe {
+                        libc::pthread_rwlock_rdlock(l.rwlock.get());
+                        tx.send(()).unwrap();
+                    },
+                    || unsafe {
+                        libc::pthread_rwlock_unlock(l.rwlock.get());
+                    },
+                )
+            })
+        })
+        .collect();
+    rx.recv().unwrap();
+    rx.recv().unwrap();
+    let w = held(
+        20,
+        || unsafe {
+            libc::pthread_rwlock_wrlock(rw);
+        },
+        || unsafe {
+            libc::pthread_rwlock_unlock(rw);
+        },
+    );
+    let r: Vec<(u64, u64)> = readers.into_iter().map(|t| t.join().unwrap()).collect();
+
+    // spinlock: one hold of 5 ms
+    let s = held(
+        5,
+        || unsafe {
+            pthread_spin_lock(spin);
+        },
+        || unsafe {
+            pthread_spin_unlock(spin);
+        },
+    );
+
+    // trylock of a mutex another thread holds: EBUSY
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // holds it from before the trylock until after the timed lock, then 10 ms
+    let holder = std::thread::spawn(move || unsafe {
+        libc::pthread_mutex_lock(l.busy.get());
+        let acquired = monotonic_ns();
+        tx.send(()).unwrap();
+        done_rx.recv().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let released = monotonic_ns();
+        libc::pthread_mutex_unlock(l.busy.get());
+        (acquired, released)
+    });
+    rx.recv().unwrap();
+    let ret = unsafe { libc::pthread_mutex_trylock(busy) };
+    // and a timed lock that gives up after 5 ms: ETIMEDOUT
+    let (timed_ret, timed_wait) = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+        ts.tv_nsec += 5_000_000;
+        if ts.tv_nsec >= 1_000_000_000 {
+            ts.tv_sec += 1;
+            ts.tv_nsec -= 1_000_000_000;
+        }
+        let start = monotonic_ns();
+        let r = libc::pthread_mutex_timedlock(busy, &ts);
+        (r, monotonic_ns() - start)
+    };
+    done_tx.send(()).unwrap();
+    let h = holder.join().unwrap();
+
+    // a recursive mutex taken three deep, 2 ms between each step: holds of
+    // about 10, 6 and 2 ms, the innermost released first
+    let rec = l.recursive.get();
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        unsafe { libc::pthread_mutex_lock(rec) };
+        taken.push(monotonic_ns());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut recursive_holds = Vec::new();
+    for _ in 0..3 {
+        let released = monotonic_ns();
+        unsafe { libc::pthread_mutex_unlock(rec) };
+        recursive_holds.push(released - taken.pop().unwrap());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // a read hold taken by one thread and released by another (glibc
+    // allows it), then a write lock nobody contends
+    let handed = l.handed.get();
+    std::thread::spawn(move || unsafe {
+        libc::pthread_rwlock_rdlock(l.handed.get());
+    })
+    .join()
+    .unwrap();
+    unsafe {
+        libc::pthread_rwlock_unlock(handed);
+        libc::pthread_rwlock_wrlock(handed);
+        libc::pthread_rwlock_unlock(handed);
+    }
+
+    let hold = |(acq, rel): (u64, u64)| rel - acq;
+    say(json!({"event": "done",
+        "mutex": {"acquisitions": 2, "contended": 1, "hold_ns": [hold(a), hold(b)],
+                  "first_release_ns": a.1, "second_request_ns": requested, "second_acquired_ns": b.0},
+        "rwlock": {"read_acquisitions": 2, "write_acquisitions": 1,
+                   "read_hold_ns": [hold(r[0]), hold(r[1])], "write_hold_ns": hold(w)},
+        "spinlock": {"acquisitions": 1, "hold_ns": hold(s)},
+        "trylock_mutex": {"acquisitions": 1, "failed": 2, "ret": ret, "hold_ns": hold(h),
+                          "timedlock_ret": timed_ret, "timedlock_wait_ns": timed_wait},
+        "recursive_mutex": {"acquisitions": 3, "hold_ns": recursive_holds},
+        "handed_rwlock": {"read_acquisitions": 1, "released_by_another_thread": 1, "write_acquisitions": 1}}));
+
+    if flag("--fork") {
+        // SAFETY: the child uses only its own lock and async-signal-safe calls
+        match unsafe { libc::fork() } {
+            -1 => die("fork failed"),
+            0 => unsafe {
+                let mut m: libc::pthread_mutex_t = libc::PTHREAD_MUTEX_INITIALIZER;
+                for _ in 0..5 {
+                    libc::pthread_mutex_lock(&mut m);
+                    libc::pthread_mutex_unlock(&mut m);
+                }
+                let line = format!(
+                    "{{\"event\":\"child\",\"pid\":{},\"mutex\":\"{:#x}\",\"locks\":5}}\n",
+                    libc::getpid(),
+                    &mut m as *mut _ as usize
+                );
+                libc::write(1, line.as_ptr().cast(), line.len());
+                // stay a while so the test can look at our memory
+                let ts = libc::timespec {
+                    tv_sec: 3,
+                    tv_nsec: 0,
+                };
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::_exit(0);
+            },
+            child => unsafe {
+                libc::waitpid(child, std::ptr::null_mut(), 0);
+            },
+        }
+    }
 }

@@ -1,0 +1,410 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * lock: pthread mutex, rwlock and spinlock intervals of the target, from
+ * uprobes on the C library its process maps. proc_image attaches them with
+ * the target's tgid as the perf event's pid, so the kernel runs these
+ * programs only for tasks using that process's mm; is_target() below narrows
+ * it to the traced thread (-p) and guards against a recycled pid.
+ *
+ * Forked children: fork copies the parent's text pages, breakpoints
+ * included, but the uprobe's perf filter matches on the mm. In a child the
+ * first hit of each probe finds no consumer for its mm, so the kernel
+ * removes that breakpoint from the child (UPROBE_HANDLER_REMOVE) without
+ * running these programs. A child that execs starts with a clean mm.
+ *
+ * Bookkeeping, so nested, recursive and cross-thread use cannot pair the
+ * wrong calls:
+ *   in_flight  per thread (task storage), a stack of lock calls between
+ *              entry and return (a timed lock may call a probed one inside);
+ *   holds      per (tgid, holder thread, lock), a stack of LOCK_HOLD_DEPTH
+ *              acquisitions: a recursive mutex's inner unlock closes the
+ *              inner hold;
+ *   lock_state per (tgid, lock), how many readers / writers hold it: tells
+ *              a contended request, and lets a read hold released by another
+ *              thread (glibc allows it) be counted instead of misattributed.
+ * holds and lock_state are LRU maps whose entries stay when a lock is free:
+ * a lock taken again (the common case) costs lookups only, no insert and
+ * delete per acquisition. What the LRU evicts first are idle entries; a
+ * hold evicted under pressure shows as an unmatched unlock, not as a lie.
+ * An unlock with no recorded hold (taken before tracing began, or a read
+ * hold of another thread) becomes a LOCK_UNMATCHED record, never a hold.
+ */
+#include "common.bpf.h"
+
+/* Written by proc_image (struct lock_config). */
+struct lock_config cfg;
+
+/*
+ * The uprobes fire only in the target's mm (see above), and a recycled pid
+ * gets a new mm the probes are not in, so the pid is all there is left to
+ * check: cheaper than is_target()'s start-time test, on a path taken at
+ * every lock call.
+ */
+static __always_inline bool in_target(struct task_struct *task)
+{
+	if (cfg.target.mode == TARGET_TGID)
+		return task->tgid == cfg.target.tgid;
+	if (cfg.target.mode == TARGET_THREAD)
+		return task->pid == cfg.target.pid;
+	return false;
+}
+
+#define EBUSY 16
+#define EOWNERDEAD 130
+#define MAX_HOLDS 16384
+
+struct lock_request {
+	__u64 lock_addr;
+	__u64 request_ns;
+	__u32 cookie;
+	__u8 flags; /* LOCK_F_* known at entry */
+	__u8 _pad[3];
+};
+
+struct in_flight {
+	__u32 generation;
+	__u32 depth;
+	struct lock_request req[LOCK_HOLD_DEPTH];
+	/* pthread_spin_lock spinning since spin.request_ns (see handle__spin_attempt) */
+	struct lock_request spin;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct in_flight);
+} in_flight SEC(".maps");
+
+struct lock_hold_key {
+	__u32 tgid;
+	__u32 holder;
+	__u64 lock_addr;
+};
+
+struct lock_hold {
+	__u32 depth;    /* holds kept below */
+	__u32 overflow; /* deeper recursive holds, counted only */
+	__u64 request_ns[LOCK_HOLD_DEPTH];
+	__u64 acquire_ns[LOCK_HOLD_DEPTH];
+	__u8 type[LOCK_HOLD_DEPTH];
+	__u8 op[LOCK_HOLD_DEPTH];
+	__u8 flags[LOCK_HOLD_DEPTH];
+	__u8 _pad[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_HOLDS);
+	__type(key, struct lock_hold_key);
+	__type(value, struct lock_hold);
+} holds SEC(".maps");
+
+struct lock_state_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 lock_addr;
+};
+
+struct lock_state {
+	__u32 readers;
+	__u32 writers; /* mutex, spinlock and rwlock write holds */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_HOLDS);
+	__type(key, struct lock_state_key);
+	__type(value, struct lock_state);
+} lock_state SEC(".maps");
+
+static __always_inline struct lock_state *state_of(__u32 tgid, __u64 addr, bool create)
+{
+	struct lock_state_key key = { .tgid = tgid, .lock_addr = addr };
+	struct lock_state *s, zero = {};
+
+	s = bpf_map_lookup_elem(&lock_state, &key);
+	if (s || !create)
+		return s;
+	bpf_map_update_elem(&lock_state, &key, &zero, BPF_NOEXIST);
+	s = bpf_map_lookup_elem(&lock_state, &key);
+	if (!s)
+		STAT_INC(map_full);
+	return s;
+}
+
+static __always_inline void emit(struct task_struct *task, __u8 kind, __u64 now,
+				 __u64 addr, __u64 request_ns, __u64 acquire_ns,
+				 __u64 release_ns, __s32 ret, __u32 aux, __u8 type,
+				 __u8 op, __u8 flags)
+{
+	struct lock_event *e = reserve_record(sizeof(*e));
+
+	if (!e)
+		return;
+	fill_hdr(&e->hdr, task, PI_LOCK, kind, now);
+	e->lock_addr = addr;
+	e->request_ns = request_ns;
+	e->acquire_ns = acquire_ns;
+	e->release_ns = release_ns;
+	e->ret = ret;
+	e->aux = aux;
+	e->lock_type = type;
+	e->op = op;
+	e->flags = flags;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	/*
+	 * No wakeup: proc_image sweeps the ring every 50 ms, and uprobes bound
+	 * the rate (~20 us per traced lock/unlock pair) far below what fills
+	 * the ring in that time. Saves the ring queries of submit_record().
+	 */
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	STAT_INC(events);
+}
+
+/*
+ * Is the lock held by another thread? A recursive mutex taken again by its
+ * holder is not contended. Readers share: a read request waits for writers.
+ */
+static __always_inline bool held_by_others(struct task_struct *task, __u64 addr,
+					   struct lock_state *s, __u8 type)
+{
+	struct lock_hold_key key = { .tgid = task->tgid, .holder = task->pid, .lock_addr = addr };
+	struct lock_hold *h = bpf_map_lookup_elem(&holds, &key);
+	__u32 own = h ? h->depth + h->overflow : 0;
+
+	if (type == LOCK_RWLOCK_READ)
+		return s->writers > own;
+	return s->writers + s->readers > own;
+}
+
+/* Entry of a lock / trylock / timedlock call. */
+SEC("uprobe")
+int BPF_UPROBE(handle__lock_enter, void *lock)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u32 cookie = bpf_get_attach_cookie(ctx);
+	__u64 addr = (__u64)lock;
+	struct lock_state *s;
+	struct in_flight *f;
+	struct lock_request *r;
+	__u8 flags = 0;
+
+	if (!in_target(task))
+		return 0;
+	f = bpf_task_storage_get(&in_flight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!f) {
+		STAT_INC(no_task_state);
+		return 0;
+	}
+	/* calls of an earlier activation, or returns we never saw: start over */
+	if (f->generation != cfg.target.generation || f->depth >= LOCK_HOLD_DEPTH) {
+		f->generation = cfg.target.generation;
+		f->depth = 0;
+	}
+	s = state_of(task->tgid, addr, false);
+	if (s && (s->writers || s->readers) && held_by_others(task, addr, s, cookie & 0xff))
+		flags |= LOCK_F_CONTENDED;
+	r = &f->req[f->depth & (LOCK_HOLD_DEPTH - 1)];
+	r->lock_addr = addr;
+	r->cookie = cookie;
+	r->flags = flags;
+	r->request_ns = bpf_ktime_get_ns();
+	f->depth++;
+	return 0;
+}
+
+static __always_inline void push_hold(struct task_struct *task, struct lock_request *r,
+				      __u8 type, __u8 op, __u64 now)
+{
+	struct lock_hold_key key = { .tgid = task->tgid, .holder = task->pid, .lock_addr = r->lock_addr };
+	struct lock_state *s;
+	struct lock_hold *h;
+	__u32 i;
+
+	h = bpf_map_lookup_elem(&holds, &key);
+	if (!h) {
+		struct lock_hold zero = {};
+
+		bpf_map_update_elem(&holds, &key, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&holds, &key);
+		if (!h) {
+			STAT_INC(map_full);
+			return;
+		}
+	}
+	s = state_of(task->tgid, r->lock_addr, true);
+	if (s) {
+		if (type == LOCK_RWLOCK_READ)
+			s->readers++;
+		else
+			s->writers++;
+	}
+	if (h->depth >= LOCK_HOLD_DEPTH || h->overflow) {
+		h->overflow++;
+		return;
+	}
+	i = h->depth & (LOCK_HOLD_DEPTH - 1);
+	h->request_ns[i] = r->request_ns;
+	h->acquire_ns[i] = now;
+	h->type[i] = type;
+	h->op[i] = op;
+	h->flags[i] = r->flags;
+	h->depth++;
+}
+
+/* Return of a lock / trylock / timedlock call. */
+SEC("uretprobe")
+int BPF_URETPROBE(handle__lock_exit, int ret)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 now = bpf_ktime_get_ns();
+	struct in_flight *f;
+	struct lock_request r;
+	__u8 type, op;
+
+	if (!in_target(task))
+		return 0;
+	f = bpf_task_storage_get(&in_flight, task, 0, 0);
+	if (!f || f->generation != cfg.target.generation || !f->depth)
+		return 0;
+	f->depth--;
+	r = f->req[f->depth & (LOCK_HOLD_DEPTH - 1)];
+	type = r.cookie & 0xff;
+	op = (r.cookie >> 8) & 0xff;
+
+	/* a robust mutex whose owner died is acquired all the same */
+	if (ret == 0 || (type == LOCK_MUTEX && ret == EOWNERDEAD)) {
+		push_hold(task, &r, type, op, now);
+		return 0;
+	}
+	/* a failed try found the lock held */
+	if (ret == EBUSY)
+		r.flags |= LOCK_F_CONTENDED;
+	emit(task, LOCK_FAILED, now, r.lock_addr, r.request_ns, now, 0, ret, 0, type, op,
+	     r.flags);
+	return 0;
+}
+
+/*
+ * x86 uprobes refuse a lock-prefixed first instruction, and glibc's
+ * pthread_spin_lock begins with `lock decl (%rdi); jne spin`. So proc_image
+ * probes the jne instead: it runs after every attempt, and ZF tells whether
+ * the attempt took the lock. The first failed attempt is the request; the
+ * successful one is the acquisition (no uretprobe needed).
+ */
+#define X86_EFLAGS_ZF 0x40
+
+SEC("uprobe")
+int BPF_UPROBE(handle__spin_attempt, void *lock)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 now = bpf_ktime_get_ns(), addr = (__u64)lock;
+	struct lock_request r = {};
+	struct in_flight *f;
+
+	if (!in_target(task))
+		return 0;
+	f = bpf_task_storage_get(&in_flight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!f) {
+		STAT_INC(no_task_state);
+		return 0;
+	}
+	if (f->generation != cfg.target.generation) {
+		f->generation = cfg.target.generation;
+		f->depth = 0;
+		f->spin.request_ns = 0;
+	}
+	if (!(ctx->flags & X86_EFLAGS_ZF)) {
+		/* held by someone: spinning from now, unless already */
+		if (!f->spin.request_ns || f->spin.lock_addr != addr) {
+			f->spin.lock_addr = addr;
+			f->spin.request_ns = now;
+		}
+		return 0;
+	}
+	r.lock_addr = addr;
+	r.request_ns = now;
+	if (f->spin.request_ns && f->spin.lock_addr == addr) {
+		r.request_ns = f->spin.request_ns;
+		r.flags = LOCK_F_CONTENDED;
+	}
+	f->spin.request_ns = 0;
+	push_hold(task, &r, LOCK_SPINLOCK, LOCK_OP_LOCK, now);
+	return 0;
+}
+
+/* Entry of an unlock call; the cookie is the lock type (LOCK_RWLOCK: either side). */
+SEC("uprobe")
+int BPF_UPROBE(handle__unlock, void *lock)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u8 cookie_type = bpf_get_attach_cookie(ctx) & 0xff;
+	__u64 now = bpf_ktime_get_ns(), addr = (__u64)lock;
+	__u32 tgid = task->tgid;
+	struct lock_hold_key key = { .tgid = tgid, .holder = task->pid, .lock_addr = addr };
+	struct lock_state *s;
+	struct lock_hold *h;
+	__u8 type;
+	__u32 i;
+
+	if (!in_target(task))
+		return 0;
+	s = state_of(tgid, addr, false);
+	h = bpf_map_lookup_elem(&holds, &key);
+	if (h && (h->depth || h->overflow)) {
+		if (h->overflow) {
+			/* the innermost holds were too deep to keep: counted only */
+			h->overflow--;
+			if (s && s->writers)
+				s->writers--;
+			else if (s && s->readers)
+				s->readers--;
+			return 0;
+		}
+		h->depth--;
+		i = h->depth & (LOCK_HOLD_DEPTH - 1);
+		type = h->type[i];
+		if (s) {
+			if (type == LOCK_RWLOCK_READ && s->readers)
+				s->readers--;
+			else if (type != LOCK_RWLOCK_READ && s->writers)
+				s->writers--;
+		}
+		emit(task, LOCK_RELEASED, now, addr, h->request_ns[i], h->acquire_ns[i], now, 0, 0,
+		     type, h->op[i], h->flags[i]);
+		return 0;
+	}
+	/* a read hold taken by another thread, released here */
+	if (cookie_type == LOCK_RWLOCK && s && s->readers && !s->writers) {
+		s->readers--;
+		emit(task, LOCK_UNMATCHED, now, addr, 0, 0, now, 0, s->readers,
+		     LOCK_RWLOCK_READ, 0, 0);
+		return 0;
+	}
+	emit(task, LOCK_UNMATCHED, now, addr, 0, 0, now, 0, 0, cookie_type, 0, 0);
+	return 0;
+}
+
+/*
+ * The target exec'd: the probes were in the old image. proc_image reattaches
+ * them to the new image's C library (or says it has none).
+ */
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle__exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct lock_event *e;
+
+	if (p->tgid != cfg.target.tgid)
+		return 0;
+	e = reserve_record(sizeof(*e));
+	if (!e)
+		return 0;
+	__builtin_memset(e, 0, sizeof(*e));
+	fill_hdr(&e->hdr, p, PI_LOCK, LOCK_EXEC, bpf_ktime_get_ns());
+	e->aux = old_pid;
+	/* proc_image must act before the new image starts locking: wake it now */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	STAT_INC(events);
+	return 0;
+}

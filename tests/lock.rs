@@ -1,0 +1,536 @@
+//! lock end to end, against a workload whose locking is known: a contended
+//! mutex (two 20 ms holds), a rwlock (two readers, then a waiting writer),
+//! a 5 ms spinlock hold and a trylock that fails with EBUSY. The workload
+//! measures its own holds and waits; the probes are checked in the
+//! processes' memory (/proc/PID/mem), where an armed uprobe is an int3.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const INT3: u8 = 0xcc;
+
+/// The first byte of `addr` in process `pid`'s memory.
+fn code_byte(pid: u64, addr: u64) -> Option<u8> {
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+    let mut b = [0u8];
+    mem.read_exact_at(&mut b, addr).ok()?;
+    Some(b[0])
+}
+
+fn addr_of(truth: &Value, lock: &str) -> String {
+    truth[lock].as_str().unwrap().to_string()
+}
+
+fn of<'a>(recs: &'a [Value], event: &str, addr: &str) -> Vec<&'a Value> {
+    recs.iter()
+        .filter(|r| r["collector"] == "lock" && r["event"] == event && r["lock_addr"] == addr)
+        .collect()
+}
+
+#[track_caller]
+fn within(got: u64, want: u64, pct: u64, what: &str) {
+    let diff = got.abs_diff(want);
+    assert!(
+        diff * 100 <= want * pct,
+        "{what}: {got} ns is not within {pct}% of {want} ns"
+    );
+}
+
+fn u64s(v: &Value) -> Vec<u64> {
+    let mut out: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+fn hold_of(recs: &[&Value]) -> Vec<u64> {
+    let mut out: Vec<u64> = recs.iter().map(|r| u64_of(r, "hold_ns")).collect();
+    out.sort();
+    out
+}
+
+/// Check every figure of one `locks` run (`locks`: its addresses, `done`:
+/// what it measured) against the records.
+fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
+    // mutex: two holds of 20 ms; the second locker waited for the first
+    let mutex = of(recs, "lock", &addr_of(locks, "mutex"));
+    assert_eq!(mutex.len(), 2, "mutex acquisitions: {mutex:?}");
+    for (got, want) in hold_of(&mutex).iter().zip(u64s(&done["mutex"]["hold_ns"])) {
+        within(*got, want, 10, "mutex hold");
+        // a sleep never ends early; late, it is the workload's figure above
+        assert!(*got >= 18_000_000, "mutex hold {got} ns < 20 ms - 10%");
+    }
+    let second: Vec<&&Value> = mutex.iter().filter(|r| r["contended"] == true).collect();
+    assert_eq!(second.len(), 1, "one contended acquisition: {mutex:?}");
+    let m = &done["mutex"];
+    let waited = u64_of(m, "first_release_ns") - u64_of(m, "second_request_ns");
+    within(
+        u64_of(second[0], "wait_ns"),
+        waited,
+        10,
+        "second locker's wait",
+    );
+    let first = mutex.iter().find(|r| r["contended"] == false).unwrap();
+    assert!(u64_of(second[0], "wait_ns") <= u64_of(first, "hold_ns") + 2_000_000);
+
+    // rwlock: two read holds, then the writer that waited for both
+    let rw = addr_of(locks, "rwlock");
+    let all: Vec<&Value> = of(recs, "lock", &rw);
+    let reads: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|r| r["lock_type"] == "rwlock_read")
+        .collect();
+    let writes: Vec<&Value> = all
+        .iter()
+        .copied()
+        .filter(|r| r["lock_type"] == "rwlock_write")
+        .collect();
+    assert_eq!((reads.len(), writes.len()), (2, 1), "rwlock: {all:?}");
+    for (got, want) in hold_of(&reads)
+        .iter()
+        .zip(u64s(&done["rwlock"]["read_hold_ns"]))
+    {
+        within(*got, want, 10, "read hold");
+    }
+    within(
+        u64_of(writes[0], "hold_ns"),
+        u64_of(&done["rwlock"], "write_hold_ns"),
+        10,
+        "write hold",
+    );
+    assert_eq!(writes[0]["contended"], true);
+    let last_read_release = reads.iter().map(|r| u64_of(r, "release_ns")).max().unwrap();
+    assert!(
+        u64_of(writes[0], "acquire_ns") >= last_read_release,
+        "the writer waited for the readers"
+    );
+
+    // spinlock: one 5 ms hold
+    let spin = of(recs, "lock", &addr_of(locks, "spinlock"));
+    assert_eq!(spin.len(), 1, "spinlock: {spin:?}");
+    within(
+        u64_of(spin[0], "hold_ns"),
+        u64_of(&done["spinlock"], "hold_ns"),
+        10,
+        "spin hold",
+    );
+    within(
+        u64_of(spin[0], "hold_ns"),
+        5_000_000,
+        10,
+        "spin hold vs 5 ms",
+    );
+
+    // trylock: failed with EBUSY while the other thread held it
+    let busy = addr_of(locks, "trylock_mutex");
+    let failed = of(recs, "lock_failed", &busy);
+    assert_eq!(failed.len(), 2, "failed try and timed lock: {failed:?}");
+    let t = &done["trylock_mutex"];
+    assert_eq!(u64_of(t, "ret"), 16);
+    let tried = failed
+        .iter()
+        .find(|r| r["op"] == "trylock")
+        .expect("trylock");
+    assert_eq!(tried["ret"], 16);
+    assert_eq!(tried["error"], "EBUSY");
+    assert_eq!(tried["hold_ns"], 0);
+    assert_eq!(tried["contended"], true);
+    assert_eq!(u64_of(t, "timedlock_ret"), 110);
+    let timed = failed
+        .iter()
+        .find(|r| r["op"] == "timedlock")
+        .expect("timedlock");
+    assert_eq!(timed["ret"], 110);
+    assert_eq!(timed["error"], "ETIMEDOUT");
+    within(
+        u64_of(timed, "wait_ns"),
+        u64_of(t, "timedlock_wait_ns"),
+        10,
+        "timed wait",
+    );
+    let held = of(recs, "lock", &busy);
+    assert_eq!(held.len(), 1);
+    within(
+        u64_of(held[0], "hold_ns"),
+        u64_of(&done["trylock_mutex"], "hold_ns"),
+        10,
+        "busy hold",
+    );
+
+    // recursive mutex: each unlock closed the innermost hold
+    let rec = of(recs, "lock", &addr_of(locks, "recursive_mutex"));
+    assert_eq!(rec.len(), 3, "recursive: {rec:?}");
+    let want = u64s(&done["recursive_mutex"]["hold_ns"]);
+    for (got, want) in hold_of(&rec).iter().zip(&want) {
+        within(*got, *want, 10, "recursive hold");
+    }
+    // released innermost first: the records come out shortest first
+    let in_order: Vec<u64> = rec.iter().map(|r| u64_of(r, "hold_ns")).collect();
+    assert!(in_order.windows(2).all(|w| w[0] < w[1]), "{in_order:?}");
+    assert!(
+        rec.iter().all(|r| r["contended"] == false),
+        "its holder is no contender"
+    );
+
+    // a read hold released by another thread is counted as such, and the
+    // reader count it left is right: the write lock after it is uncontended
+    let handed = addr_of(locks, "handed_rwlock");
+    let unmatched = of(recs, "lock_unmatched", &handed);
+    assert_eq!(unmatched.len(), 1, "{unmatched:?}");
+    assert_eq!(unmatched[0]["lock_type"], "rwlock_read");
+    assert_eq!(unmatched[0]["readers_left"], 0);
+    let h = of(recs, "lock", &handed);
+    assert_eq!(h.len(), 1, "only the write hold is a hold: {h:?}");
+    assert_eq!(h[0]["lock_type"], "rwlock_write");
+    assert_eq!(h[0]["contended"], false);
+
+    // summaries add up to the same counts
+    let sum = |addr: &str, field: &str| -> u64 {
+        recs.iter()
+            .filter(|r| r["event"] == "lock_summary" && r["lock_addr"] == addr)
+            .map(|r| u64_of(r, field))
+            .sum()
+    };
+    let mutex_addr = addr_of(locks, "mutex");
+    assert_eq!(sum(&mutex_addr, "acquisitions"), 2);
+    assert_eq!(sum(&mutex_addr, "contended"), 1);
+    assert_eq!(sum(&rw, "acquisitions"), 3);
+    assert_eq!(sum(&busy, "failed"), 2);
+    assert_eq!(sum(&busy, "acquisitions"), 1);
+    assert_eq!(sum(&addr_of(locks, "spinlock"), "acquisitions"), 1);
+    for r in recs
+        .iter()
+        .filter(|r| r["collector"] == "lock" && r["event"] != "lock_summary")
+    {
+        assert_eq!(u64_of(r, "tgid"), tgid, "{r}");
+    }
+}
+
+#[test]
+fn known_locking_is_measured() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_known", &["-l"]);
+    let mut w = Workload::start(&["locks"]);
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    let pid = u64_of(&locks, "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l", "-i", "500"]);
+    // an armed uprobe is an int3 in the target's copy of the code
+    let lock_fn = u64_of(&locks, "pthread_mutex_lock");
+    assert_eq!(
+        code_byte(pid, lock_fn),
+        Some(INT3),
+        "no probe in the target"
+    );
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(20));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    check_known_locking(&recs, &locks, &done, pid);
+}
+
+#[test]
+fn whole_system_and_idle_targets_are_refused() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_refused", &["-l"]);
+    for (args, end) in [
+        (&["-a", "-l"][..], "the whole system"),
+        (
+            &["-a", "-p", "0", "-c", "0", "-l"],
+            "the idle task of CPU 0",
+        ),
+    ] {
+        let out = pi.controller(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            err.contains("lock needs -p TID or -P TGID") && err.trim().ends_with(end),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    }
+    pi.finish();
+}
+
+#[test]
+fn a_forked_child_is_not_traced_and_keeps_no_probe() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_fork", &["-l"]);
+    let mut w = Workload::start(&["locks", "--fork"]);
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    let pid = u64_of(&locks, "pid");
+    let lock_fn = u64_of(&locks, "pthread_mutex_lock");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let child = w.wait_truth("child", Duration::from_secs(20));
+    let child_pid = u64_of(&child, "pid");
+    // fork copied the parent's armed page; the child's first call found no
+    // consumer for its mm and the kernel took the breakpoint out
+    assert_eq!(code_byte(pid, lock_fn), Some(INT3), "parent lost its probe");
+    assert_ne!(
+        code_byte(child_pid, lock_fn),
+        Some(INT3),
+        "probe left in the child"
+    );
+    assert!(code_byte(child_pid, lock_fn).is_some());
+
+    // -d takes the probes out of the target too
+    pi.control_ok(&["-d"]);
+    assert!(
+        wait_until(Duration::from_secs(8), || code_byte(pid, lock_fn)
+            != Some(INT3)),
+        "probe left in the target after -d"
+    );
+    let done = w.truth("done");
+    assert!(w.wait().success());
+    let recs = pi.finish();
+    assert!(
+        !recs
+            .iter()
+            .any(|r| r["tgid"] == child_pid || r["pid"] == child_pid),
+        "records from the child"
+    );
+    // the parent's own locking, all done before the fork, is all there
+    check_known_locking(&recs, &locks, &done, pid);
+}
+
+/// The target execs (from its leader, or from another thread) and the new
+/// image's locking is measured like the first one's.
+fn exec_case(test: &str, flag: &str, reattached: bool) {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start(test, &["-l"]);
+    let mut w = Workload::start(&["locks", flag]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l", "-i", "500"]);
+    w.go();
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    assert_eq!(u64_of(&locks, "pid"), pid, "exec keeps the pid");
+    let lock_fn = u64_of(&locks, "pthread_mutex_lock");
+    // it sleeps 500 ms before locking: the probes are in by then
+    let armed = wait_until(Duration::from_millis(400), || {
+        code_byte(pid, lock_fn) == Some(INT3)
+    });
+    let done = w.wait_truth("done", Duration::from_secs(20));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let follow: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "probes_follow_exec")
+        .collect();
+    assert_eq!(follow.len(), 1, "{follow:?}");
+    assert_eq!(follow[0]["reattached"], reattached);
+    assert!(armed, "no probe in the new image");
+    check_known_locking(&recs, &locks, &done, pid);
+}
+
+#[test]
+fn exec_by_the_leader_keeps_being_traced() {
+    exec_case("lock_exec", "--exec", false);
+}
+
+#[test]
+fn exec_from_another_thread_is_reattached() {
+    exec_case("lock_exec_thread", "--exec-from-thread", true);
+}
+
+#[test]
+fn one_thread_is_traced_alone() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_thread", &["-l"]);
+    let mut w = Workload::start(&["locks"]);
+    let locks = w.wait_truth("locks", Duration::from_secs(10));
+    let pid = u64_of(&locks, "pid");
+    // -p: the uprobes go on its process, BPF keeps this thread's calls
+    pi.control_ok(&["-a", "-p", &pid.to_string(), "-l"]);
+    w.go();
+    w.wait_truth("done", Duration::from_secs(20));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let mine: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["collector"] == "lock" && r["event"] != "lock_summary")
+        .collect();
+    assert!(
+        mine.iter().all(|r| r["pid"] == pid),
+        "other threads' records"
+    );
+    // the main thread is the mutex's second locker, the writer, the
+    // spinlock holder and the failing try/timed locks: nothing of the others
+    assert_eq!(of(&recs, "lock", &addr_of(&locks, "mutex")).len(), 1);
+    let rw = of(&recs, "lock", &addr_of(&locks, "rwlock"));
+    assert_eq!(rw.len(), 1);
+    assert_eq!(rw[0]["lock_type"], "rwlock_write");
+    assert_eq!(of(&recs, "lock", &addr_of(&locks, "spinlock")).len(), 1);
+    assert_eq!(
+        of(&recs, "lock_failed", &addr_of(&locks, "trylock_mutex")).len(),
+        2
+    );
+    assert_eq!(
+        of(&recs, "lock", &addr_of(&locks, "trylock_mutex")).len(),
+        0
+    );
+}
+
+#[test]
+fn a_static_program_is_refused_clearly() {
+    if !need_root() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let pi = ProcImage::start("lock_static", &["-l", "-k"]);
+    // ldconfig is linked statically; PTRACE_TRACEME stops it right after
+    // exec, so it stays there with no C library mapped
+    let mut child = unsafe {
+        std::process::Command::new("/sbin/ldconfig")
+            .arg("-p")
+            .stdout(std::process::Stdio::null())
+            .pre_exec(|| {
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+                Ok(())
+            })
+            .spawn()
+            .expect("spawn ldconfig")
+    };
+    let pid = child.id().to_string();
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("ldconfig"))
+    }));
+    let out = pi.controller(&["-a", "-P", &pid, "-l"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("statically linked"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // without collector flags, lock is left out and the rest goes ahead
+    let answer = pi.control_ok(&["-a", "-P", &pid]);
+    assert!(answer.contains("activated keytime on"), "{answer}");
+    let _ = child.kill();
+    let _ = child.wait();
+    pi.finish();
+}
+
+#[test]
+fn a_deleted_libc_is_still_probed() {
+    if !need_root() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    // the workload runs on a copy of libc, deleted before tracing starts
+    // (as after an upgrade of libc under a running process)
+    let dir = std::env::temp_dir().join(format!("pi_lock_libc_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let libc_path = maps
+        .lines()
+        .filter_map(|l| l.split_ascii_whitespace().nth(5))
+        .find(|p| p.ends_with("/libc.so.6"))
+        .unwrap()
+        .to_string();
+    std::fs::copy(&libc_path, dir.join("libc.so.6")).unwrap();
+    let mut child = Command::new(WORKLOAD)
+        .arg("locks")
+        .env("LD_LIBRARY_PATH", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let locks: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = u64_of(&locks, "pid");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains(&format!("{}/libc.so.6", dir.display())),
+        "{maps}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let pi = ProcImage::start("lock_deleted", &["-l"]);
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let done: Value = lines
+        .map_while(Result::ok)
+        .find_map(|l| {
+            serde_json::from_str::<Value>(&l)
+                .ok()
+                .filter(|v| v["event"] == "done")
+        })
+        .expect("done");
+    assert!(child.wait().unwrap().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    check_known_locking(&recs, &locks, &done, pid);
+}
+
+#[test]
+fn exec_into_a_static_program_is_reported() {
+    if !need_root() {
+        return;
+    }
+    // a statically linked program that sleeps 2 s
+    let dir = std::env::temp_dir().join(format!("pi_lock_static_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (src, bin) = (dir.join("sleeper.c"), dir.join("sleeper"));
+    std::fs::write(
+        &src,
+        "#include <unistd.h>\nint main(void) { sleep(2); return 0; }\n",
+    )
+    .unwrap();
+    let built = std::process::Command::new("clang")
+        .args(["-static", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("run clang");
+    assert!(built.success(), "clang -static failed");
+
+    let pi = ProcImage::start("lock_exec_static", &["-l"]);
+    let mut w = Workload::start(&["locks", "--exec-into", bin.to_str().unwrap()]);
+    let pid = u64_of(&w.wait_truth("ready", Duration::from_secs(10)), "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    assert!(
+        pi.wait_for(Duration::from_secs(5), |r| r["event"]
+            == "no_pthread_library"),
+        "{}",
+        pi.stderr_text()
+    );
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recs = pi.finish();
+    let gone = recs
+        .iter()
+        .find(|r| r["event"] == "no_pthread_library")
+        .unwrap();
+    assert!(gone["reason"]
+        .as_str()
+        .unwrap()
+        .contains("statically linked"));
+    assert!(recs
+        .iter()
+        .any(|r| r["event"] == "exec" && r["tgid"] == pid));
+    assert!(!recs.iter().any(|r| r["event"] == "probes_follow_exec"));
+}

@@ -519,11 +519,12 @@ impl App {
             .filter_map(|c| {
                 let s = c.stats().ok()?;
                 Some(format!(
-                    "{}: {} records, {} lost (ring buffer full), {} map full",
+                    "{}: {} records, {} lost (ring buffer full), {} map full, {} without task state",
                     c.kind(),
                     s.events,
                     s.ringbuf_drops,
-                    s.map_full
+                    s.map_full,
+                    s.no_task_state
                 ))
             })
             .collect();

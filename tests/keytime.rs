@@ -14,21 +14,6 @@ fn events<'a>(recs: &'a [Value], event: &str, tgid: u64) -> Vec<&'a Value> {
         .collect()
 }
 
-fn sorted(mut v: Vec<u64>) -> Vec<u64> {
-    v.sort_unstable();
-    v
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    sorted(
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect(),
-    )
-}
-
 #[test]
 fn lifecycle_of_a_thread_group() {
     if !need_root() {

@@ -70,21 +70,6 @@ fn check_tracks(events: &[Value]) {
     }
 }
 
-fn sorted(mut v: Vec<u64>) -> Vec<u64> {
-    v.sort_unstable();
-    v
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    sorted(
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap())
-            .collect(),
-    )
-}
-
 #[test]
 fn trace_of_a_known_workload() {
     if !need_root() {

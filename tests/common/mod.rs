@@ -271,3 +271,19 @@ pub fn u64_of(v: &Value, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
+
+pub fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+    v.sort_unstable();
+    v
+}
+
+/// A JSON array of ids (the workload's truth), sorted.
+pub fn ids(v: &Value) -> Vec<u64> {
+    sorted(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect(),
+    )
+}

@@ -16,7 +16,7 @@ pub mod syscall;
 use std::fmt;
 use std::mem::MaybeUninit;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject};
 
@@ -149,8 +149,12 @@ pub trait Collector {
     /// The ring buffer its programs write records into (an fd of its own).
     fn events(&self) -> Result<MapHandle>;
 
-    /// Turns one ring-buffer record into an output record.
-    fn decoder(&self) -> Decoder;
+    /// Turns one ring-buffer record into an output record. A collector that
+    /// reports through maps only keeps this default.
+    fn decoder(&self) -> Decoder {
+        let kind = self.kind();
+        Box::new(move |_| Err(anyhow!("the {kind} collector sends no ring-buffer records")))
+    }
 
     /// Called after every poll of the ring buffers while active: act on what
     /// the records said (lock: follow the target into a new image).

@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Iter, Link, MapCore, MapHandle};
 
 use super::{
-    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions,
+    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
     MIN_RINGBUF,
 };
 use crate::bpf_intf::{
@@ -472,14 +472,6 @@ impl Collector for Resource {
 
     fn events(&self) -> Result<MapHandle> {
         MapHandle::try_from(&self.skel.maps.events).context("resource ring buffer")
-    }
-
-    fn decoder(&self) -> Decoder {
-        Box::new(|_| {
-            Err(anyhow!(
-                "the resource collector sends no ring-buffer records"
-            ))
-        })
     }
 
     fn on_interval(&mut self, out: &mut Output) -> Result<()> {

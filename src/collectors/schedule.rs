@@ -7,7 +7,7 @@ use libbpf_rs::{Link, MapHandle};
 
 use super::latency;
 use super::{
-    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions,
+    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
     MIN_RINGBUF,
 };
 use crate::bpf_intf::{self, collector_stats, schedule_config};
@@ -109,14 +109,6 @@ impl Collector for Schedule {
 
     fn events(&self) -> Result<MapHandle> {
         MapHandle::try_from(&self.skel.maps.events).context("schedule ring buffer")
-    }
-
-    fn decoder(&self) -> Decoder {
-        Box::new(|_| {
-            Err(anyhow!(
-                "the schedule collector sends no ring-buffer records"
-            ))
-        })
     }
 
     fn on_interval(&mut self, out: &mut Output) -> Result<()> {

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::latency::{self, IntervalLatency};
 use super::{
-    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions,
+    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
     MIN_RINGBUF,
 };
 use crate::bpf_intf::{
@@ -277,14 +277,6 @@ impl Collector for Syscall {
 
     fn events(&self) -> Result<MapHandle> {
         MapHandle::try_from(&self.skel.maps.events).context("syscall ring buffer")
-    }
-
-    fn decoder(&self) -> Decoder {
-        Box::new(|_| {
-            Err(anyhow!(
-                "the syscall collector sends no ring-buffer records"
-            ))
-        })
     }
 
     fn on_interval(&mut self, out: &mut Output) -> Result<()> {

@@ -110,11 +110,13 @@ impl ProcImageArgs {
 
 const AFTER_HELP_CONTROLLER: &str = "\
 Without -p/-P the target is the whole system. Without a collector flag, -a
-activates every collector proc_image loaded.
+activates every collector proc_image loaded that can trace the target.
 
 Examples:
   sudo controller -a -P 1234 -k        keytime on every thread of process 1234
   sudo controller -a -p 0 -c 1 -k 0    lifecycle of CPU 1's idle task
+  sudo controller -a -P 1234 -l -r     its pthread locks, CPU, memory and I/O
+  sudo controller -a -s 20 -S -t 60    whole system: syscalls and run-queue latency, 60 s
   sudo controller -d                   stop collecting, stay loaded
   sudo controller -f                   end proc_image";
 
@@ -153,17 +155,17 @@ pub struct ControllerArgs {
     #[arg(short = 'k', long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "1",
           value_parser = clap::value_parser!(u32).range(0..=1))]
     pub keytime: Option<u32>,
-    /// syscall; N = length of the syscall sequence shown, 1..50
+    /// syscall: last N syscalls per thread (1..50, default 10), top 3, latency
     #[arg(short = 's', long, value_name = "N", num_args = 0..=1, default_missing_value = "10",
           value_parser = clap::value_parser!(u32).range(1..=50))]
     pub syscall: Option<u32>,
-    /// resource
+    /// resource: CPU %, RSS, read/write bytes per second
     #[arg(short = 'r', long)]
     pub resource: bool,
-    /// lock
+    /// lock: pthread mutex/rwlock/spinlock intervals (a thread or process only)
     #[arg(short = 'l', long)]
     pub lock: bool,
-    /// schedule
+    /// schedule: run-queue latency beside the whole system's
     #[arg(short = 'S', long)]
     pub schedule: bool,
     /// Reporting interval in milliseconds (default: proc_image's --interval)

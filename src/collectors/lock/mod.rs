@@ -7,6 +7,7 @@
 //! actually maps (glibc >= 2.34: libc.so.6; older: libpthread.so.0), and
 //! detached with the activation. Whole-system and idle-task targets are
 //! refused. When the target execs, the probes follow it into the new image.
+//! Which library and which offsets to probe: library.rs.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

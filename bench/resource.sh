@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # resource collector overhead: syscall loop and pipe ping-pong, each
 #   (a) no tracing
-#   (b) floor: no-op programs on resource's hooks (sched_switch and
-#       sched_process_exit): the price of the hooks themselves
+#   (b) floor: no-op programs on sched_switch and sched_process_exit: the
+#       least a collector that hangs on sched_switch pays (resource reads the
+#       scheduler's own run-time account instead, and hooks only process exit)
 #   (c) resource active on the workload
 #   (d) resource active on another process
 # with the overhead of (c) as a multiple of the floor's (target: <= 1.5x),

@@ -276,7 +276,7 @@ enum resource_kind {
 
 struct resource_sample {
 	struct event_hdr hdr;
-	__u64 on_cpu_ns; /* on-CPU time since the activation (or the thread's first run after it) */
+	__u64 on_cpu_ns; /* task->se.sum_exec_runtime: on-CPU time since the thread began */
 	__u64 rss_pages; /* MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES of its mm; 0 without one */
 	__u64 rchar;     /* task->ioac: bytes moved by read/write syscalls since the thread began */
 	__u64 wchar;

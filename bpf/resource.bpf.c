@@ -2,76 +2,21 @@
 /*
  * resource: on-CPU time, memory (RSS) and I/O bytes of the target's threads.
  *
- * sched_switch keeps only what has to be caught as it happens: each target
- * thread's on-CPU time, from its switch-in time (kept per CPU while it
- * runs) to its switch-out, summed in task storage. The levels and counters
- * the kernel already keeps (the mm's RSS counters, task->ioac) are read
- * from the task itself when proc_image closes an interval, by a task
- * iterator (handle__iter_task) that also counts the current run of a
- * thread that is on a CPU right now, so a busy loop that never switches
- * out is seen. A thread that exits leaves its last figures in `exits`
- * (sched_process_exit), for proc_image to take.
+ * All three are counters the kernel already keeps in the task: the
+ * scheduler's own run-time account (se.sum_exec_runtime, what
+ * /proc/PID/schedstat shows, updated at every switch and tick), the mm's
+ * RSS counters and task->ioac. So nothing runs per context switch: when
+ * proc_image closes an interval it runs a task iterator (handle__iter_task)
+ * that samples every live target thread, and a thread that exits leaves
+ * its last figures in `exits` (sched_process_exit) for proc_image to take.
+ * A thread on a CPU right now has its run accounted up to its last tick
+ * (at most 1/HZ behind); the counter is cumulative, so that lag is never
+ * lost, only reported one interval later.
  */
 #include "common.bpf.h"
 
 /* Written by proc_image (struct resource_config). */
 struct resource_config cfg;
-
-/* A target thread's on-CPU time in runs that have ended. */
-struct run_time {
-	__u64 on_cpu_ns;
-	__u32 generation; /* the activation on_cpu_ns belongs to */
-	__u32 _pad;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct run_time);
-} runs SEC(".maps");
-
-/*
- * The target thread running on each CPU, if any, and since when. Kept per
- * CPU rather than in the thread's task storage so that a switch-in costs a
- * per-CPU slot and a switch-out checks the slot instead of the filter.
- */
-struct current_run {
-	__u64 task; /* its task_struct; 0 = no target thread runs here */
-	__u64 start_ns;
-	__u32 pid;  /* with `task`: not a later task at the same address */
-	__u32 generation;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct current_run);
-} current_runs SEC(".maps");
-
-static __always_inline bool runs_here(struct current_run *c, struct task_struct *task)
-{
-	return c && c->task == (__u64)task && c->pid == task->pid &&
-	       c->generation == cfg.target.generation;
-}
-
-/* The thread's sums, started afresh for a new activation. */
-static __always_inline struct run_time *run_time_of(struct task_struct *task, __u64 flags)
-{
-	struct run_time *r = bpf_task_storage_get(&runs, task, 0, flags);
-
-	if (!r) {
-		if (flags)
-			STAT_INC(no_task_state);
-		return NULL;
-	}
-	if (r->generation != cfg.target.generation) {
-		r->generation = cfg.target.generation;
-		r->on_cpu_ns = 0;
-	}
-	return r;
-}
 
 /* Last figures of target threads that exited; proc_image takes them out. */
 #define MAX_EXITS 8192
@@ -118,12 +63,12 @@ struct mm_struct___old {
 	})
 
 static __always_inline void fill_sample(struct resource_sample *s, struct task_struct *task,
-					__u8 kind, __u64 now, __u64 on_cpu_ns)
+					__u8 kind)
 {
 	struct mm_struct *mm = BPF_CORE_READ(task, mm);
 
-	fill_hdr(&s->hdr, task, PI_RESOURCE, kind, now);
-	s->on_cpu_ns = on_cpu_ns;
+	fill_hdr(&s->hdr, task, PI_RESOURCE, kind, bpf_ktime_get_ns());
+	s->on_cpu_ns = BPF_CORE_READ(task, se.sum_exec_runtime);
 	s->rss_pages = 0;
 	/* kernel threads, and a thread past exit_mm(), have no mm */
 	if (mm)
@@ -137,66 +82,16 @@ static __always_inline void fill_sample(struct resource_sample *s, struct task_s
 	}
 }
 
-/* On-CPU time up to `now`, counting the run in progress (`c`, if its). */
-static __always_inline __u64 on_cpu_until(struct task_struct *task, struct run_time *r,
-					  struct current_run *c, __u64 now)
-{
-	__u64 sum = r ? r->on_cpu_ns : 0, start;
-
-	if (runs_here(c, task)) {
-		start = c->start_ns;
-		if (now > start)
-			sum += now - start;
-	}
-	return sum;
-}
-
-SEC("tp_btf/sched_switch")
-int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
-	     struct task_struct *next, unsigned int prev_state)
-{
-	struct current_run *c;
-	struct run_time *r;
-	__u32 zero = 0;
-	__u64 now = 0;
-
-	c = bpf_map_lookup_elem(&current_runs, &zero);
-	if (!c)
-		return 0;
-	if (c->task == (__u64)prev) {
-		if (runs_here(c, prev)) {
-			now = bpf_ktime_get_ns();
-			/* no new state for a task that is past its exit */
-			r = run_time_of(prev, prev->exit_state ? 0 : BPF_LOCAL_STORAGE_GET_F_CREATE);
-			if (r)
-				r->on_cpu_ns += now - c->start_ns;
-		}
-		c->task = 0;
-	}
-	if (next->pid && is_target(&cfg.target, next)) {
-		c->task = (__u64)next;
-		c->pid = next->pid;
-		c->generation = cfg.target.generation;
-		c->start_ns = now ?: bpf_ktime_get_ns();
-	}
-	return 0;
-}
-
 /* Since 6.16 this fires before exit_mm(): the RSS is still there to read. */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle__sched_process_exit, struct task_struct *p)
 {
 	struct resource_sample s;
-	__u32 pid, zero = 0;
-	__u64 now;
+	__u32 pid;
 
 	if (!is_target(&cfg.target, p))
 		return 0;
-	now = bpf_ktime_get_ns();
-	/* p is running: its run is in this CPU's slot */
-	fill_sample(&s, p, RESOURCE_EXIT, now,
-		    on_cpu_until(p, run_time_of(p, 0), bpf_map_lookup_elem(&current_runs, &zero),
-				 now));
+	fill_sample(&s, p, RESOURCE_EXIT);
 	pid = p->pid;
 	if (bpf_map_update_elem(&exits, &pid, &s, BPF_ANY))
 		STAT_INC(map_full);
@@ -204,42 +99,20 @@ int BPF_PROG(handle__sched_process_exit, struct task_struct *p)
 }
 
 /*
- * Run by proc_image at activation (to start the sums of threads already
- * running) and at the close of every interval: one sample per live target
- * thread, written to the iterator's output.
+ * Run by proc_image at activation (the figures its intervals start from)
+ * and at the close of every interval: one sample per live target thread,
+ * written to the iterator's output.
  */
 SEC("iter/task")
 int handle__iter_task(struct bpf_iter__task *ctx)
 {
 	struct task_struct *task = ctx->task;
 	struct resource_sample s;
-	struct current_run *c;
-	struct run_time *r;
-	__u32 zero = 0;
-	__u64 now;
 
 	/* exited threads left their figures in `exits` */
 	if (!task || !task->pid || task->exit_state || !is_target(&cfg.target, task))
 		return 0;
-	now = bpf_ktime_get_ns();
-	c = bpf_map_lookup_percpu_elem(&current_runs, &zero, task->thread_info.cpu);
-	r = bpf_task_storage_get(&runs, task, 0, 0);
-	if (!r || r->generation != cfg.target.generation) {
-		/*
-		 * First seen by this activation: one on a CPU now was switched
-		 * in before it began, so its run counts from now.
-		 */
-		r = run_time_of(task, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		if (!r)
-			return 0;
-		if (task->on_cpu && c && !runs_here(c, task)) {
-			c->task = (__u64)task;
-			c->pid = task->pid;
-			c->generation = cfg.target.generation;
-			c->start_ns = now;
-		}
-	}
-	fill_sample(&s, task, RESOURCE_LIVE, now, on_cpu_until(task, r, c, now));
+	fill_sample(&s, task, RESOURCE_LIVE);
 	bpf_seq_write(ctx->meta->seq, &s, sizeof(s));
 	return 0;
 }

@@ -124,10 +124,9 @@ fn figures_agree_with_proc() {
         BURN_MS as f64 * 1e6,
         5.0,
     );
-    // /proc/PID/schedstat has the scheduler's own sum in ns. It charges a
-    // run from the runqueue clock read when __schedule() starts picking,
-    // we from the sched_switch tracepoint a little later: under contention
-    // (many switches) ours comes out up to a few percent lower.
+    // /proc/PID/schedstat shows the counter BPF reads (se.sum_exec_runtime),
+    // in ns; both are read while the workload pauses, so they agree closely
+    // unless the BPF side read another field, thread or starting point.
     let sched = (u64_of(burned, "run_ns") - u64_of(start, "run_ns")) as f64;
     within("CPU over the burn vs /proc/PID/schedstat", ours, sched, 5.0);
     // and over the whole run

@@ -426,10 +426,7 @@ impl Collector for Resource {
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         let p = &self.skel.progs;
-        self.links = attach_all(&[
-            ("resource/sched_switch", &p.handle__sched_switch),
-            ("resource/sched_process_exit", &p.handle__sched_process_exit),
-        ])?;
+        self.links = attach_all(&[("resource/sched_process_exit", &p.handle__sched_process_exit)])?;
         match p.handle__iter_task.attach() {
             Ok(link) => self.iter = Some(link),
             Err(e) => {
@@ -437,8 +434,8 @@ impl Collector for Resource {
                 return Err(e).context("attach resource/iter_task");
             }
         }
-        // the first pass starts every target thread's sums, counting the
-        // run of one that is on a CPU from now
+        // the first pass: every target thread's counters now are where its
+        // figures start
         self.interval_start_ns = sys::monotonic_ns();
         let samples = match self.samples() {
             Ok(s) => s,

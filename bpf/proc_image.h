@@ -235,6 +235,9 @@ struct syscall_thread {
 	__u64 max_ns;
 	__u64 seq_total; /* syscalls entered since tracing began; seq is a ring */
 	__u16 seq[SYSCALL_SEQ_RING];
+	/* beside seq: when each was entered, and how long it took (0: not returned) */
+	__u64 seq_enter_ns[SYSCALL_SEQ_RING];
+	__u64 seq_dur_ns[SYSCALL_SEQ_RING];
 };
 
 struct syscall_count_key {

@@ -34,9 +34,11 @@ struct {
 #define MAX_THREADS 16384
 #define MAX_COUNTS 65536
 
+/* allocated as threads appear: an entry is over 1 KiB */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_THREADS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct syscall_thread);
 } threads SEC(".maps");
@@ -48,9 +50,12 @@ struct {
 	__type(value, struct syscall_count);
 } counts SEC(".maps");
 
-/* Scratch for a new `threads` entry: too big for the BPF stack. */
+/*
+ * A zeroed `threads` entry to insert new ones from: too big for the BPF
+ * stack or a memset. Never written.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct syscall_thread);
@@ -67,14 +72,17 @@ static __always_inline struct syscall_thread *thread_entry(struct task_struct *t
 	t = bpf_map_lookup_elem(&thread_zero, &zero);
 	if (!t)
 		return NULL;
-	__builtin_memset(t, 0, sizeof(*t));
+	/* only this thread inserts its own entry */
+	if (bpf_map_update_elem(&threads, &pid, t, BPF_NOEXIST)) {
+		STAT_INC(map_full);
+		return NULL;
+	}
+	t = bpf_map_lookup_elem(&threads, &pid);
+	if (!t)
+		return NULL;
 	t->tgid = task->tgid;
 	t->interval = cfg.interval;
 	bpf_probe_read_kernel_str(t->comm, sizeof(t->comm), task->comm);
-	bpf_map_update_elem(&threads, &pid, t, BPF_NOEXIST);
-	t = bpf_map_lookup_elem(&threads, &pid);
-	if (!t)
-		STAT_INC(map_full);
 	return t;
 }
 
@@ -105,6 +113,7 @@ int BPF_PROG(handle__sys_enter, struct pt_regs *regs, long id)
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct syscall_thread *t;
 	struct in_flight *f;
+	__u32 idx;
 
 	f = bpf_task_storage_get(&in_flight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!f) {
@@ -121,7 +130,10 @@ int BPF_PROG(handle__sys_enter, struct pt_regs *regs, long id)
 	t = thread_entry(task);
 	if (!t)
 		return 0;
-	t->seq[t->seq_total & (SYSCALL_SEQ_RING - 1)] = id;
+	idx = t->seq_total & (SYSCALL_SEQ_RING - 1);
+	t->seq[idx] = id;
+	t->seq_enter_ns[idx] = f->enter_ns;
+	t->seq_dur_ns[idx] = 0;
 	t->seq_total++;
 	return 0;
 }
@@ -133,12 +145,14 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 	__u32 interval = cfg.interval, pid;
 	struct syscall_thread *t;
 	struct in_flight *f;
-	__u64 lat;
+	__u64 enter, lat;
+	__u32 idx;
 
 	f = bpf_task_storage_get(&in_flight, task, 0, 0);
 	if (!f || !f->enter_ns)
 		return 0;
-	lat = bpf_ktime_get_ns() - f->enter_ns;
+	enter = f->enter_ns;
+	lat = bpf_ktime_get_ns() - enter;
 	f->enter_ns = 0;
 	/* entered under an earlier activation: its timing is not ours */
 	if (f->generation != cfg.target.generation)
@@ -165,6 +179,10 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 			t->min_ns = lat;
 		if (lat > t->max_ns)
 			t->max_ns = lat;
+		/* the newest entry of the sequence is this syscall (a thread is in one at a time) */
+		idx = (t->seq_total - 1) & (SYSCALL_SEQ_RING - 1);
+		if (t->seq_enter_ns[idx] == enter)
+			t->seq_dur_ns[idx] = lat;
 	}
 	count_syscall(pid, f->id, interval);
 	return 0;

@@ -226,10 +226,15 @@ impl Drop for Output {
 }
 
 /// One text line: fixed columns, then `name=value` details.
+/// Fields JSON carries for scripts and the trace that a person reading
+/// text does not need: raw timestamps beside `sequence`.
+const NOT_IN_TEXT: &[&str] = &["sequence_spans"];
+
 pub fn format_text(rec: &Record, time: &str) -> String {
     let details: Vec<String> = rec
         .fields
         .iter()
+        .filter(|(name, _)| !NOT_IN_TEXT.contains(name))
         .map(|(name, value)| {
             format!(
                 "{}={}",

@@ -5,8 +5,9 @@
 //! named by comm. On-CPU and off-CPU intervals are complete ("X") slices on
 //! the thread's track, off-CPU ones named by reason; fork, vfork,
 //! pthread_create, execve and exit are thread-scoped instants; lock waits
-//! and holds are async slices of the process (they overlap the CPU slices);
-//! CPU %, RSS, I/O rates, syscall rates and latencies are counters.
+//! and holds, and the syscalls of each interval's sequence (`controller -s
+//! N`: the last N per thread), are async slices (they overlap the CPU
+//! slices); CPU %, RSS, I/O rates, syscall rates and latencies are counters.
 //!
 //! The file is written as records arrive and its array is closed when the
 //! sink finishes (every way proc_image ends, see output.rs); the JSON Array
@@ -37,7 +38,10 @@ pub struct TraceWriter {
     last_ts: HashMap<(u32, String), u64>,
     thread_names: HashMap<(u32, u32), String>,
     process_names: HashMap<u32, String>,
-    lock_ids: u64,
+    /// ids of async slices (lock phases, syscalls)
+    async_ids: u64,
+    /// thread (tgid, pid): entry time of its last syscall written, ns
+    syscall_seen: HashMap<(u32, u32), u64>,
     error: Option<std::io::Error>,
     counters_named: HashSet<u32>,
 }
@@ -85,7 +89,8 @@ impl TraceWriter {
             last_ts: HashMap::new(),
             thread_names: HashMap::new(),
             process_names: HashMap::new(),
-            lock_ids: 0,
+            async_ids: 0,
+            syscall_seen: HashMap::new(),
             error: None,
             counters_named: HashSet::new(),
         };
@@ -227,8 +232,8 @@ impl TraceWriter {
             if start == 0 || end < start {
                 return;
             }
-            w.lock_ids += 1;
-            let id = w.lock_ids;
+            w.async_ids += 1;
+            let id = w.async_ids;
             let base =
                 json!({"cat": "lock", "name": name, "id": id, "pid": rec.tgid, "tid": rec.pid});
             for (ph, ts) in [("b", start), ("e", end)] {
@@ -250,6 +255,38 @@ impl TraceWriter {
         if rec.event == "lock" {
             phase(self, format!("{kind} hold"), acq, rel);
         }
+    }
+
+    /// The syscalls of a `syscalls` record's sequence, as async slices of
+    /// the thread (they overlap its CPU slices). A sequence may repeat
+    /// syscalls an earlier record had: only newer ones are written, and only
+    /// those that returned.
+    fn syscalls(&mut self, rec: &Record) {
+        let (Some(Value::Array(names)), Some(Value::Array(spans))) =
+            (rec.get("sequence"), rec.get("sequence_spans"))
+        else {
+            return;
+        };
+        let key = (rec.tgid, rec.pid);
+        let mut seen = self.syscall_seen.get(&key).copied().unwrap_or(0);
+        for (name, span) in names.iter().zip(spans) {
+            let (Some(enter), Some(dur)) = (span[0].as_u64(), span[1].as_u64()) else {
+                continue;
+            };
+            if dur == 0 || enter <= seen {
+                continue;
+            }
+            seen = enter;
+            self.async_ids += 1;
+            let name = name.as_str().unwrap_or("syscall");
+            for (ph, ts) in [("b", enter), ("e", enter + dur)] {
+                self.event(
+                    json!({"ph": ph, "cat": "syscall", "name": name, "id": self.async_ids,
+                                  "pid": rec.tgid, "tid": rec.pid, "ts": us(ts)}),
+                );
+            }
+        }
+        self.syscall_seen.insert(key, seen);
     }
 
     /// Turn one record into trace events.
@@ -278,6 +315,7 @@ impl TraceWriter {
                 self.counter(rec.tgid, "on-CPU %", rec.ts_ns, json!({rec.pid.to_string(): pct}));
             }
             ("syscall", "syscalls") => {
+                self.syscalls(rec);
                 let secs = u64_of(rec, "interval_ns").max(1) as f64 / 1e9;
                 let rate = u64_of(rec, "count") as f64 / secs;
                 self.counter(rec.tgid, "syscalls/s", rec.ts_ns, json!({rec.pid.to_string(): rate}));
@@ -450,6 +488,56 @@ mod tests {
         assert!(names.contains(&(&"thread_name".into(), &"work".into())));
         // a new comm after execve renames the thread
         assert!(names.contains(&(&"thread_name".into(), &"newname".into())));
+    }
+
+    #[test]
+    fn sequence_syscalls_are_async_slices_written_once() {
+        let buf = Buf::default();
+        let rec = |ts: u64, names: &[&str], spans: &[[u64; 2]]| {
+            Record::new(ts, "syscall", "syscalls")
+                .task(11, 10, "work")
+                .field("interval_ns", 1_000_000u64)
+                .field("count", 3)
+                .field("sequence", names.to_vec())
+                .field("sequence_spans", spans.to_vec())
+        };
+        {
+            let mut w = TraceWriter::new(Path::new("t"), Box::new(buf.clone()));
+            w.add(&rec(
+                100_000,
+                &["read", "write"],
+                &[[10_000, 5_000], [20_000, 1_000]],
+            ));
+            // the next interval's sequence repeats `write`; `exit` never returned
+            w.add(&rec(
+                200_000,
+                &["write", "getpid", "exit"],
+                &[[20_000, 1_000], [30_000, 2_000], [40_000, 0]],
+            ));
+        }
+        let slices: Vec<(String, String, f64)> = events(&buf)
+            .iter()
+            .filter(|e| e["cat"] == "syscall")
+            .map(|e| {
+                (
+                    e["ph"].to_string(),
+                    e["name"].to_string(),
+                    e["ts"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String, f64)> = [
+            ("b", "read", 10.0),
+            ("e", "read", 15.0),
+            ("b", "write", 20.0),
+            ("e", "write", 21.0),
+            ("b", "getpid", 30.0),
+            ("e", "getpid", 32.0),
+        ]
+        .iter()
+        .map(|(p, n, t)| (format!("{p:?}"), format!("{n:?}"), *t))
+        .collect();
+        assert_eq!(slices, want);
     }
 
     #[test]

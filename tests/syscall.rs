@@ -53,8 +53,10 @@ fn known_syscalls_are_counted_exactly() {
     let pid = w.pid() as u64;
     // one long interval: the whole run lands in one report, flushed when the target exits
     pi.control_ok(&["-a", "-P", &pid.to_string(), "-s", "10", "-i", "60000"]);
+    let went = proc_image::sys::monotonic_ns();
     w.go();
     assert!(w.wait().success());
+    let ended = proc_image::sys::monotonic_ns();
     assert!(
         pi.wait_for(Duration::from_secs(10), |r| r["event"] == "syscalls"
             && r["pid"] == pid),
@@ -111,6 +113,24 @@ fn known_syscalls_are_counted_exactly() {
         ],
         "{seq:?}"
     );
+
+    // each syscall of the sequence as a span: in order, not overlapping,
+    // inside the run as this test's clock saw it; the sleep lasts as long as
+    // the slowest syscall, exit_group never returns
+    let spans: Vec<(u64, u64)> = t["sequence_spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_u64().unwrap(), s[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(spans.len(), seq.len());
+    for pair in spans.windows(2) {
+        assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{spans:?}");
+    }
+    assert!(spans[0].0 >= went && spans[9].0 <= ended, "{spans:?}");
+    assert_eq!(spans[5].1, max, "the clock_nanosleep span");
+    assert_eq!(spans[9].1, 0, "exit_group returned?");
+    assert!(spans[..9].iter().all(|s| s.1 > 0), "{spans:?}");
 
     // the target is a subset of the system in the same interval
     assert!(u64_of(t, "sys_count") >= u64_of(t, "count"));

@@ -175,6 +175,65 @@ fn trace_of_a_known_workload() {
     want.push(pid);
     assert_eq!(exits, sorted(want));
 
+    // the syscalls of the records' sequences that returned are async slices,
+    // each once, and a thread's never overlap
+    let mut from_records: Vec<(u64, String, u64, u64)> = recs
+        .iter()
+        .filter(|r| r["event"] == "syscalls" && r["tgid"] == pid)
+        .flat_map(|r| {
+            let names = r["sequence"].as_array().unwrap().clone();
+            let spans = r["sequence_spans"].as_array().unwrap().clone();
+            let tid = u64_of(r, "pid");
+            names.into_iter().zip(spans).map(move |(n, s)| {
+                (
+                    tid,
+                    n.as_str().unwrap().to_string(),
+                    s[0].as_u64().unwrap(),
+                    s[1].as_u64().unwrap(),
+                )
+            })
+        })
+        .filter(|s| s.3 > 0)
+        .collect();
+    from_records.sort();
+    from_records.dedup();
+    assert!(
+        !from_records.is_empty(),
+        "no syscall sequence for the workload"
+    );
+    let mut from_trace: Vec<(u64, String, u64, u64)> = Vec::new();
+    for b in events
+        .iter()
+        .filter(|e| e["cat"] == "syscall" && e["ph"] == "b" && e["pid"] == pid)
+    {
+        let e = events
+            .iter()
+            .find(|e| e["cat"] == "syscall" && e["ph"] == "e" && e["id"] == b["id"])
+            .unwrap_or_else(|| panic!("no end for {b}"));
+        let (start, end) = (ns(&b["ts"]), ns(&e["ts"]));
+        from_trace.push((
+            b["tid"].as_u64().unwrap(),
+            b["name"].as_str().unwrap().to_string(),
+            start,
+            end - start,
+        ));
+    }
+    from_trace.sort();
+    assert_eq!(from_trace.len(), from_records.len());
+    for (t, r) in from_trace.iter().zip(&from_records) {
+        assert_eq!((t.0, &t.1), (r.0, &r.1));
+        // the trace's microseconds, back in ns
+        assert!(
+            t.2.abs_diff(r.2) <= 1 && t.3.abs_diff(r.3) <= 2,
+            "{t:?} vs {r:?}"
+        );
+    }
+    let mut by_time = from_records.clone();
+    by_time.sort_by_key(|s| (s.0, s.2));
+    for pair in by_time.windows(2).filter(|p| p[0].0 == p[1].0) {
+        assert!(pair[0].2 + pair[0].3 <= pair[1].2, "{pair:?}");
+    }
+
     // the 200 ms nanosleep is an "off-CPU: sleep" slice on the main thread
     let (start, end) = (
         u64_of(&exec, "sleep_start_ns"),

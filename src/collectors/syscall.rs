@@ -191,6 +191,7 @@ fn thread_record(
         .field("interval_ns", interval_ns)
         .field("count", t.count)
         .field("sequence", sequence(t, seq_len))
+        .field("sequence_spans", sequence_spans(t, seq_len))
         .field("top", top_json(counts))
         .field("avg_ns", t.sum_ns.checked_div(t.count).unwrap_or(0))
         .field("max_ns", t.max_ns)
@@ -207,6 +208,17 @@ pub fn sequence(t: &syscall_thread, n: usize) -> Vec<String> {
     let n = (n as u64).min(ring).min(t.seq_total);
     (t.seq_total - n..t.seq_total)
         .map(|i| syscall_name(t.seq[(i % ring) as usize].into()))
+        .collect()
+}
+
+/// `[enter_ns, duration_ns]` of each syscall of `sequence(t, n)`; duration 0
+/// for one that has not returned (or never does: exit, exit_group).
+pub fn sequence_spans(t: &syscall_thread, n: usize) -> Vec<[u64; 2]> {
+    let ring = SYSCALL_SEQ_RING as u64;
+    let n = (n as u64).min(ring).min(t.seq_total);
+    (t.seq_total - n..t.seq_total)
+        .map(|i| (i % ring) as usize)
+        .map(|i| [t.seq_enter_ns[i], t.seq_dur_ns[i]])
         .collect()
 }
 
@@ -319,8 +331,17 @@ mod tests {
             t.seq[i % SYSCALL_SEQ_RING as usize] = *id;
         }
         t.seq_total = 60;
+        for i in 0..60u64 {
+            let slot = (i % SYSCALL_SEQ_RING as u64) as usize;
+            t.seq_enter_ns[slot] = 1000 * i;
+            t.seq_dur_ns[slot] = i;
+        }
         let want: Vec<String> = (57..60).map(syscall_name).collect();
         assert_eq!(sequence(&t, 3), want);
+        assert_eq!(
+            sequence_spans(&t, 3),
+            vec![[57_000, 57], [58_000, 58], [59_000, 59]]
+        );
         assert_eq!(sequence(&t, 50).len(), 50);
         assert_eq!(sequence(&t, 80).len(), 60);
         t.seq_total = 2;

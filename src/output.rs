@@ -227,8 +227,9 @@ impl Drop for Output {
 
 /// One text line: fixed columns, then `name=value` details.
 /// Fields JSON carries for scripts and the trace that a person reading
-/// text does not need: raw timestamps beside `sequence`.
-const NOT_IN_TEXT: &[&str] = &["sequence_spans"];
+/// text does not need: raw CLOCK_MONOTONIC timestamps (the TIME column and
+/// the durations beside them say the same).
+const NOT_IN_TEXT: &[&str] = &["sequence_spans", "request_ns", "acquire_ns", "release_ns"];
 
 pub fn format_text(rec: &Record, time: &str) -> String {
     let details: Vec<String> = rec

@@ -159,7 +159,10 @@ impl ProcImage {
     #[track_caller]
     pub fn finish(mut self) -> Vec<Value> {
         self.control_ok(&["-f"]);
-        let st = self.wait_exit(Duration::from_secs(10));
+        // a hang detector, not a timing: ending detaches every uprobe of a
+        // lock activation, ~85 ms each one after another here, and much
+        // slower when the CPUs are busy (RCU grace periods stretch)
+        let st = self.wait_exit(Duration::from_secs(30));
         assert!(
             st.success(),
             "proc_image exited with {st}:\n{}",

@@ -573,10 +573,11 @@ fn addr<T>(p: *mut T) -> String {
     format!("{:#x}", p as usize)
 }
 
-/// Hold `lock` for `ms` after `take` returns; (acquired, released) times.
-fn held(ms: u64, take: impl FnOnce(), give: impl FnOnce()) -> (u64, u64) {
-    take();
-    let acquired = monotonic_ns();
+/// Hold a lock for `ms` after `take` took it (it returns the time it did,
+/// stamped before anything else it does while holding it); (acquired,
+/// released) times.
+fn held(ms: u64, take: impl FnOnce() -> u64, give: impl FnOnce()) -> (u64, u64) {
+    let acquired = take();
     std::thread::sleep(Duration::from_millis(ms));
     let released = monotonic_ns();
     give();
@@ -641,7 +642,9 @@ fn locks(args: &[String]) {
             20,
             || unsafe {
                 libc::pthread_mutex_lock(l.mutex.get());
+                let acquired = monotonic_ns();
                 tx.send(()).unwrap();
+                acquired
             },
             || unsafe {
                 libc::pthread_mutex_unlock(l.mutex.get());
@@ -654,6 +657,7 @@ fn locks(args: &[String]) {
         20,
         || unsafe {
             libc::pthread_mutex_lock(mutex);
+            monotonic_ns()
         },
         || unsafe {
             libc::pthread_mutex_unlock(mutex);
@@ -671,7 +675,9 @@ fn locks(args: &[String]) {
                     20,
                     || unsafe {
                         libc::pthread_rwlock_rdlock(l.rwlock.get());
+                        let acquired = monotonic_ns();
                         tx.send(()).unwrap();
+                        acquired
                     },
                     || unsafe {
                         libc::pthread_rwlock_unlock(l.rwlock.get());
@@ -686,6 +692,7 @@ fn locks(args: &[String]) {
         20,
         || unsafe {
             libc::pthread_rwlock_wrlock(rw);
+            monotonic_ns()
         },
         || unsafe {
             libc::pthread_rwlock_unlock(rw);
@@ -698,6 +705,7 @@ fn locks(args: &[String]) {
         5,
         || unsafe {
             pthread_spin_lock(spin);
+            monotonic_ns()
         },
         || unsafe {
             pthread_spin_unlock(spin);

@@ -294,10 +294,11 @@ fn whole_system_streams_lifecycle_and_summarizes_cpu() {
         .filter(|r| r["event"] == "cpu_summary" && r["pid"] == pid)
         .map(|r| u64_of(r, "on_cpu_ns"))
         .sum();
-    // 5%: a slice added to a summary entry while proc_image swaps and
-    // drains the maps can be lost (see drain_summaries)
+    // the sums cover the thread's whole life, a little more than its busy
+    // loop; a slice lost while proc_image swaps and drains the summary maps
+    // (see drain_summaries) would show as less
     assert!(
-        on_cpu >= busy_cpu * 95 / 100,
+        on_cpu >= busy_cpu * 99 / 100,
         "a busy loop of {busy_cpu} ns CPU summed to {on_cpu} ns on CPU"
     );
 }

@@ -4,6 +4,7 @@
 
 use std::cell::OnceCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
@@ -27,6 +28,8 @@ mod skel {
 }
 use skel::{KeytimeSkel, KeytimeSkelBuilder};
 
+/// How long a summary map is left alone after the swap (see drain_summaries).
+const SWAP_SETTLE: Duration = Duration::from_millis(1);
 const NAME: &str = "keytime";
 
 /// Off-CPU intervals this long or longer are named by their kernel stack
@@ -87,9 +90,11 @@ impl Keytime {
         let interval_ns = now.saturating_sub(self.interval_start_ns);
         self.interval_start_ns = now;
 
-        // A program that looked the old map up just before the swap may
-        // still add to it; that sliver lands in the next interval or is lost
-        // with the entry, which is far below the interval's resolution.
+        // A sched_switch program that read the old slot just before the swap
+        // may still be adding to an entry of the old map: let it finish
+        // (it runs with preemption off, for microseconds) before the entries
+        // are taken out, or its addition would be lost with the entry.
+        std::thread::sleep(SWAP_SETTLE);
         let mut threads = Vec::new();
         let map = self.summary_map(old_slot);
         for (k, v) in map

@@ -4,7 +4,6 @@
 
 use std::cell::OnceCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
@@ -28,8 +27,6 @@ mod skel {
 }
 use skel::{KeytimeSkel, KeytimeSkelBuilder};
 
-/// How long a summary map is left alone after the swap (see drain_summaries).
-const SWAP_SETTLE: Duration = Duration::from_millis(1);
 const NAME: &str = "keytime";
 
 /// Off-CPU intervals this long or longer are named by their kernel stack
@@ -94,7 +91,7 @@ impl Keytime {
         // may still be adding to an entry of the old map: let it finish
         // (it runs with preemption off, for microseconds) before the entries
         // are taken out, or its addition would be lost with the entry.
-        std::thread::sleep(SWAP_SETTLE);
+        std::thread::sleep(super::SLOT_SETTLE);
         let mut threads = Vec::new();
         let map = self.summary_map(old_slot);
         for (k, v) in map

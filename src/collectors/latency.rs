@@ -15,8 +15,9 @@ pub struct IntervalLatency {
 }
 
 /// Read and clear the pair of slots BPF filled during `interval` (it has
-/// moved on to the other pair).
+/// just been moved on to the other pair).
 pub fn take(map: &dyn MapCore, interval: u32) -> Result<IntervalLatency> {
+    std::thread::sleep(super::SLOT_SETTLE);
     let base = (interval & 1) * 2;
     Ok(IntervalLatency {
         system: take_slot(map, base + LAT_SYSTEM)?,

@@ -125,6 +125,12 @@ pub struct LoadOptions {
 /// A page: the ring buffer of a collector that reports through maps only.
 pub const MIN_RINGBUF: u32 = 4096;
 
+/// After a collector points its BPF side at the next interval's slot (or
+/// map), how long it leaves the old one before reading and clearing it: a
+/// program that read the old slot number just before the switch may still
+/// be adding to it, for microseconds.
+pub const SLOT_SETTLE: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Record>>;
 
 pub trait Collector {

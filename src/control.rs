@@ -35,11 +35,21 @@ pub fn header() -> control_header {
     }
 }
 
-/// Store `msg` in a fixed C message field, always NUL-terminated.
+/// Store `msg` in a fixed C message field, always NUL-terminated. One too
+/// long is cut at a character boundary and ends in "..." so the cut shows.
 pub fn set_message(field: &mut [u8; CONTROL_MESSAGE_LEN as usize], msg: &str) {
     field.fill(0);
-    let n = msg.len().min(field.len() - 1);
-    field[..n].copy_from_slice(&msg.as_bytes()[..n]);
+    let room = field.len() - 1;
+    let text = if msg.len() <= room {
+        msg.to_string()
+    } else {
+        let mut end = room - 3;
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}...", &msg[..end])
+    };
+    field[..text.len()].copy_from_slice(text.as_bytes());
 }
 
 pub struct ControlMap {
@@ -272,10 +282,12 @@ mod tests {
         let mut field = [0xffu8; CONTROL_MESSAGE_LEN as usize];
         set_message(&mut field, &"x".repeat(500));
         assert_eq!(field[CONTROL_MESSAGE_LEN as usize - 1], 0);
-        assert_eq!(
-            crate::bpf_intf::c_str(&field).len(),
-            CONTROL_MESSAGE_LEN as usize - 1
-        );
+        let cut = crate::bpf_intf::c_str(&field);
+        assert_eq!(cut.len(), CONTROL_MESSAGE_LEN as usize - 1);
+        assert!(cut.ends_with("..."), "{cut}");
+        // never inside a character
+        set_message(&mut field, &"é".repeat(100));
+        assert!(crate::bpf_intf::c_str(&field).ends_with("é..."));
         set_message(&mut field, "ok");
         assert_eq!(crate::bpf_intf::c_str(&field), "ok");
     }

@@ -407,7 +407,7 @@ impl Collector for Resource {
     fn check_target(&self, target: &Target) -> Result<()> {
         if let Target::Idle { .. } = target {
             return Err(anyhow!(
-                "resource follows threads and processes; an idle task has no memory or I/O of its own (keytime -p 0 -c CPU shows its on-CPU time)"
+                "resource follows threads and processes: an idle task has no memory or I/O (keytime -p 0 -c CPU shows its CPU time)"
             ));
         }
         Ok(())

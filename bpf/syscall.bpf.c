@@ -22,6 +22,8 @@ struct in_flight {
 	__u64 enter_ns; /* 0 = not in a syscall we saw enter */
 	__u32 id;
 	__u32 generation;
+	__u32 of_target; /* decided at entry, so the exit need not ask again */
+	__u32 _pad;
 };
 
 struct {
@@ -123,9 +125,10 @@ int BPF_PROG(handle__sys_enter, struct pt_regs *regs, long id)
 	f->enter_ns = bpf_ktime_get_ns();
 	f->id = id;
 	f->generation = cfg.target.generation;
+	f->of_target = id >= 0 && is_target(&cfg.target, task);
 
 	/* the sequence is taken at entry, so exit and exit_group end it */
-	if (id < 0 || !is_target(&cfg.target, task))
+	if (!f->of_target)
 		return 0;
 	t = thread_entry(task);
 	if (!t)
@@ -159,7 +162,7 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 
 	latency_add(interval, LAT_SYSTEM, lat);
-	if (!is_target(&cfg.target, task))
+	if (!f->of_target)
 		return 0;
 	latency_add(interval, LAT_TARGET, lat);
 

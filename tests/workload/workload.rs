@@ -42,6 +42,13 @@
 //!       times. --exec: first re-exec itself into `locks` (from a second
 //!       thread with --exec-from-thread), which sleeps 500 ms, then locks;
 //!       --exec-into: exec PROGRAM (no arguments) after the go line.
+//!   proc_image_workload soak [--threads N] [--secs S] [--churn-ms MS]
+//!       waits for a line on stdin, then for S seconds runs N threads, half
+//!       of them busy (bursts of getppid between 2 ms of computing), half
+//!       mostly asleep (10 getppid every 200 ms), and every MS a short-lived
+//!       thread (500 getppid, 1 ms busy, a 10 ms sleep); prints each thread's
+//!       tid, getppid count and on-CPU ns (its schedstat just before it
+//!       ends), then exits
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
@@ -108,6 +115,7 @@ fn main() {
             busy(Duration::from_millis(2));
             std::thread::sleep(Duration::from_millis(3));
         },
+        "soak" => soak(num("--threads", 8), num("--secs", 60), num("--churn-ms", 250)),
         "stress" => stress(
             num("--forks-per-sec", 1000),
             num("--syscalls-per-sec", 1_000_000),
@@ -816,4 +824,71 @@ fn locks(args: &[String]) {
             },
         }
     }
+}
+
+/// One soak thread's own account, taken just before it ends.
+fn soak_thread(kind: &'static str, mut work: impl FnMut() -> bool) -> serde_json::Value {
+    let mut getppid = 0u64;
+    while work() {
+        getppid += 1;
+        unsafe {
+            libc::getppid();
+        }
+    }
+    let tid = unsafe { libc::gettid() };
+    let run_ns = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+    json!({"tid": tid, "kind": kind, "getppid": getppid, "run_ns": run_ns})
+}
+
+/// A process that lives for many reporting intervals: busy threads, idle
+/// threads and threads that come and go (tests/soak.rs, bench/soak.sh).
+fn soak(threads: u64, secs: u64, churn_ms: u64) {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut handles: Vec<std::thread::JoinHandle<serde_json::Value>> = (0..threads)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                if i % 2 == 0 {
+                    soak_thread("busy", || {
+                        n += 1;
+                        if n % 2000 == 0 {
+                            busy(Duration::from_millis(2));
+                        }
+                        n % 2000 != 0 || Instant::now() < end
+                    })
+                } else {
+                    soak_thread("idle", || {
+                        n += 1;
+                        if n % 10 == 0 {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        n % 10 != 0 || Instant::now() < end
+                    })
+                }
+            })
+        })
+        .collect();
+    while Instant::now() + Duration::from_millis(churn_ms) < end {
+        std::thread::sleep(Duration::from_millis(churn_ms));
+        handles.push(std::thread::spawn(|| {
+            let mut n = 0u64;
+            soak_thread("short", || {
+                n += 1;
+                if n == 500 {
+                    busy(Duration::from_millis(1));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                n <= 500
+            })
+        }));
+    }
+    let done: Vec<serde_json::Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let getppid: u64 = done.iter().map(|t| t["getppid"].as_u64().unwrap()).sum();
+    say(
+        json!({"event": "soak", "threads_created": done.len(), "getppid": getppid, "threads": done}),
+    );
 }

@@ -89,7 +89,7 @@ static __always_inline bool is_target(const struct target_filter *t,
 {
 	switch (t->mode) {
 	case TARGET_SYSTEM:
-		return true;
+		return task->tgid != t->exclude_tgid;
 	case TARGET_THREAD:
 		return task->pid == t->pid && start_matches(t, task);
 	case TARGET_TGID:

@@ -37,6 +37,8 @@ plain_types!(
     control_header,
     control_state,
     control_request,
+    control_activation,
+    control_answer,
 );
 
 /// Decode a record of type `T` from the front of `data` (ring buffer samples

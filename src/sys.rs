@@ -207,6 +207,57 @@ pub fn local_time_of_day(realtime_ns: u64) -> String {
     )
 }
 
+/// Create (or truncate) an output file such as --trace-out's, safely when
+/// proc_image runs as root: a symlink or anything but a regular file is
+/// refused (opening a FIFO would block), and the file is private (0600).
+pub fn create_private_file(path: &Path, what: &str) -> Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            bail!(
+                "{what}: {} is a symbolic link; give the file itself",
+                path.display()
+            );
+        }
+        if !kind.is_file() {
+            let is = if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            };
+            bail!("{what}: {} is {is}; give a regular file", path.display());
+        }
+    }
+    // O_NOFOLLOW and O_NONBLOCK close the gap between the check and the open
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("{what}: cannot create {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("{what}: stat {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what}: {} is not a regular file", path.display());
+    }
+    // an existing file keeps its mode through O_CREAT: make it private too
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{what}: chmod 0600 {}", path.display()))?;
+    // SAFETY: fcntl on a file descriptor this function owns.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

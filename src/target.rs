@@ -6,7 +6,8 @@ use std::fmt;
 use anyhow::{bail, Result};
 
 use crate::bpf_intf::{
-    control_request, target_filter, TARGET_IDLE, TARGET_SYSTEM, TARGET_TGID, TARGET_THREAD,
+    control_activation, control_request, target_filter, TARGET_IDLE, TARGET_SYSTEM, TARGET_TGID,
+    TARGET_THREAD,
 };
 use crate::sys;
 
@@ -139,11 +140,37 @@ impl Target {
         })
     }
 
+    /// What `controller --status` shows of an activation.
+    pub fn write_activation(&self, a: &mut control_activation) {
+        let mut req = control_request::default();
+        self.write_request(&mut req);
+        a.target_mode = req.target_mode;
+        a.pid = req.pid;
+        a.tgid = req.tgid;
+        a.cpu = req.cpu;
+    }
+
+    pub fn from_activation(a: &control_activation) -> Result<Self> {
+        Self::from_request(&control_request {
+            target_mode: a.target_mode,
+            pid: a.pid,
+            tgid: a.tgid,
+            cpu: a.cpu,
+            ..Default::default()
+        })
+    }
+
     /// The filter BPF programs match tasks against (see is_target() in
     /// bpf/common.bpf.h).
-    pub fn filter(&self, generation: u32) -> target_filter {
+    pub fn filter(&self, generation: u32, exclude_tgid: u32) -> target_filter {
+        let exclude_tgid = match self {
+            // an explicit thread or process is traced even if it is proc_image
+            Target::System => exclude_tgid,
+            _ => 0,
+        };
         let mut f = target_filter {
             generation,
+            exclude_tgid,
             ns_per_tick: 1_000_000_000 / sys::clock_ticks_per_sec(),
             ..Default::default()
         };
@@ -245,7 +272,7 @@ mod tests {
             tgid: 42,
             start_ticks: 9,
         }
-        .filter(3);
+        .filter(3, 0);
         assert_eq!(
             (f.mode, f.tgid, f.start_ticks, f.generation),
             (TARGET_TGID, 42, 9, 3)

@@ -42,15 +42,20 @@ impl CollectorKind {
         CollectorKind::Schedule,
     ];
 
-    /// Its bit in the masks of the control map (enum pi_collector).
-    pub fn bit(self) -> u32 {
-        1 << match self {
+    /// Its number in the control records (enum pi_collector).
+    pub fn index(self) -> usize {
+        (match self {
             CollectorKind::Keytime => PI_KEYTIME,
             CollectorKind::Lock => PI_LOCK,
             CollectorKind::Resource => PI_RESOURCE,
             CollectorKind::Syscall => PI_SYSCALL,
             CollectorKind::Schedule => PI_SCHEDULE,
-        }
+        }) as usize
+    }
+
+    /// Its bit in the masks of the control records.
+    pub fn bit(self) -> u32 {
+        1 << self.index()
     }
 
     pub fn name(self) -> &'static str {
@@ -110,6 +115,16 @@ pub struct Activation {
     pub keytime_level: u32,
     pub syscall_seq_len: u32,
     pub interval_ms: u32,
+    /// Never traced as part of the whole system: proc_image's own thread
+    /// group, unless controller -m asked for it (then 0).
+    pub exclude_tgid: u32,
+}
+
+impl Activation {
+    /// The target as the BPF programs match it.
+    pub fn filter(&self) -> crate::bpf_intf::target_filter {
+        self.target.filter(self.generation, self.exclude_tgid)
+    }
 }
 
 /// Settings that apply when collectors are loaded.

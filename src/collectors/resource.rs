@@ -422,7 +422,7 @@ impl Collector for Resource {
             let _ = exits.delete(&k);
         }
         let cfg = resource_config {
-            target: act.target.filter(act.generation),
+            target: act.filter(),
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         let p = &self.skel.progs;

@@ -80,7 +80,7 @@ impl Collector for Schedule {
         self.deactivate();
         latency::clear(&self.skel.maps.latencies)?;
         let cfg = schedule_config {
-            target: act.target.filter(act.generation),
+            target: act.filter(),
             interval: self.config()?.interval,
             _pad: 0,
         };

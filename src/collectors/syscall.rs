@@ -259,7 +259,7 @@ impl Collector for Syscall {
         self.clear_maps();
         latency::clear(&self.skel.maps.latencies)?;
         let cfg = syscall_config {
-            target: act.target.filter(act.generation),
+            target: act.filter(),
             interval: self.config()?.interval,
             _pad: 0,
         };

@@ -440,7 +440,7 @@ mod tests {
         assert_eq!(cut.len(), CONTROL_MESSAGE_LEN as usize - 1);
         assert!(cut.ends_with("..."), "{cut}");
         // never inside a character
-        set_message(&mut field, &"é".repeat(100));
+        set_message(&mut field, &"é".repeat(200));
         assert!(crate::bpf_intf::c_str(&field).ends_with("é..."));
         set_message(&mut field, "ok");
         assert_eq!(crate::bpf_intf::c_str(&field), "ok");

@@ -906,7 +906,11 @@ mod tests {
     pub(super) fn exporter() -> Exporter {
         let mut e = Exporter::new(50);
         e.loaded(&["keytime", "syscall", "schedule", "resource", "lock"]);
-        e.activated(&group(), &["keytime", "syscall"], S);
+        e.activated(
+            &group(),
+            &["keytime", "syscall", "schedule", "resource", "lock"],
+            S,
+        );
         e
     }
 
@@ -944,9 +948,15 @@ mod tests {
             num(&e, Fam::CollectorActive, &[("collector", "syscall")]),
             Some(1.0)
         );
+        e.deactivated(&["lock"], 2 * S);
         assert_eq!(
             num(&e, Fam::CollectorActive, &[("collector", "lock")]),
             Some(0.0)
+        );
+        assert_eq!(
+            num(&e, Fam::TargetInfo, &[("target", "tgid:10")]),
+            Some(1.0),
+            "other collectors still trace it"
         );
     }
 

@@ -27,7 +27,7 @@ use crate::sys;
 use crate::target::Target;
 
 mod http;
-pub use http::{exposition, parse_addr, parse_request, start, OPENMETRICS_TYPE};
+pub use http::{exposition, parse_addr, start, OPENMETRICS_TYPE};
 
 /// How long the series of a thread that exited (or left the top N), or of
 /// an earlier target, stay exported: long enough for a scraper to see

@@ -34,6 +34,7 @@ enum pi_target_mode {
 	TARGET_THREAD = 1, /* one thread: pid */
 	TARGET_TGID = 2,   /* every thread of a thread group: tgid */
 	TARGET_IDLE = 3,   /* the idle task (pid 0) of one CPU: cpu */
+	TARGET_CGROUP = 4, /* every task in a cgroup v2 or below it: cgroup_id at cgroup_level */
 };
 
 struct target_filter {
@@ -52,8 +53,12 @@ struct target_filter {
 	__u32 generation;
 	/* Never a target: proc_image's own thread group (0 with controller -m). */
 	__u32 exclude_tgid;
+	/* TARGET_CGROUP: the cgroup's id (its inode on cgroup2) and depth below the root */
+	__u64 cgroup_id;
+	__u32 cgroup_level;
+	__u32 _pad;
 };
-_Static_assert(sizeof(struct target_filter) == 40, "target_filter layout");
+_Static_assert(sizeof(struct target_filter) == 56, "target_filter layout");
 
 /* ------------------------------------------------------------------ */
 /* Every ring-buffer record starts with this header. */

@@ -109,8 +109,8 @@ impl ProcImageArgs {
 }
 
 const AFTER_HELP_CONTROLLER: &str = "\
-Without -p/-P the target is the whole system (but proc_image itself, unless
--m). Without a collector flag, -a activates every collector proc_image loaded
+Without -p/-P/--cgroup the target is the whole system (but proc_image itself,
+unless -m). Without a collector flag, -a activates every collector proc_image loaded
 that can trace the target. Each collector has its own activation: activating
 some replaces only theirs, and the others go on with their own targets.
 
@@ -118,6 +118,8 @@ Examples:
   sudo controller -a -P 1234 -k        keytime on every thread of process 1234
   sudo controller -a -P 5678 -s        ... and syscall on process 5678 beside it
   sudo controller -a -p 0 -c 1 -k 0    lifecycle of CPU 1's idle task
+  sudo controller -a --cgroup system.slice/nginx.service -k -s -r
+                                       a service (or a container) by its cgroup
   sudo controller -a -P 1234 -l -r     its pthread locks, CPU, memory and I/O
   sudo controller -a -s 20 -S -t 60    whole system: syscalls and run-queue latency
                                        for 60 s (controller waits, then deactivates them)
@@ -150,6 +152,10 @@ pub struct ControllerArgs {
     /// Target every thread of a thread group (process)
     #[arg(short = 'P', long, value_name = "TGID", value_parser = parse_id, allow_hyphen_values = true)]
     pub tgid: Option<u32>,
+    /// Target every task in a cgroup v2 and below it, also those that enter it later
+    /// (absolute, or relative to the cgroup2 mount; e.g. system.slice/ssh.service)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "tgid", "cpu"])]
+    pub cgroup: Option<PathBuf>,
     /// The CPU whose idle task -p 0 means
     #[arg(short = 'c', long, value_name = "CPUID", value_parser = parse_id, allow_hyphen_values = true, requires = "pid")]
     pub cpu: Option<u32>,
@@ -192,11 +198,14 @@ impl ControllerArgs {
     pub fn validate(&self) -> Result<(), String> {
         let with_activation = self.pid.is_some()
             || self.tgid.is_some()
+            || self.cgroup.is_some()
             || self.time.is_some()
             || self.interval.is_some()
             || self.myproc;
         if !self.activate && with_activation {
-            return Err("error: -p, -P, -c, -t, -i and -m go only with -a (see --help)".into());
+            return Err(
+                "error: -p, -P, -c, --cgroup, -t, -i and -m go only with -a (see --help)".into(),
+            );
         }
         if !self.activate && !self.deactivate && !self.collectors().is_empty() {
             return Err("error: the collector flags go only with -a or -d (see --help)".into());

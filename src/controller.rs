@@ -48,7 +48,10 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
                 k.flag()
             );
         }
-        let target = Target::resolve(args.pid, args.tgid, args.cpu, sys::possible_cpus()?)?;
+        let target = match &args.cgroup {
+            Some(path) => Target::resolve_cgroup(path)?,
+            None => Target::resolve(args.pid, args.tgid, args.cpu, sys::possible_cpus()?)?,
+        };
         req.command = CONTROL_ACTIVATE;
         req.collectors = CollectorKind::mask(&kinds);
         target.write_request(&mut req);

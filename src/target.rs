@@ -1,13 +1,13 @@
 //! What is traced: one thread, a thread group, the idle task of a CPU, or
-//! the whole system; how controller checks it and how BPF programs match it.
+//! the whole system, or a cgroup; how controller checks it and how BPF programs match it.
 
 use std::fmt;
 
 use anyhow::{bail, Result};
 
 use crate::bpf_intf::{
-    control_activation, control_request, target_filter, TARGET_IDLE, TARGET_SYSTEM, TARGET_TGID,
-    TARGET_THREAD,
+    control_activation, control_request, target_filter, TARGET_CGROUP, TARGET_IDLE, TARGET_SYSTEM,
+    TARGET_TGID, TARGET_THREAD,
 };
 use crate::sys;
 
@@ -28,6 +28,12 @@ pub enum Target {
     /// The idle task (pid 0) of one CPU.
     Idle {
         cpu: u32,
+    },
+    /// Every task in a cgroup v2 or below it, also those that enter it
+    /// later: `id` is its kernfs id, `level` its depth below the root.
+    Cgroup {
+        id: u64,
+        level: u32,
     },
 }
 
@@ -90,10 +96,21 @@ impl Target {
         }
     }
 
-    /// Is it still there? The system and idle tasks always are.
+    /// `--cgroup PATH`, checked against the running system.
+    pub fn resolve_cgroup(path: &std::path::Path) -> Result<Self> {
+        let cg = sys::resolve_cgroup(path)?;
+        Ok(Target::Cgroup {
+            id: cg.id,
+            level: cg.level,
+        })
+    }
+
+    /// Is it still there? The system and idle tasks always are; a cgroup
+    /// while its directory exists.
     pub fn alive(&self) -> bool {
         match *self {
             Target::System | Target::Idle { .. } => true,
+            Target::Cgroup { id, .. } => sys::cgroup_path(id).is_some(),
             Target::Thread {
                 pid, start_ticks, ..
             } => sys::task_alive(pid, start_ticks),
@@ -106,6 +123,12 @@ impl Target {
     }
 
     pub fn write_request(&self, req: &mut control_request) {
+        if let Target::Cgroup { id, level } = *self {
+            req.target_mode = TARGET_CGROUP;
+            req.cgroup_id = id;
+            req.cgroup_level = level;
+            return;
+        }
         let (mode, pid, tgid, cpu, start) = match *self {
             Target::System => (TARGET_SYSTEM, 0, 0, 0, 0),
             Target::Thread {
@@ -115,6 +138,7 @@ impl Target {
             } => (TARGET_THREAD, pid, tgid, 0, start_ticks),
             Target::Group { tgid, start_ticks } => (TARGET_TGID, 0, tgid, 0, start_ticks),
             Target::Idle { cpu } => (TARGET_IDLE, 0, 0, cpu, 0),
+            Target::Cgroup { .. } => unreachable!("written above"),
         };
         req.target_mode = mode;
         req.pid = pid;
@@ -136,6 +160,10 @@ impl Target {
                 start_ticks: req.start_ticks,
             },
             TARGET_IDLE => Target::Idle { cpu: req.cpu },
+            TARGET_CGROUP => Target::Cgroup {
+                id: req.cgroup_id,
+                level: req.cgroup_level,
+            },
             other => bail!("unknown target mode {other} in the control request"),
         })
     }
@@ -148,6 +176,7 @@ impl Target {
         a.pid = req.pid;
         a.tgid = req.tgid;
         a.cpu = req.cpu;
+        a.cgroup_id = req.cgroup_id;
     }
 
     pub fn from_activation(a: &control_activation) -> Result<Self> {
@@ -156,6 +185,7 @@ impl Target {
             pid: a.pid,
             tgid: a.tgid,
             cpu: a.cpu,
+            cgroup_id: a.cgroup_id,
             ..Default::default()
         })
     }
@@ -165,7 +195,7 @@ impl Target {
     pub fn filter(&self, generation: u32, exclude_tgid: u32) -> target_filter {
         let exclude_tgid = match self {
             // an explicit thread or process is traced even if it is proc_image
-            Target::System => exclude_tgid,
+            Target::System | Target::Cgroup { .. } => exclude_tgid,
             _ => 0,
         };
         let mut f = target_filter {
@@ -192,6 +222,11 @@ impl Target {
                 f.mode = TARGET_IDLE;
                 f.cpu = cpu;
             }
+            Target::Cgroup { id, level } => {
+                f.mode = TARGET_CGROUP;
+                f.cgroup_id = id;
+                f.cgroup_level = level;
+            }
         }
         f
     }
@@ -204,6 +239,10 @@ impl fmt::Display for Target {
             Target::Thread { pid, tgid, .. } => write!(f, "thread {pid} (tgid {tgid})"),
             Target::Group { tgid, .. } => write!(f, "thread group {tgid}"),
             Target::Idle { cpu } => write!(f, "the idle task of CPU {cpu}"),
+            Target::Cgroup { id, .. } => match sys::cgroup_path(id) {
+                Some(path) => write!(f, "cgroup {path}"),
+                None => write!(f, "cgroup id {id} (removed)"),
+            },
         }
     }
 }

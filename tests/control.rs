@@ -328,3 +328,125 @@ fn trace_out_is_a_private_regular_file() {
     assert_eq!(mode, 0o600);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A cgroup v2 of this test's own, removed when dropped.
+struct TestCgroup {
+    dir: std::path::PathBuf,
+    rel: String,
+}
+
+impl TestCgroup {
+    fn new(name: &str) -> TestCgroup {
+        let mount = proc_image::sys::cgroup2_mount().expect("a cgroup v2 hierarchy");
+        let rel = format!("pi_test_{name}_{}", std::process::id());
+        let dir = mount.join(&rel);
+        std::fs::create_dir_all(&dir).expect("create a cgroup");
+        TestCgroup { dir, rel }
+    }
+
+    fn enter(&self, pid: u32) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string())
+            .expect("move into the cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn a_cgroup_is_a_target_with_everything_that_enters_it() {
+    if !need_root() {
+        return;
+    }
+    let cg = TestCgroup::new("cg");
+    let pi = ProcImage::start("cgroup", &["-k", "-s", "-l"]);
+    let outside = Workload::start(&["spin"]);
+    let mut inside = Workload::start(&[
+        "lifecycle",
+        "--forks",
+        "3",
+        "--vforks",
+        "2",
+        "--threads",
+        "4",
+    ]);
+    let out = pi.control_ok(&["-a", "--cgroup", &cg.rel, "-k", "0", "-s"]);
+    assert!(out.contains(&format!("on cgroup /{}", cg.rel)), "{out}");
+    assert!(status_of(&pi, "keytime").contains(&format!("cgroup /{}", cg.rel)));
+
+    // it enters the cgroup after the activation, then forks and starts threads there
+    cg.enter(inside.pid());
+    inside.go();
+    assert!(inside.wait().code().is_some());
+    let truth = inside.truth("children");
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == inside.pid()
+            && r["group_dead"] == true),
+        "{}",
+        pi.stderr_text()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let recs = pi.records();
+    let of = |ev: &str| {
+        recs.iter()
+            .filter(|r| {
+                r["collector"] == "keytime" && r["event"] == ev && r["tgid"] == inside.pid()
+            })
+            .count()
+    };
+    assert_eq!(of("fork"), 3);
+    assert_eq!(of("vfork"), 2);
+    assert_eq!(of("pthread_create"), 4);
+    // the children were born in it: their exits are recorded too
+    let children = ids(&truth["forks"]);
+    for child in &children {
+        assert!(
+            recs.iter()
+                .any(|r| r["event"] == "exit" && r["pid"] == *child),
+            "child {child} born in the cgroup has no exit record"
+        );
+    }
+    assert!(recs
+        .iter()
+        .any(|r| r["event"] == "syscalls" && r["tgid"] == inside.pid()));
+    // nothing of the process outside it
+    assert!(
+        !recs.iter().any(|r| r["tgid"] == outside.pid()),
+        "a process outside the cgroup was traced"
+    );
+
+    // lock cannot follow a cgroup: refused in one line, nothing changes
+    let refused = pi.controller(&["-a", "--cgroup", &cg.rel, "-l"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("lock needs -p TID or -P TGID"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1);
+    assert!(status_of(&pi, "keytime").contains("active on"));
+
+    // bad paths
+    for (path, needle) in [
+        ("pi_no_such_cgroup", "no cgroup"),
+        ("../etc", "without . or .."),
+    ] {
+        let out = pi.controller(&["-a", "--cgroup", path, "-k"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{path}: {err}"
+        );
+    }
+
+    // the cgroup removed: the activation ends with target_gone
+    drop(outside);
+    std::fs::remove_dir(&cg.dir).expect("remove the empty cgroup");
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
+        "{}",
+        pi.stderr_text()
+    );
+    pi.finish();
+}

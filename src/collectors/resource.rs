@@ -379,7 +379,7 @@ impl Resource {
                         .field("threads", figures.len()),
                 );
             }
-            Target::System => {
+            Target::System | Target::Cgroup { .. } => {
                 // only threads that did something, and at most `top` of them
                 let active = figures
                     .iter()

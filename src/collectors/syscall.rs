@@ -149,7 +149,7 @@ impl Syscall {
         let (pid, tgid) = match target {
             Target::Thread { pid, tgid, .. } => (pid, tgid),
             Target::Group { tgid, .. } => (tgid, tgid),
-            Target::System | Target::Idle { .. } => (0, 0),
+            Target::System | Target::Idle { .. } | Target::Cgroup { .. } => (0, 0),
         };
         let rec = Record::new(now, NAME, "syscalls_total")
             .task(pid, tgid, "")

@@ -419,6 +419,10 @@ fn target_label(t: &Target) -> String {
         Target::Thread { pid, .. } => format!("pid:{pid}"),
         Target::Group { tgid, .. } => format!("tgid:{tgid}"),
         Target::Idle { cpu } => format!("idle:cpu{cpu}"),
+        Target::Cgroup { id, .. } => format!(
+            "cgroup:{}",
+            sys::cgroup_path(id).unwrap_or_else(|| id.to_string())
+        ),
     }
 }
 

@@ -276,7 +276,7 @@ impl Drop for Lock {
 fn tgid_of(target: &Target) -> Option<u32> {
     match *target {
         Target::Thread { tgid, .. } | Target::Group { tgid, .. } => Some(tgid),
-        Target::System | Target::Idle { .. } => None,
+        Target::System | Target::Idle { .. } | Target::Cgroup { .. } => None,
     }
 }
 

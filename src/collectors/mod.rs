@@ -131,6 +131,73 @@ pub const MIN_RINGBUF: u32 = 4096;
 /// be adding to it, for microseconds.
 pub const SLOT_SETTLE: std::time::Duration = std::time::Duration::from_millis(1);
 
+/// Return once every BPF program that was running when called has finished.
+///
+/// A collector that points its BPF side at the next interval's slot calls
+/// this before it reads (and clears) the old one: a program that read the
+/// old slot number just before the switch may still be adding to it, and a
+/// stalled vCPU can stretch that far beyond any fixed sleep. Tracing
+/// programs run inside an RCU read-side section (non-sleepable: preemption
+/// or rcu_read_lock), so an RCU grace period waits for all of them. The
+/// kernel waits one (synchronize_rcu) before it returns from an update of a
+/// map-in-map, so that user space knows no program still uses the old inner
+/// map: updating a small one of our own is that wait, on every kernel that
+/// runs tp_btf programs. Should it not be had, membarrier(GLOBAL) also
+/// calls synchronize_rcu (on more than one online CPU); the last resort is a
+/// settle sleep, logged once.
+pub fn wait_for_programs_in_flight() {
+    use std::sync::OnceLock;
+    static GRACE: OnceLock<Option<(MapHandle, MapHandle)>> = OnceLock::new();
+    let grace = GRACE.get_or_init(|| match grace_period_maps() {
+        Ok(maps) => Some(maps),
+        Err(e) => {
+            eprintln!("proc_image: no map-in-map for RCU grace periods ({e:#}): membarrier or a settle sleep instead");
+            None
+        }
+    });
+    if let Some((inner, outer)) = grace {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = inner.as_fd().as_raw_fd() as u32;
+        if outer
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes plain integers.
+    let cmds = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0) };
+    if cmds > 0 && cmds & MEMBARRIER_CMD_GLOBAL != 0 && crate::sys::online_cpus().len() > 1 {
+        // SAFETY: as above.
+        if unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) } == 0 {
+            return;
+        }
+    }
+    std::thread::sleep(SLOT_SETTLE);
+}
+
+/// An array-of-maps of one slot and an array to put in it.
+fn grace_period_maps() -> Result<(MapHandle, MapHandle)> {
+    use libbpf_rs::libbpf_sys::bpf_map_create_opts;
+    use libbpf_rs::MapType;
+    use std::os::fd::{AsFd, AsRawFd};
+    let plain = bpf_map_create_opts {
+        sz: std::mem::size_of::<bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let inner = MapHandle::create(MapType::Array, Some("pi_grace_in"), 4, 4, 1, &plain)
+        .context("create the inner map")?;
+    let outer_opts = bpf_map_create_opts {
+        inner_map_fd: inner.as_fd().as_raw_fd() as u32,
+        ..plain
+    };
+    let outer = MapHandle::create(MapType::ArrayOfMaps, Some("pi_grace"), 4, 4, 1, &outer_opts)
+        .context("create the map-in-map")?;
+    Ok((inner, outer))
+}
+
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Record>>;
 
 pub trait Collector {

@@ -42,8 +42,14 @@ struct {
 	__type(value, struct in_flight);
 } in_flight SEC(".maps");
 
+/*
+ * An exited thread's entries stay until the report after its exit's
+ * interval: under churn (thousands of threads a second, ~10 distinct
+ * syscalls each) the counts of two intervals' threads must fit. Entries
+ * are allocated as used, so the room costs nothing until needed.
+ */
 #define MAX_THREADS 16384
-#define MAX_COUNTS 65536
+#define MAX_COUNTS (1 << 18)
 
 /* allocated as threads appear: an entry is over 1 KiB */
 struct {

@@ -249,19 +249,8 @@ fn trace_threads(test: &str, threads: u64, getppid: u64, ia32: u64, metrics: boo
     pi.control_ok(&["-a", "-P", &pid.to_string(), "-s"]);
     w.go();
     let done = w.wait_truth("done", Duration::from_secs(120));
-    // the second report after the last syscall has it (the first may have
-    // moved to the next interval just before it)
     let done_ns = u64_of(&done, "done_ns");
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |_| pi
-            .records()
-            .iter()
-            .filter(|r| r["event"] == "syscalls_total" && u64_of(r, "ts_ns") > done_ns)
-            .count()
-            >= 2),
-        "no report after the workload was done:\n{}",
-        pi.stderr_text()
-    );
+    two_reports_after(&pi, done_ns);
     let metrics = port.map(|port| {
         let want = (threads * getppid) as f64;
         let mut text = String::new();
@@ -285,6 +274,28 @@ fn trace_threads(test: &str, threads: u64, getppid: u64, ia32: u64, metrics: boo
         done,
         recs,
         metrics,
+    }
+}
+
+/// Wait for the second report after `ts_ns`: it has every syscall made
+/// before then (the first may have moved on to the next interval just
+/// before one of them returned).
+#[track_caller]
+fn two_reports_after(pi: &ProcImage, ts_ns: u64) {
+    let reports = || {
+        pi.records()
+            .iter()
+            .filter(|r| r["event"] == "syscalls_total" && u64_of(r, "ts_ns") > ts_ns)
+            .count()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while reports() < 2 {
+        assert!(
+            std::time::Instant::now() < end,
+            "no second report after the workload was done:\n{}",
+            pi.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -448,4 +459,92 @@ fn sixteen_threads_lose_nothing() {
     }
     let t = trace_threads("exact16", 16, 50_000, 0, true);
     check_exact(&t, 50_000, 0);
+}
+
+/// Whole system, under thread churn: more short-lived threads than the
+/// per-thread map holds (16384) come and go; entries of exited threads are
+/// deleted once read, so none is lost to a full map, and each thread's
+/// getppid are counted once.
+#[test]
+fn thread_churn_never_fills_the_maps() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("churn", &["-s"]);
+    pi.control_ok(&["-a", "-s"]);
+    let mut w = Workload::start(&["thread-churn", "--per-sec", "3000", "--secs", "7"]);
+    let pid = w.pid() as u64;
+    let churn = w.wait_truth("churn", Duration::from_secs(120));
+    let made = u64_of(&churn, "threads");
+    assert!(made > 16_384, "{churn}");
+    assert!(w.wait().success());
+    let ended = proc_image::sys::monotonic_ns();
+    two_reports_after(&pi, ended);
+    let recs = pi.finish();
+
+    let lost: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "lost" && r["lost_collector"] == "syscall")
+        .collect();
+    assert!(lost.is_empty(), "{lost:?}");
+    for r in recs.iter().filter(|r| r["event"] == "syscalls_total") {
+        assert_eq!(u64_of(r, "missed_threads"), 0, "{r}");
+        assert_eq!(u64_of(r, "missed_names"), 0, "{r}");
+    }
+    // every churned thread (not the main one) made exactly three getppid
+    let mut getppid: HashMap<u64, u64> = HashMap::new();
+    for r in recs
+        .iter()
+        .filter(|r| r["event"] == "syscalls" && r["tgid"] == pid && r["pid"] != pid)
+    {
+        *getppid.entry(u64_of(r, "pid")).or_default() += count_of(r, "top", "getppid");
+    }
+    let exact = getppid.values().filter(|&&n| n == 3).count() as u64;
+    assert_eq!(
+        exact, made,
+        "threads seen with their three getppid, of {made}"
+    );
+    assert_eq!(getppid.len() as u64, made);
+}
+
+/// A pid used again by a new process is a new thread's figures, not the
+/// old one's; the comm follows an exec.
+#[test]
+fn reused_pid_is_a_new_thread_and_comm_follows_exec() {
+    if !need_root() {
+        return;
+    }
+    const K: u64 = 1000;
+    let pi = ProcImage::start("reuse", &["-s"]);
+    pi.control_ok(&["-a", "-s"]);
+    let mut w = Workload::start(&["pid-reuse", "--getppid", &K.to_string()]);
+    w.go();
+    let truth = w.wait_truth("pid_reuse", Duration::from_secs(30));
+    assert!(w.wait().success());
+    let pid = u64_of(&truth, "pid");
+    assert_eq!(u64_of(&truth, "second"), pid, "{truth}");
+    assert_eq!(u64_of(&truth, "status"), 0, "{truth}");
+    let ended = proc_image::sys::monotonic_ns();
+    two_reports_after(&pi, ended);
+    let recs = pi.finish();
+    let of_pid: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "syscalls" && r["pid"] == pid)
+        .collect();
+    let getppid_of = |comm: &str| -> u64 {
+        of_pid
+            .iter()
+            .filter(|r| r["comm"] == comm)
+            .map(|r| count_of(r, "top", "getppid"))
+            .sum()
+    };
+    // the first child, then the second before and after its exec (the
+    // children's comm is their parent's until the exec)
+    let first = of_pid
+        .iter()
+        .filter(|r| r["comm"] == "reuse-parent")
+        .count();
+    assert!(first >= 1, "{of_pid:?}");
+    assert_eq!(getppid_of("reuse-parent"), K, "{of_pid:?}");
+    assert_eq!(getppid_of("proc_image_work"), 2 * K + 3 * K, "{of_pid:?}");
 }

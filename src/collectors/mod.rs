@@ -321,6 +321,73 @@ pub fn attach_all(progs: &[(&str, &libbpf_rs::ProgramMut<'_>)]) -> Result<Vec<li
         .collect()
 }
 
+/// Every entry of a hash map, read in batches. libbpf-rs's `lookup_batch`
+/// iterator ends at the first batch shorter than asked for, but a hash map
+/// batch holds whole buckets only and comes back short whenever the next
+/// bucket does not fit: with thousands of entries it stopped part way. This
+/// goes on until the kernel says ENOENT. Entries BPF adds meanwhile may or
+/// may not be in it; none that was there all along is left out.
+pub fn hash_entries(map: &dyn MapCore) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use libbpf_rs::libbpf_sys;
+    use std::os::fd::AsRawFd;
+    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+    let mut per_call: usize = 1024;
+    let mut out = Vec::new();
+    // the batch token: a bucket index for hash maps (8 bytes is room enough)
+    let mut token = vec![0u8; key_size.max(8)];
+    let mut next = vec![0u8; key_size.max(8)];
+    let mut first = true;
+    loop {
+        let mut keys = vec![0u8; key_size * per_call];
+        let mut values = vec![0u8; value_size * per_call];
+        let mut count = per_call as u32;
+        let opts = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: the buffers hold `count` keys and values and a token each.
+        let ret = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    token.as_mut_ptr().cast()
+                },
+                next.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        match err.as_ref().and_then(|e| e.raw_os_error()) {
+            Some(libc::ENOSPC) => {
+                // one bucket holds more than a call's room
+                per_call *= 2;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            Some(_) => {
+                return Err(err.unwrap())
+                    .with_context(|| format!("read map {}", map.name().to_string_lossy()))
+            }
+        }
+        for i in 0..count as usize {
+            out.push((
+                keys[i * key_size..(i + 1) * key_size].to_vec(),
+                values[i * value_size..(i + 1) * value_size].to_vec(),
+            ));
+        }
+        if err.is_some() {
+            return Ok(out);
+        }
+        std::mem::swap(&mut token, &mut next);
+        first = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+use libbpf_rs::{Link, MapCore, MapHandle};
 use serde_json::{json, Value};
 
 use super::latency::{self, IntervalLatency};
 use super::{
-    attach_all, load_skel, read_stats, wait_for_programs_in_flight, Activation, Collector,
-    CollectorKind, LoadOptions, MIN_RINGBUF,
+    attach_all, hash_entries, load_skel, read_stats, wait_for_programs_in_flight, Activation,
+    Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
 };
 use crate::bpf_intf::{
     self, c_str, collector_stats, decode, syscall_config, syscall_count, syscall_count_key,
@@ -115,12 +115,7 @@ impl Syscall {
         // counts by thread and syscall
         let mut by_thread: HashMap<ThreadKey, Vec<(u32, u64)>> = HashMap::new();
         let mut count_keys: Vec<(ThreadKey, Vec<u8>)> = Vec::new();
-        for (k, v) in self
-            .skel
-            .maps
-            .counts
-            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)?
-        {
+        for (k, v) in hash_entries(&self.skel.maps.counts)? {
             let (Ok(key), Ok(c)) = (decode::<syscall_count_key>(&k), decode::<syscall_count>(&v))
             else {
                 continue;
@@ -139,12 +134,7 @@ impl Syscall {
         let mut threads = Vec::new();
         let mut done: Vec<(ThreadKey, Vec<u8>)> = Vec::new();
         let mut known = std::collections::HashSet::new();
-        for (k, v) in self
-            .skel
-            .maps
-            .threads
-            .lookup_batch(1024, MapFlags::ANY, MapFlags::ANY)?
-        {
+        for (k, v) in hash_entries(&self.skel.maps.threads)? {
             let (Ok(key), Ok(t)) = (
                 decode::<syscall_thread_key>(&k),
                 decode::<syscall_thread>(&v),

@@ -28,11 +28,11 @@
 //!       the CLOCK_MONOTONIC time all were done, then waits to be killed
 //!   proc_image_workload thread-churn [--per-sec N] [--secs S]
 //!       starts N short-lived threads a second for S seconds, one after
-//!       another, each making one getppid; then prints how many
+//!       another, each making three getppid; then prints how many
 //!   proc_image_workload pid-reuse [--getppid K]
-//!       forks a child named "reuse-first" that makes K getppid and exits,
-//!       then forks another with the same pid (clone3 set_tid), named
-//!       "reuse-second", that makes 2K getppid and execs
+//!       names itself "reuse-parent", waits for a line on stdin, forks a
+//!       child that makes K getppid and exits, then forks another with the
+//!       same pid (clone3 set_tid) that makes 2K getppid and execs
 //!       `proc_image_workload reused-pid --getppid 3K`; prints the pid
 //!   proc_image_workload sched [--busy-threads N] [--secs S]
 //!       N threads spinning and one thread sleeping 2 ms at a time, all
@@ -959,7 +959,10 @@ fn syscall_threads(threads: u64, getppid: u64, ia32: u64, secs: u64) {
 fn thread_churn(per_sec: u64, secs: u64) {
     let end = Instant::now() + Duration::from_secs(secs);
     let made = paced(per_sec, end, || {
+        // three: more than any other syscall of a thread's start and end
         let _ = std::thread::spawn(|| unsafe {
+            libc::getppid();
+            libc::getppid();
             libc::getppid();
         })
         .join();
@@ -1001,6 +1004,7 @@ fn fork_with_pid(pid: libc::pid_t) -> libc::pid_t {
     }
 }
 
+/// prctl(PR_SET_NAME): the comm children inherit.
 fn set_comm(name: &str) {
     let c = std::ffi::CString::new(name).unwrap_or_default();
     // SAFETY: a NUL-terminated name of at most 16 bytes.
@@ -1009,11 +1013,11 @@ fn set_comm(name: &str) {
 
 /// Two processes, one after the other, with the same pid.
 fn pid_reuse(k: u64) {
+    set_comm("reuse-parent");
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
     let first = fork_with_pid(0);
     if first == 0 {
-        set_comm("reuse-first");
         for _ in 0..k {
             // SAFETY: no preconditions.
             unsafe { libc::getppid() };
@@ -1029,7 +1033,6 @@ fn pid_reuse(k: u64) {
     let exe = std::env::current_exe().unwrap_or_else(|_| die("current_exe"));
     let second = fork_with_pid(first);
     if second == 0 {
-        set_comm("reuse-second");
         for _ in 0..2 * k {
             // SAFETY: no preconditions.
             unsafe { libc::getppid() };

@@ -548,3 +548,70 @@ fn reused_pid_is_a_new_thread_and_comm_follows_exec() {
     assert_eq!(getppid_of("reuse-parent"), K, "{of_pid:?}");
     assert_eq!(getppid_of("proc_image_work"), 2 * K + 3 * K, "{of_pid:?}");
 }
+
+/// strace -c -f on the same multi-threaded run counts the same getppid as
+/// proc_image does, over several intervals.
+#[test]
+fn threads_counts_agree_with_strace() {
+    use std::io::{BufRead, BufReader, Write};
+    if !need_root() {
+        return;
+    }
+    const THREADS: u64 = 4;
+    const K: u64 = 20_000;
+    let pi = ProcImage::start("strace_threads", &["-s"]);
+    let out_file = std::env::temp_dir().join(format!("pi_strace_threads_{}", std::process::id()));
+    let mut strace = Command::new("strace")
+        .args(["-f", "-c", "-o"])
+        .arg(&out_file)
+        .arg(WORKLOAD)
+        .args(["syscall-threads", "--threads", &THREADS.to_string()])
+        .args(["--getppid", &K.to_string(), "--secs", "5"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("strace (apt-get install strace)");
+    let mut lines = BufReader::new(strace.stdout.take().unwrap()).lines();
+    let mut truth = |event: &str| -> Value {
+        for line in lines.by_ref() {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            if v["event"] == event {
+                return v;
+            }
+        }
+        panic!("workload did not report {event}");
+    };
+    let pid = u64_of(&truth("threads"), "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-s"]);
+    strace.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let done = truth("done");
+    two_reports_after(&pi, u64_of(&done, "done_ns"));
+    let recs = pi.finish();
+    // SAFETY: kills the workload strace runs; strace then writes its table
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    strace.wait().unwrap();
+    let table = std::fs::read_to_string(&out_file).unwrap();
+    let _ = std::fs::remove_file(&out_file);
+    let calls = table
+        .lines()
+        .find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.last() == Some(&"getppid")).then(|| cols[3].parse::<u64>().unwrap())
+        })
+        .unwrap_or(0);
+    let totals: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "syscalls_total" && r["tgid"] == pid)
+        .collect();
+    let ours: u64 = totals
+        .iter()
+        .map(|r| count_of(r, "by_name", "getppid"))
+        .sum();
+    let intervals = totals
+        .iter()
+        .filter(|r| count_of(r, "by_name", "getppid") > 0)
+        .count();
+    assert_eq!(calls, THREADS * K, "strace says\n{table}");
+    assert_eq!(ours, calls, "over {intervals} intervals");
+    assert!(intervals >= 3, "5 s of syscalls in {intervals} intervals");
+}

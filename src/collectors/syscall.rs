@@ -388,7 +388,31 @@ mod tests {
             assert_eq!(syscall_name(39), "getpid");
             assert_eq!(syscall_name(231), "exit_group");
         }
-        assert_eq!(syscall_name(100_000), "syscall_100000");
+        assert_eq!(syscall_name(10_000), "syscall_10000");
+    }
+
+    #[test]
+    fn ia32_syscalls_are_named_from_the_ia32_table() {
+        if cfg!(target_arch = "x86_64") {
+            // 20: ia32 getpid, x86_64 writev; 252: ia32 exit_group, x86_64 ioprio_get
+            assert_eq!(syscall_name(20), "writev");
+            assert_eq!(syscall_name(20 | SYSCALL_ID_IA32), "getpid");
+            assert_eq!(syscall_name(252 | SYSCALL_ID_IA32), "exit_group");
+            assert_eq!(syscall_name(5000 | SYSCALL_ID_IA32), "ia32_syscall_5000");
+            // the same name from both tables counts once, summed
+            let by_name = by_name_json(&[(39, 2), (20 | SYSCALL_ID_IA32, 3), (20, 1)]);
+            assert_eq!(by_name, json!({"getpid": 5, "writev": 1}));
+            assert_eq!(
+                top_json(&[(39, 2), (20 | SYSCALL_ID_IA32, 3)])[0]["count"],
+                5
+            );
+        }
+    }
+
+    #[test]
+    fn interval_order_wraps() {
+        assert!(not_after(3, 3) && not_after(3, 4) && !not_after(4, 3));
+        assert!(not_after(u32::MAX, 0) && !not_after(0, u32::MAX));
     }
 
     #[test]

@@ -34,6 +34,12 @@
 //!       child that makes K getppid and exits, then forks another with the
 //!       same pid (clone3 set_tid) that makes 2K getppid and execs
 //!       `proc_image_workload reused-pid --getppid 3K`; prints the pid
+//!   proc_image_workload runqueue [--sleeps N] [--secs S]
+//!       a sleeper and a busy thread, both on CPU 0; the sleeper blocks in a
+//!       read; prints their tids; after a line on stdin the sleeper sleeps
+//!       N times over S seconds while the other spins, then both block in a
+//!       read for good and it prints "done" (the sleeper's switch-ins while
+//!       traced are its schedstat count's growth)
 //!   proc_image_workload sched [--busy-threads N] [--secs S]
 //!       N threads spinning and one thread sleeping 2 ms at a time, all
 //!       pinned to CPU 0, for S seconds; prints their tids first
@@ -114,6 +120,7 @@ fn main() {
         "pid-reuse" => pid_reuse(num("--getppid", 1000)),
         "reused-pid" => reused_pid(num("--getppid", 1000)),
         "sched" => sched(num("--busy-threads", 2), num("--secs", 4)),
+        "runqueue" => runqueue(num("--sleeps", 1000), num("--secs", 5)),
         "resource" => resource(
             num("--burn-ms", 1000),
             num("--alloc-mib", 200),
@@ -1061,4 +1068,80 @@ fn reused_pid(k: u64) {
     }
     // SAFETY: ends at once, without more syscalls than exit_group.
     unsafe { libc::_exit(0) };
+}
+
+/// A sleeper competing with a spinning thread for CPU 0, blocked before and
+/// after: its every switch-in in between follows a wakeup or a preemption.
+fn runqueue(sleeps: u64, secs: u64) {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let mut fds = [0i32; 2];
+    let mut park = [0i32; 2];
+    // SAFETY: each array has room for two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) | libc::pipe(park.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let sleeper_tid = Arc::new(AtomicI32::new(0));
+    let (d, t) = (done.clone(), sleeper_tid.clone());
+    std::thread::spawn(move || {
+        pin_to_cpu0();
+        // SAFETY: gettid has no preconditions.
+        t.store(unsafe { libc::gettid() }, SeqCst);
+        let mut byte = 0u8;
+        // SAFETY: one byte into `byte`.
+        unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) };
+        let pause = Duration::from_micros(secs * 1_000_000 / sleeps.max(1));
+        for _ in 0..sleeps {
+            std::thread::sleep(pause);
+        }
+        d.store(true, SeqCst);
+        // SAFETY: as above; never returns while the process lives.
+        unsafe { libc::read(park[0], (&mut byte as *mut u8).cast(), 1) };
+    });
+    let (d, go_fd) = (done.clone(), fds[0]);
+    let busy_tid = Arc::new(AtomicI32::new(0));
+    let b = busy_tid.clone();
+    std::thread::spawn(move || {
+        pin_to_cpu0();
+        // SAFETY: as above.
+        b.store(unsafe { libc::gettid() }, SeqCst);
+        let mut byte = 0u8;
+        // SAFETY: as above: waits for the same go as the sleeper
+        unsafe { libc::read(go_fd, (&mut byte as *mut u8).cast(), 1) };
+        while !d.load(SeqCst) {
+            busy(Duration::from_millis(1));
+        }
+        // SAFETY: as above.
+        unsafe { libc::read(park[0], (&mut byte as *mut u8).cast(), 1) };
+    });
+    let tids = [sleeper_tid.as_ref(), busy_tid.as_ref()];
+    while tids.iter().any(|t| t.load(SeqCst) == 0) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for t in tids {
+        let tid = t.load(SeqCst) as u32;
+        while proc_image::sys::proc_stat(tid).is_none_or(|st| st.state != 'S') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    say(
+        json!({"event": "threads", "sleeper": sleeper_tid.load(SeqCst), "busy": busy_tid.load(SeqCst)}),
+    );
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    // SAFETY: one byte for each of the two threads.
+    unsafe { libc::write(fds[1], b"gg".as_ptr().cast(), 2) };
+    while !done.load(SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // until the sleeper is back in its read
+    let tid = sleeper_tid.load(SeqCst) as u32;
+    while proc_image::sys::proc_stat(tid).is_none_or(|st| st.state != 'S') {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    say(json!({"event": "done", "done_ns": monotonic_ns()}));
+    loop {
+        std::thread::park();
+    }
 }

@@ -198,9 +198,10 @@ struct keytime_summary {
 /*
  * Latency figures of one reporting interval, kept per CPU by syscall and
  * schedule for the target and for the whole system side by side. A per-CPU
- * array holds LAT_SLOTS of them: index (interval & 1) * 2 + enum lat_scope,
- * so proc_image reads and clears last interval's pair while BPF fills the
- * other one.
+ * array holds LAT_SLOTS of them: index (interval & 1) * 2 + enum lat_scope.
+ * proc_image moves BPF on to the other pair, waits until no program can
+ * still be adding to last interval's pair (an RCU grace period), then reads
+ * and clears it: nothing is cleared that was not read.
  */
 #define LAT_HIST_BUCKETS 32 /* bucket i counts [2^i, 2^(i+1)) ns; the last is open */
 #define LAT_SLOTS 4
@@ -223,6 +224,11 @@ struct latency_stats {
 
 #define SYSCALL_SEQ_MAX 50  /* longest sequence controller -s may ask for */
 #define SYSCALL_SEQ_RING 64 /* a power of two >= SYSCALL_SEQ_MAX: the index is a mask */
+/*
+ * Set in a syscall id for an ia32 (compat) syscall on x86_64: the rest is its
+ * number in the ia32 table, not the x86_64 one.
+ */
+#define SYSCALL_ID_IA32 0x8000
 
 struct syscall_config {
 	struct target_filter target;
@@ -230,15 +236,40 @@ struct syscall_config {
 	__u32 _pad;
 };
 
-/* One target thread: its figures this interval and its last syscalls. */
-struct syscall_thread {
-	__u32 tgid;
+/*
+ * A thread's figures of one interval. BPF writes the slot of its interval's
+ * parity (starting it afresh when it still holds an older interval);
+ * proc_image reads last interval's once no program can still be writing it.
+ */
+struct syscall_slot {
 	__u32 interval; /* the interval count..max_ns belong to */
-	__u8 comm[PI_COMM_LEN];
+	__u32 _pad;
 	__u64 count;
 	__u64 sum_ns;
 	__u64 min_ns;
 	__u64 max_ns;
+};
+
+/*
+ * A thread is its pid and when it began (boot-time ns; when a non-leader
+ * thread execs and takes the leader's pid, the time of that exec): a
+ * reused pid is a new key, never an old thread's figures.
+ */
+struct syscall_thread_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 start_ns;
+};
+
+/* One target thread: its figures per interval and its last syscalls. */
+struct syscall_thread {
+	__u32 tgid;
+	__u32 exited;        /* it exited (or exec'd into another pid) ... */
+	__u32 exit_interval; /* ... during this interval: its last figures */
+	__u32 _pad;
+	__u64 task_start_ns; /* task->start_boottime, to tell from /proc whether it lives */
+	__u8 comm[PI_COMM_LEN];
+	struct syscall_slot slot[2]; /* by interval & 1 */
 	__u64 seq_total; /* syscalls entered since tracing began; seq is a ring */
 	__u16 seq[SYSCALL_SEQ_RING];
 	/* beside seq: when each was entered, and how long it took (0: not returned) */
@@ -248,13 +279,14 @@ struct syscall_thread {
 
 struct syscall_count_key {
 	__u32 pid;
-	__u32 id;
+	__u32 id; /* | SYSCALL_ID_IA32 */
+	__u64 start_ns; /* as in syscall_thread_key */
 };
 
+/* Counts of one syscall by one thread, by interval & 1 like syscall_slot. */
 struct syscall_count {
-	__u32 interval;
-	__u32 _pad;
-	__u64 count;
+	__u32 interval[2];
+	__u64 count[2];
 };
 
 /* ------------------------------------------------------------------ */

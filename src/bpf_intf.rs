@@ -27,6 +27,8 @@ plain_types!(
     latency_stats,
     syscall_config,
     syscall_thread,
+    syscall_thread_key,
+    syscall_slot,
     syscall_count_key,
     syscall_count,
     schedule_config,

@@ -118,14 +118,17 @@ fn a_minute_of_intervals_is_exact_and_flat() {
     );
 
     // ... and per thread, every thread, busy, idle or short-lived
-    // one syscalls_total per reporting interval of the target's life
-    let intervals = of(&recs, "syscall", "syscalls_total")
+    // one syscalls_total per reporting interval, back to back over the
+    // target's whole life (a busy host may stretch an interval a little)
+    let totals: Vec<&Value> = of(&recs, "syscall", "syscalls_total")
         .filter(|r| r["tgid"] == tgid)
-        .count() as u64;
+        .collect();
+    let intervals = totals.len() as u64;
+    let covered: u64 = totals.iter().map(|r| u64_of(r, "interval_ns")).sum();
     check!(
         failures,
-        intervals + 2 >= SECS,
-        "{intervals} syscall intervals in {SECS} s"
+        covered >= (SECS - 2) * 1_000_000_000,
+        "{intervals} syscall intervals cover {covered} ns of {SECS} s"
     );
     let mut per_thread: HashMap<u64, u64> = HashMap::new();
     let mut intervals_seen: HashMap<u64, usize> = HashMap::new();
@@ -201,10 +204,13 @@ fn a_minute_of_intervals_is_exact_and_flat() {
         let run = u64_of(t, "run_ns");
         // after its last read of schedstat a thread still runs a little: 5 ms
         let near = |x: u64| x + run / 100 >= run && x <= run + run / 100 + 5_000_000;
+        // keytime's stretches are wall-clock time on the CPU; the scheduler
+        // leaves out what the hypervisor stole and, with IRQ time
+        // accounting, interrupts: on a shared VM several percent
         let (kt, stretches) = on_cpu.get(&tid).copied().unwrap_or((0, 0));
         check!(
             failures,
-            kt + stretches * 10_000 + run / 100 >= run && near(kt.max(run)),
+            kt + stretches * 10_000 + run / 100 >= run && kt <= run + run / 10 + 5_000_000,
             "thread {tid}: keytime on-CPU {kt} ns in {stretches} stretches, schedstat {run} ns"
         );
         let rc = res_cpu.get(&tid).copied().unwrap_or(0);

@@ -140,12 +140,17 @@ fn a_minute_of_intervals_is_exact_and_flat() {
     assert_eq!(threads.len() as u64, u64_of(&truth, "threads_created"));
     for t in threads {
         let tid = u64_of(t, "tid");
-        check_eq!(
-            failures,
-            per_thread.get(&tid).copied().unwrap_or(0),
-            u64_of(t, "getppid"),
-            format!("getppid of thread {tid} ({})", t["kind"])
-        );
+        // per thread, `top` lists 3 syscalls: exact where getppid leads in
+        // every interval (a short-lived thread's last one may hold a single
+        // getppid among its exit's syscalls; by_name above counts those)
+        if t["kind"] != "short" {
+            check_eq!(
+                failures,
+                per_thread.get(&tid).copied().unwrap_or(0),
+                u64_of(t, "getppid"),
+                format!("getppid of thread {tid} ({})", t["kind"])
+            );
+        }
         // a busy thread makes syscalls in every interval of its life
         if t["kind"] == "busy" {
             let seen = intervals_seen.get(&tid).copied().unwrap_or(0) as u64;

@@ -536,3 +536,82 @@ fn exec_into_a_static_program_is_reported() {
         .any(|r| r["event"] == "exec" && r["tgid"] == pid));
     assert!(!recs.iter().any(|r| r["event"] == "probes_follow_exec"));
 }
+
+/// The `lock` records of one lock, by the thread that took it.
+fn acquisitions_by_thread(recs: &[Value], addr: &str) -> std::collections::BTreeMap<u64, u64> {
+    let mut by = std::collections::BTreeMap::new();
+    for r in of(recs, "lock", addr) {
+        *by.entry(u64_of(r, "pid")).or_insert(0) += 1;
+    }
+    by
+}
+
+fn no_losses(recs: &[Value]) {
+    let lost: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "lost" || r["event"] == "probes_gap")
+        .collect();
+    assert!(lost.is_empty(), "{lost:?}");
+}
+
+#[test]
+fn the_main_thread_exiting_leaves_the_probes_armed() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_leader_exit", &["-l"]);
+    let mut w = Workload::start(&["lock-leader-exit", "--threads", "4", "--pairs", "1000"]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    let lock_fn = u64_of(&ready, "pthread_mutex_lock");
+    // the default interval: the workers go on for several
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let main = w.wait_truth("main_exits", Duration::from_secs(10));
+    let main_tid = u64_of(&main, "tid");
+    assert_eq!(main_tid, pid);
+    // the workers still lock after the main thread is gone: the breakpoint
+    // stays in the process (the kernel takes it out at the first hit that
+    // no attached perf event's thread can claim)
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").unwrap().1.starts_with('Z'))
+    }));
+    // the leader's /proc/PID/mem has no mm now: read through a live thread
+    let byte = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .find_map(|tid| {
+            let mem = std::fs::File::open(format!("/proc/{pid}/task/{tid}/mem")).ok()?;
+            let mut b = [0u8];
+            mem.read_exact_at(&mut b, lock_fn).ok()?;
+            Some(b[0])
+        });
+    assert_eq!(byte, Some(INT3), "probe gone after the main thread exited");
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(
+        pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    // every acquisition, per thread, as the workload counted them
+    let by = acquisitions_by_thread(&recs, &mutex);
+    let mut want = std::collections::BTreeMap::new();
+    want.insert(pid, u64_of(&done, "main_pairs"));
+    for wk in done["workers"].as_array().unwrap() {
+        want.insert(u64_of(wk, "tid"), u64_of(wk, "pairs"));
+        // most of them after the main thread was gone
+        assert!(u64_of(wk, "pairs_after_main_exit") > 0, "{wk}");
+    }
+    assert_eq!(want.len(), 5);
+    assert_eq!(by, want);
+    no_losses(&recs);
+    assert!(
+        recs.iter()
+            .any(|r| r["event"] == "probed_thread_exit" && r["pid"] == pid),
+        "the main thread's exit moved no probes"
+    );
+}

@@ -69,6 +69,8 @@ static __always_inline bool in_target(struct task_struct *task)
 #define MAX_HOLDS 16384
 /* lock_request.flags beyond LOCK_F_*: an inner call (see above) */
 #define REQ_INNER 0x80
+/* lock_hold.flags beyond LOCK_F_*: acquired with EOWNERDEAD */
+#define HOLD_OWNER_DEAD 0x40
 
 struct lock_request {
 	__u64 lock_addr;
@@ -364,6 +366,7 @@ int BPF_URETPROBE(handle__lock_exit, int ret)
 			s->readers = 0;
 			s->writers = 0;
 		}
+		r.flags |= HOLD_OWNER_DEAD;
 		push_hold(task, &r, type, op, now);
 		return 0;
 	}
@@ -457,8 +460,9 @@ int BPF_UPROBE(handle__unlock, void *lock)
 		type = h->type[i];
 		if (s)
 			__sync_fetch_and_add(type == LOCK_RWLOCK_READ ? &s->readers : &s->writers, -1);
-		emit(task, LOCK_RELEASED, now, addr, h->request_ns[i], h->acquire_ns[i], now, 0, 0,
-		     type, h->op[i], h->flags[i]);
+		emit(task, LOCK_RELEASED, now, addr, h->request_ns[i], h->acquire_ns[i], now,
+		     h->flags[i] & HOLD_OWNER_DEAD ? EOWNERDEAD : 0, 0, type, h->op[i],
+		     h->flags[i] & ~HOLD_OWNER_DEAD);
 		return 0;
 	}
 	/* a read hold taken by another thread, released here */

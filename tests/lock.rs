@@ -126,11 +126,11 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
         10,
         "spin hold",
     );
-    within(
-        u64_of(spin[0], "hold_ns"),
-        5_000_000,
-        10,
-        "spin hold vs 5 ms",
+    // a 5 ms sleep never ends early (late on a busy machine: the
+    // workload's own figure above holds that)
+    assert!(
+        u64_of(spin[0], "hold_ns") >= 4_500_000,
+        "spin hold < 5 ms - 10%"
     );
 
     // trylock: failed with EBUSY while the other thread held it
@@ -614,4 +614,192 @@ fn the_main_thread_exiting_leaves_the_probes_armed() {
             .any(|r| r["event"] == "probed_thread_exit" && r["pid"] == pid),
         "the main thread's exit moved no probes"
     );
+}
+
+#[test]
+fn four_threads_of_10000_pairs_are_counted_exactly() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_storm", &["-l"]);
+    let mut w = Workload::start(&[
+        "lock-storm",
+        "--threads",
+        "4",
+        "--pairs",
+        "10000",
+        "--pause-ms",
+        "10",
+    ]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    // the default interval (1 s): the storm lasts several
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(120));
+    assert!(w.wait().success());
+    // a hang detector: proc_image writes 40,000 records first (a debug
+    // build takes seconds); its stderr is cheaper to poll than its records
+    assert!(
+        wait_until(Duration::from_secs(60), || pi
+            .stderr_text()
+            .contains("has exited")),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    let by = acquisitions_by_thread(&recs, &mutex);
+    let want: std::collections::BTreeMap<u64, u64> = ids(&done["tids"])
+        .into_iter()
+        .map(|t| (t, 10_000))
+        .collect();
+    assert_eq!(by, want);
+    assert!(of(&recs, "lock_failed", &mutex).is_empty());
+    assert!(of(&recs, "lock_unmatched", &mutex).is_empty());
+    no_losses(&recs);
+    // the summaries say the same, over several intervals
+    let sums: Vec<u64> = recs
+        .iter()
+        .filter(|r| r["event"] == "lock_summary" && r["lock_addr"] == mutex.as_str())
+        .map(|r| u64_of(r, "acquisitions"))
+        .collect();
+    assert_eq!(sums.iter().sum::<u64>(), 40_000, "{sums:?}");
+    // 1000 pauses of 10 ms per thread: it lasted several intervals (and
+    // left a debug build's output time to keep up: proc_image's loop ticks
+    // its intervals between ring-buffer sweeps)
+    assert!(u64_of(&done, "elapsed_ms") >= 10_000, "{done}");
+    assert!(
+        sums.iter().filter(|&&n| n > 0).count() >= 3,
+        "fewer than 3 intervals: {sums:?}"
+    );
+    // every hold closed: the last acquisitions were uncontended or waited
+    // for a holder that was really there (no count left behind)
+    let contended = recs
+        .iter()
+        .filter(|r| r["event"] == "lock" && r["lock_addr"] == mutex.as_str())
+        .filter(|r| r["contended"] == true)
+        .count();
+    assert!(contended > 0, "4 threads on one mutex never contended");
+}
+
+#[test]
+fn an_owner_dead_mutex_starts_over() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_robust", &["-l"]);
+    let mut w = Workload::start(&["lock-robust"]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(10));
+    assert_eq!(u64_of(&done, "first_ret"), libc::EOWNERDEAD as u64);
+    assert_eq!(u64_of(&done, "second_ret"), 0);
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    // the dead owner's hold never ends in a record; the main thread's two do
+    let held = of(&recs, "lock", &mutex);
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(held[0]["ret"], libc::EOWNERDEAD);
+    assert_eq!(held[0]["contended"], true, "the dead owner held it");
+    // the dead owner's hold was dropped from the count: nobody held it
+    assert_eq!(held[1]["ret"], 0);
+    assert_eq!(held[1]["contended"], false, "{:?}", held[1]);
+}
+
+/// musl-gcc, or None (outside CI: the test is skipped loudly).
+fn musl_gcc() -> Option<&'static str> {
+    let found = std::process::Command::new("musl-gcc")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("musl-gcc is missing: scripts/setup.sh installs musl-tools");
+        }
+        eprintln!("SKIPPED: no musl-gcc (apt-get install musl-tools)");
+        return None;
+    }
+    Some("musl-gcc")
+}
+
+#[test]
+fn a_musl_program_counts_its_calls_not_musl_s_inner_ones() {
+    if !need_root() {
+        return;
+    }
+    let Some(cc) = musl_gcc() else {
+        return;
+    };
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("pi_lock_musl_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("musl_locks");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload/musl_locks.c");
+    let built = Command::new(cc)
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(src)
+        .status()
+        .expect("run musl-gcc");
+    assert!(built.success(), "musl-gcc failed");
+
+    let pi = ProcImage::start("lock_musl", &["-l"]);
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = u64_of(&ready, "pid");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    // Debian's musl-gcc links to /usr/lib/x86_64-linux-musl/libc.so
+    assert!(maps.contains("musl"), "not on musl: {maps}");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let done: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recs = pi.finish();
+
+    // exactly its acquisitions, no failure musl's inner trylocks saw
+    let mutex = addr_of(&ready, "mutex");
+    assert_eq!(
+        of(&recs, "lock", &mutex).len() as u64,
+        u64_of(&done, "mutex_acquisitions")
+    );
+    assert!(of(&recs, "lock_failed", &mutex).is_empty());
+    assert!(
+        of(&recs, "lock", &mutex)
+            .iter()
+            .any(|r| r["contended"] == true),
+        "two threads holding it 1 ms each never waited"
+    );
+    let rw = addr_of(&ready, "rwlock");
+    let writes = of(&recs, "lock", &rw);
+    assert_eq!(
+        writes.len() as u64,
+        u64_of(&done, "rwlock_write_acquisitions")
+    );
+    assert!(writes.iter().all(|r| r["lock_type"] == "rwlock_write"));
+    assert!(of(&recs, "lock_failed", &rw).is_empty());
+    // the one real failure is there, once
+    let busy = addr_of(&ready, "busy");
+    assert_eq!(u64_of(&done, "busy_trylock_ret"), 16);
+    let failed = of(&recs, "lock_failed", &busy);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["op"], "trylock");
+    assert_eq!(failed[0]["error"], "EBUSY");
+    assert_eq!(of(&recs, "lock", &busy).len(), 1);
+    assert!(recs
+        .iter()
+        .filter(|r| r["collector"] == "lock")
+        .all(|r| r["event"] != "lock_unmatched" || r["lock_addr"] != mutex.as_str()));
 }

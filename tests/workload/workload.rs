@@ -42,9 +42,10 @@
 //!       times. --exec: first re-exec itself into `locks` (from a second
 //!       thread with --exec-from-thread), which sleeps 500 ms, then locks;
 //!       --exec-into: exec PROGRAM (no arguments) after the go line.
-//!   proc_image_workload lock-storm [--threads N] [--pairs M]
+//!   proc_image_workload lock-storm [--threads N] [--pairs M] [--pause-ms P]
 //!       prints its mutex, waits for a line on stdin, then N threads each
-//!       make M lock/unlock pairs of that one mutex; prints their tids
+//!       make M lock/unlock pairs of that one mutex, pausing P ms after
+//!       every 10 (default 0); prints their tids and how long it took
 //!   proc_image_workload lock-leader-exit [--threads N] [--pairs M]
 //!       prints its mutex, waits for a line on stdin, starts N threads and
 //!       takes the mutex 20 times itself (10 ms apart), then the main
@@ -115,7 +116,11 @@ fn main() {
                 .unwrap_or_else(std::env::temp_dir),
         ),
         "locks" => locks(&args),
-        "lock-storm" => lock_storm(num("--threads", 4), num("--pairs", 10_000)),
+        "lock-storm" => lock_storm(
+            num("--threads", 4),
+            num("--pairs", 10_000),
+            num("--pause-ms", 0),
+        ),
         "lock-leader-exit" => lock_leader_exit(num("--threads", 4), num("--pairs", 300)),
         "lock-robust" => lock_robust(),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
@@ -844,17 +849,21 @@ fn gettid() -> u32 {
 }
 
 /// N threads hammer one mutex: M lock/unlock pairs each.
-fn lock_storm(threads: u64, pairs: u64) {
+fn lock_storm(threads: u64, pairs: u64, pause_ms: u64) {
     let l = Locks::new();
     say(json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get())}));
     wait_for_go();
+    let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
             std::thread::spawn(move || {
-                for _ in 0..pairs {
+                for n in 0..pairs {
                     unsafe {
                         libc::pthread_mutex_lock(l.mutex.get());
                         libc::pthread_mutex_unlock(l.mutex.get());
+                    }
+                    if pause_ms > 0 && n % 10 == 9 {
+                        std::thread::sleep(Duration::from_millis(pause_ms));
                     }
                 }
                 gettid()
@@ -862,7 +871,8 @@ fn lock_storm(threads: u64, pairs: u64) {
         })
         .collect();
     let tids: Vec<u32> = workers.into_iter().map(|t| t.join().unwrap()).collect();
-    say(json!({"event": "done", "tids": tids, "pairs": pairs}));
+    say(json!({"event": "done", "tids": tids, "pairs": pairs,
+               "elapsed_ms": start.elapsed().as_millis() as u64}));
 }
 
 /// Is the main thread of this process gone (a zombie after pthread_exit)?

@@ -803,3 +803,45 @@ fn a_musl_program_counts_its_calls_not_musl_s_inner_ones() {
         .filter(|r| r["collector"] == "lock")
         .all(|r| r["event"] != "lock_unmatched" || r["lock_addr"] != mutex.as_str()));
 }
+
+#[test]
+fn a_static_musl_program_is_refused_in_one_line() {
+    if !need_root() {
+        return;
+    }
+    let Some(cc) = musl_gcc() else {
+        return;
+    };
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("pi_lock_musl_static_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("musl_locks_static");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload/musl_locks.c");
+    let built = Command::new(cc)
+        .args(["-O2", "-static", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(src)
+        .status()
+        .expect("run musl-gcc");
+    assert!(built.success(), "musl-gcc -static failed");
+    let pi = ProcImage::start("lock_musl_static", &["-l", "-k"]);
+    // it waits for a line on stdin: no C library mapped, nothing to probe
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = u64_of(&ready, "pid").to_string();
+    let out = pi.controller(&["-a", "-P", &pid, "-l"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("statically linked (glibc or musl)"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    pi.finish();
+}

@@ -333,7 +333,7 @@ pub(super) fn read_maps(tgid: u32) -> Result<Vec<Mapping>> {
 
 pub(super) fn no_library(tgid: u32) -> anyhow::Error {
     // short: the control record carries 128 bytes of message
-    anyhow!("process {tgid} is statically linked or maps no libc.so.6/libpthread.so.0: no pthread locks to probe")
+    anyhow!("process {tgid} is statically linked (glibc or musl) or maps no C library: no pthread locks to probe")
 }
 
 /// The file offset of `function` in the C library this process maps (for

@@ -694,6 +694,10 @@ impl Collector for Lock {
                 .take(WANTED_ANCHORS)
                 .collect(),
         };
+        if tids.is_empty() {
+            self.deactivate();
+            bail!("process {tgid} has no live thread left");
+        }
         let attached = self
             .attach_hooks()
             .and_then(|()| self.attach(tgid, &tids, &lib));

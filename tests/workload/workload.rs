@@ -46,9 +46,9 @@
 //!       prints its mutex, waits for a line on stdin, then N threads each
 //!       make M lock/unlock pairs of that one mutex, pausing P ms after
 //!       every 10 (default 0); prints their tids and how long it took
-//!   proc_image_workload lock-leader-exit [--threads N] [--pairs M]
+//!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K]
 //!       prints its mutex, waits for a line on stdin, starts N threads and
-//!       takes the mutex 20 times itself (10 ms apart), then the main
+//!       takes the mutex K (20) times itself (10 ms apart), then the main
 //!       thread exits alone (as pthread_exit() does); each thread makes M pairs, 20 ms
 //!       pause every 10, says when it saw the main thread gone, and waits
 //!       for the others before it ends
@@ -121,7 +121,11 @@ fn main() {
             num("--pairs", 10_000),
             num("--pause-ms", 0),
         ),
-        "lock-leader-exit" => lock_leader_exit(num("--threads", 4), num("--pairs", 300)),
+        "lock-leader-exit" => lock_leader_exit(
+            num("--threads", 4),
+            num("--pairs", 300),
+            num("--main-pairs", 20),
+        ),
         "lock-robust" => lock_robust(),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
@@ -884,8 +888,7 @@ fn main_thread_gone() -> bool {
 }
 
 /// The main thread exits with pthread_exit() while its threads go on.
-fn lock_leader_exit(threads: u64, pairs: u64) {
-    const MAIN_PAIRS: u64 = 20;
+fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64) {
     let l = Locks::new();
     say(
         json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get()),
@@ -916,11 +919,11 @@ fn lock_leader_exit(threads: u64, pairs: u64) {
             // one reports, once every pair of every thread is done
             if barrier.wait().is_leader() {
                 let workers = report.lock().unwrap().clone();
-                say(json!({"event": "done", "main_pairs": MAIN_PAIRS, "workers": workers}));
+                say(json!({"event": "done", "main_pairs": main_pairs, "workers": workers}));
             }
         });
     }
-    for _ in 0..MAIN_PAIRS {
+    for _ in 0..main_pairs {
         unsafe {
             libc::pthread_mutex_lock(l.mutex.get());
             libc::pthread_mutex_unlock(l.mutex.get());

@@ -238,6 +238,11 @@ fn summary_record(now: u64, interval_ns: u64, tgid: u32, addr: u64, s: &LockSumm
 /// One probe set, attached to one thread of the target.
 struct Anchor {
     tid: u32,
+    /// when its probes were in (CLOCK_MONOTONIC ns)
+    armed_at: u64,
+    /// probed instructions found without their breakpoint when it was
+    /// attached with no other anchor alive (see `unarmed_sites`)
+    unseen_before: u64,
     links: Vec<Link>,
 }
 
@@ -251,6 +256,10 @@ pub struct Lock {
     /// the exec, thread-exit and new-thread hooks
     hooks: Vec<Link>,
     library: Option<Library>,
+    /// the library file, open: probes are attached through /proc/self/fd/N,
+    /// which names it after the leader is gone (its /proc/TGID/map_files
+    /// with it) or the file was deleted
+    library_file: Option<std::fs::File>,
     /// the last anchor exited at this time (ns) and none was live since
     unarmed_since: Option<u64>,
     target: Option<Target>,
@@ -303,6 +312,65 @@ impl Drop for Lock {
     }
 }
 
+/// Every probed thread had exited from `from` to `to` (ns): the lock calls
+/// of the others in between were not seen, `at_least` of them for sure
+/// (one per probed function called in the window).
+/// A `lost` record like the ones of app.rs, so whoever watches for losses
+/// sees it.
+fn unarmed_record(tgid: u32, from: u64, to: u64, at_least: u64) -> Record {
+    eprintln!(
+        "proc_image: lock: no probed thread of {tgid} was alive for {} ms: lock calls in that time were not seen ({at_least} at least)",
+        to.saturating_sub(from) / 1_000_000
+    );
+    Record::new(to, "proc_image", "lost")
+        .task(0, tgid, "")
+        .field("lost_collector", NAME)
+        .field("ringbuf_drops", 0)
+        .field("map_full", 0)
+        .field("no_task_state", 0)
+        .field("unprobed_from_ns", from)
+        .field("unprobed_to_ns", to)
+        .field("unseen_lock_calls_at_least", at_least)
+}
+
+/// How many probed instructions lost their breakpoint in process `tgid`
+/// (read through thread `tid`: a zombie leader has no memory): while no
+/// probed thread is alive, the first hit of each takes it out, so each one
+/// without its int3 is a call not seen.
+fn unarmed_sites(tgid: u32, tid: u32, lib: &Library) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let (Ok(maps), Ok(mem)) = (
+        std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/maps")),
+        std::fs::File::open(format!("/proc/{tgid}/task/{tid}/mem")),
+    ) else {
+        return 0;
+    };
+    let mut unarmed = 0;
+    for p in &lib.probes {
+        let addr = maps.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_ascii_whitespace().collect();
+            if f.len() < 6
+                || f[4].parse::<u64>().ok()? != lib.mapping.inode
+                || f[3] != lib.mapping.dev
+            {
+                return None;
+            }
+            let (start, end) = f[0].split_once('-')?;
+            let (start, end) = (
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            );
+            let off = u64::from_str_radix(f[2], 16).ok()?;
+            (p.offset >= off && p.offset < off + (end - start)).then(|| start + p.offset - off)
+        });
+        let mut b = [0u8];
+        if addr.is_some_and(|a| mem.read_exact_at(&mut b, a).is_ok() && b[0] != 0xcc) {
+            unarmed += 1;
+        }
+    }
+    unarmed
+}
+
 /// The live threads of a process, the leader first (a leader that called
 /// pthread_exit() stays a zombie while its threads run: not live).
 fn live_threads(tgid: u32) -> Vec<u32> {
@@ -344,6 +412,7 @@ impl Lock {
             next_seq: 1,
             hooks: Vec::new(),
             library: None,
+            library_file: None,
             unarmed_since: None,
             target: None,
             shared: Rc::default(),
@@ -413,16 +482,34 @@ impl Lock {
 
     /// Attach every probe of `lib` to thread `tid` of process `tgid` (all or
     /// none) as the newest probe set.
-    fn attach_anchor(&mut self, tgid: u32, tid: u32, lib: &Library) -> Result<()> {
+    /// `replacing`: the process was probed before (not a first set).
+    fn attach_anchor(&mut self, tgid: u32, tid: u32, lib: &Library, replacing: bool) -> Result<()> {
+        // no anchor alive: the first hit of each probe since took its
+        // breakpoint out; count them before this set puts them back
+        let alive = self.anchors.iter().any(|a| thread_is_live(tgid, a.tid));
+        let unseen_before = if replacing && !alive {
+            unarmed_sites(tgid, tid, lib)
+        } else {
+            0
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let path = lib.mapping.file(tgid);
+        use std::os::fd::AsRawFd;
+        let path = match &self.library_file {
+            Some(f) => format!("/proc/self/fd/{}", f.as_raw_fd()),
+            None => lib.mapping.file(tgid),
+        };
         let mut links = Vec::new();
         if let Err(e) = self.attach_into(&mut links, tid, &path, lib, seq) {
             self.reaper.detach(&mut links);
             return Err(e);
         }
-        self.anchors.push(Anchor { tid, links });
+        self.anchors.push(Anchor {
+            tid,
+            armed_at: sys::monotonic_ns(),
+            unseen_before,
+            links,
+        });
         Ok(())
     }
 
@@ -432,10 +519,22 @@ impl Lock {
     /// image's mm), and repeated runs are dropped in BPF, so old and new
     /// never count twice.
     fn attach(&mut self, tgid: u32, tids: &[u32], lib: &Library) -> Result<()> {
+        // through the process (another mount namespace, a deleted file),
+        // or a live thread's root when the leader is gone
+        let first = tids.first().copied().unwrap_or(tgid);
+        let file = std::fs::File::open(lib.mapping.file(tgid))
+            .or_else(|_| {
+                std::fs::File::open(format!(
+                    "/proc/{tgid}/task/{first}/root{}",
+                    lib.mapping.path
+                ))
+            })
+            .with_context(|| format!("open {}", lib.mapping.path))?;
+        let old_file = self.library_file.replace(file);
         let old = std::mem::take(&mut self.anchors);
         let mut attached = Ok(());
         for &tid in tids {
-            attached = self.attach_anchor(tgid, tid, lib);
+            attached = self.attach_anchor(tgid, tid, lib, false);
             if attached.is_err() {
                 break;
             }
@@ -443,6 +542,7 @@ impl Lock {
         if let Err(e) = attached {
             self.detach_anchors();
             self.anchors = old;
+            self.library_file = old_file;
             return Err(e);
         }
         for mut a in old {
@@ -527,8 +627,9 @@ impl Lock {
 
     /// Keep two live anchors in a traced process: drop the ones that
     /// exited, take new threads (or any live one) in their place. If every
-    /// anchor exited before another could be had, the probes were unarmed
-    /// meanwhile: say so, with the window.
+    /// anchor exited before another was armed, the probes were unarmed
+    /// meanwhile: a `lost` record gives the window and how many calls at
+    /// least went unseen (see `unarmed_sites`).
     /// Never fails: a thread that exits before it is attached to is passed over.
     fn tend_anchors(&mut self, out: &mut Output, look: bool) -> Result<()> {
         let (exits, news) = {
@@ -539,12 +640,24 @@ impl Lock {
             )
         };
         let look = look || !exits.is_empty();
+        let traced = self.target.as_ref().and_then(tgid_of).unwrap_or_default();
         for (tid, at) in exits {
             if let Some(i) = self.anchors.iter().position(|a| a.tid == tid) {
                 let mut gone = self.anchors.remove(i);
                 self.reaper.detach(&mut gone.links);
-                if self.anchors.is_empty() {
-                    self.unarmed_since = Some(at);
+                if self.unarmed_since.is_some() || self.anchors.iter().any(|a| a.armed_at <= at) {
+                    continue; // another one was armed then
+                }
+                match self.anchors.iter().min_by_key(|a| a.armed_at) {
+                    // armed again since
+                    Some(next) if next.unseen_before > 0 => out.emit(&unarmed_record(
+                        traced,
+                        at,
+                        next.armed_at,
+                        next.unseen_before,
+                    )),
+                    Some(_) => {}
+                    None => self.unarmed_since = Some(at),
                 }
             }
         }
@@ -573,7 +686,7 @@ impl Lock {
             if self.anchors.iter().any(|a| a.tid == tid) || !thread_is_live(tgid, tid) {
                 continue;
             }
-            if let Err(e) = self.attach_anchor(tgid, tid, &lib) {
+            if let Err(e) = self.attach_anchor(tgid, tid, &lib, true) {
                 // it exited meanwhile (ESRCH): the next one
                 if thread_is_live(tgid, tid) {
                     eprintln!("proc_image: lock: attach the probes to thread {tid}: {e:#}");
@@ -581,17 +694,10 @@ impl Lock {
                 continue;
             }
             if let Some(since) = self.unarmed_since.take() {
-                let now = sys::monotonic_ns();
-                eprintln!(
-                    "proc_image: lock: every probed thread of {tgid} exited; lock calls of the others for {} ms were not seen",
-                    now.saturating_sub(since) / 1_000_000
-                );
-                out.emit(
-                    &Record::new(now, NAME, "probes_gap")
-                        .task(tid, tgid, "")
-                        .field("from_ns", since)
-                        .field("to_ns", now),
-                );
+                // no breakpoint taken out: no probed call in the window
+                if let Some(a) = self.anchors.last().filter(|a| a.unseen_before > 0) {
+                    out.emit(&unarmed_record(tgid, since, a.armed_at, a.unseen_before));
+                }
             }
         }
         self.publish_anchors()
@@ -618,6 +724,7 @@ impl Lock {
         let Some(lib) = lib else {
             self.detach_anchors();
             self.library = None;
+            self.library_file = None;
             self.publish_anchors()?;
             let msg = no_library(tgid).to_string();
             eprintln!("proc_image: lock: after exec, {msg}; no lock probes left in it");
@@ -719,6 +826,7 @@ impl Collector for Lock {
         self.hooks.clear();
         self.detach_anchors();
         self.library = None;
+        self.library_file = None;
         self.unarmed_since = None;
     }
 

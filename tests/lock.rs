@@ -906,3 +906,46 @@ fn calls_while_no_probed_thread_lives_are_counted_lost() {
         assert!(n > 0, "worker {tid} never seen");
     }
 }
+
+/// Tracing starts after the main thread has exited: its /proc/TGID/maps and
+/// map_files are empty then; the threads that run are probed all the same.
+#[test]
+fn a_process_whose_main_thread_exited_is_traced() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_after_exit", &["-l"]);
+    let mut w = Workload::start(&[
+        "lock-leader-exit",
+        "--threads",
+        "3",
+        "--pairs",
+        "100",
+        "--main-pairs",
+        "0",
+        "--exit-first",
+    ]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    w.wait_truth("main_exits", Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").unwrap().1.starts_with('Z'))
+    }));
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let want: std::collections::BTreeMap<u64, u64> = done["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (u64_of(w, "tid"), u64_of(w, "pairs")))
+        .collect();
+    assert_eq!(want.len(), 3);
+    assert_eq!(acquisitions_by_thread(&recs, &mutex), want);
+    no_losses(&recs);
+}

@@ -46,12 +46,13 @@
 //!       prints its mutex, waits for a line on stdin, then N threads each
 //!       make M lock/unlock pairs of that one mutex, pausing P ms after
 //!       every 10 (default 0); prints their tids and how long it took
-//!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K]
+//!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K] [--exit-first]
 //!       prints its mutex, waits for a line on stdin, starts N threads and
 //!       takes the mutex K (20) times itself (10 ms apart), then the main
 //!       thread exits alone (as pthread_exit() does); each thread makes M pairs, 20 ms
 //!       pause every 10, says when it saw the main thread gone, and waits
-//!       for the others before it ends
+//!       for the others before it ends. --exit-first: the main thread
+//!       starts the threads and exits first; the go line starts them
 //!   proc_image_workload lock-robust
 //!       a robust mutex whose owner thread ends holding it; the main thread
 //!       then takes it (EOWNERDEAD), makes it consistent, releases it and
@@ -125,6 +126,7 @@ fn main() {
             num("--threads", 4),
             num("--pairs", 300),
             num("--main-pairs", 20),
+            args.iter().any(|a| a == "--exit-first"),
         ),
         "lock-robust" => lock_robust(),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
@@ -888,19 +890,33 @@ fn main_thread_gone() -> bool {
 }
 
 /// The main thread exits with pthread_exit() while its threads go on.
-fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64) {
+fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static GO: AtomicBool = AtomicBool::new(false);
     let l = Locks::new();
     say(
         json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get()),
                "pthread_mutex_lock": libc::pthread_mutex_lock as *const () as usize}),
     );
-    wait_for_go();
+    if !exit_first {
+        wait_for_go();
+        GO.store(true, Ordering::SeqCst);
+    }
     let barrier: &'static std::sync::Barrier =
         Box::leak(Box::new(std::sync::Barrier::new(threads as usize)));
     // std's Mutex is a futex of its own, not a pthread one: not probed
     let report: &'static std::sync::Mutex<Vec<serde_json::Value>> = Box::leak(Box::default());
-    for _ in 0..threads {
+    for i in 0..threads {
         std::thread::spawn(move || {
+            // --exit-first: the first thread takes the go line, once the
+            // main thread is gone
+            if i == 0 && !GO.load(Ordering::SeqCst) {
+                wait_for_go();
+                GO.store(true, Ordering::SeqCst);
+            }
+            while !GO.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
             let mut after_main = 0u64;
             for n in 0..pairs {
                 let gone = main_thread_gone();

@@ -646,7 +646,20 @@ fn four_threads_of_10000_pairs_are_counted_exactly() {
         pi.stderr_text()
     );
     let recs = pi.finish();
-    let by = acquisitions_by_thread(&recs, &mutex);
+    let mut by = acquisitions_by_thread(&recs, &mutex);
+    // the main thread's last pair, alone: uncontended, so the reader and
+    // writer counts that 4 threads on 2 CPUs updated at once came back to 0
+    let last = u64_of(&done, "last_pair_by");
+    assert_eq!(by.remove(&last), Some(1));
+    let alone: Vec<&Value> = of(&recs, "lock", &mutex)
+        .into_iter()
+        .filter(|r| u64_of(r, "pid") == last)
+        .collect();
+    assert_eq!(
+        alone[0]["contended"], false,
+        "count left behind: {:?}",
+        alone[0]
+    );
     let want: std::collections::BTreeMap<u64, u64> = ids(&done["tids"])
         .into_iter()
         .map(|t| (t, 10_000))
@@ -661,7 +674,7 @@ fn four_threads_of_10000_pairs_are_counted_exactly() {
         .filter(|r| r["event"] == "lock_summary" && r["lock_addr"] == mutex.as_str())
         .map(|r| u64_of(r, "acquisitions"))
         .collect();
-    assert_eq!(sums.iter().sum::<u64>(), 40_000, "{sums:?}");
+    assert_eq!(sums.iter().sum::<u64>(), 40_001, "{sums:?}");
     // 1000 pauses of 10 ms per thread: it lasted several intervals (and
     // left a debug build's output time to keep up: proc_image's loop ticks
     // its intervals between ring-buffer sweeps)

@@ -45,7 +45,8 @@
 //!   proc_image_workload lock-storm [--threads N] [--pairs M] [--pause-ms P]
 //!       prints its mutex, waits for a line on stdin, then N threads each
 //!       make M lock/unlock pairs of that one mutex, pausing P ms after
-//!       every 10 (default 0); prints their tids and how long it took
+//!       every 10 (default 0); then the main thread makes one pair alone;
+//!       prints their tids and how long it took
 //!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K] [--exit-first]
 //!       prints its mutex, waits for a line on stdin, starts N threads and
 //!       takes the mutex K (20) times itself (10 ms apart), then the main
@@ -877,8 +878,16 @@ fn lock_storm(threads: u64, pairs: u64, pause_ms: u64) {
         })
         .collect();
     let tids: Vec<u32> = workers.into_iter().map(|t| t.join().unwrap()).collect();
-    say(json!({"event": "done", "tids": tids, "pairs": pairs,
-               "elapsed_ms": start.elapsed().as_millis() as u64}));
+    let elapsed_ms = start.elapsed().as_millis() as u64;
+    // one more pair, alone: nobody holds the mutex now
+    unsafe {
+        libc::pthread_mutex_lock(l.mutex.get());
+        libc::pthread_mutex_unlock(l.mutex.get());
+    }
+    say(
+        json!({"event": "done", "tids": tids, "pairs": pairs, "elapsed_ms": elapsed_ms,
+               "last_pair_by": gettid()}),
+    );
 }
 
 /// Is the main thread of this process gone (a zombie after pthread_exit)?

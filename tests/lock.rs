@@ -962,3 +962,58 @@ fn a_process_whose_main_thread_exited_is_traced() {
     assert_eq!(acquisitions_by_thread(&recs, &mutex), want);
     no_losses(&recs);
 }
+
+/// 4 threads hold one rwlock for reading at once, on 2 CPUs: the reader
+/// count goes up and down on both at the same time. Every acquisition is
+/// counted, and once they are done a write lock finds it free.
+#[test]
+fn concurrent_readers_leave_an_exact_count() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_readers", &["-l"]);
+    let mut w = Workload::start(&[
+        "lock-storm",
+        "--read",
+        "--threads",
+        "4",
+        "--pairs",
+        "5000",
+        "--pause-ms",
+        "1",
+    ]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let rw = addr_of(&ready, "rwlock");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(120));
+    assert!(w.wait().success());
+    assert!(
+        wait_until(Duration::from_secs(60), || pi
+            .stderr_text()
+            .contains("has exited")),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    let all = of(&recs, "lock", &rw);
+    let reads = all
+        .iter()
+        .filter(|r| r["lock_type"] == "rwlock_read")
+        .count();
+    assert_eq!(reads, 20_000);
+    let writes: Vec<&&Value> = all
+        .iter()
+        .filter(|r| r["lock_type"] == "rwlock_write")
+        .collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(u64_of(writes[0], "pid"), u64_of(&done, "last_pair_by"));
+    assert_eq!(
+        writes[0]["contended"], false,
+        "readers left behind: {:?}",
+        writes[0]
+    );
+    assert!(of(&recs, "lock_unmatched", &rw).is_empty());
+    no_losses(&recs);
+}

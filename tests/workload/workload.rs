@@ -42,9 +42,10 @@
 //!       times. --exec: first re-exec itself into `locks` (from a second
 //!       thread with --exec-from-thread), which sleeps 500 ms, then locks;
 //!       --exec-into: exec PROGRAM (no arguments) after the go line.
-//!   proc_image_workload lock-storm [--threads N] [--pairs M] [--pause-ms P]
+//!   proc_image_workload lock-storm [--threads N] [--pairs M] [--pause-ms P] [--read]
 //!       prints its mutex, waits for a line on stdin, then N threads each
-//!       make M lock/unlock pairs of that one mutex, pausing P ms after
+//!       make M lock/unlock pairs of that one mutex (--read: read locks of
+//!       one rwlock, and the last pair a write lock), pausing P ms after
 //!       every 10 (default 0); then the main thread makes one pair alone;
 //!       prints their tids and how long it took
 //!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K] [--exit-first]
@@ -122,6 +123,7 @@ fn main() {
             num("--threads", 4),
             num("--pairs", 10_000),
             num("--pause-ms", 0),
+            args.iter().any(|a| a == "--read"),
         ),
         "lock-leader-exit" => lock_leader_exit(
             num("--threads", 4),
@@ -856,9 +858,12 @@ fn gettid() -> u32 {
 }
 
 /// N threads hammer one mutex: M lock/unlock pairs each.
-fn lock_storm(threads: u64, pairs: u64, pause_ms: u64) {
+fn lock_storm(threads: u64, pairs: u64, pause_ms: u64, read: bool) {
     let l = Locks::new();
-    say(json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get())}));
+    say(
+        json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get()),
+               "rwlock": addr(l.rwlock.get())}),
+    );
     wait_for_go();
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
@@ -866,8 +871,13 @@ fn lock_storm(threads: u64, pairs: u64, pause_ms: u64) {
             std::thread::spawn(move || {
                 for n in 0..pairs {
                     unsafe {
-                        libc::pthread_mutex_lock(l.mutex.get());
-                        libc::pthread_mutex_unlock(l.mutex.get());
+                        if read {
+                            libc::pthread_rwlock_rdlock(l.rwlock.get());
+                            libc::pthread_rwlock_unlock(l.rwlock.get());
+                        } else {
+                            libc::pthread_mutex_lock(l.mutex.get());
+                            libc::pthread_mutex_unlock(l.mutex.get());
+                        }
                     }
                     if pause_ms > 0 && n % 10 == 9 {
                         std::thread::sleep(Duration::from_millis(pause_ms));
@@ -879,10 +889,15 @@ fn lock_storm(threads: u64, pairs: u64, pause_ms: u64) {
         .collect();
     let tids: Vec<u32> = workers.into_iter().map(|t| t.join().unwrap()).collect();
     let elapsed_ms = start.elapsed().as_millis() as u64;
-    // one more pair, alone: nobody holds the mutex now
+    // one more pair, alone (a write lock after --read): nobody holds it now
     unsafe {
-        libc::pthread_mutex_lock(l.mutex.get());
-        libc::pthread_mutex_unlock(l.mutex.get());
+        if read {
+            libc::pthread_rwlock_wrlock(l.rwlock.get());
+            libc::pthread_rwlock_unlock(l.rwlock.get());
+        } else {
+            libc::pthread_mutex_lock(l.mutex.get());
+            libc::pthread_mutex_unlock(l.mutex.get());
+        }
     }
     say(
         json!({"event": "done", "tids": tids, "pairs": pairs, "elapsed_ms": elapsed_ms,

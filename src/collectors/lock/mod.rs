@@ -632,13 +632,23 @@ impl Lock {
     /// least went unseen (see `unarmed_sites`).
     /// Never fails: a thread that exits before it is attached to is passed over.
     fn tend_anchors(&mut self, out: &mut Output, look: bool) -> Result<()> {
-        let (exits, news) = {
+        let (mut exits, news) = {
             let mut sh = self.shared.borrow_mut();
             (
                 std::mem::take(&mut sh.anchor_exits),
                 std::mem::take(&mut sh.new_threads),
             )
         };
+        if look {
+            // an exit whose record was lost (counted as a ring-buffer drop)
+            let now = sys::monotonic_ns();
+            let traced = self.target.as_ref().and_then(tgid_of).unwrap_or_default();
+            for a in &self.anchors {
+                if !thread_is_live(traced, a.tid) && !exits.iter().any(|&(t, _)| t == a.tid) {
+                    exits.push((a.tid, now));
+                }
+            }
+        }
         let look = look || !exits.is_empty();
         let traced = self.target.as_ref().and_then(tgid_of).unwrap_or_default();
         for (tid, at) in exits {

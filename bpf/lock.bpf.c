@@ -12,6 +12,21 @@
  * removes that breakpoint from the child (UPROBE_HANDLER_REMOVE) without
  * running these programs. A child that execs starts with a clean mm.
  *
+ * Anchors: that filter compares the mm of the perf event's own task. When
+ * that task exits (a main thread that calls pthread_exit() while its
+ * workers go on), its mm is gone and the next hit in the process removes
+ * the breakpoint. So proc_image attaches the probe set to two live threads
+ * of the target ("anchors"), and attaches one more as soon as one of them
+ * exits (handle__thread_exit) or, while it has fewer than two, as soon as
+ * the target starts a thread (handle__new_thread). Each set runs these
+ * programs once per hit, the newest set first; repeat_of_hit() keeps the
+ * first run of a hit and drops the others.
+ *
+ * Nested calls: musl's lock functions call each other (pthread_mutex_lock
+ * -> pthread_mutex_timedlock -> pthread_mutex_trylock, all probed). A call
+ * for a lock this thread already has a call in flight for is an inner
+ * call: it is tracked (its return pairs with it) but never a record.
+ *
  * Bookkeeping, so nested, recursive and cross-thread use cannot pair the
  * wrong calls:
  *   in_flight  per thread (task storage), a stack of lock calls between
@@ -52,13 +67,25 @@ static __always_inline bool in_target(struct task_struct *task)
 #define EBUSY 16
 #define EOWNERDEAD 130
 #define MAX_HOLDS 16384
+/* lock_request.flags beyond LOCK_F_*: an inner call (see above) */
+#define REQ_INNER 0x80
+/* lock_hold.flags beyond LOCK_F_*: acquired with EOWNERDEAD */
+#define HOLD_OWNER_DEAD 0x40
 
 struct lock_request {
 	__u64 lock_addr;
 	__u64 request_ns;
 	__u32 cookie;
-	__u8 flags; /* LOCK_F_* known at entry */
+	__u8 flags; /* LOCK_F_* known at entry, REQ_INNER */
 	__u8 _pad[3];
+};
+
+/* The last probe run on a thread (see repeat_of_hit). */
+struct last_hit {
+	__u64 sp;
+	__u64 arg;
+	__u32 probe; /* cookie bits 0..31: which probe of a set */
+	__u32 seq;   /* which set */
 };
 
 struct in_flight {
@@ -67,6 +94,7 @@ struct in_flight {
 	struct lock_request req[LOCK_HOLD_DEPTH];
 	/* pthread_spin_lock spinning since spin.request_ns (see handle__spin_attempt) */
 	struct lock_request spin;
+	struct last_hit last;
 };
 
 struct {
@@ -106,9 +134,15 @@ struct lock_state_key {
 	__u64 lock_addr;
 };
 
+/*
+ * Updated by every CPU at once: atomic adds only (clang 14 emits no
+ * fetching atomics for BPF, so no compare-and-swap). An unlock subtracts
+ * only what its own recorded hold added, so the counts stay right; signed,
+ * so an entry the LRU evicted under a hold cannot wrap to "held forever".
+ */
 struct lock_state {
-	__u32 readers;
-	__u32 writers; /* mutex, spinlock and rwlock write holds */
+	__s32 readers;
+	__s32 writers; /* mutex, spinlock and rwlock write holds */
 };
 
 struct {
@@ -131,6 +165,49 @@ static __always_inline struct lock_state *state_of(__u32 tgid, __u64 addr, bool 
 	if (!s)
 		STAT_INC(map_full);
 	return s;
+}
+
+static __always_inline struct in_flight *flight_of(struct task_struct *task)
+{
+	struct in_flight *f;
+
+	f = bpf_task_storage_get(&in_flight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!f) {
+		STAT_INC(no_task_state);
+		return 0;
+	}
+	/* calls of an earlier activation, or returns we never saw: start over */
+	if (f->generation != cfg.target.generation) {
+		f->generation = cfg.target.generation;
+		f->depth = 0;
+		f->spin.request_ns = 0;
+	}
+	return f;
+}
+
+/*
+ * Is this run a repeat of the hit the previous run on this thread handled?
+ * Every anchor's probe set runs the program for each hit, newest set (the
+ * highest seq in the cookie) first, with the same registers. So a run is a
+ * repeat when the run just before it on this thread was the same probe with
+ * the same stack pointer and argument, from a newer set. A new hit starts
+ * over from the newest set still attached, which is never older than the
+ * last set of the hit before (sets only come newer, and one whose thread
+ * exited does not come back), so it is never taken for a repeat.
+ */
+static __always_inline bool repeat_of_hit(struct in_flight *f, struct pt_regs *ctx,
+					  __u64 cookie, __u64 arg)
+{
+	__u32 probe = (__u32)cookie, seq = cookie >> LOCK_COOKIE_SEQ_SHIFT;
+	__u64 sp = PT_REGS_SP(ctx);
+	bool repeat = f->last.probe == probe && f->last.sp == sp && f->last.arg == arg &&
+		      f->last.seq > seq;
+
+	f->last.probe = probe;
+	f->last.sp = sp;
+	f->last.arg = arg;
+	f->last.seq = seq;
+	return repeat;
 }
 
 static __always_inline void emit(struct task_struct *task, __u8 kind, __u64 now,
@@ -171,7 +248,7 @@ static __always_inline bool held_by_others(struct task_struct *task, __u64 addr,
 {
 	struct lock_hold_key key = { .tgid = task->tgid, .holder = task->pid, .lock_addr = addr };
 	struct lock_hold *h = bpf_map_lookup_elem(&holds, &key);
-	__u32 own = h ? h->depth + h->overflow : 0;
+	__s32 own = h ? h->depth + h->overflow : 0;
 
 	if (type == LOCK_RWLOCK_READ)
 		return s->writers > own;
@@ -183,27 +260,28 @@ SEC("uprobe")
 int BPF_UPROBE(handle__lock_enter, void *lock)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u32 cookie = bpf_get_attach_cookie(ctx);
+	__u64 cookie = bpf_get_attach_cookie(ctx);
 	__u64 addr = (__u64)lock;
 	struct lock_state *s;
 	struct in_flight *f;
 	struct lock_request *r;
 	__u8 flags = 0;
+	__u32 i;
 
 	if (!in_target(task))
 		return 0;
-	f = bpf_task_storage_get(&in_flight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!f) {
-		STAT_INC(no_task_state);
+	f = flight_of(task);
+	if (!f || repeat_of_hit(f, ctx, cookie, addr))
 		return 0;
-	}
-	/* calls of an earlier activation, or returns we never saw: start over */
-	if (f->generation != cfg.target.generation || f->depth >= LOCK_HOLD_DEPTH) {
-		f->generation = cfg.target.generation;
-		f->depth = 0;
+	if (f->depth >= LOCK_HOLD_DEPTH)
+		f->depth = 0; /* returns we never saw */
+	for (i = 0; i < LOCK_HOLD_DEPTH; i++) {
+		if (i < f->depth && f->req[i].lock_addr == addr)
+			flags |= REQ_INNER;
 	}
 	s = state_of(task->tgid, addr, false);
-	if (s && (s->writers || s->readers) && held_by_others(task, addr, s, cookie & 0xff))
+	if (!(flags & REQ_INNER) && s && (s->writers > 0 || s->readers > 0) &&
+	    held_by_others(task, addr, s, cookie & 0xff))
 		flags |= LOCK_F_CONTENDED;
 	r = &f->req[f->depth & (LOCK_HOLD_DEPTH - 1)];
 	r->lock_addr = addr;
@@ -236,9 +314,9 @@ static __always_inline void push_hold(struct task_struct *task, struct lock_requ
 	s = state_of(task->tgid, r->lock_addr, true);
 	if (s) {
 		if (type == LOCK_RWLOCK_READ)
-			s->readers++;
+			__sync_fetch_and_add(&s->readers, 1);
 		else
-			s->writers++;
+			__sync_fetch_and_add(&s->writers, 1);
 	}
 	if (h->depth >= LOCK_HOLD_DEPTH || h->overflow) {
 		h->overflow++;
@@ -261,20 +339,38 @@ int BPF_URETPROBE(handle__lock_exit, int ret)
 	__u64 now = bpf_ktime_get_ns();
 	struct in_flight *f;
 	struct lock_request r;
+	struct lock_state *s;
 	__u8 type, op;
 
 	if (!in_target(task))
 		return 0;
 	f = bpf_task_storage_get(&in_flight, task, 0, 0);
-	if (!f || f->generation != cfg.target.generation || !f->depth)
+	if (!f || f->generation != cfg.target.generation)
+		return 0;
+	if (repeat_of_hit(f, ctx, bpf_get_attach_cookie(ctx), (__u64)ret) || !f->depth)
 		return 0;
 	f->depth--;
 	r = f->req[f->depth & (LOCK_HOLD_DEPTH - 1)];
+	if (r.flags & REQ_INNER)
+		return 0; /* the outer call's return tells */
 	type = r.cookie & 0xff;
 	op = (r.cookie >> 8) & 0xff;
 
-	/* a robust mutex whose owner died is acquired all the same */
-	if (ret == 0 || (type == LOCK_MUTEX && ret == EOWNERDEAD)) {
+	if (type == LOCK_MUTEX && ret == EOWNERDEAD) {
+		/*
+		 * a robust mutex whose owner died holding it: acquired all the
+		 * same, and the dead owner's hold is gone: count from scratch
+		 */
+		s = state_of(task->tgid, r.lock_addr, false);
+		if (s) {
+			s->readers = 0;
+			s->writers = 0;
+		}
+		r.flags |= HOLD_OWNER_DEAD;
+		push_hold(task, &r, type, op, now);
+		return 0;
+	}
+	if (ret == 0) {
 		push_hold(task, &r, type, op, now);
 		return 0;
 	}
@@ -305,16 +401,9 @@ int BPF_UPROBE(handle__spin_attempt, void *lock)
 
 	if (!in_target(task))
 		return 0;
-	f = bpf_task_storage_get(&in_flight, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!f) {
-		STAT_INC(no_task_state);
+	f = flight_of(task);
+	if (!f || repeat_of_hit(f, ctx, bpf_get_attach_cookie(ctx), addr))
 		return 0;
-	}
-	if (f->generation != cfg.target.generation) {
-		f->generation = cfg.target.generation;
-		f->depth = 0;
-		f->spin.request_ns = 0;
-	}
 	if (!(ctx->flags & X86_EFLAGS_ZF)) {
 		/* held by someone: spinning from now, unless already */
 		if (!f->spin.request_ns || f->spin.lock_addr != addr) {
@@ -339,16 +428,22 @@ SEC("uprobe")
 int BPF_UPROBE(handle__unlock, void *lock)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	__u8 cookie_type = bpf_get_attach_cookie(ctx) & 0xff;
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u8 cookie_type = cookie & 0xff;
 	__u64 now = bpf_ktime_get_ns(), addr = (__u64)lock;
 	__u32 tgid = task->tgid;
 	struct lock_hold_key key = { .tgid = tgid, .holder = task->pid, .lock_addr = addr };
 	struct lock_state *s;
 	struct lock_hold *h;
+	struct in_flight *f;
+	__s32 left;
 	__u8 type;
 	__u32 i;
 
 	if (!in_target(task))
+		return 0;
+	f = flight_of(task);
+	if (!f || repeat_of_hit(f, ctx, cookie, addr))
 		return 0;
 	s = state_of(tgid, addr, false);
 	h = bpf_map_lookup_elem(&holds, &key);
@@ -356,29 +451,25 @@ int BPF_UPROBE(handle__unlock, void *lock)
 		if (h->overflow) {
 			/* the innermost holds were too deep to keep: counted only */
 			h->overflow--;
-			if (s && s->writers)
-				s->writers--;
-			else if (s && s->readers)
-				s->readers--;
+			if (s)
+				__sync_fetch_and_add(s->writers > 0 ? &s->writers : &s->readers, -1);
 			return 0;
 		}
 		h->depth--;
 		i = h->depth & (LOCK_HOLD_DEPTH - 1);
 		type = h->type[i];
-		if (s) {
-			if (type == LOCK_RWLOCK_READ && s->readers)
-				s->readers--;
-			else if (type != LOCK_RWLOCK_READ && s->writers)
-				s->writers--;
-		}
-		emit(task, LOCK_RELEASED, now, addr, h->request_ns[i], h->acquire_ns[i], now, 0, 0,
-		     type, h->op[i], h->flags[i]);
+		if (s)
+			__sync_fetch_and_add(type == LOCK_RWLOCK_READ ? &s->readers : &s->writers, -1);
+		emit(task, LOCK_RELEASED, now, addr, h->request_ns[i], h->acquire_ns[i], now,
+		     h->flags[i] & HOLD_OWNER_DEAD ? EOWNERDEAD : 0, 0, type, h->op[i],
+		     h->flags[i] & ~HOLD_OWNER_DEAD);
 		return 0;
 	}
 	/* a read hold taken by another thread, released here */
-	if (cookie_type == LOCK_RWLOCK && s && s->readers && !s->writers) {
-		s->readers--;
-		emit(task, LOCK_UNMATCHED, now, addr, 0, 0, now, 0, s->readers,
+	if (cookie_type == LOCK_RWLOCK && s && s->readers > 0 && s->writers <= 0) {
+		__sync_fetch_and_add(&s->readers, -1);
+		left = s->readers;
+		emit(task, LOCK_UNMATCHED, now, addr, 0, 0, now, 0, left > 0 ? left : 0,
 		     LOCK_RWLOCK_READ, 0, 0);
 		return 0;
 	}
@@ -406,5 +497,46 @@ int BPF_PROG(handle__exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 	/* proc_image must act before the new image starts locking: wake it now */
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	STAT_INC(events);
+	return 0;
+}
+
+static __always_inline void emit_thread(struct task_struct *p, __u8 kind)
+{
+	struct lock_event *e = reserve_record(sizeof(*e));
+
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	fill_hdr(&e->hdr, p, PI_LOCK, kind, bpf_ktime_get_ns());
+	e->aux = p->pid;
+	/* proc_image attaches to another thread before this one's probes are all gone */
+	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
+	STAT_INC(events);
+}
+
+/* A thread the probes are attached to exited: proc_image takes another. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle__thread_exit, struct task_struct *p)
+{
+	__u32 i;
+
+	if (p->tgid != cfg.target.tgid)
+		return 0;
+	for (i = 0; i < LOCK_ANCHORS; i++) {
+		if (cfg.anchors[i] && cfg.anchors[i] == p->pid) {
+			emit_thread(p, LOCK_ANCHOR_EXIT);
+			return 0;
+		}
+	}
+	return 0;
+}
+
+/* The target started a thread while it has fewer than two anchors. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(handle__new_thread, struct task_struct *parent, struct task_struct *child)
+{
+	if (!cfg.want_threads || child->tgid != cfg.target.tgid || child->pid == child->tgid)
+		return 0;
+	emit_thread(child, LOCK_NEW_THREAD);
 	return 0;
 }

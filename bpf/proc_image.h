@@ -344,14 +344,23 @@ enum lock_op {
 	LOCK_OP_TIMED = 2, /* timedlock / clocklock: may fail with ETIMEDOUT */
 };
 
-/* The attach cookie of a uprobe: type | op << 8. */
+/*
+ * The attach cookie of a uprobe: type | op << 8 | probe << 16 | seq << 32.
+ * probe numbers the probe (function, entry or return) within one set; seq
+ * numbers the sets proc_image attached, in order (see "anchors" in
+ * lock.bpf.c): the kernel runs the newest set first.
+ */
 #define LOCK_COOKIE(type, op) ((type) | ((op) << 8))
+#define LOCK_COOKIE_PROBE_SHIFT 16
+#define LOCK_COOKIE_SEQ_SHIFT 32
 
 enum lock_kind {
 	LOCK_RELEASED = 1,  /* one acquisition, from request to release */
 	LOCK_FAILED = 2,    /* a try/timed lock that returned an error */
 	LOCK_UNMATCHED = 3, /* an unlock of a lock this thread has no recorded hold on */
 	LOCK_EXEC = 4,      /* the target exec'd: its probes must follow the new image */
+	LOCK_ANCHOR_EXIT = 5, /* a thread the probes are attached to exited (aux: its tid) */
+	LOCK_NEW_THREAD = 6,  /* the target started a thread (aux: its tid) while anchors are wanted */
 };
 
 /* lock_event.flags */
@@ -360,8 +369,14 @@ enum lock_kind {
 /* Recursive holds of one lock by one thread kept with their times. */
 #define LOCK_HOLD_DEPTH 4
 
+/* Threads of the target the probe sets are attached to (perf event pids). */
+#define LOCK_ANCHORS 4
+
 struct lock_config {
 	struct target_filter target; /* tgid is set for TARGET_THREAD too */
+	__u32 anchors[LOCK_ANCHORS]; /* tids; 0 = free slot */
+	__u32 want_threads;          /* 1: report the target's new threads */
+	__u32 _pad;
 };
 
 struct lock_event {
@@ -371,7 +386,8 @@ struct lock_event {
 	__u64 acquire_ns;      /* its return (acquired, or failed) */
 	__u64 release_ns;      /* entry of the unlock call; 0 if failed */
 	__s32 ret;             /* the lock call's return: 0 or an errno */
-	__u32 aux;             /* LOCK_EXEC: old pid; LOCK_UNMATCHED: readers left */
+	__u32 aux;             /* LOCK_EXEC: old pid; LOCK_UNMATCHED: readers left;
+				  LOCK_ANCHOR_EXIT, LOCK_NEW_THREAD: the tid */
 	__u8 lock_type;        /* enum lock_type */
 	__u8 op;               /* enum lock_op */
 	__u8 flags;            /* LOCK_F_* */

@@ -24,6 +24,7 @@ check "command -v setpriv" util-linux
 check "command -v promtool" prometheus
 check "command -v perf" linux-perf
 check "command -v bpftool" bpftool
+check "command -v musl-gcc" musl-tools
 
 if [ "${#need[@]}" -gt 0 ]; then
 	echo "setup: installing ${need[*]}"

@@ -126,11 +126,11 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
         10,
         "spin hold",
     );
-    within(
-        u64_of(spin[0], "hold_ns"),
-        5_000_000,
-        10,
-        "spin hold vs 5 ms",
+    // a 5 ms sleep never ends early (late on a busy machine: the
+    // workload's own figure above holds that)
+    assert!(
+        u64_of(spin[0], "hold_ns") >= 4_500_000,
+        "spin hold < 5 ms - 10%"
     );
 
     // trylock: failed with EBUSY while the other thread held it
@@ -535,4 +535,485 @@ fn exec_into_a_static_program_is_reported() {
         .iter()
         .any(|r| r["event"] == "exec" && r["tgid"] == pid));
     assert!(!recs.iter().any(|r| r["event"] == "probes_follow_exec"));
+}
+
+/// The `lock` records of one lock, by the thread that took it.
+fn acquisitions_by_thread(recs: &[Value], addr: &str) -> std::collections::BTreeMap<u64, u64> {
+    let mut by = std::collections::BTreeMap::new();
+    for r in of(recs, "lock", addr) {
+        *by.entry(u64_of(r, "pid")).or_insert(0) += 1;
+    }
+    by
+}
+
+fn no_losses(recs: &[Value]) {
+    let lost: Vec<&Value> = recs.iter().filter(|r| r["event"] == "lost").collect();
+    assert!(lost.is_empty(), "{lost:?}");
+}
+
+#[test]
+fn the_main_thread_exiting_leaves_the_probes_armed() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_leader_exit", &["-l"]);
+    let mut w = Workload::start(&["lock-leader-exit", "--threads", "4", "--pairs", "1000"]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    let lock_fn = u64_of(&ready, "pthread_mutex_lock");
+    // the default interval: the workers go on for several
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let main = w.wait_truth("main_exits", Duration::from_secs(10));
+    let main_tid = u64_of(&main, "tid");
+    assert_eq!(main_tid, pid);
+    // the workers still lock after the main thread is gone: the breakpoint
+    // stays in the process (the kernel takes it out at the first hit that
+    // no attached perf event's thread can claim)
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").unwrap().1.starts_with('Z'))
+    }));
+    // the leader's /proc/PID/mem has no mm now: read through a live thread
+    let byte = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .find_map(|tid| {
+            let mem = std::fs::File::open(format!("/proc/{pid}/task/{tid}/mem")).ok()?;
+            let mut b = [0u8];
+            mem.read_exact_at(&mut b, lock_fn).ok()?;
+            Some(b[0])
+        });
+    assert_eq!(byte, Some(INT3), "probe gone after the main thread exited");
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(
+        pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    // every acquisition, per thread, as the workload counted them
+    let by = acquisitions_by_thread(&recs, &mutex);
+    let mut want = std::collections::BTreeMap::new();
+    want.insert(pid, u64_of(&done, "main_pairs"));
+    for wk in done["workers"].as_array().unwrap() {
+        want.insert(u64_of(wk, "tid"), u64_of(wk, "pairs"));
+        // most of them after the main thread was gone
+        assert!(u64_of(wk, "pairs_after_main_exit") > 0, "{wk}");
+    }
+    assert_eq!(want.len(), 5);
+    assert_eq!(by, want);
+    no_losses(&recs);
+    assert!(
+        recs.iter()
+            .any(|r| r["event"] == "probed_thread_exit" && r["pid"] == pid),
+        "the main thread's exit moved no probes"
+    );
+}
+
+#[test]
+fn four_threads_of_10000_pairs_are_counted_exactly() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_storm", &["-l"]);
+    let mut w = Workload::start(&[
+        "lock-storm",
+        "--threads",
+        "4",
+        "--pairs",
+        "10000",
+        "--pause-ms",
+        "10",
+    ]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    // the default interval (1 s): the storm lasts several
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(120));
+    assert!(w.wait().success());
+    // a hang detector: proc_image writes 40,000 records first (a debug
+    // build takes seconds); its stderr is cheaper to poll than its records
+    assert!(
+        wait_until(Duration::from_secs(60), || pi
+            .stderr_text()
+            .contains("has exited")),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    let mut by = acquisitions_by_thread(&recs, &mutex);
+    // the main thread's last pair, alone: uncontended, so the reader and
+    // writer counts that 4 threads on 2 CPUs updated at once came back to 0
+    let last = u64_of(&done, "last_pair_by");
+    assert_eq!(by.remove(&last), Some(1));
+    let alone: Vec<&Value> = of(&recs, "lock", &mutex)
+        .into_iter()
+        .filter(|r| u64_of(r, "pid") == last)
+        .collect();
+    assert_eq!(
+        alone[0]["contended"], false,
+        "count left behind: {:?}",
+        alone[0]
+    );
+    let want: std::collections::BTreeMap<u64, u64> = ids(&done["tids"])
+        .into_iter()
+        .map(|t| (t, 10_000))
+        .collect();
+    assert_eq!(by, want);
+    assert!(of(&recs, "lock_failed", &mutex).is_empty());
+    assert!(of(&recs, "lock_unmatched", &mutex).is_empty());
+    no_losses(&recs);
+    // the summaries say the same, over several intervals
+    let sums: Vec<u64> = recs
+        .iter()
+        .filter(|r| r["event"] == "lock_summary" && r["lock_addr"] == mutex.as_str())
+        .map(|r| u64_of(r, "acquisitions"))
+        .collect();
+    assert_eq!(sums.iter().sum::<u64>(), 40_001, "{sums:?}");
+    // 1000 pauses of 10 ms per thread: it lasted several intervals (and
+    // left a debug build's output time to keep up: proc_image's loop ticks
+    // its intervals between ring-buffer sweeps)
+    assert!(u64_of(&done, "elapsed_ms") >= 10_000, "{done}");
+    assert!(
+        sums.iter().filter(|&&n| n > 0).count() >= 3,
+        "fewer than 3 intervals: {sums:?}"
+    );
+    // every hold closed: the last acquisitions were uncontended or waited
+    // for a holder that was really there (no count left behind)
+    let contended = recs
+        .iter()
+        .filter(|r| r["event"] == "lock" && r["lock_addr"] == mutex.as_str())
+        .filter(|r| r["contended"] == true)
+        .count();
+    assert!(contended > 0, "4 threads on one mutex never contended");
+}
+
+#[test]
+fn an_owner_dead_mutex_starts_over() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_robust", &["-l"]);
+    let mut w = Workload::start(&["lock-robust"]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(10));
+    assert_eq!(u64_of(&done, "first_ret"), libc::EOWNERDEAD as u64);
+    assert_eq!(u64_of(&done, "second_ret"), 0);
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    // the dead owner's hold never ends in a record; the main thread's two do
+    let held = of(&recs, "lock", &mutex);
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert_eq!(held[0]["ret"], libc::EOWNERDEAD);
+    assert_eq!(held[0]["contended"], true, "the dead owner held it");
+    // the dead owner's hold was dropped from the count: nobody held it
+    assert_eq!(held[1]["ret"], 0);
+    assert_eq!(held[1]["contended"], false, "{:?}", held[1]);
+}
+
+/// musl-gcc, or None (outside CI: the test is skipped loudly).
+fn musl_gcc() -> Option<&'static str> {
+    let found = std::process::Command::new("musl-gcc")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("musl-gcc is missing: scripts/setup.sh installs musl-tools");
+        }
+        eprintln!("SKIPPED: no musl-gcc (apt-get install musl-tools)");
+        return None;
+    }
+    Some("musl-gcc")
+}
+
+#[test]
+fn a_musl_program_counts_its_calls_not_musl_s_inner_ones() {
+    if !need_root() {
+        return;
+    }
+    let Some(cc) = musl_gcc() else {
+        return;
+    };
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("pi_lock_musl_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("musl_locks");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload/musl_locks.c");
+    let built = Command::new(cc)
+        .args(["-O2", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(src)
+        .status()
+        .expect("run musl-gcc");
+    assert!(built.success(), "musl-gcc failed");
+
+    let pi = ProcImage::start("lock_musl", &["-l"]);
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = u64_of(&ready, "pid");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    // Debian's musl-gcc links to /usr/lib/x86_64-linux-musl/libc.so
+    assert!(maps.contains("musl"), "not on musl: {maps}");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let done: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recs = pi.finish();
+
+    // exactly its acquisitions, no failure musl's inner trylocks saw
+    let mutex = addr_of(&ready, "mutex");
+    assert_eq!(
+        of(&recs, "lock", &mutex).len() as u64,
+        u64_of(&done, "mutex_acquisitions")
+    );
+    assert!(of(&recs, "lock_failed", &mutex).is_empty());
+    assert!(
+        of(&recs, "lock", &mutex)
+            .iter()
+            .any(|r| r["contended"] == true),
+        "two threads holding it 1 ms each never waited"
+    );
+    let rw = addr_of(&ready, "rwlock");
+    let writes = of(&recs, "lock", &rw);
+    assert_eq!(
+        writes.len() as u64,
+        u64_of(&done, "rwlock_write_acquisitions")
+    );
+    assert!(writes.iter().all(|r| r["lock_type"] == "rwlock_write"));
+    assert!(of(&recs, "lock_failed", &rw).is_empty());
+    // the one real failure is there, once
+    let busy = addr_of(&ready, "busy");
+    assert_eq!(u64_of(&done, "busy_trylock_ret"), 16);
+    let failed = of(&recs, "lock_failed", &busy);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["op"], "trylock");
+    assert_eq!(failed[0]["error"], "EBUSY");
+    assert_eq!(of(&recs, "lock", &busy).len(), 1);
+    assert!(recs
+        .iter()
+        .filter(|r| r["collector"] == "lock")
+        .all(|r| r["event"] != "lock_unmatched" || r["lock_addr"] != mutex.as_str()));
+}
+
+#[test]
+fn a_static_musl_program_is_refused_in_one_line() {
+    if !need_root() {
+        return;
+    }
+    let Some(cc) = musl_gcc() else {
+        return;
+    };
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = std::env::temp_dir().join(format!("pi_lock_musl_static_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("musl_locks_static");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workload/musl_locks.c");
+    let built = Command::new(cc)
+        .args(["-O2", "-static", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(src)
+        .status()
+        .expect("run musl-gcc");
+    assert!(built.success(), "musl-gcc -static failed");
+    let pi = ProcImage::start("lock_musl_static", &["-l", "-k"]);
+    // it waits for a line on stdin: no C library mapped, nothing to probe
+    let mut child = Command::new(&bin)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let pid = u64_of(&ready, "pid").to_string();
+    let out = pi.controller(&["-a", "-P", &pid, "-l"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("statically linked (glibc or musl)"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    pi.finish();
+}
+
+/// The main thread exits as soon as it has started its threads: before
+/// proc_image could attach to one of them, probably. Calls in that window
+/// cannot be seen; a `lost` record then says so and counts at least one per
+/// probed function they hit. Without one, every call was seen.
+#[test]
+fn calls_while_no_probed_thread_lives_are_counted_lost() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_unarmed", &["-l"]);
+    let mut w = Workload::start(&[
+        "lock-leader-exit",
+        "--threads",
+        "2",
+        "--pairs",
+        "200",
+        "--main-pairs",
+        "0",
+    ]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let pi_stderr = pi.stderr_text();
+    let recs = pi.finish();
+    let want: u64 = done["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| u64_of(w, "pairs"))
+        .sum();
+    assert_eq!(want, 400);
+    let seen: u64 = acquisitions_by_thread(&recs, &mutex).values().sum();
+    let lost: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "lost" && r["lost_collector"] == "lock")
+        .collect();
+    let at_least: u64 = lost
+        .iter()
+        .map(|r| u64_of(r, "unseen_lock_calls_at_least"))
+        .sum();
+    eprintln!("seen {seen} of {want}, lost records {lost:?}");
+    eprintln!("{}", pi_stderr);
+    if lost.is_empty() {
+        assert_eq!(seen, want, "calls missed without a lost record");
+    } else {
+        assert!(at_least >= 1, "{lost:?}");
+        // each missed call of a probed function: lock and unlock at least
+        assert!(seen < want, "a loss reported, but all {want} were seen");
+        for r in &lost {
+            assert!(u64_of(r, "unprobed_to_ns") > u64_of(r, "unprobed_from_ns"));
+        }
+    }
+    // once a worker was probed, nothing more was missed: the last pairs of
+    // each worker are all there (its records end with its last acquisition)
+    for (tid, n) in acquisitions_by_thread(&recs, &mutex) {
+        assert!(n > 0, "worker {tid} never seen");
+    }
+}
+
+/// Tracing starts after the main thread has exited: its /proc/TGID/maps and
+/// map_files are empty then; the threads that run are probed all the same.
+#[test]
+fn a_process_whose_main_thread_exited_is_traced() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_after_exit", &["-l"]);
+    let mut w = Workload::start(&[
+        "lock-leader-exit",
+        "--threads",
+        "3",
+        "--pairs",
+        "100",
+        "--main-pairs",
+        "0",
+        "--exit-first",
+    ]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    w.wait_truth("main_exits", Duration::from_secs(10));
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").unwrap().1.starts_with('Z'))
+    }));
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let want: std::collections::BTreeMap<u64, u64> = done["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (u64_of(w, "tid"), u64_of(w, "pairs")))
+        .collect();
+    assert_eq!(want.len(), 3);
+    assert_eq!(acquisitions_by_thread(&recs, &mutex), want);
+    no_losses(&recs);
+}
+
+/// 4 threads hold one rwlock for reading at once, on 2 CPUs: the reader
+/// count goes up and down on both at the same time. Every acquisition is
+/// counted, and once they are done a write lock finds it free.
+#[test]
+fn concurrent_readers_leave_an_exact_count() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_readers", &["-l"]);
+    let mut w = Workload::start(&[
+        "lock-storm",
+        "--read",
+        "--threads",
+        "4",
+        "--pairs",
+        "5000",
+        "--pause-ms",
+        "1",
+    ]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let rw = addr_of(&ready, "rwlock");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(120));
+    assert!(w.wait().success());
+    assert!(
+        wait_until(Duration::from_secs(60), || pi
+            .stderr_text()
+            .contains("has exited")),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    let all = of(&recs, "lock", &rw);
+    let reads = all
+        .iter()
+        .filter(|r| r["lock_type"] == "rwlock_read")
+        .count();
+    assert_eq!(reads, 20_000);
+    let writes: Vec<&&Value> = all
+        .iter()
+        .filter(|r| r["lock_type"] == "rwlock_write")
+        .collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(u64_of(writes[0], "pid"), u64_of(&done, "last_pair_by"));
+    assert_eq!(
+        writes[0]["contended"], false,
+        "readers left behind: {:?}",
+        writes[0]
+    );
+    assert!(of(&recs, "lock_unmatched", &rw).is_empty());
+    no_losses(&recs);
 }

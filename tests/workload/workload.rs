@@ -70,6 +70,23 @@
 //!       thread (500 getppid, 1 ms busy, a 10 ms sleep); prints each thread's
 //!       tid, getppid count and on-CPU ns (its schedstat just before it
 //!       ends), then exits
+//!   proc_image_workload lock-storm [--threads N] [--pairs M] [--pause-ms P] [--read]
+//!       prints its mutex, waits for a line on stdin, then N threads each
+//!       make M lock/unlock pairs of that one mutex (--read: read locks of
+//!       one rwlock, and the last pair a write lock), pausing P ms after
+//!       every 10 (default 0); then the main thread makes one pair alone;
+//!       prints their tids and how long it took
+//!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K] [--exit-first]
+//!       prints its mutex, waits for a line on stdin, starts N threads and
+//!       takes the mutex K (20) times itself (10 ms apart), then the main
+//!       thread exits alone (as pthread_exit() does); each thread makes M pairs, 20 ms
+//!       pause every 10, says when it saw the main thread gone, and waits
+//!       for the others before it ends. --exit-first: the main thread
+//!       starts the threads and exits first; the go line starts them
+//!   proc_image_workload lock-robust
+//!       a robust mutex whose owner thread ends holding it; the main thread
+//!       then takes it (EOWNERDEAD), makes it consistent, releases it and
+//!       takes it once more
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
@@ -140,6 +157,19 @@ fn main() {
                 .unwrap_or_else(std::env::temp_dir),
         ),
         "locks" => locks(&args),
+        "lock-storm" => lock_storm(
+            num("--threads", 4),
+            num("--pairs", 10_000),
+            num("--pause-ms", 0),
+            args.iter().any(|a| a == "--read"),
+        ),
+        "lock-leader-exit" => lock_leader_exit(
+            num("--threads", 4),
+            num("--pairs", 300),
+            num("--main-pairs", 20),
+            args.iter().any(|a| a == "--exit-first"),
+        ),
+        "lock-robust" => lock_robust(),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
@@ -1219,4 +1249,160 @@ fn runqueue(sleeps: u64, secs: u64) {
     loop {
         std::thread::park();
     }
+}
+
+fn wait_for_go() {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+fn gettid() -> u32 {
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// N threads hammer one mutex: M lock/unlock pairs each.
+fn lock_storm(threads: u64, pairs: u64, pause_ms: u64, read: bool) {
+    let l = Locks::new();
+    say(
+        json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get()),
+               "rwlock": addr(l.rwlock.get())}),
+    );
+    wait_for_go();
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for n in 0..pairs {
+                    unsafe {
+                        if read {
+                            libc::pthread_rwlock_rdlock(l.rwlock.get());
+                            libc::pthread_rwlock_unlock(l.rwlock.get());
+                        } else {
+                            libc::pthread_mutex_lock(l.mutex.get());
+                            libc::pthread_mutex_unlock(l.mutex.get());
+                        }
+                    }
+                    if pause_ms > 0 && n % 10 == 9 {
+                        std::thread::sleep(Duration::from_millis(pause_ms));
+                    }
+                }
+                gettid()
+            })
+        })
+        .collect();
+    let tids: Vec<u32> = workers.into_iter().map(|t| t.join().unwrap()).collect();
+    let elapsed_ms = start.elapsed().as_millis() as u64;
+    // one more pair, alone (a write lock after --read): nobody holds it now
+    unsafe {
+        if read {
+            libc::pthread_rwlock_wrlock(l.rwlock.get());
+            libc::pthread_rwlock_unlock(l.rwlock.get());
+        } else {
+            libc::pthread_mutex_lock(l.mutex.get());
+            libc::pthread_mutex_unlock(l.mutex.get());
+        }
+    }
+    say(
+        json!({"event": "done", "tids": tids, "pairs": pairs, "elapsed_ms": elapsed_ms,
+               "last_pair_by": gettid()}),
+    );
+}
+
+/// Is the main thread of this process gone (a zombie after pthread_exit)?
+fn main_thread_gone() -> bool {
+    let pid = std::process::id();
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat"))
+        .map(|s| s.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// The main thread exits with pthread_exit() while its threads go on.
+fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static GO: AtomicBool = AtomicBool::new(false);
+    let l = Locks::new();
+    say(
+        json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get()),
+               "pthread_mutex_lock": libc::pthread_mutex_lock as *const () as usize}),
+    );
+    if !exit_first {
+        wait_for_go();
+        GO.store(true, Ordering::SeqCst);
+    }
+    let barrier: &'static std::sync::Barrier =
+        Box::leak(Box::new(std::sync::Barrier::new(threads as usize)));
+    // std's Mutex is a futex of its own, not a pthread one: not probed
+    let report: &'static std::sync::Mutex<Vec<serde_json::Value>> = Box::leak(Box::default());
+    for i in 0..threads {
+        std::thread::spawn(move || {
+            // --exit-first: the first thread takes the go line, once the
+            // main thread is gone
+            if i == 0 && !GO.load(Ordering::SeqCst) {
+                wait_for_go();
+                GO.store(true, Ordering::SeqCst);
+            }
+            while !GO.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let mut after_main = 0u64;
+            for n in 0..pairs {
+                let gone = main_thread_gone();
+                unsafe {
+                    libc::pthread_mutex_lock(l.mutex.get());
+                    libc::pthread_mutex_unlock(l.mutex.get());
+                }
+                after_main += u64::from(gone);
+                if n % 10 == 9 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            report.lock().unwrap().push(
+                json!({"tid": gettid(), "pairs": pairs, "pairs_after_main_exit": after_main}),
+            );
+            // one reports, once every pair of every thread is done
+            if barrier.wait().is_leader() {
+                let workers = report.lock().unwrap().clone();
+                say(json!({"event": "done", "main_pairs": main_pairs, "workers": workers}));
+            }
+        });
+    }
+    for _ in 0..main_pairs {
+        unsafe {
+            libc::pthread_mutex_lock(l.mutex.get());
+            libc::pthread_mutex_unlock(l.mutex.get());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    say(json!({"event": "main_exits", "tid": gettid()}));
+    // what pthread_exit() does in the end; glibc's pthread_exit() itself
+    // would unwind through Rust's main, which aborts
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("exit returned");
+}
+
+/// A robust mutex whose owner ends holding it, then taken by the main
+/// thread (EOWNERDEAD) and once more.
+fn lock_robust() {
+    let m: &'static Locks = Locks::new();
+    unsafe {
+        let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+        libc::pthread_mutexattr_init(&mut attr);
+        libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+        libc::pthread_mutex_init(m.busy.get(), &attr);
+    }
+    say(json!({"event": "ready", "pid": std::process::id(), "mutex": addr(m.busy.get())}));
+    wait_for_go();
+    std::thread::spawn(move || unsafe {
+        libc::pthread_mutex_lock(m.busy.get());
+    })
+    .join()
+    .unwrap();
+    let first = unsafe { libc::pthread_mutex_lock(m.busy.get()) };
+    unsafe {
+        libc::pthread_mutex_consistent(m.busy.get());
+        libc::pthread_mutex_unlock(m.busy.get());
+    }
+    let second = unsafe { libc::pthread_mutex_lock(m.busy.get()) };
+    unsafe { libc::pthread_mutex_unlock(m.busy.get()) };
+    say(json!({"event": "done", "first_ret": first, "second_ret": second}));
 }

@@ -311,9 +311,14 @@ pub struct Library {
 /// Ok(None): the process maps no candidate library (static, or not yet).
 pub(super) fn find_library(tgid: u32, maps: &[Mapping]) -> Result<Option<Library>> {
     for m in pthread_candidates(maps) {
-        // map_files needs CAP_SYS_ADMIN: proc_image has it, unit tests may not
+        // map_files needs CAP_SYS_ADMIN: proc_image has it, unit tests may
+        // not; a main thread that exited has neither: a live thread's root
         let data = std::fs::read(m.file(tgid))
             .or_else(|_| std::fs::read(format!("/proc/{tgid}/root{}", m.path)))
+            .or_else(|e| {
+                let root = live_task_dir(tgid).ok_or(e)?;
+                std::fs::read(format!("{root}/root{}", m.path))
+            })
             .with_context(|| format!("read {}", m.path))?;
         let (syms, segments) = read_elf(&data).with_context(|| format!("parse {}", m.path))?;
         let probes = probes_for(&syms, &segments, &data).with_context(|| m.path.clone())?;
@@ -325,15 +330,38 @@ pub(super) fn find_library(tgid: u32, maps: &[Mapping]) -> Result<Option<Library
     Ok(None)
 }
 
+/// The maps of process `tgid`; once its main thread has exited (its
+/// /proc/TGID/maps is empty then), those of a thread still running.
 pub(super) fn read_maps(tgid: u32) -> Result<Vec<Mapping>> {
     let text = std::fs::read_to_string(format!("/proc/{tgid}/maps"))
         .with_context(|| format!("read /proc/{tgid}/maps"))?;
-    Ok(parse_maps(&text))
+    if !text.is_empty() {
+        return Ok(parse_maps(&text));
+    }
+    let Some(dir) = live_task_dir(tgid) else {
+        return Ok(Vec::new());
+    };
+    Ok(parse_maps(
+        &std::fs::read_to_string(format!("{dir}/maps")).unwrap_or_default(),
+    ))
+}
+
+/// /proc/TGID/task/TID of a thread whose memory is still there.
+fn live_task_dir(tgid: u32) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{tgid}/task"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| format!("/proc/{tgid}/task/{}", e.file_name().to_string_lossy()))
+        .find(|dir| {
+            std::fs::metadata(format!("{dir}/maps")).is_ok_and(|_| {
+                std::fs::read_to_string(format!("{dir}/maps")).is_ok_and(|m| !m.is_empty())
+            })
+        })
 }
 
 pub(super) fn no_library(tgid: u32) -> anyhow::Error {
     // short: the control record carries 128 bytes of message
-    anyhow!("process {tgid} is statically linked or maps no libc.so.6/libpthread.so.0: no pthread locks to probe")
+    anyhow!("process {tgid} is statically linked (glibc or musl) or maps no C library: no pthread locks to probe")
 }
 
 /// The file offset of `function` in the C library this process maps (for

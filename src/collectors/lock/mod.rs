@@ -8,6 +8,11 @@
 //! detached with the activation. Whole-system and idle-task targets are
 //! refused. When the target execs, the probes follow it into the new image.
 //! Which library and which offsets to probe: library.rs.
+//!
+//! The kernel keeps a perf uprobe armed in a process only while the perf
+//! event's own thread is alive in it, so the probe set is attached to two
+//! live threads of the target ("anchors", see bpf/lock.bpf.c) and one more
+//! is taken as soon as one of them exits.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -19,8 +24,9 @@ use libbpf_rs::{Link, MapCore, MapHandle, UprobeOpts};
 
 use super::{load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions};
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, event_hdr, lock_config, lock_event, LOCK_EXEC,
-    LOCK_FAILED, LOCK_F_CONTENDED, LOCK_MUTEX, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY,
+    self, c_str, collector_stats, decode, event_hdr, lock_config, lock_event, LOCK_ANCHORS,
+    LOCK_ANCHOR_EXIT, LOCK_COOKIE_PROBE_SHIFT, LOCK_COOKIE_SEQ_SHIFT, LOCK_EXEC, LOCK_FAILED,
+    LOCK_F_CONTENDED, LOCK_MUTEX, LOCK_NEW_THREAD, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY,
     LOCK_RELEASED, LOCK_RWLOCK, LOCK_RWLOCK_READ, LOCK_RWLOCK_WRITE, LOCK_SPINLOCK, LOCK_UNMATCHED,
 };
 use crate::output::{Output, Record};
@@ -44,9 +50,14 @@ const NAME: &str = "lock";
 /// After an exec, how long to wait for the dynamic loader to map a C library.
 const EXEC_LIBRARY_WAIT: Duration = Duration::from_secs(2);
 
-/// The uprobe cookie: LOCK_COOKIE() in proc_image.h.
-fn cookie(lock_type: u32, op: u32) -> u64 {
-    (lock_type | (op << 8)).into()
+/// Live threads a process's probes are attached to (see the module doc).
+const WANTED_ANCHORS: usize = 2;
+
+/// The uprobe cookie (proc_image.h): type | op << 8, which probe of the set
+/// (`probe`: 2 x its index, + 1 for a uretprobe) and which set (`seq`).
+fn cookie(lock_type: u32, op: u32, probe: u32, seq: u32) -> u64 {
+    u64::from(lock_type | (op << 8) | (probe << LOCK_COOKIE_PROBE_SHIFT))
+        | (u64::from(seq) << LOCK_COOKIE_SEQ_SHIFT)
 }
 
 // ---------------------------------------------------------------------
@@ -143,6 +154,10 @@ struct Shared {
     locks: BTreeMap<(u32, u64), LockSummary>,
     /// the target exec'd: (when seen, old pid, holds of the old image cleared)
     exec: Option<(Instant, u32, bool)>,
+    /// anchors that exited: (tid, when, CLOCK_MONOTONIC ns)
+    anchor_exits: Vec<(u32, u64)>,
+    /// threads the target started while it had too few anchors
+    new_threads: Vec<u32>,
 }
 
 fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
@@ -194,6 +209,9 @@ pub fn lock_record(e: &lock_event) -> Result<Record> {
             }
         }
         LOCK_EXEC => task_record(&e.hdr, "exec").field("old_pid", e.aux),
+        // the probes move off an exiting thread / onto a new one
+        LOCK_ANCHOR_EXIT => task_record(&e.hdr, "probed_thread_exit"),
+        LOCK_NEW_THREAD => task_record(&e.hdr, "new_thread"),
         other => bail!("unknown lock record kind {other}"),
     })
 }
@@ -217,12 +235,33 @@ fn summary_record(now: u64, interval_ns: u64, tgid: u32, addr: u64, s: &LockSumm
 // ---------------------------------------------------------------------
 // The collector
 
+/// One probe set, attached to one thread of the target.
+struct Anchor {
+    tid: u32,
+    /// when its probes were in (CLOCK_MONOTONIC ns)
+    armed_at: u64,
+    /// probed instructions found without their breakpoint when it was
+    /// attached with no other anchor alive (see `unarmed_sites`)
+    unseen_before: u64,
+    links: Vec<Link>,
+}
+
 pub struct Lock {
     skel: LockSkel<'static>,
-    /// the uprobes of the library attached now
-    probes: Vec<Link>,
-    exec_link: Option<Link>,
-    library: Option<Mapping>,
+    /// the probe sets attached now, oldest first
+    anchors: Vec<Anchor>,
+    /// the seq of the next probe set: only grows, so a newer set always has
+    /// a higher one (lock.bpf.c relies on it to drop repeated runs)
+    next_seq: u32,
+    /// the exec, thread-exit and new-thread hooks
+    hooks: Vec<Link>,
+    library: Option<Library>,
+    /// the library file, open: probes are attached through /proc/self/fd/N,
+    /// which names it after the leader is gone (its /proc/TGID/map_files
+    /// with it) or the file was deleted
+    library_file: Option<std::fs::File>,
+    /// the last anchor exited at this time (ns) and none was live since
+    unarmed_since: Option<u64>,
     target: Option<Target>,
     shared: Rc<RefCell<Shared>>,
     interval_start_ns: u64,
@@ -267,10 +306,94 @@ impl Reaper {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.exec_link = None;
-        self.reaper.detach(&mut self.probes);
+        self.hooks.clear();
+        self.detach_anchors();
         self.reaper.wait();
     }
+}
+
+/// Every probed thread had exited from `from` to `to` (ns): the lock calls
+/// of the others in between were not seen, `at_least` of them for sure
+/// (one per probed function called in the window).
+/// A `lost` record like the ones of app.rs, so whoever watches for losses
+/// sees it.
+fn unarmed_record(tgid: u32, from: u64, to: u64, at_least: u64) -> Record {
+    eprintln!(
+        "proc_image: lock: no probed thread of {tgid} was alive for {} ms: lock calls in that time were not seen ({at_least} at least)",
+        to.saturating_sub(from) / 1_000_000
+    );
+    Record::new(to, "proc_image", "lost")
+        .task(0, tgid, "")
+        .field("lost_collector", NAME)
+        .field("ringbuf_drops", 0)
+        .field("map_full", 0)
+        .field("no_task_state", 0)
+        .field("unprobed_from_ns", from)
+        .field("unprobed_to_ns", to)
+        .field("unseen_lock_calls_at_least", at_least)
+}
+
+/// How many probed instructions lost their breakpoint in process `tgid`
+/// (read through thread `tid`: a zombie leader has no memory): while no
+/// probed thread is alive, the first hit of each takes it out, so each one
+/// without its int3 is a call not seen.
+fn unarmed_sites(tgid: u32, tid: u32, lib: &Library) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let (Ok(maps), Ok(mem)) = (
+        std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/maps")),
+        std::fs::File::open(format!("/proc/{tgid}/task/{tid}/mem")),
+    ) else {
+        return 0;
+    };
+    let mut unarmed = 0;
+    for p in &lib.probes {
+        let addr = maps.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_ascii_whitespace().collect();
+            if f.len() < 6
+                || f[4].parse::<u64>().ok()? != lib.mapping.inode
+                || f[3] != lib.mapping.dev
+            {
+                return None;
+            }
+            let (start, end) = f[0].split_once('-')?;
+            let (start, end) = (
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            );
+            let off = u64::from_str_radix(f[2], 16).ok()?;
+            (p.offset >= off && p.offset < off + (end - start)).then(|| start + p.offset - off)
+        });
+        let mut b = [0u8];
+        if addr.is_some_and(|a| mem.read_exact_at(&mut b, a).is_ok() && b[0] != 0xcc) {
+            unarmed += 1;
+        }
+    }
+    unarmed
+}
+
+/// The live threads of a process, the leader first (a leader that called
+/// pthread_exit() stays a zombie while its threads run: not live).
+fn live_threads(tgid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{tgid}/task")) else {
+        return Vec::new();
+    };
+    let mut tids: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&tid| thread_is_live(tgid, tid))
+        .collect();
+    tids.sort_by_key(|&t| (t != tgid, t));
+    tids
+}
+
+fn thread_is_live(tgid: u32, tid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")) else {
+        return false;
+    };
+    // the state follows the command's closing parenthesis
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, None | Some('Z' | 'X' | 'x'))
 }
 
 fn tgid_of(target: &Target) -> Option<u32> {
@@ -285,9 +408,12 @@ impl Lock {
         let skel = load_skel(LockSkelBuilder::default(), NAME, opts.ringbuf_bytes)?;
         Ok(Lock {
             skel,
-            probes: Vec::new(),
-            exec_link: None,
+            anchors: Vec::new(),
+            next_seq: 1,
+            hooks: Vec::new(),
             library: None,
+            library_file: None,
+            unarmed_since: None,
             target: None,
             shared: Rc::default(),
             interval_start_ns: 0,
@@ -317,33 +443,129 @@ impl Lock {
         }
     }
 
-    /// Attach every probe of `lib` to process `tgid` (all or none), then let
-    /// the previous ones go. After an exec those cannot fire any more (they
-    /// filter on the old image's mm), so old and new never count twice.
-    fn attach(&mut self, tgid: u32, lib: &Library) -> Result<()> {
-        let path = lib.mapping.file(tgid);
+    fn attach_hooks(&mut self) -> Result<()> {
+        let p = &self.skel.progs;
+        self.hooks = vec![
+            p.handle__exec
+                .attach()
+                .context("attach lock/sched_process_exec")?,
+            p.handle__thread_exit
+                .attach()
+                .context("attach lock/sched_process_exit")?,
+            p.handle__new_thread
+                .attach()
+                .context("attach lock/sched_process_fork")?,
+        ];
+        Ok(())
+    }
+
+    fn detach_anchors(&mut self) {
+        for mut a in self.anchors.drain(..) {
+            self.reaper.detach(&mut a.links);
+        }
+    }
+
+    /// Tell the BPF side which threads are anchors, and whether to report
+    /// new threads (a process with fewer than two live anchors).
+    fn publish_anchors(&mut self) -> Result<()> {
+        let group = matches!(self.target, Some(Target::Group { .. }));
+        let want = group && self.library.is_some() && self.anchors.len() < WANTED_ANCHORS;
+        let mut tids = [0u32; LOCK_ANCHORS as usize];
+        for (slot, a) in tids.iter_mut().zip(&self.anchors) {
+            *slot = a.tid;
+        }
+        let cfg = self.config()?;
+        cfg.anchors = tids;
+        cfg.want_threads = u32::from(want);
+        Ok(())
+    }
+
+    /// Attach every probe of `lib` to thread `tid` of process `tgid` (all or
+    /// none) as the newest probe set.
+    /// `replacing`: the process was probed before (not a first set).
+    fn attach_anchor(&mut self, tgid: u32, tid: u32, lib: &Library, replacing: bool) -> Result<()> {
+        // no anchor alive: the first hit of each probe since took its
+        // breakpoint out; count them before this set puts them back
+        let alive = self.anchors.iter().any(|a| thread_is_live(tgid, a.tid));
+        let unseen_before = if replacing && !alive {
+            unarmed_sites(tgid, tid, lib)
+        } else {
+            0
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        use std::os::fd::AsRawFd;
+        let path = match &self.library_file {
+            Some(f) => format!("/proc/self/fd/{}", f.as_raw_fd()),
+            None => lib.mapping.file(tgid),
+        };
         let mut links = Vec::new();
-        let attached = self.attach_into(&mut links, tgid, &path, lib);
-        if let Err(e) = attached {
+        if let Err(e) = self.attach_into(&mut links, tid, &path, lib, seq) {
             self.reaper.detach(&mut links);
             return Err(e);
         }
-        std::mem::swap(&mut self.probes, &mut links);
-        self.reaper.detach(&mut links);
-        self.library = Some(lib.mapping.clone());
+        self.anchors.push(Anchor {
+            tid,
+            armed_at: sys::monotonic_ns(),
+            unseen_before,
+            links,
+        });
         Ok(())
+    }
+
+    /// Probe `lib` in process `tgid` anew (at activation and after an
+    /// exec): attach the new sets first, then let the previous ones go.
+    /// After an exec those cannot fire any more (they filter on the old
+    /// image's mm), and repeated runs are dropped in BPF, so old and new
+    /// never count twice.
+    fn attach(&mut self, tgid: u32, tids: &[u32], lib: &Library) -> Result<()> {
+        // through the process (another mount namespace, a deleted file),
+        // or a live thread's root when the leader is gone
+        let first = tids.first().copied().unwrap_or(tgid);
+        let file = std::fs::File::open(lib.mapping.file(tgid))
+            .or_else(|_| {
+                std::fs::File::open(format!(
+                    "/proc/{tgid}/task/{first}/root{}",
+                    lib.mapping.path
+                ))
+            })
+            .with_context(|| format!("open {}", lib.mapping.path))?;
+        let old_file = self.library_file.replace(file);
+        let old = std::mem::take(&mut self.anchors);
+        let mut attached = Ok(());
+        for &tid in tids {
+            attached = self.attach_anchor(tgid, tid, lib, false);
+            if attached.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = attached {
+            self.detach_anchors();
+            self.anchors = old;
+            self.library_file = old_file;
+            return Err(e);
+        }
+        for mut a in old {
+            self.reaper.detach(&mut a.links);
+        }
+        self.library = Some(lib.clone());
+        self.unarmed_since = None;
+        self.publish_anchors()
     }
 
     fn attach_into(
         &self,
         links: &mut Vec<Link>,
-        tgid: u32,
+        tid: u32,
         path: &str,
         lib: &Library,
+        seq: u32,
     ) -> Result<()> {
         let p = &self.skel.progs;
-        for probe in &lib.probes {
+        let pid = tid as i32;
+        for (index, probe) in lib.probes.iter().enumerate() {
             let offset = probe.offset as usize;
+            let entry = 2 * index as u32;
             let what = || {
                 format!(
                     "attach a uprobe to {} in {}",
@@ -357,36 +579,138 @@ impl Lock {
             };
             match probe.role {
                 Role::Acquire { lock_type, op } => {
-                    let c = cookie(lock_type, op);
                     links.push(
                         p.handle__lock_enter
-                            .attach_uprobe_with_opts(tgid as i32, path, offset, opts(c, false))
+                            .attach_uprobe_with_opts(
+                                pid,
+                                path,
+                                offset,
+                                opts(cookie(lock_type, op, entry, seq), false),
+                            )
                             .with_context(what)?,
                     );
                     links.push(
                         p.handle__lock_exit
-                            .attach_uprobe_with_opts(tgid as i32, path, offset, opts(c, true))
+                            .attach_uprobe_with_opts(
+                                pid,
+                                path,
+                                offset,
+                                opts(cookie(lock_type, op, entry + 1, seq), true),
+                            )
                             .with_context(what)?,
                     );
                 }
                 Role::SpinAttempt => links.push(
                     p.handle__spin_attempt
-                        .attach_uprobe_with_opts(tgid as i32, path, offset, opts(0, false))
+                        .attach_uprobe_with_opts(
+                            pid,
+                            path,
+                            offset,
+                            opts(cookie(0, 0, entry, seq), false),
+                        )
                         .with_context(what)?,
                 ),
                 Role::Release { lock_type } => links.push(
                     p.handle__unlock
                         .attach_uprobe_with_opts(
-                            tgid as i32,
+                            pid,
                             path,
                             offset,
-                            opts(cookie(lock_type, 0), false),
+                            opts(cookie(lock_type, 0, entry, seq), false),
                         )
                         .with_context(what)?,
                 ),
             }
         }
         Ok(())
+    }
+
+    /// Keep two live anchors in a traced process: drop the ones that
+    /// exited, take new threads (or any live one) in their place. If every
+    /// anchor exited before another was armed, the probes were unarmed
+    /// meanwhile: a `lost` record gives the window and how many calls at
+    /// least went unseen (see `unarmed_sites`).
+    /// Never fails: a thread that exits before it is attached to is passed over.
+    fn tend_anchors(&mut self, out: &mut Output, look: bool) -> Result<()> {
+        let (mut exits, news) = {
+            let mut sh = self.shared.borrow_mut();
+            (
+                std::mem::take(&mut sh.anchor_exits),
+                std::mem::take(&mut sh.new_threads),
+            )
+        };
+        if look {
+            // an exit whose record was lost (counted as a ring-buffer drop)
+            let now = sys::monotonic_ns();
+            let traced = self.target.as_ref().and_then(tgid_of).unwrap_or_default();
+            for a in &self.anchors {
+                if !thread_is_live(traced, a.tid) && !exits.iter().any(|&(t, _)| t == a.tid) {
+                    exits.push((a.tid, now));
+                }
+            }
+        }
+        let look = look || !exits.is_empty();
+        let traced = self.target.as_ref().and_then(tgid_of).unwrap_or_default();
+        for (tid, at) in exits {
+            if let Some(i) = self.anchors.iter().position(|a| a.tid == tid) {
+                let mut gone = self.anchors.remove(i);
+                self.reaper.detach(&mut gone.links);
+                if self.unarmed_since.is_some() || self.anchors.iter().any(|a| a.armed_at <= at) {
+                    continue; // another one was armed then
+                }
+                match self.anchors.iter().min_by_key(|a| a.armed_at) {
+                    // armed again since
+                    Some(next) if next.unseen_before > 0 => out.emit(&unarmed_record(
+                        traced,
+                        at,
+                        next.armed_at,
+                        next.unseen_before,
+                    )),
+                    Some(_) => {}
+                    None => self.unarmed_since = Some(at),
+                }
+            }
+        }
+        let Some(Target::Group { tgid, .. }) = self.target else {
+            return self.publish_anchors();
+        };
+        let Some(lib) = self.library.clone() else {
+            return Ok(());
+        };
+        // BPF reports the threads that start while anchors are wanted; the
+        // full look at /proc (every interval) catches one that started
+        // before it was told to
+        let quiet = news.is_empty() && !self.anchors.is_empty() && !look;
+        if self.anchors.len() >= WANTED_ANCHORS || quiet {
+            return self.publish_anchors();
+        }
+        let mut candidates: Vec<u32> = news
+            .into_iter()
+            .filter(|&t| thread_is_live(tgid, t))
+            .collect();
+        candidates.extend(live_threads(tgid));
+        for tid in candidates {
+            if self.anchors.len() >= WANTED_ANCHORS {
+                break;
+            }
+            if self.anchors.iter().any(|a| a.tid == tid) || !thread_is_live(tgid, tid) {
+                continue;
+            }
+            if let Err(e) = self.attach_anchor(tgid, tid, &lib, true) {
+                // it exited meanwhile (ESRCH): the next one
+                if thread_is_live(tgid, tid) {
+                    eprintln!("proc_image: lock: attach the probes to thread {tid}: {e:#}");
+                }
+                continue;
+            }
+            if let Some(since) = self.unarmed_since.take() {
+                // no breakpoint taken out: no probed call in the window
+                if let Some(a) = self.anchors.last().filter(|a| a.unseen_before > 0) {
+                    out.emit(&unarmed_record(tgid, since, a.armed_at, a.unseen_before));
+                }
+            }
+        }
+        self.publish_anchors()
     }
 
     /// The target exec'd: follow it into the new image once its C library
@@ -408,8 +732,10 @@ impl Lock {
         }
         self.shared.borrow_mut().exec = None;
         let Some(lib) = lib else {
-            self.reaper.detach(&mut self.probes);
+            self.detach_anchors();
             self.library = None;
+            self.library_file = None;
+            self.publish_anchors()?;
             let msg = no_library(tgid).to_string();
             eprintln!("proc_image: lock: after exec, {msg}; no lock probes left in it");
             out.emit(
@@ -422,9 +748,10 @@ impl Lock {
         let same = self
             .library
             .as_ref()
-            .is_some_and(|old| !needs_reattach(old, &lib.mapping, old_pid, tgid));
+            .is_some_and(|old| !needs_reattach(&old.mapping, &lib.mapping, old_pid, tgid));
         if !same {
-            self.attach(tgid, &lib)
+            // the exec left one thread: the leader
+            self.attach(tgid, &[tgid], &lib)
                 .context("reattach the lock probes after exec")?;
         }
         out.emit(
@@ -467,26 +794,35 @@ impl Collector for Lock {
         *self.shared.borrow_mut() = Shared::default();
         let mut filter = act.filter();
         filter.tgid = tgid; // the exec hook matches the group in -p mode too
-        bpf_intf::copy_into(self.config()?, &lock_config { target: filter });
+        bpf_intf::copy_into(
+            self.config()?,
+            &lock_config {
+                target: filter,
+                ..Default::default()
+            },
+        );
         self.interval_start_ns = sys::monotonic_ns();
         self.target = Some(act.target);
-        let attached = self.attach(tgid, &lib).and_then(|()| {
-            self.skel
-                .progs
-                .handle__exec
-                .attach()
-                .context("attach lock/sched_process_exec")
-        });
-        match attached {
-            Ok(link) => {
-                self.exec_link = Some(link);
-                Ok(())
-            }
-            Err(e) => {
-                self.deactivate();
-                Err(e)
-            }
+        // -p: the traced thread itself; -P: two live threads, leader first
+        let tids: Vec<u32> = match act.target {
+            Target::Thread { pid, .. } => vec![pid],
+            _ => live_threads(tgid)
+                .into_iter()
+                .take(WANTED_ANCHORS)
+                .collect(),
+        };
+        if tids.is_empty() {
+            self.deactivate();
+            bail!("process {tgid} has no live thread left");
         }
+        let attached = self
+            .attach_hooks()
+            .and_then(|()| self.attach(tgid, &tids, &lib));
+        if let Err(e) = attached {
+            self.deactivate();
+            return Err(e);
+        }
+        Ok(())
     }
 
     fn deactivate(&mut self) {
@@ -494,21 +830,27 @@ impl Collector for Lock {
         if let Ok(cfg) = self.config() {
             cfg.target.mode = u32::MAX;
             cfg.target.tgid = 0;
+            cfg.anchors = [0; LOCK_ANCHORS as usize];
+            cfg.want_threads = 0;
         }
-        self.exec_link = None;
-        self.reaper.detach(&mut self.probes);
+        self.hooks.clear();
+        self.detach_anchors();
         self.library = None;
+        self.library_file = None;
+        self.unarmed_since = None;
     }
 
     fn describe(&self, act: &Activation) -> String {
         let lib = self
             .library
             .as_ref()
-            .map_or("?".to_string(), |m| m.path.clone());
+            .map_or("?".to_string(), |l| l.mapping.path.clone());
+        let tids: Vec<String> = self.anchors.iter().map(|a| a.tid.to_string()).collect();
         format!(
-            "lock on {}: pthread mutex/rwlock/spinlock calls, {} uprobes on {lib}",
+            "lock on {}: pthread mutex/rwlock/spinlock calls, {} uprobes on {lib}, attached to threads {}",
             act.target,
-            self.probes.len()
+            self.anchors.iter().map(|a| a.links.len()).sum::<usize>(),
+            tids.join(",")
         )
     }
 
@@ -523,6 +865,8 @@ impl Collector for Lock {
             let mut s = shared.borrow_mut();
             match u32::from(e.hdr.kind) {
                 LOCK_EXEC => s.exec = Some((Instant::now(), e.aux, false)),
+                LOCK_ANCHOR_EXIT => s.anchor_exits.push((e.aux, e.hdr.ts_ns)),
+                LOCK_NEW_THREAD => s.new_threads.push(e.aux),
                 _ => s.locks.entry((e.hdr.tgid, e.lock_addr)).or_default().add(e),
             }
             lock_record(e)
@@ -538,15 +882,22 @@ impl Collector for Lock {
                     self.clear_holds();
                     self.shared.borrow_mut().exec = Some((seen, old_pid, true));
                 }
-                self.follow_exec(seen, old_pid, out)
+                self.follow_exec(seen, old_pid, out)?;
             }
-            _ => Ok(()),
+            _ => {}
         }
+        if self.target.is_some() && self.shared.borrow().exec.is_none() {
+            self.tend_anchors(out, false)?;
+        }
+        Ok(())
     }
 
     fn on_interval(&mut self, out: &mut Output) -> Result<()> {
         if self.target.is_none() {
             return Ok(());
+        }
+        if self.shared.borrow().exec.is_none() {
+            self.tend_anchors(out, true)?;
         }
         let now = sys::monotonic_ns();
         let interval_ns = now.saturating_sub(self.interval_start_ns);

@@ -615,3 +615,41 @@ fn threads_counts_agree_with_strace() {
     assert_eq!(ours, calls, "over {intervals} intervals");
     assert!(intervals >= 3, "5 s of syscalls in {intervals} intervals");
 }
+
+/// Whole system with --top: the threads not listed are summed in
+/// syscalls_rest, so every interval's threads still add up to its total.
+#[test]
+fn unlisted_threads_still_add_up() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("rest", &["-s", "--top", "3"]);
+    pi.control_ok(&["-a", "-s"]);
+    let start = proc_image::sys::monotonic_ns();
+    std::thread::sleep(Duration::from_secs(3));
+    two_reports_after(&pi, start);
+    let recs = pi.finish();
+    let totals: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "syscalls_total")
+        .collect();
+    assert!(totals.len() >= 3);
+    let mut cut = 0;
+    for total in totals {
+        let same = |event: &str| -> Vec<&Value> {
+            recs.iter()
+                .filter(|r| r["event"] == event && r["ts_ns"] == total["ts_ns"])
+                .collect()
+        };
+        let (listed, rest) = (same("syscalls"), same("syscalls_rest"));
+        assert!(listed.len() <= 3, "{listed:?}");
+        let sum: u64 = listed.iter().chain(&rest).map(|r| u64_of(r, "count")).sum();
+        assert_eq!(sum, u64_of(total, "count"), "{total}");
+        let threads: u64 =
+            listed.len() as u64 + rest.iter().map(|r| u64_of(r, "threads")).sum::<u64>();
+        assert_eq!(threads, u64_of(total, "threads"), "{total}");
+        cut += rest.len();
+    }
+    // the system (cargo, this test, proc_image) has more than three threads making syscalls
+    assert!(cut > 0);
+}

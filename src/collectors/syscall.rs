@@ -176,6 +176,19 @@ impl Syscall {
                 &lat,
             ));
         }
+        if shown < threads.len() {
+            // the threads not listed, summed: exporters count every syscall
+            let rest = &threads[shown..];
+            out.emit(
+                &Record::new(now, NAME, "syscalls_rest")
+                    .field("interval_ns", interval_ns)
+                    .field("threads", rest.len())
+                    .field(
+                        "count",
+                        rest.iter().map(|(_, t)| t.slot[slot].count).sum::<u64>(),
+                    ),
+            );
+        }
 
         let mut totals: Vec<(u32, u64)> = Vec::new();
         for (id, n) in by_thread.values().flatten() {

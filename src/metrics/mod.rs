@@ -722,6 +722,19 @@ impl Exporter {
                 let l = self.thread_labels(pid, tgid, comm, n * 1000);
                 put(Fam::ThreadSyscalls, l, Update::Add(n as f64));
             }
+            ("syscall", "syscalls_rest") => {
+                let other = vec![
+                    ("target", target.clone()),
+                    ("tgid", OTHER.into()),
+                    ("pid", OTHER.into()),
+                    ("comm", OTHER.into()),
+                ];
+                put(
+                    Fam::ThreadSyscalls,
+                    other,
+                    Update::Add(u64_of(rec, "count") as f64),
+                );
+            }
             ("syscall", "syscalls_total") => {
                 if let Some(Value::Object(by_name)) = rec.get("by_name") {
                     for (name, n) in by_name {
@@ -1033,6 +1046,25 @@ mod tests {
         assert_eq!(
             num(&e, Fam::ThreadSyscalls, &labels(&thread(11))),
             Some(7.0)
+        );
+        // the threads a --top listing left out still count, under "other"
+        let rest = Record::new(S, "syscall", "syscalls_rest")
+            .field("threads", 40)
+            .field("count", 900);
+        e.apply(&rest, S);
+        e.apply(&rest, S);
+        assert_eq!(
+            num(
+                &e,
+                Fam::ThreadSyscalls,
+                &[
+                    ("target", "tgid:10"),
+                    ("tgid", OTHER),
+                    ("pid", OTHER),
+                    ("comm", OTHER)
+                ]
+            ),
+            Some(1800.0)
         );
     }
 

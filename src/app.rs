@@ -610,20 +610,32 @@ fn lost_record(now: u64, kind: CollectorKind, d: &collector_stats) -> Record {
         .field("no_task_state", d.no_task_state)
 }
 
-/// Wait up to POLL for a wakeup, then take every record waiting. A signal interrupting the wait is not an
-/// error; a closed stdout shows in the output's state.
+/// Records taken from the ring buffers per turn of the loop: under a flood
+/// the rings refill as fast as they are read, and an unbounded read would
+/// keep the loop from answering controller and closing intervals.
+const RECORDS_PER_TURN: usize = 65_536;
+
+/// Wait up to POLL for a wakeup (at once if a record is already waiting),
+/// then take at most RECORDS_PER_TURN records. A signal interrupting the
+/// wait is not an error; a closed stdout shows in the output's state.
 fn poll(rb: &RingBuffer<'_>) -> Result<()> {
-    let mut rc = rb.poll_raw(POLL);
-    // records submitted without a wakeup (see submit_record) are swept here
-    if rc >= 0 {
-        rc = rb.consume_raw();
+    let mut event = libc::epoll_event { events: 0, u64: 0 };
+    // SAFETY: one event buffer of the right type for the ring buffers' epoll fd.
+    let n = unsafe { libc::epoll_wait(rb.epoll_fd(), &mut event, 1, POLL.as_millis() as i32) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(anyhow!("wait for the ring buffers: {e}"));
+        }
     }
+    // records submitted without a wakeup (see submit_record) are swept here too
+    let rc = rb.consume_raw_n(RECORDS_PER_TURN);
     if rc >= 0 || rc == -libc::EINTR || rc == -1 {
         // -1: a callback stopped the poll (stdout closed)
         return Ok(());
     }
     Err(anyhow!(
-        "poll the ring buffers: {}",
+        "read the ring buffers: {}",
         std::io::Error::from_raw_os_error(-rc)
     ))
 }

@@ -656,7 +656,8 @@ fn ring_buffer<'a>(
             .add(events, move |data: &[u8]| {
                 let mut out = out.borrow_mut();
                 match decode(data) {
-                    Ok(rec) => out.emit(&rec),
+                    Ok(Some(rec)) => out.emit(&rec),
+                    Ok(None) => {}
                     Err(_) => errors.set(errors.get() + 1),
                 }
                 // a negative return stops polling: stdout is gone

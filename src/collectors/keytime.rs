@@ -196,7 +196,7 @@ impl Collector for Keytime {
 
     fn decoder(&self) -> Decoder {
         let ksyms = self.ksyms.clone();
-        Box::new(move |data| decode_record(data, &ksyms))
+        Box::new(move |data| decode_record(data, &ksyms).map(Some))
     }
 
     fn on_interval(&mut self, out: &mut Output) -> Result<()> {

@@ -213,7 +213,9 @@ fn grace_period_maps() -> Result<(MapHandle, MapHandle)> {
     Ok((inner, outer))
 }
 
-pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Record>>;
+/// Turns one ring-buffer record into an output record, or into nothing (a
+/// record only proc_image itself acts on).
+pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Option<Record>>>;
 
 pub trait Collector {
     fn kind(&self) -> CollectorKind;

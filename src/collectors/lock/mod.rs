@@ -869,7 +869,7 @@ impl Collector for Lock {
                 LOCK_NEW_THREAD => s.new_threads.push(e.aux),
                 _ => s.locks.entry((e.hdr.tgid, e.lock_addr)).or_default().add(e),
             }
-            lock_record(e)
+            lock_record(e).map(Some)
         })
     }
 

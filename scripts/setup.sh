@@ -24,12 +24,22 @@ check "command -v setpriv" util-linux
 check "command -v promtool" prometheus
 check "command -v perf" linux-perf
 check "command -v bpftool" bpftool
+# tests/kernel_6_1.rs: Debian 12's kernel under QEMU, busybox in its initramfs
+check "command -v qemu-system-x86_64" qemu-system-x86
+check "test -x /bin/busybox" busybox-static
+check "command -v readelf" binutils
 
 if [ "${#need[@]}" -gt 0 ]; then
 	echo "setup: installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	$SUDO apt-get update -qq
 	$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# the 6.1 kernel package itself, unpacked into a cache (not installed into /boot)
+if [ "$(id -u)" -eq 0 ]; then
+	"$(dirname "$0")/qemu-kernel-test.sh" --fetch-only >/dev/null 2>&1 ||
+		echo "setup: could not fetch Debian's 6.1 kernel (tests/kernel_6_1.rs will say why)"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -388,6 +388,8 @@ struct control_state {
 	__u32 status;            /* enum control_status */
 	__u32 active_mask;
 	__u8 message[CONTROL_MESSAGE_LEN];
+	__u32 refused_mask;      /* collectors asked for (-a) that the kernel refused; after
+				  * message, so that an older controller reads the rest as before */
 };
 _Static_assert(sizeof(struct control_state) <= CONTROL_SLOT_SIZE, "control_state size");
 

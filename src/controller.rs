@@ -28,8 +28,16 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
     let ctl = ControlMap::open(&pin_dir)?;
     let state = ctl.read_state()?;
     if args.status {
+        let refused = if state.refused_mask != 0 {
+            format!(
+                "; not loaded (refused by the kernel) {}",
+                CollectorKind::names(state.refused_mask)
+            )
+        } else {
+            String::new()
+        };
         return Ok(format!(
-            "proc_image pid {}: loaded {}; active {}; {}",
+            "proc_image pid {}: loaded {}{refused}; active {}; {}",
             state.owner_pid,
             CollectorKind::names(state.loaded_mask),
             CollectorKind::names(state.active_mask),

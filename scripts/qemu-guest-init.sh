@@ -14,6 +14,15 @@ mount -t tracefs none /sys/kernel/tracing
 mount -t debugfs none /sys/kernel/debug
 mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
 . /guest.env
+if [ -n "$DUMP_BTF" ]; then
+	stty -F "$DATA" raw -echo 2>/dev/null
+	{
+		echo "@@ btf"
+		base64 /sys/kernel/btf/vmlinux
+		echo "@@ end"
+	} >"$DATA"
+	poweroff -f
+fi
 O=/tmp/out
 mkdir -p $O
 uname -r >$O/uname
@@ -25,7 +34,7 @@ wait_for() {
 	i=0
 	while [ "$(grep -c "$2" "$1" 2>/dev/null)" -lt "$3" ]; do
 		i=$((i + 1))
-		[ $i -gt $(($4 * 10)) ] && { log "timeout waiting for $2 in $1"; return 1; }
+		[ $i -gt $(($4 * 10 * ${SLOW:-1})) ] && { log "timeout waiting for $2 in $1"; return 1; }
 		sleep 0.1
 	done
 }
@@ -66,10 +75,16 @@ go
 finish_phase lifecycle
 
 log "syscall: known syscalls"
+# one long interval: the exact counts do not depend on where intervals end
 start syscalls syscalls --getppid 10000 --writes 500 --sleep-ms 50
-ctl -a -P $WPID -s 10
+ctl -a -P $WPID -s 10 -i 60000
 go
 finish_phase syscalls
+# and over several intervals of the default length
+start syscalls_intervals syscalls --getppid 100000 --writes 500 --sleep-ms 50
+ctl -a -P $WPID -s 10
+go
+finish_phase syscalls_intervals
 
 log "resource"
 start resource resource --burn-ms 1000 --alloc-mib 100 --io-mib 20 --pause-ms 700 --dir /tmp

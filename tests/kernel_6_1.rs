@@ -91,11 +91,11 @@ fn parse(results: &str) -> Guest {
 fn guest() -> Option<&'static Guest> {
     static GUEST: OnceLock<Result<Guest, String>> = OnceLock::new();
     let g = GUEST.get_or_init(|| {
-        let arch = std::env::var("PROC_IMAGE_QEMU_ARCH").unwrap_or_else(|_| "x86_64".into());
+        let arch = if arm64_guest() { "aarch64" } else { "x86_64" };
         let out = std::env::temp_dir().join(format!("pi_qemu_{arch}_{}", std::process::id()));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/qemu-kernel-test.sh");
         let run = Command::new(script)
-            .args(["--arch", &arch, "--out"])
+            .args(["--arch", arch, "--out"])
             .arg(&out)
             .output()
             .map_err(|e| format!("run {script}: {e}"))?;
@@ -141,14 +141,20 @@ fn within(what: &str, got: f64, want: f64, pct: f64) {
 }
 
 /// A hold the probes measured against the workload's own measure of it. The
-/// probes' traps (~10 us natively) cost up to a millisecond under TCG: the
-/// hold they see is the workload's, and at most that much longer.
+/// probes' traps (~10 us natively) cost up to a millisecond under TCG on
+/// x86, several on arm64 (emulated ~10x slower): the hold they see is the
+/// workload's, and at most that much longer.
 #[track_caller]
 fn probed_hold(what: &str, got: u64, want: u64) {
+    let traps = if arm64_guest() { 10_000_000 } else { 2_000_000 };
     assert!(
-        got * 100 >= want * 95 && got <= want + 2_000_000,
+        got * 100 >= want * 95 && got <= want + traps,
         "{what}: {got} ns, the workload held it {want} ns"
     );
+}
+
+fn arm64_guest() -> bool {
+    std::env::var("PROC_IMAGE_QEMU_ARCH").is_ok_and(|a| a == "aarch64")
 }
 
 #[test]
@@ -258,33 +264,43 @@ fn keytime_lifecycle_is_exact_on_6_1() {
     );
 }
 
-#[test]
-fn syscall_counts_are_exact_on_6_1() {
-    if !need_root() {
-        return;
-    }
-    let Some(g) = guest() else { return };
-    let (pid, exit) = g.phase("syscalls");
+/// The syscall records of a `syscalls` workload run: exactly `getppid`
+/// getppid, 500 write, then nanosleep, getpid, getuid, getgid (exit_group
+/// never returns, so it is not counted), over however many intervals.
+fn check_known_syscalls(g: &Guest, phase: &str, getppid: u64) {
+    let (pid, exit) = g.phase(phase);
     assert_eq!(exit, Some(0));
     let recs = g.records();
-    // over however many intervals the run took: exactly 10000 getppid, 500
-    // write, then nanosleep, getpid, getuid, getgid (exit_group never returns)
+    let want = getppid + 500 + 4;
+    let totals = of(&recs, "syscall", "syscalls_total", pid);
+    let total: u64 = totals.iter().map(|r| u64_of(r, "count")).sum();
+    assert_eq!(
+        total,
+        want,
+        "the target's totals over {} intervals",
+        totals.len()
+    );
     let threads = of(&recs, "syscall", "syscalls", pid);
     assert!(!threads.is_empty(), "no syscall records");
     let count: u64 = threads.iter().map(|r| u64_of(r, "count")).sum();
-    assert_eq!(count, 10_000 + 500 + 4);
+    assert_eq!(
+        count,
+        want,
+        "the thread's records over {} intervals",
+        totals.len()
+    );
     let mut by_name: HashMap<String, u64> = HashMap::new();
-    for t in of(&recs, "syscall", "syscalls_total", pid) {
+    for t in &totals {
         for (name, n) in t["by_name"].as_object().unwrap() {
             *by_name.entry(name.clone()).or_default() += n.as_u64().unwrap();
         }
     }
-    assert_eq!(by_name.get("getppid"), Some(&10_000), "{by_name:?}");
+    assert_eq!(by_name.get("getppid"), Some(&getppid), "{by_name:?}");
     assert_eq!(by_name.get("write"), Some(&500), "{by_name:?}");
     for name in ["getpid", "getuid", "getgid"] {
         assert_eq!(by_name.get(name), Some(&1), "{name}: {by_name:?}");
     }
-    assert_eq!(by_name.values().sum::<u64>(), count, "{by_name:?}");
+    assert_eq!(by_name.values().sum::<u64>(), want, "{by_name:?}");
     let last = threads
         .iter()
         .rev()
@@ -312,6 +328,26 @@ fn syscall_counts_are_exact_on_6_1() {
         u64_of(last, "max_ns") >= 50_000_000,
         "the 50 ms sleep: {last}"
     );
+}
+
+#[test]
+fn syscall_counts_are_exact_on_6_1() {
+    if !need_root() {
+        return;
+    }
+    let Some(g) = guest() else { return };
+    check_known_syscalls(g, "syscalls", 10_000);
+}
+
+/// The same over several default (1 s) intervals.
+#[test]
+#[ignore = "the syscall collector resets a thread's figures of the interval that just ended when the thread makes its next syscall, before proc_image reads them (bpf/syscall.bpf.c): a busy thread's records lose whole intervals"]
+fn syscall_counts_are_exact_over_intervals_on_6_1() {
+    if !need_root() {
+        return;
+    }
+    let Some(g) = guest() else { return };
+    check_known_syscalls(g, "syscalls_intervals", 100_000);
 }
 
 #[test]
@@ -369,6 +405,18 @@ fn resource_rss_agrees_with_proc_on_6_1() {
         (u64_of(&burned, "run_ns") - u64_of(&start, "run_ns")) as f64,
         5.0,
     );
+    // the exit sample, taken at sched_process_exit: before 6.16 that fires
+    // after exit_mm(), so it has no RSS, but CPU time and I/O up to the end
+    let exited: Vec<&&Value> = recs.iter().filter(|r| r["exited"] == true).collect();
+    assert_eq!(exited.len(), 1, "one exit sample: {exited:?}");
+    assert_eq!(u64_of(exited[0], "rss_kib"), 0, "{}", exited[0]);
+    for key in ["cpu_ns_total", "read_bytes_total", "write_bytes_total"] {
+        assert!(
+            u64_of(exited[0], key) >= u64_of(in_pause(&read), key),
+            "{key} at exit: {}",
+            exited[0]
+        );
+    }
     // the 20 MiB read back
     let rchar = (u64_of(&read, "rchar") - u64_of(&start, "rchar")) as f64;
     within(

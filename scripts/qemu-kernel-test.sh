@@ -8,6 +8,7 @@
 #
 #   scripts/qemu-kernel-test.sh [--arch x86_64|aarch64] [--out DIR] [--no-build] [--fetch-only]
 #   scripts/qemu-kernel-test.sh --arch aarch64 --dump-btf FILE   # the guest kernel's BTF, for vmlinux/
+#   scripts/qemu-kernel-test.sh --kernel 5.10   # Debian 11's kernel instead (x86_64; apt state of its own)
 #
 # Writes DIR/results.txt ("@@ name" lines start each guest file) and
 # DIR/console.log (the guest's console). Exit 0 when the guest ran to its
@@ -26,12 +27,14 @@ out=""
 build=1
 fetch_only=0
 dump_btf=""
+kernel=6.1
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--arch) arch="$2"; shift 2 ;;
 	--out) out="$2"; shift 2 ;;
 	--no-build) build=0; shift ;;
 	--fetch-only) fetch_only=1; shift ;;
+	--kernel) kernel="$2"; shift 2 ;;
 	--dump-btf) dump_btf="$2"; build=0; shift 2 ;;
 	*) echo "usage: $0 [--arch x86_64|aarch64] [--out DIR] [--no-build] [--fetch-only]" >&2; exit 2 ;;
 	esac
@@ -63,32 +66,48 @@ cache="${PROC_IMAGE_KERNEL_CACHE:-/var/cache/proc_image/kernels}"
 mkdir -p "$cache"
 
 # --- the kernel: Debian 12's cloud 6.1 flavour, the version its metapackage names
+# Debian 12 (bookworm) has 6.1; Debian 11 (bullseye) 5.10, whose package
+# lists are kept apart from the machine's in the cache, so that apt's own
+# state never sees bullseye
+apt_opts=()
+case "$kernel" in
+6.1) ;;
+5.10)
+	[ "$arch" = x86_64 ] || cannot "--kernel 5.10 is for x86_64"
+	b="$cache/apt-bullseye"
+	mkdir -p "$b/lists/partial" "$b/cache"
+	echo "deb http://deb.debian.org/debian bullseye main" >"$b/sources.list"
+	apt_opts=(-o "Dir::Etc::sourcelist=$b/sources.list" -o Dir::Etc::sourceparts=-
+		-o "Dir::State::Lists=$b/lists" -o "Dir::Cache=$b/cache" -o APT::Architectures::=amd64)
+	;;
+*) cannot "--kernel $kernel: 6.1 (Debian 12) or 5.10 (Debian 11)" ;;
+esac
 kernel_pkg() {
-	apt-cache depends "linux-image-cloud-$deb_arch:$deb_arch" 2>/dev/null |
-		sed -n "s/^ *Depends: \(linux-image-6\.1\.[0-9.-]*-cloud-$deb_arch\).*/\1/p" | head -1
+	apt-cache "${apt_opts[@]}" depends "linux-image-cloud-$deb_arch:$deb_arch" 2>/dev/null |
+		sed -n "s/^ *Depends: \(linux-image-${kernel//./\\.}\.[0-9.-]*-cloud-$deb_arch\).*/\1/p" | head -1
 }
 kernel_dir() {
 	local pkg
 	pkg=$(kernel_pkg)
 	if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
-		apt-get update -qq >/dev/null 2>&1 || true
+		apt-get "${apt_opts[@]}" update -qq >/dev/null 2>&1 || true
 		pkg=$(kernel_pkg)
 	fi
 	if [ -z "$pkg" ]; then
 		# no package lists for the arch: whatever was unpacked before
-		pkg=$(ls -d "$cache"/linux-image-6.1.*-cloud-"$deb_arch" 2>/dev/null | sort -V | tail -1)
+		pkg=$(ls -d "$cache"/linux-image-"$kernel".*-cloud-"$deb_arch" 2>/dev/null | sort -V | tail -1)
 		pkg=${pkg##*/}
 	fi
 	[ -n "$pkg" ] || return 1
 	if [ ! -d "$cache/$pkg/boot" ]; then
-		(cd "$cache" && rm -f "$pkg"_*.deb && apt-get download -q "$pkg:$deb_arch" >/dev/null 2>&1) || return 1
+		(cd "$cache" && rm -f "$pkg"_*.deb && apt-get "${apt_opts[@]}" download -q "$pkg:$deb_arch" >/dev/null 2>&1) || return 1
 		dpkg -x "$cache/$pkg"_*_"$deb_arch".deb "$cache/$pkg.tmp" && mv "$cache/$pkg.tmp" "$cache/$pkg"
 		rm -f "$cache/$pkg"_*.deb
 	fi
 	echo "$cache/$pkg"
 }
 kdir=$(kernel_dir) ||
-	cannot "no Debian 6.1 cloud kernel for $deb_arch (apt-get update; for arm64 first dpkg --add-architecture arm64)"
+	cannot "no Debian $kernel cloud kernel for $deb_arch (apt-get update; for arm64 first dpkg --add-architecture arm64)"
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-* | head -1)
 echo "qemu-kernel-test: kernel $(basename "$vmlinuz") ($arch, TCG)" >&2
 [ "$fetch_only" = 0 ] || exit 0

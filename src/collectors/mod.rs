@@ -292,9 +292,18 @@ pub fn refusal_reason(log: &str) -> Option<String> {
         })?;
         return Some(format!("the kernel's verifier refused {prog}{last}"));
     }
-    log.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
+    // libbpf's own account: the first thing it says failed (a map the
+    // kernel cannot create, a BTF type it lacks), not its retries or the
+    // object's failure that follows
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.trim().trim_start_matches("libbpf: "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .find(|l| l.contains("failed to") && !l.starts_with("failed to load object"))
+        .or(lines.first())
         .map(|l| l.trim_end_matches('.').to_string())
 }
 
@@ -414,6 +423,14 @@ mod tests {
         assert_eq!(
             refusal_reason(log).as_deref(),
             Some("prog 'handle__x': failed to find kernel BTF type ID of 'btf_trace_x': -3")
+        );
+        // Debian 11's 5.10: no task storage map
+        let log = "libbpf: Error in bpf_create_map_xattr(cpu_states):Invalid argument(-22). Retrying without BTF.\n\
+            libbpf: map 'cpu_states': failed to create: Invalid argument(-22)\n\
+            libbpf: failed to load object 'keytime_bpf'\n";
+        assert_eq!(
+            refusal_reason(log).as_deref(),
+            Some("map 'cpu_states': failed to create: Invalid argument(-22)")
         );
         assert_eq!(refusal_reason(""), None);
     }

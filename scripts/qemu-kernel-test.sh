@@ -134,6 +134,8 @@ root="$work/root"
 mkdir -p "$root"/{bin,dev,proc,sys,tmp,run}
 if [ "$arch" = x86_64 ]; then
 	[ -x "$busybox" ] || cannot "no busybox (apt-get install busybox-static)"
+	! readelf -lW "$busybox" | grep -q 'interpreter' ||
+		cannot "$busybox is linked dynamically (apt-get install busybox-static)"
 	cp "$busybox" "$root/bin/busybox"
 	libs_root=/
 	strip_cmd=strip

@@ -79,6 +79,46 @@ static __always_inline bool start_matches(const struct target_filter *t,
 	return start >= from && start < from + t->ns_per_tick;
 }
 
+/* struct cgroup before 6.0 kept its ancestors' ids, not pointers */
+struct cgroup___ids {
+	int level;
+	__u64 ancestor_ids[];
+} __attribute__((preserve_access_index));
+
+/*
+ * Is `task` in the target cgroup or one below it? Its default-hierarchy
+ * (cgroup v2) cgroup's ancestor at the target's depth must be the target,
+ * read by CO-RE from either layout (bpf_task_under_cgroup() exists only from
+ * 6.5, and needs a reference to the target cgroup). Always the task the
+ * event is about, never `current`.
+ */
+static __always_inline bool in_cgroup(const struct target_filter *t, struct task_struct *task)
+{
+	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	__u32 want = t->cgroup_level;
+	__u64 id = 0;
+
+	if (!cg || BPF_CORE_READ(cg, level) < (int)want || want > 1024)
+		return false;
+	if (bpf_core_field_exists(cg->ancestors)) {
+		struct cgroup *anc = NULL;
+
+		bpf_probe_read_kernel(&anc, sizeof(anc),
+				      (void *)cg + bpf_core_field_offset(cg->ancestors) +
+					      want * sizeof(void *));
+		if (!anc)
+			return false;
+		id = BPF_CORE_READ(anc, kn, id);
+	} else {
+		struct cgroup___ids *old = (void *)cg;
+
+		bpf_probe_read_kernel(&id, sizeof(id),
+				      (void *)old + bpf_core_field_offset(old->ancestor_ids) +
+					      want * sizeof(__u64));
+	}
+	return id == t->cgroup_id;
+}
+
 /*
  * Is `task` (running on this CPU, or being switched on/off it) the target?
  * The cheap pid comparison comes first; the start-time check runs only on
@@ -89,13 +129,15 @@ static __always_inline bool is_target(const struct target_filter *t,
 {
 	switch (t->mode) {
 	case TARGET_SYSTEM:
-		return true;
+		return task->tgid != t->exclude_tgid;
 	case TARGET_THREAD:
 		return task->pid == t->pid && start_matches(t, task);
 	case TARGET_TGID:
 		return task->tgid == t->tgid && start_matches(t, task->group_leader);
 	case TARGET_IDLE:
 		return task->pid == 0 && bpf_get_smp_processor_id() == t->cpu;
+	case TARGET_CGROUP:
+		return task->tgid != t->exclude_tgid && in_cgroup(t, task);
 	}
 	return false;
 }

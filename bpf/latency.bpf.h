@@ -3,6 +3,8 @@
  * Latency figures per interval, target and system side by side (struct
  * latency_stats in proc_image.h), for the collectors that measure one.
  * The including object defines `cfg` with an `interval` member first.
+ * proc_image reads (and clears) a pair only after bumping the interval and
+ * waiting for every program in flight, so no addition here is lost.
  */
 #ifndef LATENCY_BPF_H
 #define LATENCY_BPF_H

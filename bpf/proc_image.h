@@ -34,6 +34,7 @@ enum pi_target_mode {
 	TARGET_THREAD = 1, /* one thread: pid */
 	TARGET_TGID = 2,   /* every thread of a thread group: tgid */
 	TARGET_IDLE = 3,   /* the idle task (pid 0) of one CPU: cpu */
+	TARGET_CGROUP = 4, /* every task in a cgroup v2 or below it: cgroup_id at cgroup_level */
 };
 
 struct target_filter {
@@ -50,9 +51,14 @@ struct target_filter {
 	__u64 ns_per_tick; /* 1e9 / sysconf(_SC_CLK_TCK) */
 	/* Bumped at every activation: per-task state of an older one is ignored. */
 	__u32 generation;
+	/* Never a target: proc_image's own thread group (0 with controller -m). */
+	__u32 exclude_tgid;
+	/* TARGET_CGROUP: the cgroup's id (its inode on cgroup2) and depth below the root */
+	__u64 cgroup_id;
+	__u32 cgroup_level;
 	__u32 _pad;
 };
-_Static_assert(sizeof(struct target_filter) == 40, "target_filter layout");
+_Static_assert(sizeof(struct target_filter) == 56, "target_filter layout");
 
 /* ------------------------------------------------------------------ */
 /* Every ring-buffer record starts with this header. */
@@ -192,9 +198,10 @@ struct keytime_summary {
 /*
  * Latency figures of one reporting interval, kept per CPU by syscall and
  * schedule for the target and for the whole system side by side. A per-CPU
- * array holds LAT_SLOTS of them: index (interval & 1) * 2 + enum lat_scope,
- * so proc_image reads and clears last interval's pair while BPF fills the
- * other one.
+ * array holds LAT_SLOTS of them: index (interval & 1) * 2 + enum lat_scope.
+ * proc_image moves BPF on to the other pair, waits until no program can
+ * still be adding to last interval's pair (an RCU grace period), then reads
+ * and clears it: nothing is cleared that was not read.
  */
 #define LAT_HIST_BUCKETS 32 /* bucket i counts [2^i, 2^(i+1)) ns; the last is open */
 #define LAT_SLOTS 4
@@ -217,6 +224,11 @@ struct latency_stats {
 
 #define SYSCALL_SEQ_MAX 50  /* longest sequence controller -s may ask for */
 #define SYSCALL_SEQ_RING 64 /* a power of two >= SYSCALL_SEQ_MAX: the index is a mask */
+/*
+ * Set in a syscall id for an ia32 (compat) syscall on x86_64: the rest is its
+ * number in the ia32 table, not the x86_64 one.
+ */
+#define SYSCALL_ID_IA32 0x8000
 
 struct syscall_config {
 	struct target_filter target;
@@ -224,15 +236,40 @@ struct syscall_config {
 	__u32 _pad;
 };
 
-/* One target thread: its figures this interval and its last syscalls. */
-struct syscall_thread {
-	__u32 tgid;
+/*
+ * A thread's figures of one interval. BPF writes the slot of its interval's
+ * parity (starting it afresh when it still holds an older interval);
+ * proc_image reads last interval's once no program can still be writing it.
+ */
+struct syscall_slot {
 	__u32 interval; /* the interval count..max_ns belong to */
-	__u8 comm[PI_COMM_LEN];
+	__u32 _pad;
 	__u64 count;
 	__u64 sum_ns;
 	__u64 min_ns;
 	__u64 max_ns;
+};
+
+/*
+ * A thread is its pid and when it began (boot-time ns; when a non-leader
+ * thread execs and takes the leader's pid, the time of that exec): a
+ * reused pid is a new key, never an old thread's figures.
+ */
+struct syscall_thread_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 start_ns;
+};
+
+/* One target thread: its figures per interval and its last syscalls. */
+struct syscall_thread {
+	__u32 tgid;
+	__u32 exited;        /* it exited (or exec'd into another pid) ... */
+	__u32 exit_interval; /* ... during this interval: its last figures */
+	__u32 _pad;
+	__u64 task_start_ns; /* task->start_boottime, to tell from /proc whether it lives */
+	__u8 comm[PI_COMM_LEN];
+	struct syscall_slot slot[2]; /* by interval & 1 */
 	__u64 seq_total; /* syscalls entered since tracing began; seq is a ring */
 	__u16 seq[SYSCALL_SEQ_RING];
 	/* beside seq: when each was entered, and how long it took (0: not returned) */
@@ -242,13 +279,14 @@ struct syscall_thread {
 
 struct syscall_count_key {
 	__u32 pid;
-	__u32 id;
+	__u32 id; /* | SYSCALL_ID_IA32 */
+	__u64 start_ns; /* as in syscall_thread_key */
 };
 
+/* Counts of one syscall by one thread, by interval & 1 like syscall_slot. */
 struct syscall_count {
-	__u32 interval;
-	__u32 _pad;
-	__u64 count;
+	__u32 interval[2];
+	__u64 count[2];
 };
 
 /* ------------------------------------------------------------------ */
@@ -343,21 +381,23 @@ _Static_assert(sizeof(struct lock_event) == 88, "lock_event layout");
 
 /* ------------------------------------------------------------------ */
 /*
- * The control map: a pinned BPF array through which controller asks and
- * proc_image answers. Slot CONTROL_STATE is written only by proc_image,
- * slot CONTROL_REQUEST only by controller, so neither overwrites the other.
+ * Control: how controller asks and proc_image answers, through three maps
+ * pinned in one directory. Every request is unique and answered once:
+ *  - `control` (array, one CONTROL_SLOT_SIZE slot): proc_image's state,
+ *    written only by proc_image: owner, what is loaded, and one
+ *    control_activation per collector.
+ *  - `requests` (queue): controller pushes a control_request, proc_image pops
+ *    it; a push and a pop are atomic, so no request is torn or overwritten.
+ *  - `answers` (hash): proc_image puts a control_answer under the request's
+ *    id; the controller that made the id reads it and deletes it.
  * The version changes whenever a layout here changes.
  */
 #define CONTROL_MAGIC 0x474d4950 /* "PIMG" */
-#define CONTROL_VERSION 1
-#define CONTROL_SLOT_SIZE 256
-#define CONTROL_MESSAGE_LEN 128
-
-enum control_slot {
-	CONTROL_STATE = 0,
-	CONTROL_REQUEST = 1,
-	CONTROL_SLOTS = 2,
-};
+#define CONTROL_VERSION 2
+#define CONTROL_SLOT_SIZE 1024
+#define CONTROL_MESSAGE_LEN 256
+#define CONTROL_QUEUE_LEN 64    /* requests waiting at most */
+#define CONTROL_ANSWERS_MAX 256 /* answers not yet collected at most */
 
 enum control_command {
 	CONTROL_NONE = 0,
@@ -366,11 +406,10 @@ enum control_command {
 	CONTROL_FINISH = 3,
 };
 
-/* proc_image's answer to the last request it applied */
+/* The answer to one request. */
 enum control_status {
-	CONTROL_STATUS_IDLE = 0,   /* loaded, nothing active */
-	CONTROL_STATUS_ACTIVE = 1, /* collectors in active_mask are tracing */
-	CONTROL_STATUS_ERROR = 2,  /* the request failed: see message */
+	CONTROL_STATUS_DONE = 1,   /* applied: see message */
+	CONTROL_STATUS_ERROR = 2,  /* refused, nothing changed: see message */
 	CONTROL_STATUS_ENDING = 3, /* finishing */
 };
 
@@ -379,37 +418,64 @@ struct control_header {
 	__u32 version;
 };
 
+/* What proc_image traces for one collector: the target of its last activation. */
+struct control_activation {
+	__u32 id;          /* unique per activation, never 0; 0 = not active */
+	__u32 target_mode; /* enum pi_target_mode */
+	__u32 pid;
+	__u32 tgid;
+	__u32 cpu;
+	__u32 interval_ms;
+	__u64 cgroup_id;   /* TARGET_CGROUP */
+	__u64 since_ns;    /* CLOCK_REALTIME of the activation */
+	__u64 records;     /* records written for it so far */
+};
+
 struct control_state {
 	struct control_header hdr;
 	__u32 owner_pid;         /* the proc_image that owns the pins */
 	__u32 loaded_mask;       /* collectors loaded and verified */
 	__u64 owner_start_ticks; /* owner's start time: tells a stale pin from a live one */
-	__u64 applied_seq;       /* seq of the last request handled */
-	__u32 status;            /* enum control_status */
-	__u32 active_mask;
-	__u8 message[CONTROL_MESSAGE_LEN];
-	__u32 refused_mask;      /* collectors asked for (-a) that the kernel refused; after
-				  * message, so that an older controller reads the rest as before */
+	__u32 ready;             /* 0 while loading */
+	__u32 refused_mask;      /* collectors asked for (-a) that the kernel refused */
+	struct control_activation active[PI_COLLECTOR_COUNT];
+	__u8 message[CONTROL_MESSAGE_LEN]; /* what the loader could not load, or "ready" */
 };
 _Static_assert(sizeof(struct control_state) <= CONTROL_SLOT_SIZE, "control_state size");
 
+/* control_request.flags */
+#define CONTROL_F_MYPROC 1 /* trace proc_image's own threads too (controller -m) */
+
 struct control_request {
 	struct control_header hdr;
-	__u64 seq;           /* bumped by every request */
+	__u64 id;            /* unique: the key of its answer */
 	__u32 command;       /* enum control_command */
-	__u32 collectors;    /* mask of enum pi_collector bits */
+	__u32 collectors;    /* mask of enum pi_collector bits; 0 = every loaded one (activate, deactivate) */
 	__u32 target_mode;   /* enum pi_target_mode */
 	__u32 pid;
 	__u32 tgid;
 	__u32 cpu;
 	__u64 start_ticks;   /* see target_filter */
+	__u64 cgroup_id;     /* TARGET_CGROUP */
+	__u32 cgroup_level;  /* TARGET_CGROUP: its depth below the root */
 	__u32 keytime_level;
 	__u32 syscall_seq_len;
-	__u32 duration_s;    /* 0 = unbounded */
 	__u32 interval_ms;   /* 0 = proc_image's default */
 	__u32 requester_pid;
+	__u32 flags;         /* CONTROL_F_* */
+	/* deactivate: only these activations (0: whatever is active) */
+	__u32 activation_ids[PI_COLLECTOR_COUNT];
 	__u32 _pad;
 };
 _Static_assert(sizeof(struct control_request) <= CONTROL_SLOT_SIZE, "control_request size");
+
+struct control_answer {
+	__u32 status;        /* enum control_status */
+	__u32 _pad;
+	/* activate: the ids given to the collectors' new activations */
+	__u32 activation_ids[PI_COLLECTOR_COUNT];
+	__u32 _pad2;
+	__u8 message[CONTROL_MESSAGE_LEN];
+};
 
 #endif /* PROC_IMAGE_H */

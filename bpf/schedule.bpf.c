@@ -64,8 +64,12 @@ int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
 	__u32 interval = cfg.interval;
 	struct runnable *r;
 
-	/* switched out while still runnable: it waits for a CPU from now */
-	if (prev_state == 0)
+	/*
+	 * switched out while still runnable: it waits for a CPU from now. A
+	 * preempted task stays queued even if it was setting up to sleep
+	 * (state already not running): it is runnable too.
+	 */
+	if (preempt || prev_state == 0)
 		mark_runnable(prev, now);
 
 	if (next->pid == 0)

@@ -2,6 +2,7 @@
 //! the ring buffers and the control map until told to stop.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,9 +12,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 
 use crate::bpf_intf::{
-    collector_stats, control_request, control_state, CONTROL_ACTIVATE, CONTROL_DEACTIVATE,
-    CONTROL_FINISH, CONTROL_NONE, CONTROL_STATUS_ACTIVE, CONTROL_STATUS_ENDING,
-    CONTROL_STATUS_ERROR, CONTROL_STATUS_IDLE,
+    collector_stats, control_activation, control_answer, control_request, control_state,
+    CONTROL_ACTIVATE, CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_DONE,
+    CONTROL_STATUS_ENDING, CONTROL_STATUS_ERROR, PI_COLLECTOR_COUNT,
 };
 use crate::cli::ProcImageArgs;
 use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions};
@@ -61,7 +62,6 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
             r.kind, r.reason
         );
     }
-    let refused: Vec<CollectorKind> = refused.iter().map(|r| r.kind).collect();
     let mut app = App::new(args, control, collectors, &refused, sinks)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
@@ -88,14 +88,21 @@ fn open_sinks(args: &ProcImageArgs) -> Result<Vec<Box<dyn Sink>>> {
     Ok(sinks)
 }
 
+/// One collector's activation.
 struct ActiveRun {
     act: Activation,
-    kinds: Vec<CollectorKind>,
+    /// unique among this proc_image's activations, never 0
+    id: u32,
+    /// CLOCK_REALTIME of the activation, for controller --status
+    since_ns: u64,
+    /// the collector's records before it, so the status counts its own
+    records_before: u64,
     next_interval: Instant,
     next_liveness: Instant,
-    /// controller -t: proc_image ends at this time
-    deadline: Option<Instant>,
 }
+
+/// How long an answer waits for the controller that asked (it polls every 10 ms).
+const ANSWER_KEPT: Duration = Duration::from_secs(30);
 
 struct App {
     args: ProcImageArgs,
@@ -104,9 +111,11 @@ struct App {
     output: Rc<RefCell<Output>>,
     decode_errors: Rc<Cell<u64>>,
     state: control_state,
-    last_seq: u64,
     generation: u32,
-    active: Option<ActiveRun>,
+    /// per collector (same index as `collectors`): its current activation
+    runs: Vec<Option<ActiveRun>>,
+    /// answers not yet taken, oldest first
+    answers: VecDeque<(u64, Instant)>,
     /// stats already reported, per collector
     reported: Vec<collector_stats>,
     finishing: bool,
@@ -117,22 +126,25 @@ impl App {
         args: ProcImageArgs,
         control: ControlMap,
         collectors: Vec<Box<dyn Collector>>,
-        refused: &[CollectorKind],
+        refused: &[collectors::Refusal],
         sinks: Vec<Box<dyn Sink>>,
     ) -> Result<Self> {
-        let me = std::process::id();
-        let mut state = control_state {
-            hdr: control::header(),
-            owner_pid: me,
-            owner_start_ticks: sys::proc_stat(me).map(|s| s.start_ticks).unwrap_or(0),
-            loaded_mask: collectors.iter().fold(0, |m, c| m | c.kind().bit()),
-            refused_mask: CollectorKind::mask(refused),
-            status: CONTROL_STATUS_IDLE,
-            ..Default::default()
-        };
-        control::set_message(&mut state.message, "ready");
+        let mut state = control.read_state()?;
+        state.loaded_mask = collectors.iter().fold(0, |m, c| m | c.kind().bit());
+        let refused_kinds: Vec<CollectorKind> = refused.iter().map(|r| r.kind).collect();
+        state.refused_mask = CollectorKind::mask(&refused_kinds);
+        state.ready = 1;
+        // what the loader could not load, for controller --status
+        let why: Vec<String> = refused
+            .iter()
+            .map(|r| format!("{}: {}", r.kind, r.reason))
+            .collect();
+        if why.is_empty() {
+            control::set_message(&mut state.message, "ready");
+        } else {
+            control::set_message(&mut state.message, &why.join("; "));
+        }
         control.write_state(&state)?;
-        let last_seq = control.read_request()?.seq;
         let mut output = Output::stdout(args.format()).with_sinks(sinks);
         output.loaded(
             &collectors
@@ -140,9 +152,10 @@ impl App {
                 .map(|c| c.kind().name())
                 .collect::<Vec<_>>(),
         );
-        output.refused(&refused.iter().map(|k| k.name()).collect::<Vec<_>>());
+        output.refused(&refused_kinds.iter().map(|k| k.name()).collect::<Vec<_>>());
         let output = Rc::new(RefCell::new(output));
         let reported = vec![collector_stats::default(); collectors.len()];
+        let runs = collectors.iter().map(|_| None).collect();
         Ok(App {
             args,
             control,
@@ -150,9 +163,9 @@ impl App {
             output,
             decode_errors: Rc::new(Cell::new(0)),
             state,
-            last_seq,
             generation: 0,
-            active: None,
+            runs,
+            answers: VecDeque::new(),
             reported,
             finishing: false,
         })
@@ -170,7 +183,7 @@ impl App {
         eprintln!(
             "proc_image: loaded {names}; ready (pid {}, pins in {}). Activate with: controller -a [-p PID | -P TGID] [-k] ...",
             std::process::id(),
-            self.control.path().parent().unwrap_or(self.control.path()).display()
+            self.control.dir().display()
         );
         let run_deadline =
             (self.args.time > 0).then(|| Instant::now() + Duration::from_secs(self.args.time));
@@ -182,12 +195,13 @@ impl App {
                 Err(e) => break Err(e),
             }
         };
-        self.end_activation(&rb, None);
+        let all: Vec<usize> = (0..self.collectors.len()).collect();
+        self.end_runs(&rb, &all, None);
         drop(rb);
         result
     }
 
-    /// One turn of the loop: deliver records, answer controller, do the
+    /// One turn of the loop: deliver records, answer controllers, do the
     /// periodic work. Ok(false) when proc_image should end.
     fn step(
         &mut self,
@@ -205,7 +219,7 @@ impl App {
             eprintln!("proc_image: signal received, ending");
             return Ok(false);
         }
-        self.check_request(rb)?;
+        self.check_requests(rb)?;
         if !self.finishing {
             self.tick(rb)?;
         }
@@ -219,65 +233,90 @@ impl App {
         Ok(!self.finishing)
     }
 
-    /// Apply a new controller request, if there is one.
-    fn check_request(&mut self, rb: &RingBuffer<'_>) -> Result<()> {
-        let req = self.control.read_request()?;
-        if req.seq == self.last_seq || req.command == CONTROL_NONE {
-            return Ok(());
-        }
-        self.last_seq = req.seq;
-        let outcome = self.apply(&req, rb);
-        let (status, message) = match &outcome {
-            Ok(msg) => (
-                if self.finishing {
-                    CONTROL_STATUS_ENDING
-                } else if self.active.is_some() {
-                    CONTROL_STATUS_ACTIVE
-                } else {
-                    CONTROL_STATUS_IDLE
-                },
-                msg.clone(),
-            ),
-            Err(e) => (CONTROL_STATUS_ERROR, format!("{e:#}")),
-        };
-        eprintln!(
-            "proc_image: {}{message}",
-            if outcome.is_err() {
-                "request refused: "
-            } else {
-                ""
+    /// Answer every request waiting, each under its own id.
+    fn check_requests(&mut self, rb: &RingBuffer<'_>) -> Result<()> {
+        // answers nobody came for (a controller killed while waiting)
+        while self
+            .answers
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() > ANSWER_KEPT)
+        {
+            if let Some((id, _)) = self.answers.pop_front() {
+                self.control.drop_answer(id);
             }
-        );
-        self.state.status = status;
-        self.state.applied_seq = req.seq;
-        self.state.active_mask = self
-            .active
-            .as_ref()
-            .map_or(0, |a| CollectorKind::mask(&a.kinds));
-        control::set_message(&mut self.state.message, &message);
+        }
+        while !self.finishing {
+            let Some(req) = self.control.pop_request()? else {
+                break;
+            };
+            let outcome = self.apply(&req, rb);
+            let mut answer = control_answer::default();
+            let message = match outcome {
+                Ok((msg, ids)) => {
+                    answer.status = if self.finishing {
+                        CONTROL_STATUS_ENDING
+                    } else {
+                        CONTROL_STATUS_DONE
+                    };
+                    answer.activation_ids = ids;
+                    eprintln!("proc_image: {msg}");
+                    msg
+                }
+                Err(e) => {
+                    answer.status = CONTROL_STATUS_ERROR;
+                    let msg = format!("{e:#}");
+                    eprintln!("proc_image: request refused: {msg}");
+                    msg
+                }
+            };
+            control::set_message(&mut answer.message, &message);
+            self.control.put_answer(req.id, &answer)?;
+            self.answers.push_back((req.id, Instant::now()));
+            self.publish_state()?;
+        }
+        Ok(())
+    }
+
+    /// Write what each collector is doing into the control map (--status).
+    fn publish_state(&mut self) -> Result<()> {
+        let out = self.output.borrow();
+        for (c, run) in self.collectors.iter().zip(&self.runs) {
+            let slot = &mut self.state.active[c.kind().index()];
+            *slot = control_activation::default();
+            if let Some(run) = run {
+                run.act.target.write_activation(slot);
+                slot.id = run.id;
+                slot.since_ns = run.since_ns;
+                slot.interval_ms = run.act.interval_ms;
+                slot.records = out.records_of(c.kind().name()) - run.records_before;
+            }
+        }
+        drop(out);
         self.control.write_state(&self.state)
     }
 
-    fn apply(&mut self, req: &control_request, rb: &RingBuffer<'_>) -> Result<String> {
+    fn apply(
+        &mut self,
+        req: &control_request,
+        rb: &RingBuffer<'_>,
+    ) -> Result<(String, [u32; PI_COLLECTOR_COUNT as usize])> {
         control::check_header(&req.hdr)?;
         match req.command {
             CONTROL_ACTIVATE => self.activate(req, rb),
-            CONTROL_DEACTIVATE => Ok(match self.active.is_some() {
-                true => {
-                    self.end_activation(rb, None);
-                    "deactivated; still loaded".into()
-                }
-                false => "nothing was active".into(),
-            }),
+            CONTROL_DEACTIVATE => Ok((self.deactivate(req, rb), Default::default())),
             CONTROL_FINISH => {
                 self.finishing = true;
-                Ok("ending on controller's request".into())
+                Ok(("ending on controller's request".into(), Default::default()))
             }
             other => bail!("unknown command {other} in the control request"),
         }
     }
 
-    fn activate(&mut self, req: &control_request, rb: &RingBuffer<'_>) -> Result<String> {
+    fn activate(
+        &mut self,
+        req: &control_request,
+        rb: &RingBuffer<'_>,
+    ) -> Result<(String, [u32; PI_COLLECTOR_COUNT as usize])> {
         let loaded = self.state.loaded_mask;
         let target = Target::from_request(req)?;
         // no collector named: every loaded one that can trace this target
@@ -303,10 +342,13 @@ impl App {
         for c in self.collectors.iter().filter(|c| kinds.contains(&c.kind())) {
             c.check_target(&target)?;
         }
-        // a new activation replaces the current one
-        self.end_activation(rb, None);
+        let chosen: Vec<usize> = (0..self.collectors.len())
+            .filter(|&i| kinds.contains(&self.collectors[i].kind()))
+            .collect();
+        // a new activation replaces only these collectors' activations
+        self.end_runs(rb, &chosen, None);
 
-        self.generation = self.generation.wrapping_add(1);
+        self.generation = self.generation.wrapping_add(1).max(1);
         let act = Activation {
             target,
             generation: self.generation,
@@ -317,123 +359,152 @@ impl App {
             } else {
                 self.args.interval
             },
+            exclude_tgid: if req.flags & CONTROL_F_MYPROC != 0 {
+                0
+            } else {
+                std::process::id()
+            },
         };
         let mut failure = None;
-        for c in self
-            .collectors
-            .iter_mut()
-            .filter(|c| kinds.contains(&c.kind()))
-        {
-            if let Err(e) = c.activate(&act) {
-                failure = Some(e.context(format!("activate {}", c.kind())));
+        for &i in &chosen {
+            if let Err(e) = self.collectors[i].activate(&act) {
+                failure = Some(e.context(format!("activate {}", self.collectors[i].kind())));
                 break;
             }
         }
         if let Some(e) = failure {
-            // all or nothing: undo those already attached
-            for c in self.collectors.iter_mut() {
-                c.deactivate();
+            // all or nothing: undo those of this request already attached
+            for &i in &chosen {
+                self.collectors[i].deactivate();
             }
             return Err(e);
         }
+        let mut ids = [0u32; PI_COLLECTOR_COUNT as usize];
+        let now = Instant::now();
+        let interval = Duration::from_millis(act.interval_ms.into());
         let mut out = self.output.borrow_mut();
-        for c in self.collectors.iter().filter(|c| kinds.contains(&c.kind())) {
+        for &i in &chosen {
+            let c = &self.collectors[i];
             out.section(&c.describe(&act));
+            ids[c.kind().index()] = self.generation;
+            self.runs[i] = Some(ActiveRun {
+                act,
+                id: self.generation,
+                since_ns: sys::realtime_ns(),
+                records_before: out.records_of(c.kind().name()),
+                next_interval: now + interval,
+                next_liveness: now + LIVENESS_CHECK,
+            });
         }
         out.activated(&target, &kinds.iter().map(|k| k.name()).collect::<Vec<_>>());
         drop(out);
-        let now = Instant::now();
-        let interval = Duration::from_millis(act.interval_ms.into());
-        self.active = Some(ActiveRun {
-            act,
-            kinds: kinds.clone(),
-            next_interval: now + interval,
-            next_liveness: now + LIVENESS_CHECK,
-            deadline: (req.duration_s > 0)
-                .then(|| now + Duration::from_secs(req.duration_s.into())),
-        });
-        let limit = match req.duration_s {
-            0 => String::new(),
-            s => format!(" for {s} s"),
-        };
-        Ok(format!(
-            "activated {} on {target}{limit}",
-            CollectorKind::names(mask)
+        Ok((
+            format!("activated {} on {target}", CollectorKind::names(mask)),
+            ids,
         ))
+    }
+
+    /// Deactivate the collectors asked for (all when none is named), each
+    /// only while it still runs the activation the request names, if any.
+    fn deactivate(&mut self, req: &control_request, rb: &RingBuffer<'_>) -> String {
+        let mut ended = Vec::new();
+        let mut left = Vec::new();
+        for (i, c) in self.collectors.iter().enumerate() {
+            let k = c.kind();
+            let Some(run) = &self.runs[i] else { continue };
+            if req.collectors != 0 && req.collectors & k.bit() == 0 {
+                continue;
+            }
+            let wanted = req.activation_ids[k.index()];
+            if wanted != 0 && wanted != run.id {
+                left.push(k.name());
+                continue;
+            }
+            ended.push(i);
+        }
+        let names: Vec<&str> = ended
+            .iter()
+            .map(|&i| self.collectors[i].kind().name())
+            .collect();
+        let mut msg = if names.is_empty() {
+            "nothing was active".to_string()
+        } else {
+            format!("deactivated {}; still loaded", names.join(", "))
+        };
+        if !left.is_empty() {
+            msg += &format!(
+                " ({} left alone: a later activation replaced it)",
+                left.join(", ")
+            );
+        }
+        self.end_runs(rb, &ended, None);
+        msg
     }
 
     /// Let the active collectors act on the records just delivered. A
     /// failure there is reported and tracing goes on.
     fn service(&mut self) {
-        let Some(run) = &self.active else {
-            return;
-        };
         let mut out = self.output.borrow_mut();
-        for c in self
-            .collectors
-            .iter_mut()
-            .filter(|c| run.kinds.contains(&c.kind()))
-        {
+        for (c, run) in self.collectors.iter_mut().zip(&self.runs) {
+            if run.is_none() {
+                continue;
+            }
             if let Err(e) = c.service(&mut out) {
                 eprintln!("proc_image: {}: {e:#}", c.kind());
             }
         }
     }
 
-    /// Periodic work of an activation: summaries, lost-record reports,
-    /// target liveness and the time limit.
+    /// Periodic work of each activation: summaries, lost-record reports,
+    /// target liveness.
     fn tick(&mut self, rb: &RingBuffer<'_>) -> Result<()> {
-        let Some(run) = self.active.as_mut() else {
-            return Ok(());
-        };
         let now = Instant::now();
-        if now >= run.next_interval {
-            run.next_interval += Duration::from_millis(run.act.interval_ms.into());
-            if run.next_interval < now {
-                run.next_interval = now + Duration::from_millis(run.act.interval_ms.into());
+        let mut reported = false;
+        let mut gone: Vec<(usize, Target)> = Vec::new();
+        for i in 0..self.collectors.len() {
+            let Some(run) = self.runs[i].as_mut() else {
+                continue;
+            };
+            let every = Duration::from_millis(run.act.interval_ms.into());
+            if now >= run.next_interval {
+                run.next_interval += every;
+                if run.next_interval < now {
+                    run.next_interval = now + every;
+                }
+                let mut out = self.output.borrow_mut();
+                self.collectors[i].on_interval(&mut out)?;
+                reported = true;
             }
-            self.interval()?;
-        }
-        let Some(run) = self.active.as_mut() else {
-            return Ok(());
-        };
-        if run.deadline.is_some_and(|d| now >= d) {
-            eprintln!("proc_image: the activation's time limit was reached, ending");
-            self.finishing = true;
-            return Ok(());
-        }
-        if now >= run.next_liveness {
-            run.next_liveness = now + LIVENESS_CHECK;
-            let target = run.act.target;
-            if !target.alive() {
-                self.end_activation(rb, Some(target));
-                self.state.status = CONTROL_STATUS_IDLE;
-                self.state.active_mask = 0;
-                control::set_message(
-                    &mut self.state.message,
-                    &format!("{target} has exited; collection stopped"),
-                );
-                self.control.write_state(&self.state)?;
+            let Some(run) = self.runs[i].as_mut() else {
+                continue;
+            };
+            if now >= run.next_liveness {
+                run.next_liveness = now + LIVENESS_CHECK;
+                if !run.act.target.alive() {
+                    gone.push((i, run.act.target));
+                }
             }
         }
-        Ok(())
-    }
-
-    fn interval(&mut self) -> Result<()> {
-        let Some(run) = &self.active else {
-            return Ok(());
-        };
-        let kinds = run.kinds.clone();
-        let mut out = self.output.borrow_mut();
-        for c in self
-            .collectors
-            .iter_mut()
-            .filter(|c| kinds.contains(&c.kind()))
-        {
-            c.on_interval(&mut out)?;
+        if reported {
+            self.report_losses();
+            self.publish_state()?;
         }
-        drop(out);
-        self.report_losses();
+        // one target_gone per target, however many collectors traced it
+        let mut targets: Vec<Target> = gone.iter().map(|(_, t)| *t).collect();
+        targets.dedup();
+        for target in targets {
+            let of_it: Vec<usize> = gone
+                .iter()
+                .filter(|(_, t)| *t == target)
+                .map(|(i, _)| *i)
+                .collect();
+            self.end_runs(rb, &of_it, Some(target));
+            control::set_message(
+                &mut self.state.message,
+                &format!("{target} has exited; collection stopped"),
+            );
+            self.publish_state()?;
+        }
         Ok(())
     }
 
@@ -471,32 +542,33 @@ impl App {
         }
     }
 
-    /// Stop the current activation: deliver what is in flight, emit the last
-    /// partial interval, detach. `gone` says the target exited.
-    fn end_activation(&mut self, rb: &RingBuffer<'_>, gone: Option<Target>) {
-        let Some(run) = self.active.take() else {
+    /// End the activations of collectors `which` (indices; those not active
+    /// are skipped): deliver what is in flight, emit the last partial
+    /// interval, detach. `gone` says their target exited.
+    fn end_runs(&mut self, rb: &RingBuffer<'_>, which: &[usize], gone: Option<Target>) {
+        let ending: Vec<usize> = which
+            .iter()
+            .copied()
+            .filter(|&i| self.runs[i].is_some())
+            .collect();
+        if ending.is_empty() {
             return;
-        };
-        for c in self
-            .collectors
-            .iter_mut()
-            .filter(|c| run.kinds.contains(&c.kind()))
-        {
-            c.deactivate();
+        }
+        for &i in &ending {
+            self.collectors[i].deactivate();
         }
         // detached: whatever is in the ring buffers now is all there is
         let _ = rb.consume();
         {
             let mut out = self.output.borrow_mut();
-            for c in self
-                .collectors
-                .iter_mut()
-                .filter(|c| run.kinds.contains(&c.kind()))
-            {
-                if let Err(e) = c.flush(&mut out) {
-                    eprintln!("proc_image: {}: {e:#}", c.kind());
+            for &i in &ending {
+                if let Err(e) = self.collectors[i].flush(&mut out) {
+                    eprintln!("proc_image: {}: {e:#}", self.collectors[i].kind());
                 }
             }
+        }
+        for &i in &ending {
+            self.runs[i] = None;
         }
         self.report_losses();
         if let Some(target) = gone {
@@ -505,14 +577,17 @@ impl App {
                 .field("target", target.to_string());
             self.output.borrow_mut().emit(&rec);
         }
-        self.output.borrow_mut().deactivated();
+        let names: Vec<&'static str> = ending
+            .iter()
+            .map(|&i| self.collectors[i].kind().name())
+            .collect();
+        self.output.borrow_mut().deactivated(&names);
         self.output.borrow_mut().flush();
     }
 
     /// Say goodbye in the control map and on stderr; the pins go with `control`.
     fn finish(&mut self) {
-        self.state.status = CONTROL_STATUS_ENDING;
-        self.state.active_mask = 0;
+        self.state.active = Default::default();
         control::set_message(&mut self.state.message, "ended");
         let _ = self.control.write_state(&self.state);
         // the trace file's closing bracket, the last flush

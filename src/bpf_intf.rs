@@ -27,6 +27,8 @@ plain_types!(
     latency_stats,
     syscall_config,
     syscall_thread,
+    syscall_thread_key,
+    syscall_slot,
     syscall_count_key,
     syscall_count,
     schedule_config,
@@ -37,6 +39,8 @@ plain_types!(
     control_header,
     control_state,
     control_request,
+    control_activation,
+    control_answer,
 );
 
 /// Decode a record of type `T` from the front of `data` (ring buffer samples

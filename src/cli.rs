@@ -114,15 +114,23 @@ impl ProcImageArgs {
 }
 
 const AFTER_HELP_CONTROLLER: &str = "\
-Without -p/-P the target is the whole system. Without a collector flag, -a
-activates every collector proc_image loaded that can trace the target.
+Without -p/-P/--cgroup the target is the whole system (but proc_image itself,
+unless -m). Without a collector flag, -a activates every collector proc_image loaded
+that can trace the target. Each collector has its own activation: activating
+some replaces only theirs, and the others go on with their own targets.
 
 Examples:
   sudo controller -a -P 1234 -k        keytime on every thread of process 1234
+  sudo controller -a -P 5678 -s        ... and syscall on process 5678 beside it
   sudo controller -a -p 0 -c 1 -k 0    lifecycle of CPU 1's idle task
+  sudo controller -a --cgroup system.slice/nginx.service -k -s -r
+                                       a service (or a container) by its cgroup
   sudo controller -a -P 1234 -l -r     its pthread locks, CPU, memory and I/O
-  sudo controller -a -s 20 -S -t 60    whole system: syscalls and run-queue latency, 60 s
-  sudo controller -d                   stop collecting, stay loaded
+  sudo controller -a -s 20 -S -t 60    whole system: syscalls and run-queue latency
+                                       for 60 s (controller waits, then deactivates them)
+  sudo controller -d -k                stop keytime alone, stay loaded
+  sudo controller -d                   stop every collector, stay loaded
+  sudo controller --status             each collector: loaded, active, target, records
   sudo controller -f                   end proc_image";
 
 /// Activate, deactivate or end a running proc_image.
@@ -133,13 +141,13 @@ pub struct ControllerArgs {
     /// Activate the collectors named by -k -l -r -s -S for the target
     #[arg(short = 'a', long)]
     pub activate: bool,
-    /// Stop collecting; proc_image stays loaded for the next -a
+    /// Stop the collectors named by -k -l -r -s -S (all without one); proc_image stays loaded
     #[arg(short = 'd', long)]
     pub deactivate: bool,
     /// End proc_image
     #[arg(short = 'f', long)]
     pub finish: bool,
-    /// Show what proc_image has loaded and what is active
+    /// Show each collector: loaded, active, target, since when, records so far
     #[arg(long)]
     pub status: bool,
 
@@ -149,12 +157,20 @@ pub struct ControllerArgs {
     /// Target every thread of a thread group (process)
     #[arg(short = 'P', long, value_name = "TGID", value_parser = parse_id, allow_hyphen_values = true)]
     pub tgid: Option<u32>,
+    /// Target every task in a cgroup v2 and below it, also those that enter it later
+    /// (absolute, or relative to the cgroup2 mount; e.g. system.slice/ssh.service)
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "tgid", "cpu"])]
+    pub cgroup: Option<PathBuf>,
     /// The CPU whose idle task -p 0 means
     #[arg(short = 'c', long, value_name = "CPUID", value_parser = parse_id, allow_hyphen_values = true, requires = "pid")]
     pub cpu: Option<u32>,
-    /// End proc_image after SECS seconds of collection (0 = unbounded)
+    /// Stay in the foreground SECS seconds, then deactivate what this -a activated
+    /// (at once on Ctrl-C, SIGTERM or SIGHUP); proc_image stays loaded
     #[arg(short = 't', long = "time", value_name = "SECS", value_parser = parse_secs, allow_hyphen_values = true)]
     pub time: Option<u64>,
+    /// Trace proc_image's own threads too when the target is the whole system
+    #[arg(short = 'm', long)]
+    pub myproc: bool,
 
     /// keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval
     #[arg(short = 'k', long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "1",
@@ -182,18 +198,22 @@ pub struct ControllerArgs {
 }
 
 impl ControllerArgs {
-    /// Target, time and collector flags only mean something with -a.
+    /// Target, time and options only mean something with -a; collector
+    /// flags with -a or -d.
     pub fn validate(&self) -> Result<(), String> {
         let with_activation = self.pid.is_some()
             || self.tgid.is_some()
+            || self.cgroup.is_some()
             || self.time.is_some()
             || self.interval.is_some()
-            || !self.collectors().is_empty();
+            || self.myproc;
         if !self.activate && with_activation {
             return Err(
-                "error: -p, -P, -c, -t, -i and the collector flags go only with -a (see --help)"
-                    .into(),
+                "error: -p, -P, -c, --cgroup, -t, -i and -m go only with -a (see --help)".into(),
             );
+        }
+        if !self.activate && !self.deactivate && !self.collectors().is_empty() {
+            return Err("error: the collector flags go only with -a or -d (see --help)".into());
         }
         Ok(())
     }
@@ -319,7 +339,8 @@ mod tests {
             (&["-a", "-k", "2"], "2 is not in 0..=1"),
             (&["-a", "-d"], "cannot be used with"),
             (&["-d", "-p", "4"], "only with -a"),
-            (&["-f", "-k"], "only with -a"),
+            (&["-f", "-k"], "only with -a or -d"),
+            (&["-d", "-m"], "only with -a"),
             (&["-a", "-c", "1"], "--pid"),
             (&[], "required"),
             (&["-a", "--bogus"], "unexpected argument"),

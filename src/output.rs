@@ -20,8 +20,8 @@ pub trait Sink {
     /// An activation began.
     fn activated(&mut self, _target: &Target, _collectors: &[&'static str]) {}
     fn record(&mut self, rec: &Record);
-    /// The activation ended (its last records were delivered).
-    fn deactivated(&mut self) {}
+    /// Those collectors' activations ended (their last records were delivered).
+    fn deactivated(&mut self, _collectors: &[&'static str]) {}
     fn flush(&mut self) {}
     /// proc_image ends: complete what was written. Called once.
     fn finish(&mut self) -> anyhow::Result<()> {
@@ -109,6 +109,8 @@ pub struct Output {
     wall_offset_ns: i128,
     closed: bool,
     records: u64,
+    /// records written per collector
+    by_collector: std::collections::HashMap<&'static str, u64>,
     sinks: Vec<Box<dyn Sink>>,
 }
 
@@ -124,6 +126,7 @@ impl Output {
             wall_offset_ns: sys::realtime_ns() as i128 - sys::monotonic_ns() as i128,
             closed: false,
             records: 0,
+            by_collector: Default::default(),
             sinks: Vec::new(),
         }
     }
@@ -147,8 +150,10 @@ impl Output {
             .for_each(|s| s.activated(target, collectors));
     }
 
-    pub fn deactivated(&mut self) {
-        self.sinks.iter_mut().for_each(|s| s.deactivated());
+    pub fn deactivated(&mut self, collectors: &[&'static str]) {
+        self.sinks
+            .iter_mut()
+            .for_each(|s| s.deactivated(collectors));
     }
 
     /// Complete every sink (the trace file's closing bracket); idempotent.
@@ -169,6 +174,11 @@ impl Output {
         self.records
     }
 
+    /// Records written so far by one collector.
+    pub fn records_of(&self, collector: &str) -> u64 {
+        self.by_collector.get(collector).copied().unwrap_or(0)
+    }
+
     /// The section header printed when a collector is activated (text only).
     pub fn section(&mut self, title: &str) {
         if self.format == Format::Text {
@@ -182,6 +192,7 @@ impl Output {
             sink.record(rec);
         }
         self.records += 1;
+        *self.by_collector.entry(rec.collector).or_default() += 1;
         let line = match self.format {
             Format::None => return,
             Format::Json => {

@@ -207,6 +207,158 @@ pub fn local_time_of_day(realtime_ns: u64) -> String {
     )
 }
 
+/// Create (or truncate) an output file such as --trace-out's, safely when
+/// proc_image runs as root: a symlink or anything but a regular file is
+/// refused (opening a FIFO would block), and the file is private (0600).
+pub fn create_private_file(path: &Path, what: &str) -> Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            bail!(
+                "{what}: {} is a symbolic link; give the file itself",
+                path.display()
+            );
+        }
+        if !kind.is_file() {
+            let is = if kind.is_fifo() {
+                "a FIFO"
+            } else if kind.is_dir() {
+                "a directory"
+            } else {
+                "not a regular file"
+            };
+            bail!("{what}: {} is {is}; give a regular file", path.display());
+        }
+    }
+    // O_NOFOLLOW and O_NONBLOCK close the gap between the check and the open
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("{what}: cannot create {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("{what}: stat {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{what}: {} is not a regular file", path.display());
+    }
+    // an existing file keeps its mode through O_CREAT: make it private too
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("{what}: chmod 0600 {}", path.display()))?;
+    // SAFETY: fcntl on a file descriptor this function owns.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(file)
+}
+
+/// `statfs(2)` magic of cgroup v2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or
+/// /sys/fs/cgroup/unified on hybrid hosts), from /proc/self/mounts.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    fs::read_to_string("/proc/self/mounts")
+        .ok()?
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| std::path::PathBuf::from(f[1].replace("\\040", " ")))
+}
+
+/// A cgroup v2 directory: its id (the inode number, as the kernel's
+/// kernfs id) and its depth below the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub id: u64,
+    pub level: u32,
+    /// its path below the root, e.g. /system.slice/ssh.service
+    pub path: String,
+}
+
+/// Resolve `--cgroup PATH`: absolute (under the cgroup2 mount, or the
+/// cgroup's own path as /proc/PID/cgroup shows it), or relative to the mount.
+pub fn resolve_cgroup(path: &Path) -> Result<Cgroup> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(mount) = cgroup2_mount() else {
+        bail!("this host has no cgroup v2 hierarchy mounted (cgroup v1 only): --cgroup needs cgroup v2");
+    };
+    let rel = match path.strip_prefix(&mount) {
+        Ok(rel) => rel.to_path_buf(),
+        Err(_) => path.strip_prefix("/").unwrap_or(path).to_path_buf(),
+    };
+    if rel
+        .components()
+        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        bail!("--cgroup {}: give a path without . or ..", path.display());
+    }
+    let dir = mount.join(&rel);
+    let meta = fs::metadata(&dir).map_err(|e| {
+        anyhow::anyhow!(
+            "--cgroup {}: no cgroup at {} ({e})",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    if !meta.is_dir() || fs_magic(&dir).ok() != Some(CGROUP2_SUPER_MAGIC) {
+        bail!(
+            "--cgroup {}: {} is not a cgroup v2 directory",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(Cgroup {
+        id: meta.ino(),
+        level: rel.components().count() as u32,
+        path: format!("/{}", rel.display()),
+    })
+}
+
+/// The path below the cgroup2 root of the cgroup with this id, if it still
+/// exists: opened by its kernfs file handle (the id), then named through
+/// /proc/self/fd.
+pub fn cgroup_path(id: u64) -> Option<String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mount = cgroup2_mount()?;
+    let root = fs::File::open(&mount).ok()?;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    // FILEID_KERNFS: the handle of a kernfs node is its 64-bit id
+    let mut h = Handle {
+        bytes: 8,
+        kind: 0xfe,
+        id,
+    };
+    // SAFETY: a file_handle header followed by its 8 bytes of handle.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            root.as_raw_fd(),
+            &mut h as *mut Handle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel gave us this descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let full = fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let rel = full.strip_prefix(&mount).ok()?;
+    Some(format!("/{}", rel.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

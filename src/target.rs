@@ -1,12 +1,13 @@
 //! What is traced: one thread, a thread group, the idle task of a CPU, or
-//! the whole system; how controller checks it and how BPF programs match it.
+//! the whole system, or a cgroup; how controller checks it and how BPF programs match it.
 
 use std::fmt;
 
 use anyhow::{bail, Result};
 
 use crate::bpf_intf::{
-    control_request, target_filter, TARGET_IDLE, TARGET_SYSTEM, TARGET_TGID, TARGET_THREAD,
+    control_activation, control_request, target_filter, TARGET_CGROUP, TARGET_IDLE, TARGET_SYSTEM,
+    TARGET_TGID, TARGET_THREAD,
 };
 use crate::sys;
 
@@ -27,6 +28,12 @@ pub enum Target {
     /// The idle task (pid 0) of one CPU.
     Idle {
         cpu: u32,
+    },
+    /// Every task in a cgroup v2 or below it, also those that enter it
+    /// later: `id` is its kernfs id, `level` its depth below the root.
+    Cgroup {
+        id: u64,
+        level: u32,
     },
 }
 
@@ -89,10 +96,21 @@ impl Target {
         }
     }
 
-    /// Is it still there? The system and idle tasks always are.
+    /// `--cgroup PATH`, checked against the running system.
+    pub fn resolve_cgroup(path: &std::path::Path) -> Result<Self> {
+        let cg = sys::resolve_cgroup(path)?;
+        Ok(Target::Cgroup {
+            id: cg.id,
+            level: cg.level,
+        })
+    }
+
+    /// Is it still there? The system and idle tasks always are; a cgroup
+    /// while its directory exists.
     pub fn alive(&self) -> bool {
         match *self {
             Target::System | Target::Idle { .. } => true,
+            Target::Cgroup { id, .. } => sys::cgroup_path(id).is_some(),
             Target::Thread {
                 pid, start_ticks, ..
             } => sys::task_alive(pid, start_ticks),
@@ -105,6 +123,12 @@ impl Target {
     }
 
     pub fn write_request(&self, req: &mut control_request) {
+        if let Target::Cgroup { id, level } = *self {
+            req.target_mode = TARGET_CGROUP;
+            req.cgroup_id = id;
+            req.cgroup_level = level;
+            return;
+        }
         let (mode, pid, tgid, cpu, start) = match *self {
             Target::System => (TARGET_SYSTEM, 0, 0, 0, 0),
             Target::Thread {
@@ -114,6 +138,7 @@ impl Target {
             } => (TARGET_THREAD, pid, tgid, 0, start_ticks),
             Target::Group { tgid, start_ticks } => (TARGET_TGID, 0, tgid, 0, start_ticks),
             Target::Idle { cpu } => (TARGET_IDLE, 0, 0, cpu, 0),
+            Target::Cgroup { .. } => unreachable!("written above"),
         };
         req.target_mode = mode;
         req.pid = pid;
@@ -135,15 +160,47 @@ impl Target {
                 start_ticks: req.start_ticks,
             },
             TARGET_IDLE => Target::Idle { cpu: req.cpu },
+            TARGET_CGROUP => Target::Cgroup {
+                id: req.cgroup_id,
+                level: req.cgroup_level,
+            },
             other => bail!("unknown target mode {other} in the control request"),
+        })
+    }
+
+    /// What `controller --status` shows of an activation.
+    pub fn write_activation(&self, a: &mut control_activation) {
+        let mut req = control_request::default();
+        self.write_request(&mut req);
+        a.target_mode = req.target_mode;
+        a.pid = req.pid;
+        a.tgid = req.tgid;
+        a.cpu = req.cpu;
+        a.cgroup_id = req.cgroup_id;
+    }
+
+    pub fn from_activation(a: &control_activation) -> Result<Self> {
+        Self::from_request(&control_request {
+            target_mode: a.target_mode,
+            pid: a.pid,
+            tgid: a.tgid,
+            cpu: a.cpu,
+            cgroup_id: a.cgroup_id,
+            ..Default::default()
         })
     }
 
     /// The filter BPF programs match tasks against (see is_target() in
     /// bpf/common.bpf.h).
-    pub fn filter(&self, generation: u32) -> target_filter {
+    pub fn filter(&self, generation: u32, exclude_tgid: u32) -> target_filter {
+        let exclude_tgid = match self {
+            // an explicit thread or process is traced even if it is proc_image
+            Target::System | Target::Cgroup { .. } => exclude_tgid,
+            _ => 0,
+        };
         let mut f = target_filter {
             generation,
+            exclude_tgid,
             ns_per_tick: 1_000_000_000 / sys::clock_ticks_per_sec(),
             ..Default::default()
         };
@@ -165,6 +222,11 @@ impl Target {
                 f.mode = TARGET_IDLE;
                 f.cpu = cpu;
             }
+            Target::Cgroup { id, level } => {
+                f.mode = TARGET_CGROUP;
+                f.cgroup_id = id;
+                f.cgroup_level = level;
+            }
         }
         f
     }
@@ -177,6 +239,10 @@ impl fmt::Display for Target {
             Target::Thread { pid, tgid, .. } => write!(f, "thread {pid} (tgid {tgid})"),
             Target::Group { tgid, .. } => write!(f, "thread group {tgid}"),
             Target::Idle { cpu } => write!(f, "the idle task of CPU {cpu}"),
+            Target::Cgroup { id, .. } => match sys::cgroup_path(id) {
+                Some(path) => write!(f, "cgroup {path}"),
+                None => write!(f, "cgroup id {id} (removed)"),
+            },
         }
     }
 }
@@ -245,7 +311,7 @@ mod tests {
             tgid: 42,
             start_ticks: 9,
         }
-        .filter(3);
+        .filter(3, 0);
         assert_eq!(
             (f.mode, f.tgid, f.start_ticks, f.generation),
             (TARGET_TGID, 42, 9, 3)

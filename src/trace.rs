@@ -19,7 +19,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -75,8 +74,7 @@ fn args_of(rec: &Record, names: &[&str]) -> Value {
 
 impl TraceWriter {
     pub fn create(path: &Path) -> Result<Self> {
-        let file = File::create(path)
-            .with_context(|| format!("--trace-out: cannot create {}", path.display()))?;
+        let file = crate::sys::create_private_file(path, "--trace-out")?;
         Ok(Self::new(path, Box::new(file)))
     }
 

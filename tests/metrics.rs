@@ -496,3 +496,71 @@ fn whole_system_series_are_bounded() {
     assert!(series < 200.0, "{series} series");
     pi.finish();
 }
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn vmrss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 100 clients that send half a request and wait neither delay a scrape
+/// nor cost proc_image a thread each; they are dropped after the header
+/// read timeout.
+#[test]
+fn stalled_clients_do_not_block_scrapes() {
+    if !need_root() {
+        return;
+    }
+    let port = free_port();
+    let pi = ProcImage::start(
+        "stalled",
+        &["-k", "-o", "none", "--metrics", &port.to_string()],
+    );
+    let pid = pi.child.id();
+    let (status, _, _) = http_get(port, "/metrics", None);
+    assert!(status.contains("200"), "{status}");
+    let (threads, rss) = (threads_of(pid), vmrss_kib(pid));
+
+    let stalled: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // a scrape is answered within a second while they wait
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .expect("a scrape behind 100 stalled clients was not answered within 1 s");
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    assert!(text.contains("proc_image_collector_loaded"), "{text}");
+    assert_eq!(threads_of(pid), threads, "a thread per stalled client");
+    let grown = vmrss_kib(pid).saturating_sub(rss);
+    assert!(
+        grown < 8 * 1024,
+        "proc_image grew {grown} KiB for 100 clients"
+    );
+
+    // the stalled ones are dropped after the header read timeout
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    pi.finish();
+}

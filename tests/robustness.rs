@@ -70,7 +70,8 @@ fn bad_controller_input_changes_nothing() {
         (&["-a", "-s", "abc"], "invalid value"),
         (&["-a", "-k", "2"], "not in 0..=1"),
         (&["-a", "-d"], "cannot be used with"),
-        (&["-d", "-k"], "only with -a"),
+        (&["-d", "-p", "4"], "only with -a"),
+        (&["-f", "-k"], "only with -a or -d"),
         (&["--bogus"], "unexpected argument"),
         (&[], "required"),
     ];
@@ -83,7 +84,10 @@ fn bad_controller_input_changes_nothing() {
     }
     let _ = zombie.wait();
     let status = pi.control_ok(&["--status"]);
-    assert!(status.contains("active none"), "{status}");
+    assert!(
+        !status.contains("active on") && status.contains("keytime   loaded, inactive"),
+        "{status}"
+    );
     pi.finish();
 }
 
@@ -187,8 +191,15 @@ fn time_limit_ends_proc_image() {
     let mut pi = ProcImage::start("timelimit", &["-k", "-t", "1"]);
     let st = pi.wait_exit(Duration::from_secs(15));
     assert!(st.success() && !pi.pin_dir.exists(), "{}", pi.stderr_text());
+    // controller's -t deactivates what it activated; proc_image stays
     let mut pi = ProcImage::start("ctltimelimit", &["-k"]);
-    pi.control_ok(&["-a", "-k", "0", "-t", "1"]);
+    let out = pi.control_ok(&["-a", "-k", "0", "-t", "1"]);
+    assert!(out.contains("deactivated keytime"), "{out}");
+    assert!(
+        pi.child.try_wait().unwrap().is_none(),
+        "controller -t ended proc_image"
+    );
+    pi.control_ok(&["-f"]);
     let st = pi.wait_exit(Duration::from_secs(15));
     assert!(st.success() && !pi.pin_dir.exists(), "{}", pi.stderr_text());
 }
@@ -276,7 +287,9 @@ fn pins_are_private() {
     let pi = ProcImage::start("perms", &["-k"]);
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&pi.pin_dir), 0o700);
-    assert_eq!(mode(&pi.pin_dir.join("control")), 0o600);
+    for pin in ["control", "requests", "answers"] {
+        assert_eq!(mode(&pi.pin_dir.join(pin)), 0o600, "{pin}");
+    }
     pi.finish();
 }
 
@@ -322,19 +335,19 @@ fn recycled_pid_is_not_traced() {
     };
     let mut req = control_request {
         hdr: proc_image::control::header(),
-        seq: ctl.read_state().unwrap().applied_seq + 1,
+        id: proc_image::control::new_request_id(),
         command: CONTROL_ACTIVATE,
         keytime_level: 1,
         ..Default::default()
     };
     target.write_request(&mut req);
-    ctl.write_request(&req).unwrap();
-    assert!(wait_until(Duration::from_secs(3), || ctl
-        .read_state()
-        .unwrap()
-        .applied_seq
-        == req.seq));
-    let msg = proc_image::bpf_intf::c_str(&ctl.read_state().unwrap().message);
+    ctl.push_request(&req).unwrap();
+    let mut answer = None;
+    assert!(wait_until(Duration::from_secs(3), || {
+        answer = ctl.take_answer(req.id).unwrap();
+        answer.is_some()
+    }));
+    let msg = proc_image::bpf_intf::c_str(&answer.unwrap().message);
     assert!(msg.contains("has exited"), "{msg}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(

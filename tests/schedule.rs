@@ -94,3 +94,50 @@ fn busy_threads_wait_a_slice_and_the_sleeper_does_not() {
         assert_eq!(hist, u64_of(r, "count"), "{r}");
     }
 }
+
+/// Times thread `tid` was switched in so far (/proc schedstat's third field).
+fn switch_ins(pid: u64, tid: u64) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap();
+    text.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+/// Every time a sleeper competing for its CPU runs again it had become
+/// runnable (woken, or preempted: also while it was setting up to sleep),
+/// so its run-queue waits over several intervals are exactly its
+/// switch-ins, as the kernel's own schedstat counts them.
+#[test]
+fn every_switch_in_is_one_run_queue_wait() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("runqueue", &["-S"]);
+    let mut w = Workload::start(&["runqueue", "--sleeps", "2000", "--secs", "5"]);
+    let pid = w.pid() as u64;
+    let threads = w.wait_truth("threads", Duration::from_secs(10));
+    let sleeper = u64_of(&threads, "sleeper");
+    // blocked in a read: nothing pending before the activation
+    let before = switch_ins(pid, sleeper);
+    pi.control_ok(&["-a", "-p", &sleeper.to_string(), "-S"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    let done_ns = u64_of(&done, "done_ns");
+    // the second report after it went back to its read has every wait
+    assert!(wait_until(Duration::from_secs(10), || {
+        pi.records()
+            .iter()
+            .filter(|r| r["event"] == "schedule" && u64_of(r, "ts_ns") > done_ns)
+            .count()
+            >= 2
+    }));
+    let after = switch_ins(pid, sleeper);
+    let recs = pi.finish();
+    let mine: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "schedule" && r["pid"] == sleeper)
+        .collect();
+    let waits: u64 = mine.iter().map(|r| u64_of(r, "count")).sum();
+    let intervals = mine.iter().filter(|r| u64_of(r, "count") > 0).count();
+    assert!(after - before >= 2000, "{before} -> {after}");
+    assert_eq!(waits, after - before, "over {intervals} intervals");
+    assert!(intervals >= 3, "5 s of sleeps in {intervals} intervals");
+}

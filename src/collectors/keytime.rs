@@ -141,7 +141,7 @@ impl Collector for Keytime {
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
         let cfg = keytime_config {
-            target: act.target.filter(act.generation),
+            target: act.filter(),
             level: act.keytime_level,
             summary_slot: 0,
             stack_min_ns: STACK_MIN_NS,

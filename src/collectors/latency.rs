@@ -14,10 +14,11 @@ pub struct IntervalLatency {
     pub target: latency_stats,
 }
 
-/// Read and clear the pair of slots BPF filled during `interval` (it has
-/// just been moved on to the other pair).
+/// Read and clear the pair of slots BPF filled during `interval`. Call it
+/// after moving BPF on to the next interval and then
+/// `wait_for_programs_in_flight()`: no program adds to the pair any more, so
+/// clearing it loses nothing.
 pub fn take(map: &dyn MapCore, interval: u32) -> Result<IntervalLatency> {
-    std::thread::sleep(super::SLOT_SETTLE);
     let base = (interval & 1) * 2;
     Ok(IntervalLatency {
         system: take_slot(map, base + LAT_SYSTEM)?,

@@ -44,15 +44,20 @@ impl CollectorKind {
         CollectorKind::Schedule,
     ];
 
-    /// Its bit in the masks of the control map (enum pi_collector).
-    pub fn bit(self) -> u32 {
-        1 << match self {
+    /// Its number in the control records (enum pi_collector).
+    pub fn index(self) -> usize {
+        (match self {
             CollectorKind::Keytime => PI_KEYTIME,
             CollectorKind::Lock => PI_LOCK,
             CollectorKind::Resource => PI_RESOURCE,
             CollectorKind::Syscall => PI_SYSCALL,
             CollectorKind::Schedule => PI_SCHEDULE,
-        }
+        }) as usize
+    }
+
+    /// Its bit in the masks of the control records.
+    pub fn bit(self) -> u32 {
+        1 << self.index()
     }
 
     pub fn name(self) -> &'static str {
@@ -112,6 +117,16 @@ pub struct Activation {
     pub keytime_level: u32,
     pub syscall_seq_len: u32,
     pub interval_ms: u32,
+    /// Never traced as part of the whole system: proc_image's own thread
+    /// group, unless controller -m asked for it (then 0).
+    pub exclude_tgid: u32,
+}
+
+impl Activation {
+    /// The target as the BPF programs match it.
+    pub fn filter(&self) -> crate::bpf_intf::target_filter {
+        self.target.filter(self.generation, self.exclude_tgid)
+    }
 }
 
 /// Settings that apply when collectors are loaded.
@@ -132,6 +147,73 @@ pub const MIN_RINGBUF: u32 = 4096;
 /// program that read the old slot number just before the switch may still
 /// be adding to it, for microseconds.
 pub const SLOT_SETTLE: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Return once every BPF program that was running when called has finished.
+///
+/// A collector that points its BPF side at the next interval's slot calls
+/// this before it reads (and clears) the old one: a program that read the
+/// old slot number just before the switch may still be adding to it, and a
+/// stalled vCPU can stretch that far beyond any fixed sleep. Tracing
+/// programs run inside an RCU read-side section (non-sleepable: preemption
+/// or rcu_read_lock), so an RCU grace period waits for all of them. The
+/// kernel waits one (synchronize_rcu) before it returns from an update of a
+/// map-in-map, so that user space knows no program still uses the old inner
+/// map: updating a small one of our own is that wait, on every kernel that
+/// runs tp_btf programs. Should it not be had, membarrier(GLOBAL) also
+/// calls synchronize_rcu (on more than one online CPU); the last resort is a
+/// settle sleep, logged once.
+pub fn wait_for_programs_in_flight() {
+    use std::sync::OnceLock;
+    static GRACE: OnceLock<Option<(MapHandle, MapHandle)>> = OnceLock::new();
+    let grace = GRACE.get_or_init(|| match grace_period_maps() {
+        Ok(maps) => Some(maps),
+        Err(e) => {
+            eprintln!("proc_image: no map-in-map for RCU grace periods ({e:#}): membarrier or a settle sleep instead");
+            None
+        }
+    });
+    if let Some((inner, outer)) = grace {
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = inner.as_fd().as_raw_fd() as u32;
+        if outer
+            .update(&0u32.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY)
+            .is_ok()
+        {
+            return;
+        }
+    }
+    const MEMBARRIER_CMD_QUERY: libc::c_long = 0;
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes plain integers.
+    let cmds = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_QUERY, 0) };
+    if cmds > 0 && cmds & MEMBARRIER_CMD_GLOBAL != 0 && crate::sys::online_cpus().len() > 1 {
+        // SAFETY: as above.
+        if unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0) } == 0 {
+            return;
+        }
+    }
+    std::thread::sleep(SLOT_SETTLE);
+}
+
+/// An array-of-maps of one slot and an array to put in it.
+fn grace_period_maps() -> Result<(MapHandle, MapHandle)> {
+    use libbpf_rs::libbpf_sys::bpf_map_create_opts;
+    use libbpf_rs::MapType;
+    use std::os::fd::{AsFd, AsRawFd};
+    let plain = bpf_map_create_opts {
+        sz: std::mem::size_of::<bpf_map_create_opts>() as _,
+        ..Default::default()
+    };
+    let inner = MapHandle::create(MapType::Array, Some("pi_grace_in"), 4, 4, 1, &plain)
+        .context("create the inner map")?;
+    let outer_opts = bpf_map_create_opts {
+        inner_map_fd: inner.as_fd().as_raw_fd() as u32,
+        ..plain
+    };
+    let outer = MapHandle::create(MapType::ArrayOfMaps, Some("pi_grace"), 4, 4, 1, &outer_opts)
+        .context("create the map-in-map")?;
+    Ok((inner, outer))
+}
 
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Record>>;
 
@@ -381,6 +463,73 @@ pub fn attach_all(progs: &[(&str, &libbpf_rs::ProgramMut<'_>)]) -> Result<Vec<li
         .iter()
         .map(|(name, prog)| prog.attach().with_context(|| format!("attach {name}")))
         .collect()
+}
+
+/// Every entry of a hash map, read in batches. libbpf-rs's `lookup_batch`
+/// iterator ends at the first batch shorter than asked for, but a hash map
+/// batch holds whole buckets only and comes back short whenever the next
+/// bucket does not fit: with thousands of entries it stopped part way. This
+/// goes on until the kernel says ENOENT. Entries BPF adds meanwhile may or
+/// may not be in it; none that was there all along is left out.
+pub fn hash_entries(map: &dyn MapCore) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use libbpf_rs::libbpf_sys;
+    use std::os::fd::AsRawFd;
+    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+    let mut per_call: usize = 1024;
+    let mut out = Vec::new();
+    // the batch token: a bucket index for hash maps (8 bytes is room enough)
+    let mut token = vec![0u8; key_size.max(8)];
+    let mut next = vec![0u8; key_size.max(8)];
+    let mut first = true;
+    loop {
+        let mut keys = vec![0u8; key_size * per_call];
+        let mut values = vec![0u8; value_size * per_call];
+        let mut count = per_call as u32;
+        let opts = libbpf_sys::bpf_map_batch_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+            ..Default::default()
+        };
+        // SAFETY: the buffers hold `count` keys and values and a token each.
+        let ret = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                if first {
+                    std::ptr::null_mut()
+                } else {
+                    token.as_mut_ptr().cast()
+                },
+                next.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let err = (ret < 0).then(std::io::Error::last_os_error);
+        match err.as_ref().and_then(|e| e.raw_os_error()) {
+            Some(libc::ENOSPC) => {
+                // one bucket holds more than a call's room
+                per_call *= 2;
+                continue;
+            }
+            None | Some(libc::ENOENT) => {}
+            Some(_) => {
+                return Err(err.unwrap())
+                    .with_context(|| format!("read map {}", map.name().to_string_lossy()))
+            }
+        }
+        for i in 0..count as usize {
+            out.push((
+                keys[i * key_size..(i + 1) * key_size].to_vec(),
+                values[i * value_size..(i + 1) * value_size].to_vec(),
+            ));
+        }
+        if err.is_some() {
+            return Ok(out);
+        }
+        std::mem::swap(&mut token, &mut next);
+        first = false;
+    }
 }
 
 #[cfg(test)]

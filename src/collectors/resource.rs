@@ -386,7 +386,7 @@ impl Resource {
                         .field("threads", figures.len()),
                 );
             }
-            Target::System => {
+            Target::System | Target::Cgroup { .. } => {
                 // only threads that did something, and at most `top` of them
                 let active = figures
                     .iter()
@@ -429,7 +429,7 @@ impl Collector for Resource {
             let _ = exits.delete(&k);
         }
         let cfg = resource_config {
-            target: act.target.filter(act.generation),
+            target: act.filter(),
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         let p = &self.skel.progs;

@@ -7,8 +7,8 @@ use libbpf_rs::{Link, MapHandle};
 
 use super::latency;
 use super::{
-    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
-    MIN_RINGBUF,
+    attach_all, load_skel, read_stats, wait_for_programs_in_flight, Activation, Collector,
+    CollectorKind, LoadOptions, MIN_RINGBUF,
 };
 use crate::bpf_intf::{self, collector_stats, schedule_config};
 use crate::output::{Output, Record};
@@ -53,15 +53,17 @@ impl Schedule {
 
     fn report(&mut self, target: Target, out: &mut Output) -> Result<()> {
         let old = self.config()?.interval;
-        self.config()?.interval = old.wrapping_add(1);
+        // SAFETY: a u32 in the mapped .bss, which BPF only reads
+        unsafe { std::ptr::write_volatile(&mut self.config()?.interval, old.wrapping_add(1)) };
         let now = sys::monotonic_ns();
         let interval_ns = now.saturating_sub(self.interval_start_ns);
         self.interval_start_ns = now;
+        wait_for_programs_in_flight();
         let lat = latency::take(&self.skel.maps.latencies, old)?;
         let (pid, tgid) = match target {
             Target::Thread { pid, tgid, .. } => (pid, tgid),
             Target::Group { tgid, .. } => (tgid, tgid),
-            Target::System | Target::Idle { .. } => (0, 0),
+            Target::System | Target::Idle { .. } | Target::Cgroup { .. } => (0, 0),
         };
         let rec = Record::new(now, NAME, "schedule")
             .task(pid, tgid, "")
@@ -80,7 +82,7 @@ impl Collector for Schedule {
         self.deactivate();
         latency::clear(&self.skel.maps.latencies)?;
         let cfg = schedule_config {
-            target: act.target.filter(act.generation),
+            target: act.filter(),
             interval: self.config()?.interval,
             _pad: 0,
         };

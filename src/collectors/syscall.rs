@@ -6,17 +6,18 @@
 use std::collections::HashMap;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+use libbpf_rs::{Link, MapCore, MapHandle};
 use serde_json::{json, Value};
 
 use super::latency::{self, IntervalLatency};
 use super::{
-    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
-    MIN_RINGBUF,
+    attach_all, hash_entries, load_skel, read_stats, wait_for_programs_in_flight, Activation,
+    Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
 };
 use crate::bpf_intf::{
     self, c_str, collector_stats, decode, syscall_config, syscall_count, syscall_count_key,
-    syscall_thread, SYSCALL_SEQ_MAX, SYSCALL_SEQ_RING,
+    syscall_slot, syscall_thread, syscall_thread_key, SYSCALL_ID_IA32, SYSCALL_SEQ_MAX,
+    SYSCALL_SEQ_RING,
 };
 use crate::output::{Output, Record};
 use crate::sys;
@@ -42,11 +43,38 @@ pub struct Syscall {
     interval_start_ns: u64,
 }
 
-/// The name of syscall `id` on this architecture.
+/// The name of syscall `id` on this architecture; with SYSCALL_ID_IA32 set
+/// (x86_64 only), of the rest in the ia32 table.
 pub fn syscall_name(id: u32) -> String {
-    syscalls::Sysno::new(id as usize)
-        .map(|s| s.name().to_string())
-        .unwrap_or_else(|| format!("syscall_{id}"))
+    let nr = (id & !SYSCALL_ID_IA32) as usize;
+    let name = if id & SYSCALL_ID_IA32 != 0 {
+        ia32_name(nr)
+    } else {
+        syscalls::Sysno::new(nr).map(|s| s.name())
+    };
+    match name {
+        Some(name) => name.to_string(),
+        None if id & SYSCALL_ID_IA32 != 0 => format!("ia32_syscall_{nr}"),
+        None => format!("syscall_{nr}"),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ia32_name(nr: usize) -> Option<&'static str> {
+    syscalls::x86::Sysno::new(nr).map(|s| s.name())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn ia32_name(_nr: usize) -> Option<&'static str> {
+    None
+}
+
+/// Keys of the threads map, as the BPF side makes them.
+type ThreadKey = (u32, u64);
+
+/// A is at or before B, in interval numbers that wrap.
+fn not_after(a: u32, b: u32) -> bool {
+    b.wrapping_sub(a) < 1 << 31
 }
 
 impl Syscall {
@@ -74,93 +102,121 @@ impl Syscall {
 
     fn report(&mut self, target: Target, out: &mut Output) -> Result<()> {
         let old = self.config()?.interval;
-        self.config()?.interval = old.wrapping_add(1);
+        // SAFETY: a u32 in the mapped .bss, which BPF only reads
+        unsafe { std::ptr::write_volatile(&mut self.config()?.interval, old.wrapping_add(1)) };
         let now = sys::monotonic_ns();
         let interval_ns = now.saturating_sub(self.interval_start_ns);
         self.interval_start_ns = now;
+        // from here no program adds to interval `old`'s slots: read them whole
+        wait_for_programs_in_flight();
         let lat = latency::take(&self.skel.maps.latencies, old)?;
+        let slot = (old & 1) as usize;
 
-        // counts by thread and syscall; entries idle for a whole interval go
-        let mut by_thread: HashMap<u32, Vec<(u32, u64)>> = HashMap::new();
-        let mut stale = Vec::new();
-        for (k, v) in self
-            .skel
-            .maps
-            .counts
-            .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)?
-        {
+        // counts by thread and syscall
+        let mut by_thread: HashMap<ThreadKey, Vec<(u32, u64)>> = HashMap::new();
+        let mut count_keys: Vec<(ThreadKey, Vec<u8>)> = Vec::new();
+        for (k, v) in hash_entries(&self.skel.maps.counts)? {
             let (Ok(key), Ok(c)) = (decode::<syscall_count_key>(&k), decode::<syscall_count>(&v))
             else {
                 continue;
             };
-            if c.interval == old {
+            let thread = (key.pid, key.start_ns);
+            if c.interval[slot] == old && c.count[slot] > 0 {
                 by_thread
-                    .entry(key.pid)
+                    .entry(thread)
                     .or_default()
-                    .push((key.id, c.count));
-            } else if c.interval != old.wrapping_add(1) {
-                stale.push(k);
+                    .push((key.id, c.count[slot]));
             }
-        }
-        for k in stale {
-            let _ = self.skel.maps.counts.delete(&k);
+            count_keys.push((thread, k));
         }
 
+        let ns_per_tick = 1_000_000_000 / sys::clock_ticks_per_sec();
         let mut threads = Vec::new();
-        let mut gone = Vec::new();
-        for (k, v) in self
-            .skel
-            .maps
-            .threads
-            .lookup_batch(1024, MapFlags::ANY, MapFlags::ANY)?
-        {
-            let (Ok(pid), Ok(t)) = (decode::<u32>(&k), decode::<syscall_thread>(&v)) else {
+        let mut done: Vec<(ThreadKey, Vec<u8>)> = Vec::new();
+        let mut known = std::collections::HashSet::new();
+        for (k, v) in hash_entries(&self.skel.maps.threads)? {
+            let (Ok(key), Ok(t)) = (
+                decode::<syscall_thread_key>(&k),
+                decode::<syscall_thread>(&v),
+            ) else {
                 continue;
             };
-            if t.interval == old && t.count > 0 {
-                threads.push((*pid, *t));
-            } else if old.wrapping_sub(t.interval) >= 2 && sys::proc_stat(*pid).is_none() {
-                gone.push(k);
+            let thread = (key.pid, key.start_ns);
+            known.insert(thread);
+            let s = &t.slot[slot];
+            if s.interval == old && s.count > 0 {
+                threads.push((thread, *t));
+            }
+            // Its last figures are read now: the exit fell in this interval or
+            // before. Or (a missed exit) it did nothing for two intervals and
+            // is no longer alive: nothing will write its entry again.
+            let last_read = if t.exited != 0 {
+                not_after(t.exit_interval, old)
+            } else {
+                t.slot.iter().all(|s| !not_after(old, s.interval))
+                    && !sys::task_alive(key.pid, t.task_start_ns / ns_per_tick)
+            };
+            if last_read {
+                done.push((thread, k));
             }
         }
-        for k in gone {
-            let _ = self.skel.maps.threads.delete(&k);
-        }
 
-        threads.sort_by_key(|(_, t)| std::cmp::Reverse(t.count));
+        threads.sort_by_key(|(_, t)| std::cmp::Reverse(t.slot[slot].count));
         let shown = self.top_threads.unwrap_or(usize::MAX).min(threads.len());
-        for (pid, t) in &threads[..shown] {
-            let counts = by_thread.get(pid).map(Vec::as_slice).unwrap_or(&[]);
+        for (key, t) in &threads[..shown] {
+            let counts = by_thread.get(key).map(Vec::as_slice).unwrap_or(&[]);
             out.emit(&thread_record(
                 now,
                 interval_ns,
-                *pid,
+                key.0,
                 t,
+                &t.slot[slot],
                 counts,
                 self.seq_len,
                 &lat,
             ));
         }
 
-        let mut totals: HashMap<u32, u64> = HashMap::new();
+        let mut totals: Vec<(u32, u64)> = Vec::new();
         for (id, n) in by_thread.values().flatten() {
-            *totals.entry(*id).or_default() += n;
+            totals.push((*id, *n));
         }
+        // what BPF timed but could not put in a thread's or a name's entry (map full)
+        let by_threads: u64 = threads.iter().map(|(_, t)| t.slot[slot].count).sum();
+        let by_names: u64 = totals.iter().map(|(_, n)| n).sum();
         let (pid, tgid) = match target {
             Target::Thread { pid, tgid, .. } => (pid, tgid),
             Target::Group { tgid, .. } => (tgid, tgid),
-            Target::System | Target::Idle { .. } => (0, 0),
+            Target::System | Target::Idle { .. } | Target::Cgroup { .. } => (0, 0),
         };
         let rec = Record::new(now, NAME, "syscalls_total")
             .task(pid, tgid, "")
             .field("interval_ns", interval_ns)
             .field("threads", threads.len());
-        let totals: Vec<(u32, u64)> = totals.into_iter().collect();
         out.emit(
             &latency::with_figures(rec, &lat)
                 .field("top", top_json(&totals))
-                .field("by_name", by_name_json(&totals)),
+                .field("by_name", by_name_json(&totals))
+                .field(
+                    "missed_threads",
+                    lat.target.count.saturating_sub(by_threads),
+                )
+                .field("missed_names", lat.target.count.saturating_sub(by_names)),
         );
+
+        // exited threads go, with their counts; so do counts of no thread
+        // entry whose thread is gone
+        let gone: std::collections::HashSet<ThreadKey> = done.iter().map(|(t, _)| *t).collect();
+        for (_, k) in &done {
+            let _ = self.skel.maps.threads.delete(k);
+        }
+        for (thread, k) in count_keys {
+            let orphan =
+                || !known.contains(&thread) && !sys::task_alive(thread.0, thread.1 / ns_per_tick);
+            if gone.contains(&thread) || orphan() {
+                let _ = self.skel.maps.counts.delete(&k);
+            }
+        }
         Ok(())
     }
 
@@ -177,11 +233,13 @@ impl Syscall {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn thread_record(
     now: u64,
     interval_ns: u64,
     pid: u32,
     t: &syscall_thread,
+    s: &syscall_slot,
     counts: &[(u32, u64)],
     seq_len: usize,
     lat: &IntervalLatency,
@@ -189,13 +247,13 @@ fn thread_record(
     Record::new(now, NAME, "syscalls")
         .task(pid, t.tgid, c_str(&t.comm))
         .field("interval_ns", interval_ns)
-        .field("count", t.count)
+        .field("count", s.count)
         .field("sequence", sequence(t, seq_len))
         .field("sequence_spans", sequence_spans(t, seq_len))
         .field("top", top_json(counts))
-        .field("avg_ns", t.sum_ns.checked_div(t.count).unwrap_or(0))
-        .field("max_ns", t.max_ns)
-        .field("min_ns", t.min_ns)
+        .field("avg_ns", s.sum_ns.checked_div(s.count).unwrap_or(0))
+        .field("max_ns", s.max_ns)
+        .field("min_ns", s.min_ns)
         .field("sys_count", lat.system.count)
         .field("sys_avg_ns", latency::avg_ns(&lat.system))
         .field("sys_max_ns", lat.system.max_ns)
@@ -222,13 +280,21 @@ pub fn sequence_spans(t: &syscall_thread, n: usize) -> Vec<[u64; 2]> {
         .collect()
 }
 
+/// Counts by name, most frequent first (ties by name). A name can come
+/// from two ids (a syscall and its ia32 twin): they add up.
+fn named(counts: &[(u32, u64)]) -> Vec<(String, u64)> {
+    let mut by_name: HashMap<String, u64> = HashMap::new();
+    for &(id, n) in counts {
+        *by_name.entry(syscall_name(id)).or_default() += n;
+    }
+    let mut named: Vec<(String, u64)> = by_name.into_iter().collect();
+    named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    named
+}
+
 /// The TOP most frequent syscalls, most frequent first (ties by name).
 pub fn top_json(counts: &[(u32, u64)]) -> Value {
-    let mut named: Vec<(String, u64)> = counts
-        .iter()
-        .map(|&(id, n)| (syscall_name(id), n))
-        .collect();
-    named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let named = named(counts);
     Value::Array(
         named
             .into_iter()
@@ -241,12 +307,12 @@ pub fn top_json(counts: &[(u32, u64)]) -> Value {
 /// Every syscall of the interval by name, most frequent first (the
 /// exporter counts them all, not only the top three).
 pub fn by_name_json(counts: &[(u32, u64)]) -> Value {
-    let mut named: Vec<(String, u64)> = counts
-        .iter()
-        .map(|&(id, n)| (syscall_name(id), n))
-        .collect();
-    named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    Value::Object(named.into_iter().map(|(k, n)| (k, n.into())).collect())
+    Value::Object(
+        named(counts)
+            .into_iter()
+            .map(|(k, n)| (k, n.into()))
+            .collect(),
+    )
 }
 
 impl Collector for Syscall {
@@ -259,7 +325,7 @@ impl Collector for Syscall {
         self.clear_maps();
         latency::clear(&self.skel.maps.latencies)?;
         let cfg = syscall_config {
-            target: act.target.filter(act.generation),
+            target: act.filter(),
             interval: self.config()?.interval,
             _pad: 0,
         };
@@ -270,6 +336,8 @@ impl Collector for Syscall {
         self.links = attach_all(&[
             ("syscall/sys_enter", &p.handle__sys_enter),
             ("syscall/sys_exit", &p.handle__sys_exit),
+            ("syscall/sched_process_exit", &p.handle__sched_process_exit),
+            ("syscall/sched_process_exec", &p.handle__sched_process_exec),
         ])?;
         self.target = Some(act.target);
         Ok(())
@@ -320,7 +388,31 @@ mod tests {
             assert_eq!(syscall_name(39), "getpid");
             assert_eq!(syscall_name(231), "exit_group");
         }
-        assert_eq!(syscall_name(100_000), "syscall_100000");
+        assert_eq!(syscall_name(10_000), "syscall_10000");
+    }
+
+    #[test]
+    fn ia32_syscalls_are_named_from_the_ia32_table() {
+        if cfg!(target_arch = "x86_64") {
+            // 20: ia32 getpid, x86_64 writev; 252: ia32 exit_group, x86_64 ioprio_get
+            assert_eq!(syscall_name(20), "writev");
+            assert_eq!(syscall_name(20 | SYSCALL_ID_IA32), "getpid");
+            assert_eq!(syscall_name(252 | SYSCALL_ID_IA32), "exit_group");
+            assert_eq!(syscall_name(5000 | SYSCALL_ID_IA32), "ia32_syscall_5000");
+            // the same name from both tables counts once, summed
+            let by_name = by_name_json(&[(39, 2), (20 | SYSCALL_ID_IA32, 3), (20, 1)]);
+            assert_eq!(by_name, json!({"getpid": 5, "writev": 1}));
+            assert_eq!(
+                top_json(&[(39, 2), (20 | SYSCALL_ID_IA32, 3)])[0]["count"],
+                5
+            );
+        }
+    }
+
+    #[test]
+    fn interval_order_wraps() {
+        assert!(not_after(3, 3) && not_after(3, 4) && !not_after(4, 3));
+        assert!(not_after(u32::MAX, 0) && !not_after(0, u32::MAX));
     }
 
     #[test]

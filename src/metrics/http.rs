@@ -1,13 +1,18 @@
 //! The /metrics server of the exporter: binds --metrics ADDR, and on its
 //! own thread answers each scrape with an exposition of the shared
 //! `Snapshot`, in the Prometheus text format or OpenMetrics.
+//!
+//! HTTP is hyper's (a maintained server that enforces a header read
+//! timeout) on a single-threaded tokio runtime: a client that opens a
+//! connection and sends half a request costs one small task until the
+//! timeout, and connections beyond a bound are closed at once, so stalled
+//! clients can neither delay a scrape nor grow proc_image.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use prometheus_client::collector::Collector as PromCollector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
@@ -59,11 +64,19 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr> {
         })
 }
 
+/// A stalled client gets this long to send its request head, then is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed at once rather than queued,
+/// so clients that open connections and send nothing cannot delay a scrape.
+const MAX_CONNECTIONS: usize = 256;
+/// A connection is dropped after this long, whatever it is doing.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Bind --metrics ADDR (before anything else is set up, so a taken port is
 /// refused at once) and start serving; returns the record sink.
 pub fn start(addr: &str, top: usize) -> Result<MetricsSink> {
     let addr = parse_addr(addr)?;
-    let listener = TcpListener::bind(addr).map_err(|e| {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (the port is taken: choose another with --metrics)"
         } else {
@@ -71,89 +84,122 @@ pub fn start(addr: &str, top: usize) -> Result<MetricsSink> {
         };
         anyhow::anyhow!("cannot serve metrics on {addr}: {e}{hint}")
     })?;
+    listener
+        .set_nonblocking(true)
+        .context("set up the metrics listener")?;
+    // one thread runs every connection: a stalled client costs a task, not a thread
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("start the metrics runtime")?;
     let exporter = Exporter::new(top);
     let shared = exporter.shared();
     std::thread::Builder::new()
         .name("metrics".into())
-        .spawn(move || serve(listener, shared))
+        .spawn(move || runtime.block_on(serve(listener, shared)))
         .context("start the metrics thread")?;
     Ok(MetricsSink { exporter })
 }
 
-fn serve(listener: TcpListener, shared: Arc<Mutex<Snapshot>>) {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        // one scrape at a time; a slow client cannot hold the thread long
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-        let _ = answer(&mut conn, &shared);
+async fn serve(listener: std::net::TcpListener, shared: Arc<Mutex<Snapshot>>) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        eprintln!("proc_image: metrics: cannot use the listener");
+        return;
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            // out of file descriptors, say: let some connections end first
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &shared)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
     }
 }
 
-/// The request line and the Accept header of one HTTP request.
-pub fn parse_request(head: &str) -> Option<(String, String, String)> {
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split_whitespace();
-    let (method, path) = (first.next()?.to_string(), first.next()?.to_string());
-    let accept = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("accept"))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    Some((method, path, accept))
+type Reply = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+
+fn reply(status: hyper::StatusCode, ctype: &str, body: String, head_only: bool) -> Reply {
+    let len = body.len();
+    let body = if head_only { String::new() } else { body };
+    let mut r = hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        h.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    h.insert(hyper::header::CONTENT_LENGTH, len.into());
+    r
 }
 
-fn answer(conn: &mut TcpStream, shared: &Arc<Mutex<Snapshot>>) -> Result<()> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut buf)?;
-        if n == 0 || head.len() > 16 * 1024 {
-            bail!("bad request");
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    let request = parse_request(&head);
-    let head_only = request.as_ref().is_some_and(|r| r.0 == "HEAD");
-    let (status, ctype, body) = match request {
-        Some((m, _, _)) if m != "GET" && m != "HEAD" => (
-            "405 Method Not Allowed",
+/// /metrics in the format the Accept header asks for; / points to it.
+fn respond<B>(req: &hyper::Request<B>, shared: &Arc<Mutex<Snapshot>>) -> Reply {
+    use hyper::{Method, StatusCode};
+    let head_only = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head_only {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".to_string(),
-        ),
-        Some((_, path, accept)) if path.split('?').next() == Some("/metrics") => {
+            "GET only\n".into(),
+            false,
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let accept = req
+                .headers()
+                .get_all(hyper::header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(",");
             let om = accept.contains("application/openmetrics-text");
-            let body = exposition(shared, om)?;
             let ctype = if om {
                 OPENMETRICS_TYPE
             } else {
                 prometheus_client::encoding::prometheus_text::CONTENT_TYPE
             };
-            ("200 OK", ctype, body)
+            match exposition(shared, om) {
+                Ok(body) => reply(StatusCode::OK, ctype, body, head_only),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e:#}\n"),
+                    head_only,
+                ),
+            }
         }
-        Some((_, path, _)) if path == "/" => (
-            "200 OK",
+        "/" => reply(
+            StatusCode::OK,
             "text/html",
             "<html><body><a href=\"/metrics\">proc_image metrics</a></body></html>\n".into(),
+            head_only,
         ),
-        Some(_) => (
-            "404 Not Found",
+        _ => reply(
+            StatusCode::NOT_FOUND,
             "text/plain",
             "not found: try /metrics\n".into(),
+            head_only,
         ),
-        None => ("400 Bad Request", "text/plain", "bad request\n".into()),
-    };
-    write!(
-        conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if !head_only {
-        conn.write_all(body.as_bytes())?;
     }
-    conn.flush()?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -182,20 +228,12 @@ mod tests {
     }
 
     #[test]
-    fn addresses_and_requests() {
+    fn addresses() {
         assert_eq!(parse_addr("9464").unwrap().to_string(), "127.0.0.1:9464");
         assert_eq!(parse_addr(":9464").unwrap().to_string(), "127.0.0.1:9464");
         assert_eq!(parse_addr("0.0.0.0:80").unwrap().to_string(), "0.0.0.0:80");
         assert_eq!(parse_addr("[::1]:9").unwrap().to_string(), "[::1]:9");
         assert!(parse_addr("nonsense").is_err());
         assert!(parse_addr("99999").is_err());
-        let (m, p, a) = parse_request(
-            "GET /metrics HTTP/1.1\r\nHost: x\r\naccept: application/openmetrics-text\r\n\r\n",
-        )
-        .unwrap();
-        assert_eq!(
-            (m.as_str(), p.as_str(), a.as_str()),
-            ("GET", "/metrics", "application/openmetrics-text")
-        );
     }
 }

@@ -27,7 +27,7 @@ use crate::sys;
 use crate::target::Target;
 
 mod http;
-pub use http::{exposition, parse_addr, parse_request, start, OPENMETRICS_TYPE};
+pub use http::{exposition, parse_addr, start, OPENMETRICS_TYPE};
 
 /// How long the series of a thread that exited (or left the top N), or of
 /// an earlier target, stay exported: long enough for a scraper to see
@@ -402,7 +402,10 @@ pub struct Exporter {
     shared: Arc<Mutex<Snapshot>>,
     threads: Bounded,
     procs: Bounded,
-    target: Option<String>,
+    /// the target label of each active collector's activation
+    targets: HashMap<&'static str, String>,
+    /// the target label of the record being applied
+    current: String,
     loaded: Vec<&'static str>,
     /// resource totals last seen per tgid, and when: counters grow by the
     /// difference
@@ -416,6 +419,10 @@ fn target_label(t: &Target) -> String {
         Target::Thread { pid, .. } => format!("pid:{pid}"),
         Target::Group { tgid, .. } => format!("tgid:{tgid}"),
         Target::Idle { cpu } => format!("idle:cpu{cpu}"),
+        Target::Cgroup { id, .. } => format!(
+            "cgroup:{}",
+            sys::cgroup_path(id).unwrap_or_else(|| id.to_string())
+        ),
     }
 }
 
@@ -450,7 +457,8 @@ impl Exporter {
             shared: Arc::new(Mutex::new(snap)),
             threads: Bounded::new(top),
             procs: Bounded::new(top),
-            target: None,
+            targets: HashMap::new(),
+            current: "none".into(),
             loaded: Vec::new(),
             last_totals: HashMap::new(),
             next_rebalance_ns: 0,
@@ -467,7 +475,7 @@ impl Exporter {
     }
 
     fn target(&self) -> String {
-        self.target.clone().unwrap_or_else(|| "none".into())
+        self.current.clone()
     }
 
     /// target, tgid, pid, comm of a thread, or the "other" aggregate.
@@ -539,6 +547,11 @@ impl Exporter {
 
     pub fn activated(&mut self, target: &Target, collectors: &[&'static str], now: u64) {
         let label = target_label(target);
+        for &c in collectors {
+            self.targets.insert(c, label.clone());
+        }
+        let targets: Vec<String> = self.targets.values().cloned().collect();
+        let active: Vec<&'static str> = self.targets.keys().copied().collect();
         let loaded = self.loaded.clone();
         self.with(|s| {
             for t in s
@@ -549,7 +562,9 @@ impl Exporter {
             {
                 s.set(Fam::TargetInfo, t, now, 0.0);
             }
-            s.set(Fam::TargetInfo, vec![("target", label.clone())], now, 1.0);
+            for t in &targets {
+                s.set(Fam::TargetInfo, vec![("target", t.clone())], now, 1.0);
+            }
             // latency histograms exist from the start, so that a scraper's
             // rate() sees their first increments
             for (c, fam) in [
@@ -567,7 +582,7 @@ impl Exporter {
                 }
             }
             for c in loaded {
-                let on = collectors.contains(&c);
+                let on = active.contains(&c);
                 s.set(
                     Fam::CollectorActive,
                     vec![("collector", c.into())],
@@ -576,17 +591,20 @@ impl Exporter {
                 );
             }
         });
-        self.target = Some(label);
     }
 
-    pub fn deactivated(&mut self, now: u64) {
-        let loaded = self.loaded.clone();
-        let target = self.target.take();
+    /// Those collectors' activations ended.
+    pub fn deactivated(&mut self, collectors: &[&'static str], now: u64) {
+        let ended: Vec<String> = collectors
+            .iter()
+            .filter_map(|c| self.targets.remove(c))
+            .collect();
+        let still: Vec<String> = self.targets.values().cloned().collect();
         self.with(|s| {
-            if let Some(t) = target {
+            for t in ended.into_iter().filter(|t| !still.contains(t)) {
                 s.set(Fam::TargetInfo, vec![("target", t)], now, 0.0);
             }
-            for c in loaded {
+            for &c in collectors {
                 s.set(Fam::CollectorActive, vec![("collector", c.into())], 0, 0.0);
             }
         });
@@ -601,7 +619,7 @@ impl Exporter {
         // processes that stopped reporting (gone, or a new target)
         self.last_totals
             .retain(|_, (_, seen)| now.saturating_sub(*seen) < 10 * REBALANCE_NS);
-        let current = self.target.clone();
+        let current: Vec<String> = self.targets.values().cloned().collect();
         let gone_t: Vec<String> = gone_threads.iter().map(u32::to_string).collect();
         let gone_p: Vec<String> = gone_procs.iter().map(u32::to_string).collect();
         self.with(|s| {
@@ -617,7 +635,7 @@ impl Exporter {
                     }
                 }
                 match label("target") {
-                    Some(t) if Some(t) != current.as_ref() => {
+                    Some(t) if !current.contains(t) => {
                         now.saturating_sub(series.updated_ns) < LINGER_NS
                             || fam == Fam::TargetInfo && series.val == Val::Num(1.0)
                     }
@@ -641,6 +659,11 @@ impl Exporter {
         }
         let collector = rec.collector;
         let (pid, tgid, comm) = (rec.pid, rec.tgid, rec.comm.as_str());
+        self.current = self
+            .targets
+            .get(collector)
+            .cloned()
+            .unwrap_or_else(|| "none".into());
         let target = self.target();
         let mut updates: Vec<(Fam, Labels, Update)> = Vec::new();
         let mut put = |fam, labels, u| updates.push((fam, labels, u));
@@ -857,8 +880,8 @@ impl Sink for MetricsSink {
     fn record(&mut self, rec: &Record) {
         self.exporter.apply(rec, sys::monotonic_ns());
     }
-    fn deactivated(&mut self) {
-        self.exporter.deactivated(sys::monotonic_ns());
+    fn deactivated(&mut self, collectors: &[&'static str]) {
+        self.exporter.deactivated(collectors, sys::monotonic_ns());
     }
 }
 
@@ -899,7 +922,11 @@ mod tests {
     pub(super) fn exporter() -> Exporter {
         let mut e = Exporter::new(50);
         e.loaded(&["keytime", "syscall", "schedule", "resource", "lock"]);
-        e.activated(&group(), &["keytime", "syscall"], S);
+        e.activated(
+            &group(),
+            &["keytime", "syscall", "schedule", "resource", "lock"],
+            S,
+        );
         e
     }
 
@@ -937,9 +964,15 @@ mod tests {
             num(&e, Fam::CollectorActive, &[("collector", "syscall")]),
             Some(1.0)
         );
+        e.deactivated(&["lock"], 2 * S);
         assert_eq!(
             num(&e, Fam::CollectorActive, &[("collector", "lock")]),
             Some(0.0)
+        );
+        assert_eq!(
+            num(&e, Fam::TargetInfo, &[("target", "tgid:10")]),
+            Some(1.0),
+            "other collectors still trace it"
         );
     }
 
@@ -1171,7 +1204,7 @@ mod tests {
     #[test]
     fn exited_threads_and_old_targets_are_removed_after_linger() {
         let mut e = Exporter::new(10);
-        e.activated(&group(), &["keytime"], S);
+        e.activated(&group(), &["keytime", "schedule"], S);
         let rec = Record::new(S, "keytime", "exit").task(11, 10, "work");
         e.apply(&rec, S);
         let t11 = thread(11);
@@ -1185,7 +1218,7 @@ mod tests {
         // a new target: the old one's series go after LINGER_NS
         let sched = Record::new(3 * S, "schedule", "schedule").field("hist", json!([]));
         e.apply(&sched, 3 * S);
-        e.deactivated(4 * S);
+        e.deactivated(&["keytime", "schedule"], 4 * S);
         e.activated(&Target::System, &["schedule"], 4 * S);
         let old = [("target", "tgid:10"), ("scope", "target")];
         e.maintain_with(5 * S, |_| true);

@@ -65,6 +65,10 @@ pub struct ProcImage {
     pub pin_dir: PathBuf,
     stdout: Lines,
     stderr: Lines,
+    /// stdout's lines parsed so far: each is parsed once, outside the
+    /// reader's lock, so that a test polling records() never slows the
+    /// reader (a full pipe would stall proc_image itself)
+    parsed: std::cell::RefCell<Vec<Value>>,
 }
 
 impl ProcImage {
@@ -89,6 +93,7 @@ impl ProcImage {
             pin_dir,
             stdout,
             stderr,
+            parsed: Default::default(),
         };
         let ready = wait_until(Duration::from_secs(60), || {
             p.stderr_text().contains("ready") || p.child.try_wait().ok().flatten().is_some()
@@ -107,12 +112,15 @@ impl ProcImage {
 
     /// Every JSON record printed so far.
     pub fn records(&self) -> Vec<Value> {
-        self.stdout
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
+        let mut parsed = self.parsed.borrow_mut();
+        let new: Vec<String> = {
+            let lines = self.stdout.lock().unwrap();
+            lines[parsed.len().min(lines.len())..].to_vec()
+        };
+        for l in new {
+            parsed.push(serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")));
+        }
+        parsed.clone()
     }
 
     pub fn controller(&self, args: &[&str]) -> Output {

@@ -19,6 +19,27 @@
 //!       waits for a line on stdin, then makes exactly N getppid, N write to
 //!       /dev/null, one nanosleep of MS, then getpid, getuid, getgid and
 //!       _exit (exit_group): nothing else
+//!   proc_image_workload syscall-threads [--threads N] [--getppid K] [--ia32-getpid M] [--secs S]
+//!       starts N threads that block in a read; prints their tids; waits for a
+//!       line on stdin; then each thread makes exactly K getppid (and M ia32
+//!       getpid through int 0x80, on x86_64) spread over S seconds, pacing
+//!       itself with clock_nanosleep, and blocks in a read for good: while
+//!       traced it makes only these syscalls. Prints each thread's counts and
+//!       the CLOCK_MONOTONIC time all were done, then waits to be killed
+//!   proc_image_workload thread-churn [--per-sec N] [--secs S]
+//!       starts N short-lived threads a second for S seconds, one after
+//!       another, each making three getppid; then prints how many
+//!   proc_image_workload pid-reuse [--getppid K]
+//!       names itself "reuse-parent", waits for a line on stdin, forks a
+//!       child that makes K getppid and exits, then forks another with the
+//!       same pid (clone3 set_tid) that makes 2K getppid and execs
+//!       `proc_image_workload reused-pid --getppid 3K`; prints the pid
+//!   proc_image_workload runqueue [--sleeps N] [--secs S]
+//!       a sleeper and a busy thread, both on CPU 0; the sleeper blocks in a
+//!       read; prints their tids; after a line on stdin the sleeper sleeps
+//!       N times over S seconds while the other spins, then both block in a
+//!       read for good and it prints "done" (the sleeper's switch-ins while
+//!       traced are its schedstat count's growth)
 //!   proc_image_workload sched [--busy-threads N] [--secs S]
 //!       N threads spinning and one thread sleeping 2 ms at a time, all
 //!       pinned to CPU 0, for S seconds; prints their tids first
@@ -42,6 +63,13 @@
 //!       times. --exec: first re-exec itself into `locks` (from a second
 //!       thread with --exec-from-thread), which sleeps 500 ms, then locks;
 //!       --exec-into: exec PROGRAM (no arguments) after the go line.
+//!   proc_image_workload soak [--threads N] [--secs S] [--churn-ms MS]
+//!       waits for a line on stdin, then for S seconds runs N threads, half
+//!       of them busy (bursts of getppid between 2 ms of computing), half
+//!       mostly asleep (10 getppid every 200 ms), and every MS a short-lived
+//!       thread (500 getppid, 1 ms busy, a 10 ms sleep); prints each thread's
+//!       tid, getppid count and on-CPU ns (its schedstat just before it
+//!       ends), then exits
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
@@ -89,7 +117,17 @@ fn main() {
             num("--linger-ms", 0),
         ),
         "syscalls" => known_syscalls(num("--getppid", 10_000), num("--writes", 500), num("--sleep-ms", 50)),
+        "syscall-threads" => syscall_threads(
+            num("--threads", 4),
+            num("--getppid", 100_000),
+            num("--ia32-getpid", 0),
+            num("--secs", 5),
+        ),
+        "thread-churn" => thread_churn(num("--per-sec", 3000), num("--secs", 7)),
+        "pid-reuse" => pid_reuse(num("--getppid", 1000)),
+        "reused-pid" => reused_pid(num("--getppid", 1000)),
         "sched" => sched(num("--busy-threads", 2), num("--secs", 4)),
+        "runqueue" => runqueue(num("--sleeps", 1000), num("--secs", 5)),
         "resource" => resource(
             num("--burn-ms", 1000),
             num("--alloc-mib", 200),
@@ -108,6 +146,7 @@ fn main() {
             busy(Duration::from_millis(2));
             std::thread::sleep(Duration::from_millis(3));
         },
+        "soak" => soak(num("--threads", 8), num("--secs", 60), num("--churn-ms", 250)),
         "stress" => stress(
             num("--forks-per-sec", 1000),
             num("--syscalls-per-sec", 1_000_000),
@@ -815,5 +854,369 @@ fn locks(args: &[String]) {
                 libc::waitpid(child, std::ptr::null_mut(), 0);
             },
         }
+    }
+}
+
+/// One soak thread's own account, taken just before it ends.
+fn soak_thread(kind: &'static str, mut work: impl FnMut() -> bool) -> serde_json::Value {
+    let mut getppid = 0u64;
+    while work() {
+        getppid += 1;
+        unsafe {
+            libc::getppid();
+        }
+    }
+    let tid = unsafe { libc::gettid() };
+    let run_ns = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+    json!({"tid": tid, "kind": kind, "getppid": getppid, "run_ns": run_ns})
+}
+
+/// A process that lives for many reporting intervals: busy threads, idle
+/// threads and threads that come and go (tests/soak.rs, bench/soak.sh).
+fn soak(threads: u64, secs: u64, churn_ms: u64) {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut handles: Vec<std::thread::JoinHandle<serde_json::Value>> = (0..threads)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                if i % 2 == 0 {
+                    soak_thread("busy", || {
+                        n += 1;
+                        if n % 2000 == 0 {
+                            busy(Duration::from_millis(2));
+                        }
+                        n % 2000 != 0 || Instant::now() < end
+                    })
+                } else {
+                    soak_thread("idle", || {
+                        n += 1;
+                        if n % 10 == 0 {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        n % 10 != 0 || Instant::now() < end
+                    })
+                }
+            })
+        })
+        .collect();
+    while Instant::now() + Duration::from_millis(churn_ms) < end {
+        std::thread::sleep(Duration::from_millis(churn_ms));
+        handles.push(std::thread::spawn(|| {
+            let mut n = 0u64;
+            soak_thread("short", || {
+                n += 1;
+                if n == 500 {
+                    busy(Duration::from_millis(1));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                n <= 500
+            })
+        }));
+    }
+    let done: Vec<serde_json::Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let getppid: u64 = done.iter().map(|t| t["getppid"].as_u64().unwrap()).sum();
+    say(
+        json!({"event": "soak", "threads_created": done.len(), "getppid": getppid, "threads": done}),
+    );
+}
+
+/// One ia32 getpid through int 0x80 (its number in the ia32 table is 20,
+/// writev's in the x86_64 one).
+#[cfg(target_arch = "x86_64")]
+fn ia32_getpid() {
+    // SAFETY: getpid takes no arguments and touches no memory.
+    unsafe {
+        std::arch::asm!("int 0x80", inlateout("eax") 20 => _, options(nostack));
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn ia32_getpid() {
+    die("ia32 syscalls exist on x86_64 only")
+}
+
+/// Threads that make exactly the syscalls they count while traced.
+fn syscall_threads(threads: u64, getppid: u64, ia32: u64, secs: u64) {
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use std::sync::Arc;
+    let pipe = || {
+        let mut fds = [0i32; 2];
+        // SAFETY: fds has room for two descriptors.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            die("pipe");
+        }
+        fds
+    };
+    let (start, park) = (pipe(), pipe());
+    // per thread: tid, getppid made, ia32 getpid made, clock_nanosleep made, done
+    let slots: Arc<Vec<[AtomicU64; 5]>> = Arc::new(
+        (0..threads)
+            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            .collect(),
+    );
+    for i in 0..threads as usize {
+        let slots = slots.clone();
+        std::thread::spawn(move || {
+            let me = &slots[i];
+            // SAFETY: gettid has no preconditions.
+            me[0].store(unsafe { libc::gettid() } as u64, SeqCst);
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into `byte`.
+            unsafe { libc::read(start[0], (&mut byte as *mut u8).cast(), 1) };
+            // from here: only getppid, int 0x80 getpid and clock_nanosleep
+            let period = Duration::from_millis(10);
+            let steps = (secs * 100).max(1);
+            let begun = Instant::now();
+            let (mut made, mut made32, mut sleeps) = (0u64, 0u64, 0u64);
+            for step in 1..=steps {
+                while made < getppid * step / steps {
+                    // SAFETY: getppid has no preconditions.
+                    unsafe { libc::getppid() };
+                    made += 1;
+                }
+                while made32 < ia32 * step / steps {
+                    ia32_getpid();
+                    made32 += 1;
+                }
+                let due = begun + period * step as u32;
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    let ts = libc::timespec {
+                        tv_sec: wait.as_secs() as i64,
+                        tv_nsec: wait.subsec_nanos() as i64,
+                    };
+                    // SAFETY: relative sleep, no remainder asked for.
+                    unsafe {
+                        libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &ts, std::ptr::null_mut())
+                    };
+                    sleeps += 1;
+                }
+            }
+            me[1].store(made, SeqCst);
+            me[2].store(made32, SeqCst);
+            me[3].store(sleeps, SeqCst);
+            me[4].store(1, SeqCst);
+            // SAFETY: as above; never returns while the process lives.
+            unsafe { libc::read(park[0], (&mut byte as *mut u8).cast(), 1) };
+        });
+    }
+    while slots.iter().any(|s| s[0].load(SeqCst) == 0) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let tids: Vec<u64> = slots.iter().map(|s| s[0].load(SeqCst)).collect();
+    // each is asleep in its read: entered before any tracing can begin
+    for tid in &tids {
+        while proc_image::sys::proc_stat(*tid as u32).is_none_or(|st| st.state != 'S') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    say(json!({"event": "threads", "pid": std::process::id(), "tids": tids}));
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    let go = vec![0u8; threads as usize];
+    // SAFETY: writes one byte per thread (a pipe holds far more).
+    unsafe { libc::write(start[1], go.as_ptr().cast(), go.len()) };
+    while slots.iter().any(|s| s[4].load(SeqCst) == 0) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let done_ns = monotonic_ns();
+    let per_thread: Vec<serde_json::Value> = slots
+        .iter()
+        .map(|s| {
+            json!({"tid": s[0].load(SeqCst), "getppid": s[1].load(SeqCst),
+                   "ia32_getpid": s[2].load(SeqCst), "clock_nanosleep": s[3].load(SeqCst)})
+        })
+        .collect();
+    say(json!({"event": "done", "done_ns": done_ns, "threads": per_thread}));
+    // until killed: an exit would end the workers' reads, one more syscall each
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Short-lived threads, one after another, `per_sec` a second.
+fn thread_churn(per_sec: u64, secs: u64) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let made = paced(per_sec, end, || {
+        // three: more than any other syscall of a thread's start and end
+        let _ = std::thread::spawn(|| unsafe {
+            libc::getppid();
+            libc::getppid();
+            libc::getppid();
+        })
+        .join();
+    });
+    say(json!({"event": "churn", "threads": made}));
+}
+
+/// Fork a child with pid `pid` (any pid if 0) through clone3 set_tid.
+fn fork_with_pid(pid: libc::pid_t) -> libc::pid_t {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if pid != 0 { tid.as_ptr() as u64 } else { 0 },
+        set_tid_size: (pid != 0) as u64,
+        ..Default::default()
+    };
+    // SAFETY: like fork(); the child only makes raw syscalls and execs or exits.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        ) as libc::pid_t
+    }
+}
+
+/// prctl(PR_SET_NAME): the comm children inherit.
+fn set_comm(name: &str) {
+    let c = std::ffi::CString::new(name).unwrap_or_default();
+    // SAFETY: a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+}
+
+/// Two processes, one after the other, with the same pid.
+fn pid_reuse(k: u64) {
+    set_comm("reuse-parent");
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    let first = fork_with_pid(0);
+    if first == 0 {
+        for _ in 0..k {
+            // SAFETY: no preconditions.
+            unsafe { libc::getppid() };
+        }
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    if first < 0 {
+        die("fork");
+    }
+    // SAFETY: reaps the child, freeing its pid.
+    unsafe { libc::waitpid(first, std::ptr::null_mut(), 0) };
+    let exe = std::env::current_exe().unwrap_or_else(|_| die("current_exe"));
+    let second = fork_with_pid(first);
+    if second == 0 {
+        for _ in 0..2 * k {
+            // SAFETY: no preconditions.
+            unsafe { libc::getppid() };
+        }
+        let err = std::process::Command::new(&exe)
+            .args(["reused-pid", "--getppid", &(3 * k).to_string()])
+            .exec();
+        die(&format!("exec: {err}"));
+    }
+    if second < 0 {
+        die(&format!(
+            "clone3 set_tid {first}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut status = 0;
+    // SAFETY: reaps the second child.
+    unsafe { libc::waitpid(second, &mut status, 0) };
+    say(json!({"event": "pid_reuse", "pid": first, "second": second, "status": status}));
+}
+
+fn reused_pid(k: u64) {
+    for _ in 0..k {
+        // SAFETY: no preconditions.
+        unsafe { libc::getppid() };
+    }
+    // SAFETY: ends at once, without more syscalls than exit_group.
+    unsafe { libc::_exit(0) };
+}
+
+/// A sleeper competing with a spinning thread for CPU 0, blocked before and
+/// after: its every switch-in in between follows a wakeup or a preemption.
+fn runqueue(sleeps: u64, secs: u64) {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+    use std::sync::Arc;
+    let mut fds = [0i32; 2];
+    let mut park = [0i32; 2];
+    // SAFETY: each array has room for two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) | libc::pipe(park.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let sleeper_tid = Arc::new(AtomicI32::new(0));
+    let (d, t) = (done.clone(), sleeper_tid.clone());
+    std::thread::spawn(move || {
+        pin_to_cpu0();
+        // SAFETY: gettid has no preconditions.
+        t.store(unsafe { libc::gettid() }, SeqCst);
+        let mut byte = 0u8;
+        // SAFETY: one byte into `byte`.
+        unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) };
+        let pause = Duration::from_micros(secs * 1_000_000 / sleeps.max(1));
+        for _ in 0..sleeps {
+            std::thread::sleep(pause);
+        }
+        d.store(true, SeqCst);
+        // SAFETY: as above; never returns while the process lives.
+        unsafe { libc::read(park[0], (&mut byte as *mut u8).cast(), 1) };
+    });
+    let (d, go_fd) = (done.clone(), fds[0]);
+    let busy_tid = Arc::new(AtomicI32::new(0));
+    let b = busy_tid.clone();
+    std::thread::spawn(move || {
+        pin_to_cpu0();
+        // SAFETY: as above.
+        b.store(unsafe { libc::gettid() }, SeqCst);
+        let mut byte = 0u8;
+        // SAFETY: as above: waits for the same go as the sleeper
+        unsafe { libc::read(go_fd, (&mut byte as *mut u8).cast(), 1) };
+        while !d.load(SeqCst) {
+            busy(Duration::from_millis(1));
+        }
+        // SAFETY: as above.
+        unsafe { libc::read(park[0], (&mut byte as *mut u8).cast(), 1) };
+    });
+    let tids = [sleeper_tid.as_ref(), busy_tid.as_ref()];
+    while tids.iter().any(|t| t.load(SeqCst) == 0) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for t in tids {
+        let tid = t.load(SeqCst) as u32;
+        while proc_image::sys::proc_stat(tid).is_none_or(|st| st.state != 'S') {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    say(
+        json!({"event": "threads", "sleeper": sleeper_tid.load(SeqCst), "busy": busy_tid.load(SeqCst)}),
+    );
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    // SAFETY: one byte for each of the two threads.
+    unsafe { libc::write(fds[1], b"gg".as_ptr().cast(), 2) };
+    while !done.load(SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // until the sleeper is back in its read
+    let tid = sleeper_tid.load(SeqCst) as u32;
+    while proc_image::sys::proc_stat(tid).is_none_or(|st| st.state != 'S') {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    say(json!({"event": "done", "done_ns": monotonic_ns()}));
+    loop {
+        std::thread::park();
     }
 }

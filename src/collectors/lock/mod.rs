@@ -276,7 +276,7 @@ impl Drop for Lock {
 fn tgid_of(target: &Target) -> Option<u32> {
     match *target {
         Target::Thread { tgid, .. } | Target::Group { tgid, .. } => Some(tgid),
-        Target::System | Target::Idle { .. } => None,
+        Target::System | Target::Idle { .. } | Target::Cgroup { .. } => None,
     }
 }
 
@@ -465,7 +465,7 @@ impl Collector for Lock {
         let lib = find_library(tgid, &read_maps(tgid)?)?.ok_or_else(|| no_library(tgid))?;
         self.clear_holds();
         *self.shared.borrow_mut() = Shared::default();
-        let mut filter = act.target.filter(act.generation);
+        let mut filter = act.filter();
         filter.tgid = tgid; // the exec hook matches the group in -p mode too
         bpf_intf::copy_into(self.config()?, &lock_config { target: filter });
         self.interval_start_ns = sys::monotonic_ns();

@@ -17,6 +17,16 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let bpf_dir = manifest_dir.join("bpf");
     let vmlinux_dir = manifest_dir.join("vmlinux");
+    // the kernel types of the architecture built for (pt_regs differs): x86_64
+    // in vmlinux/, the others in vmlinux/<kernel arch>/
+    let arch_dir = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86_64") => vmlinux_dir.clone(),
+        Ok("aarch64") => vmlinux_dir.join("arm64"),
+        Ok(other) => {
+            panic!("no vmlinux header for {other}: proc_image builds for x86_64 and aarch64")
+        }
+        Err(e) => panic!("CARGO_CFG_TARGET_ARCH: {e}"),
+    };
 
     for name in COLLECTORS {
         let src = bpf_dir.join(format!("{name}.bpf.c"));
@@ -27,7 +37,7 @@ fn main() {
                 OsStr::new("-I"),
                 bpf_dir.as_os_str(),
                 OsStr::new("-I"),
-                vmlinux_dir.as_os_str(),
+                arch_dir.as_os_str(),
                 OsStr::new("-Wall"),
                 OsStr::new("-Werror"),
             ])

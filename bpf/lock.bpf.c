@@ -389,7 +389,14 @@ int BPF_URETPROBE(handle__lock_exit, int ret)
  * the attempt took the lock. The first failed attempt is the request; the
  * successful one is the acquisition (no uretprobe needed).
  */
+#ifdef __TARGET_ARCH_x86
 #define X86_EFLAGS_ZF 0x40
+#define SPIN_ATTEMPT_FAILED(ctx) (!((ctx)->flags & X86_EFLAGS_ZF))
+#else
+/* elsewhere pthread_spin_lock is probed at entry and return like the other
+ * lock calls (collectors/lock/library.rs): this program is never attached */
+#define SPIN_ATTEMPT_FAILED(ctx) 0
+#endif
 
 SEC("uprobe")
 int BPF_UPROBE(handle__spin_attempt, void *lock)
@@ -404,7 +411,7 @@ int BPF_UPROBE(handle__spin_attempt, void *lock)
 	f = flight_of(task);
 	if (!f || repeat_of_hit(f, ctx, bpf_get_attach_cookie(ctx), addr))
 		return 0;
-	if (!(ctx->flags & X86_EFLAGS_ZF)) {
+	if (SPIN_ATTEMPT_FAILED(ctx)) {
 		/* held by someone: spinning from now, unless already */
 		if (!f->spin.request_ns || f->spin.lock_addr != addr) {
 			f->spin.lock_addr = addr;

@@ -453,7 +453,7 @@ struct control_state {
 	__u32 loaded_mask;       /* collectors loaded and verified */
 	__u64 owner_start_ticks; /* owner's start time: tells a stale pin from a live one */
 	__u32 ready;             /* 0 while loading */
-	__u32 _pad;
+	__u32 refused_mask;      /* collectors asked for (-a) that the kernel refused */
 	struct control_activation active[PI_COLLECTOR_COUNT];
 	__u8 message[CONTROL_MESSAGE_LEN]; /* what the loader could not load, or "ready" */
 };

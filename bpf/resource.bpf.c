@@ -43,6 +43,11 @@ struct mm_struct___old {
 	struct mm_rss_stat___old rss_stat;
 } __attribute__((preserve_access_index));
 
+/* 6.2+, spelled out: the vmlinux header may be of either layout (arm64's is 6.1) */
+struct mm_struct___new {
+	struct percpu_counter rss_stat[NR_MM_COUNTERS];
+} __attribute__((preserve_access_index));
+
 /*
  * One RSS counter, as get_mm_counter() reads it: the shared count only
  * (percpu_counter_read_positive), never negative. Each CPU may hold up to
@@ -58,7 +63,8 @@ struct mm_struct___old {
 			__v = BPF_CORE_READ((struct mm_struct___old *)(mm),          \
 					    rss_stat.count[member].counter);         \
 		else                                                                 \
-			__v = BPF_CORE_READ(mm, rss_stat[member].count);             \
+			__v = BPF_CORE_READ((struct mm_struct___new *)(mm),          \
+					    rss_stat[member].count);                 \
 		__v > 0 ? (__u64)__v : 0;                                            \
 	})
 

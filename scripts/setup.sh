@@ -25,12 +25,25 @@ check "command -v promtool" prometheus
 check "command -v perf" linux-perf
 check "command -v bpftool" bpftool
 check "command -v musl-gcc" musl-tools
+# tests/kernel_*.rs: Debian's kernels under QEMU, busybox in their initramfs
+check "command -v qemu-system-x86_64" qemu-system-x86
+check "test -x /bin/busybox" busybox-static
+check "command -v readelf" binutils
 
 if [ "${#need[@]}" -gt 0 ]; then
 	echo "setup: installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
 	$SUDO apt-get update -qq
 	$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# the 6.1 and 5.10 kernel packages themselves, unpacked into a cache (not
+# installed into /boot)
+if [ "$(id -u)" -eq 0 ]; then
+	for k in 6.1 5.10; do
+		"$(dirname "$0")/qemu-kernel-test.sh" --fetch-only --kernel "$k" >/dev/null 2>&1 ||
+			echo "setup: could not fetch Debian's $k kernel (tests/kernel_${k/./_}.rs will say why)"
+	done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

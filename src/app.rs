@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use libbpf_rs::{MapHandle, PrintLevel, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 
 use crate::bpf_intf::{
     collector_stats, control_activation, control_answer, control_request, control_state,
@@ -31,7 +31,7 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 
 pub fn run(args: ProcImageArgs) -> Result<()> {
     sys::require_root("proc_image")?;
-    set_libbpf_log(args.verbose);
+    collectors::set_libbpf_log(args.verbose);
 
     let kinds = args.collectors();
 
@@ -48,8 +48,21 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
         // every thread, not a --top of them, unless people read the text
         json: args.format() != Format::Text,
     };
-    let collectors = collectors::load(&kinds, &opts)?;
-    let mut app = App::new(args, control, collectors, sinks)?;
+    let (collectors, refused) = collectors::load(&kinds, &opts);
+    // collectors named on the command line must all load; with -a (or none
+    // named) each loads on its own and one the kernel refuses is reported
+    if let Some(r) = refused.first() {
+        if !args.all_collectors() || collectors.is_empty() {
+            bail!("the {} collector did not load: {}", r.kind, r.reason);
+        }
+    }
+    for r in &refused {
+        eprintln!(
+            "proc_image: {} not loaded: {} (the others run; -v shows libbpf's log)",
+            r.kind, r.reason
+        );
+    }
+    let mut app = App::new(args, control, collectors, &refused, sinks)?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
@@ -73,19 +86,6 @@ fn open_sinks(args: &ProcImageArgs) -> Result<Vec<Box<dyn Sink>>> {
         sinks.push(Box::new(crate::trace::TraceWriter::create(path)?));
     }
     Ok(sinks)
-}
-
-fn set_libbpf_log(verbose: bool) {
-    fn to_stderr(level: PrintLevel, msg: String) {
-        if level != PrintLevel::Debug || std::env::var_os("PROC_IMAGE_LIBBPF_DEBUG").is_some() {
-            eprint!("libbpf: {msg}");
-        }
-    }
-    // libbpf's warnings are noise unless asked for: errors reach the user
-    // through the returned error's context
-    libbpf_rs::set_print(
-        verbose.then_some((PrintLevel::Debug, to_stderr as fn(PrintLevel, String))),
-    );
 }
 
 /// One collector's activation.
@@ -126,12 +126,24 @@ impl App {
         args: ProcImageArgs,
         control: ControlMap,
         collectors: Vec<Box<dyn Collector>>,
+        refused: &[collectors::Refusal],
         sinks: Vec<Box<dyn Sink>>,
     ) -> Result<Self> {
         let mut state = control.read_state()?;
         state.loaded_mask = collectors.iter().fold(0, |m, c| m | c.kind().bit());
+        let refused_kinds: Vec<CollectorKind> = refused.iter().map(|r| r.kind).collect();
+        state.refused_mask = CollectorKind::mask(&refused_kinds);
         state.ready = 1;
-        control::set_message(&mut state.message, "ready");
+        // what the loader could not load, for controller --status
+        let why: Vec<String> = refused
+            .iter()
+            .map(|r| format!("{}: {}", r.kind, r.reason))
+            .collect();
+        if why.is_empty() {
+            control::set_message(&mut state.message, "ready");
+        } else {
+            control::set_message(&mut state.message, &why.join("; "));
+        }
         control.write_state(&state)?;
         let mut output = Output::stdout(args.format()).with_sinks(sinks);
         output.loaded(
@@ -140,6 +152,7 @@ impl App {
                 .map(|c| c.kind().name())
                 .collect::<Vec<_>>(),
         );
+        output.refused(&refused_kinds.iter().map(|k| k.name()).collect::<Vec<_>>());
         let output = Rc::new(RefCell::new(output));
         let reported = vec![collector_stats::default(); collectors.len()];
         let runs = collectors.iter().map(|_| None).collect();

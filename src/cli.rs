@@ -81,6 +81,11 @@ pub struct ProcImageArgs {
 
 impl ProcImageArgs {
     /// The collectors to load: those named, or every one.
+    /// -a, or no collector named: each collector loads on its own.
+    pub fn all_collectors(&self) -> bool {
+        self.all || !(self.keytime || self.lock || self.resource || self.syscall || self.schedule)
+    }
+
     pub fn collectors(&self) -> Vec<CollectorKind> {
         let named: Vec<CollectorKind> = [
             (self.keytime, CollectorKind::Keytime),

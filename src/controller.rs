@@ -67,14 +67,25 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
     } else {
         req.command = CONTROL_FINISH;
     }
+    // -t: a signal from the moment the request is sent must still undo it
+    let hold = match args.time {
+        Some(secs) if args.activate && secs > 0 => {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+                .context("install signal handlers")?;
+            Some((secs, stop))
+        }
+        _ => None,
+    };
     let answer = ask(&ctl, &state, &mut req)?;
     let message = c_str(&answer.message).to_string();
-    match args.time {
-        Some(secs) if args.activate && secs > 0 => {
+    match hold {
+        Some((secs, stop)) => {
             println!("{message}");
-            hold_then_deactivate(&ctl, &state, &answer, secs)
+            hold_then_deactivate(&ctl, &state, &answer, secs, &stop)
         }
-        _ => Ok(message),
+        None => Ok(message),
     }
 }
 
@@ -119,11 +130,8 @@ fn hold_then_deactivate(
     state: &control_state,
     activated: &control_answer,
     secs: u64,
+    stop: &AtomicBool,
 ) -> Result<String> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("install signal handlers")?;
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end && !stop.load(Ordering::SeqCst) {
         if !sys::task_alive(state.owner_pid, state.owner_start_ticks) {
@@ -162,7 +170,9 @@ pub fn status_text(state: &control_state) -> String {
     )];
     for k in CollectorKind::ALL {
         let a = &state.active[k.index()];
-        let line = if state.loaded_mask & k.bit() == 0 {
+        let line = if state.refused_mask & k.bit() != 0 {
+            format!("  {:<9} not loaded: refused by the kernel", k.name())
+        } else if state.loaded_mask & k.bit() == 0 {
             format!("  {:<9} not loaded", k.name())
         } else if a.id == 0 {
             format!("  {:<9} loaded, inactive", k.name())

@@ -15,6 +15,8 @@ use crate::target::Target;
 pub trait Sink {
     /// Once at start: the collectors proc_image loaded.
     fn loaded(&mut self, _collectors: &[&'static str]) {}
+    /// Once at start: the collectors asked for that the kernel refused.
+    fn refused(&mut self, _collectors: &[&'static str]) {}
     /// An activation began.
     fn activated(&mut self, _target: &Target, _collectors: &[&'static str]) {}
     fn record(&mut self, rec: &Record);
@@ -136,6 +138,10 @@ impl Output {
 
     pub fn loaded(&mut self, collectors: &[&'static str]) {
         self.sinks.iter_mut().for_each(|s| s.loaded(collectors));
+    }
+
+    pub fn refused(&mut self, collectors: &[&'static str]) {
+        self.sinks.iter_mut().for_each(|s| s.refused(collectors));
     }
 
     pub fn activated(&mut self, target: &Target, collectors: &[&'static str]) {

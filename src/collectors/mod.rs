@@ -15,10 +15,12 @@ pub mod syscall;
 
 use std::fmt;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
 use crate::bpf_intf::{collector_stats, PI_KEYTIME, PI_LOCK, PI_RESOURCE, PI_SCHEDULE, PI_SYSCALL};
 use crate::output::{Output, Record};
@@ -267,20 +269,146 @@ pub trait Collector {
     fn stats(&self) -> Result<collector_stats>;
 }
 
-/// Load every collector in `kinds`; the first failure is the error.
-pub fn load(kinds: &[CollectorKind], opts: &LoadOptions) -> Result<Vec<Box<dyn Collector>>> {
-    kinds
+/// A collector that did not load, and why, in one line.
+#[derive(Debug)]
+pub struct Refusal {
+    pub kind: CollectorKind,
+    pub reason: String,
+}
+
+/// Load each collector in `kinds` on its own: those that loaded, and a
+/// `Refusal` for each the kernel (or libbpf) would not load.
+pub fn load(
+    kinds: &[CollectorKind],
+    opts: &LoadOptions,
+) -> (Vec<Box<dyn Collector>>, Vec<Refusal>) {
+    let mut loaded: Vec<Box<dyn Collector>> = Vec::new();
+    let mut refused = Vec::new();
+    for &kind in kinds {
+        start_capture();
+        let result = (|| -> Result<Box<dyn Collector>> {
+            Ok(match kind {
+                CollectorKind::Keytime => Box::new(keytime::Keytime::load(opts)?),
+                CollectorKind::Lock => Box::new(lock::Lock::load(opts)?),
+                CollectorKind::Resource => Box::new(resource::Resource::load(opts)?),
+                CollectorKind::Syscall => Box::new(syscall::Syscall::load(opts)?),
+                CollectorKind::Schedule => Box::new(schedule::Schedule::load(opts)?),
+            })
+        })();
+        let log = end_capture();
+        match result {
+            Ok(c) => loaded.push(c),
+            Err(e) => refused.push(Refusal {
+                kind,
+                reason: refusal_reason(&log).unwrap_or_else(|| format!("{e:#}")),
+            }),
+        }
+    }
+    (loaded, refused)
+}
+
+/// libbpf's messages go to stderr with -v; its warnings are also kept while
+/// a collector loads, so that a refusal can say why in one line.
+static LIBBPF_VERBOSE: AtomicBool = AtomicBool::new(false);
+static LIBBPF_CAPTURE: Mutex<Option<String>> = Mutex::new(None);
+
+pub fn set_libbpf_log(verbose: bool) {
+    LIBBPF_VERBOSE.store(verbose, Ordering::Relaxed);
+    let level = if verbose {
+        PrintLevel::Debug
+    } else {
+        PrintLevel::Warn
+    };
+    libbpf_rs::set_print(Some((level, libbpf_print as fn(PrintLevel, String))));
+}
+
+fn libbpf_print(level: PrintLevel, msg: String) {
+    if level == PrintLevel::Warn {
+        if let Some(buf) = LIBBPF_CAPTURE
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            buf.push_str(&msg);
+        }
+    }
+    // debug messages (every relocation) only when asked for twice
+    if LIBBPF_VERBOSE.load(Ordering::Relaxed)
+        && (level != PrintLevel::Debug || std::env::var_os("PROC_IMAGE_LIBBPF_DEBUG").is_some())
+    {
+        eprint!("libbpf: {msg}");
+    }
+}
+
+fn start_capture() {
+    *LIBBPF_CAPTURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(String::new());
+}
+
+fn end_capture() -> String {
+    LIBBPF_CAPTURE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default()
+}
+
+/// Why libbpf or the kernel refused an object, from libbpf's warnings: the
+/// verifier's last words for a program it rejected (the line before its
+/// statistics), else libbpf's first warning (a missing BTF type, a map the
+/// kernel cannot create, ...).
+pub fn refusal_reason(log: &str) -> Option<String> {
+    const BEGIN: &str = "-- BEGIN PROG LOAD LOG --";
+    const END: &str = "-- END PROG LOAD LOG --";
+    if let Some(at) = log.find(BEGIN) {
+        let line_start = log[..at].rfind('\n').map_or(0, |i| i + 1);
+        let prog = log[line_start..at]
+            .split('\'')
+            .nth(1)
+            .map(|p| format!("program {p}: "))
+            .unwrap_or_default();
+        let body = &log[at + BEGIN.len()..];
+        let body = &body[..body.find(END).unwrap_or(body.len())];
+        let last = body.lines().map(str::trim).rfind(|l| {
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+        })?;
+        return Some(format!("the kernel's verifier refused {prog}{last}"));
+    }
+    // libbpf's own account: the first thing it says failed (a map the
+    // kernel cannot create, a BTF type it lacks), not its retries or the
+    // object's failure that follows
+    let lines: Vec<&str> = log
+        .lines()
+        .map(|l| l.trim().trim_start_matches("libbpf: "))
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
         .iter()
-        .map(|&kind| -> Result<Box<dyn Collector>> {
-            match kind {
-                CollectorKind::Keytime => Ok(Box::new(keytime::Keytime::load(opts)?)),
-                CollectorKind::Lock => Ok(Box::new(lock::Lock::load(opts)?)),
-                CollectorKind::Resource => Ok(Box::new(resource::Resource::load(opts)?)),
-                CollectorKind::Syscall => Ok(Box::new(syscall::Syscall::load(opts)?)),
-                CollectorKind::Schedule => Ok(Box::new(schedule::Schedule::load(opts)?)),
-            }
-        })
-        .collect()
+        .find(|l| l.contains("failed to") && !l.starts_with("failed to load object"))
+        .or(lines.first())
+        .map(|l| l.trim_end_matches('.').to_string())
+}
+
+/// A test hook (PROC_IMAGE_TEST_REFUSE=name,...): the named collectors'
+/// tp_btf programs are pointed at `sched_process_free`, a tracepoint of one
+/// argument, as if the kernel's tracepoints lacked the arguments the
+/// programs read (sched_switch's prev_state before 5.18). The kernel's
+/// verifier then really refuses them, on a kernel that loads everything.
+fn refuse_for_test(name: &str, open: &mut OpenObject) -> Result<()> {
+    let listed = std::env::var("PROC_IMAGE_TEST_REFUSE")
+        .is_ok_and(|names| names.split(',').any(|n| n == name));
+    if !listed {
+        return Ok(());
+    }
+    for mut prog in open.progs_mut() {
+        if prog.section().to_string_lossy().starts_with("tp_btf/") {
+            prog.set_attach_target(0, Some("sched_process_free".into()))
+                .context("retarget a program for PROC_IMAGE_TEST_REFUSE")?;
+        }
+    }
+    Ok(())
 }
 
 /// Open and load (verify) a skeleton, sizing its `events` ring buffer.
@@ -306,6 +434,7 @@ where
                 .with_context(|| format!("size the {name} ring buffer"))?;
         }
     }
+    refuse_for_test(name, open.open_object_mut())?;
     open.load().with_context(|| {
         format!("load and verify the {name} BPF programs (run with -v for the verifier log)")
     })
@@ -417,5 +546,43 @@ mod tests {
         assert_eq!(CollectorKind::from_mask(mask), kinds);
         assert_eq!(CollectorKind::names(mask), "keytime, syscall");
         assert_eq!(CollectorKind::names(0), "none");
+    }
+
+    #[test]
+    fn the_verifiers_last_words_are_the_reason() {
+        // libbpf's warnings for a program the verifier rejected (5.15's
+        // sched_switch has no 4th argument)
+        let log = "prog 'handle__sched_switch': BPF program load failed: Permission denied\n\
+            prog 'handle__sched_switch': -- BEGIN PROG LOAD LOG --\n\
+            reg type unsupported for arg#0 function handle__sched_switch#21\n\
+            0: R1=ctx(off=0,imm=0) R10=fp0\n\
+            ; int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,\n\
+            0: (79) r6 = *(u64 *)(r1 +24)\n\
+            func 'sched_switch' doesn't have 4-th argument\n\
+            invalid bpf_context access off=24 size=8\n\
+            processed 1 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0\n\
+            -- END PROG LOAD LOG --\n\
+            prog 'handle__sched_switch': failed to load: -13\n\
+            failed to load object 'keytime_bpf'\n";
+        assert_eq!(
+            refusal_reason(log).as_deref(),
+            Some("the kernel's verifier refused program handle__sched_switch: invalid bpf_context access off=24 size=8")
+        );
+        // no verifier log: libbpf's first warning says what is missing
+        let log = "prog 'handle__x': failed to find kernel BTF type ID of 'btf_trace_x': -3\n\
+            prog 'handle__x': failed to load: -3\n";
+        assert_eq!(
+            refusal_reason(log).as_deref(),
+            Some("prog 'handle__x': failed to find kernel BTF type ID of 'btf_trace_x': -3")
+        );
+        // Debian 11's 5.10: no task storage map
+        let log = "libbpf: Error in bpf_create_map_xattr(cpu_states):Invalid argument(-22). Retrying without BTF.\n\
+            libbpf: map 'cpu_states': failed to create: Invalid argument(-22)\n\
+            libbpf: failed to load object 'keytime_bpf'\n";
+        assert_eq!(
+            refusal_reason(log).as_deref(),
+            Some("map 'cpu_states': failed to create: Invalid argument(-22)")
+        );
+        assert_eq!(refusal_reason(""), None);
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Iter, Link, MapCore, MapHandle};
+use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
 
 use super::{
     attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
@@ -335,7 +335,14 @@ impl Resource {
         let exits = &self.skel.maps.exits;
         let keys: Vec<Vec<u8>> = exits.keys().collect();
         for k in keys {
-            if let Ok(Some(v)) = exits.lookup_and_delete(&k) {
+            // hash maps take lookup-and-delete since 5.14; before, the two
+            // (a pid exits once: nothing rewrites its entry in between)
+            let v = exits.lookup_and_delete(&k).or_else(|_| {
+                let v = exits.lookup(&k, MapFlags::ANY);
+                let _ = exits.delete(&k);
+                v
+            });
+            if let Ok(Some(v)) = v {
                 samples.extend(parse_samples(&v));
             }
         }

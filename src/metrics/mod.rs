@@ -106,7 +106,7 @@ impl Fam {
             Fam::Records => d("records", None, Counter, "Records produced, by collector"),
             Fam::RingbufDrops => d("ringbuf_drops", None, Counter, "Records the kernel side could not send because the ring buffer was full, by collector"),
             Fam::LostEvents => d("lost_events", None, Counter, "Events the kernel side could not account, by collector and reason (map_full, no_task_state)"),
-            Fam::CollectorLoaded => d("collector_loaded", None, Gauge, "1 for each collector this proc_image loaded"),
+            Fam::CollectorLoaded => d("collector_loaded", None, Gauge, "1 for each collector this proc_image loaded, 0 for one the kernel refused"),
             Fam::CollectorActive => d("collector_active", None, Gauge, "1 for each collector currently collecting"),
             Fam::TargetInfo => d("target_info", None, Gauge, "1 for the current target, 0 for recent ones"),
             Fam::Series => d("metric_series", None, Gauge, "Series this exporter serves (bounded by --metrics-top)"),
@@ -516,6 +516,15 @@ impl Exporter {
         labels
     }
 
+    /// Collectors asked for that the kernel refused: `collector_loaded` 0.
+    pub fn refused(&mut self, collectors: &[&'static str]) {
+        self.with(|s| {
+            for &c in collectors {
+                s.set(Fam::CollectorLoaded, vec![("collector", c.into())], 0, 0.0);
+            }
+        });
+    }
+
     pub fn loaded(&mut self, collectors: &[&'static str]) {
         self.loaded = collectors.to_vec();
         self.with(|s| {
@@ -873,6 +882,9 @@ pub struct MetricsSink {
 impl Sink for MetricsSink {
     fn loaded(&mut self, collectors: &[&'static str]) {
         self.exporter.loaded(collectors);
+    }
+    fn refused(&mut self, collectors: &[&'static str]) {
+        self.exporter.refused(collectors);
     }
     fn activated(&mut self, target: &Target, collectors: &[&'static str]) {
         self.exporter

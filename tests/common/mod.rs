@@ -2,6 +2,8 @@
 //! test workload, each test with a pin directory of its own.
 #![allow(dead_code)]
 
+pub mod qemu;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};

@@ -134,11 +134,13 @@ pub fn within(what: &str, got: f64, want: f64, pct: f64) {
 /// A hold the probes measured against the workload's own measure of it:
 /// never shorter, and longer by the probes' traps (~10 us natively), which
 /// under TCG cost milliseconds, more when the host preempts the vCPU in
-/// one of them (a loaded host): 10 ms of slack.
+/// one of them (seen: 13 ms over a 22 ms hold while other tests loaded both
+/// host CPUs): 30 ms of slack. What the test proves is the pairing of a
+/// hold with its acquisition, not the traps' cost.
 #[track_caller]
 pub fn probed_hold(what: &str, got: u64, want: u64) {
     assert!(
-        got * 100 >= want * 95 && got <= want + 10_000_000,
+        got * 100 >= want * 95 && got <= want + 30_000_000,
         "{what}: {got} ns, the workload held it {want} ns"
     );
 }

@@ -6,7 +6,6 @@ pub mod bpf_intf;
 pub mod cli;
 pub mod collectors;
 pub mod control;
-pub mod controller;
 pub mod kallsyms;
 pub mod metrics;
 pub mod output;

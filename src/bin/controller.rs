@@ -6,7 +6,7 @@ fn main() {
         eprintln!("{msg}");
         std::process::exit(2);
     }
-    match proc_image::controller::run(&args) {
+    match proc_image::control::client::run(&args) {
         Ok(msg) => println!("{msg}"),
         Err(e) => {
             eprintln!("controller: error: {e:#}");

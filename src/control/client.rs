@@ -1,4 +1,4 @@
-//! controller: queue one request for a running proc_image and wait for the
+//! controller's side: queue one request for a running proc_image and wait for the
 //! answer to it; with -t, stay in the foreground and undo the activation
 //! after that long or on a signal, as the original proc_image's controller.
 

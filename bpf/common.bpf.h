@@ -142,6 +142,12 @@ static __always_inline bool is_target(const struct target_filter *t,
 	return false;
 }
 
+/* The kernfs id of the task's cgroup v2 (what /proc/PID/cgroup's 0:: line names). */
+static __always_inline __u64 cgroup_id_of(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+}
+
 static __always_inline void fill_hdr(struct event_hdr *hdr, struct task_struct *task,
 				     __u8 collector, __u8 kind, __u64 now)
 {
@@ -153,6 +159,7 @@ static __always_inline void fill_hdr(struct event_hdr *hdr, struct task_struct *
 	hdr->kind = kind;
 	hdr->cpu = bpf_get_smp_processor_id();
 	hdr->_pad = 0;
+	hdr->cgroup_id = cgroup_id_of(task);
 }
 
 #endif /* COMMON_BPF_H */

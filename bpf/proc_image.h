@@ -72,8 +72,9 @@ struct event_hdr {
 	__u8 kind;       /* collector-specific record kind */
 	__u16 cpu;       /* CPU the record was taken on */
 	__u32 _pad;
+	__u64 cgroup_id; /* the task's cgroup v2 (its kernfs id); 0 without one */
 };
-_Static_assert(sizeof(struct event_hdr) == 40, "event_hdr layout");
+_Static_assert(sizeof(struct event_hdr) == 48, "event_hdr layout");
 
 /*
  * Health counters of one collector, one slot per CPU (summed by proc_image).
@@ -268,6 +269,7 @@ struct syscall_thread {
 	__u32 exit_interval; /* ... during this interval: its last figures */
 	__u32 _pad;
 	__u64 task_start_ns; /* task->start_boottime, to tell from /proc whether it lives */
+	__u64 cgroup_id;     /* its cgroup v2, refreshed once per interval */
 	__u8 comm[PI_COMM_LEN];
 	struct syscall_slot slot[2]; /* by interval & 1 */
 	__u64 seq_total; /* syscalls entered since tracing began; seq is a ring */
@@ -393,7 +395,7 @@ struct lock_event {
 	__u8 flags;            /* LOCK_F_* */
 	__u8 _pad[5];
 };
-_Static_assert(sizeof(struct lock_event) == 88, "lock_event layout");
+_Static_assert(sizeof(struct lock_event) == 96, "lock_event layout");
 
 /* ------------------------------------------------------------------ */
 /*

@@ -117,6 +117,7 @@ static __always_inline struct syscall_thread *thread_entry(struct task_struct *t
 		return NULL;
 	t->tgid = task->tgid;
 	t->task_start_ns = task->start_boottime;
+	t->cgroup_id = cgroup_id_of(task);
 	bpf_probe_read_kernel_str(t->comm, sizeof(t->comm), task->comm);
 	return t;
 }
@@ -221,8 +222,9 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 			s->sum_ns = 0;
 			s->min_ns = 0;
 			s->max_ns = 0;
-			/* once per interval: follow a rename (prctl PR_SET_NAME) */
+			/* once per interval: follow a rename (prctl PR_SET_NAME), a move */
 			bpf_probe_read_kernel_str(t->comm, sizeof(t->comm), task->comm);
+			t->cgroup_id = cgroup_id_of(task);
 		}
 		s->count++;
 		s->sum_ns += lat;

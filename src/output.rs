@@ -64,6 +64,12 @@ impl Record {
         self
     }
 
+    /// The task's cgroup (id and path), which records of the whole system carry.
+    pub fn cgroup(self, id: u64) -> Self {
+        self.field("cgroup_id", id)
+            .field("cgroup", crate::sys::cgroup_name(id))
+    }
+
     pub fn field(mut self, name: &'static str, value: impl Into<Value>) -> Self {
         self.fields.push((name, value.into()));
         self

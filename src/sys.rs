@@ -359,6 +359,31 @@ pub fn cgroup_path(id: u64) -> Option<String> {
     Some(format!("/{}", rel.display()))
 }
 
+/// The name of a cgroup v2 by its id, for records of the whole system:
+/// looked up once per cgroup (names of removed cgroups are kept; the cache
+/// starts over past 4096 of them). "" for id 0.
+pub fn cgroup_name(id: u64) -> String {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashMap<u64, String>>> = OnceLock::new();
+    if id == 0 {
+        return String::new();
+    }
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(name) = names.get(&id) {
+        return name.clone();
+    }
+    if names.len() >= 4096 {
+        names.clear();
+    }
+    let name = cgroup_path(id).unwrap_or_else(|| format!("id:{id}"));
+    names.insert(id, name.clone());
+    name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -450,3 +450,51 @@ fn a_cgroup_is_a_target_with_everything_that_enters_it() {
     );
     pi.finish();
 }
+
+#[test]
+fn whole_system_records_name_each_thread_s_cgroup() {
+    if !need_root() {
+        return;
+    }
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let cg = TestCgroup::new("attr");
+    let id = std::fs::metadata(&cg.dir).unwrap().ino();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pi = ProcImage::start("cgattr", &["-s", "-r", "--metrics", &port.to_string()]);
+    let w = Workload::start(&["spin"]);
+    cg.enter(w.pid());
+    pi.control_ok(&["-a", "-s", "-r"]);
+    let named = |r: &Value| r["cgroup"] == format!("/{}", cg.rel).as_str() && r["cgroup_id"] == id;
+    for event in ["syscalls", "resource"] {
+        assert!(
+            pi.wait_for(Duration::from_secs(10), |r| r["event"] == event
+                && r["tgid"] == w.pid()
+                && named(r)),
+            "no {event} record of the workload with its cgroup"
+        );
+    }
+    // every whole-system thread record carries one
+    let recs = pi.records();
+    assert!(recs
+        .iter()
+        .filter(|r| r["event"] == "syscalls")
+        .all(|r| r["cgroup_id"].is_u64()));
+    // and the metrics label the thread's series with it
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let label = format!("cgroup=\"/{}\"", cg.rel);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(&label) && l.contains(&format!("tgid=\"{}\"", w.pid()))),
+        "no series labelled {label}"
+    );
+    drop(w);
+    pi.finish();
+}

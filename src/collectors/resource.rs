@@ -92,6 +92,8 @@ pub struct Figures {
     pub total: Counters,
     pub rss_kib: u64,
     pub exited: bool,
+    /// the thread's cgroup v2 (0 for totals)
+    pub cgroup_id: u64,
 }
 
 /// `part` of `whole` in percent, to 0.01.
@@ -160,6 +162,7 @@ pub fn total_of(
         total,
         rss_kib: rss.values().sum(),
         exited: false,
+        cgroup_id: 0,
     }
 }
 
@@ -251,6 +254,7 @@ impl Tracker {
                 total: now.since(&before.base),
                 rss_kib: s.rss_pages * page_kib,
                 exited,
+                cgroup_id: s.hdr.cgroup_id,
             });
             if !exited {
                 seen.insert(
@@ -392,7 +396,12 @@ impl Resource {
                     .iter()
                     .filter(|f| f.delta != Counters::default() || f.exited);
                 for f in active.take(self.top) {
-                    out.emit(&f.record("resource", mem));
+                    let rec = f.record("resource", mem);
+                    // the whole system: which container or service each thread is in
+                    out.emit(&match target {
+                        Target::System => rec.cgroup(f.cgroup_id),
+                        _ => rec,
+                    });
                 }
                 let total = total_of(&figures, 0, 0, self.tracker.total, now, interval_ns);
                 out.emit(
@@ -587,6 +596,7 @@ mod tests {
             total: Counters::default(),
             rss_kib,
             exited: false,
+            cgroup_id: 0,
         };
         let threads = [t(1, 1, 100, 5), t(2, 1, 100, 7), t(3, 3, 40, 1)];
         let sum = total_of(&threads, 0, 0, Counters::default(), 9, 5);

@@ -165,7 +165,7 @@ impl Syscall {
         let shown = self.top_threads.unwrap_or(usize::MAX).min(threads.len());
         for (key, t) in &threads[..shown] {
             let counts = by_thread.get(key).map(Vec::as_slice).unwrap_or(&[]);
-            out.emit(&thread_record(
+            let rec = thread_record(
                 now,
                 interval_ns,
                 key.0,
@@ -174,7 +174,12 @@ impl Syscall {
                 counts,
                 self.seq_len,
                 &lat,
-            ));
+            );
+            // the whole system: which container or service each thread is in
+            out.emit(&match target {
+                Target::System => rec.cgroup(t.cgroup_id),
+                _ => rec,
+            });
         }
         if shown < threads.len() {
             // the threads not listed, summed: exporters count every syscall

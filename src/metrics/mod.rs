@@ -406,6 +406,8 @@ pub struct Exporter {
     targets: HashMap<&'static str, String>,
     /// the target label of the record being applied
     current: String,
+    /// the cgroup of the record being applied (whole-system records carry it)
+    current_cgroup: String,
     loaded: Vec<&'static str>,
     /// resource totals last seen per tgid, and when: counters grow by the
     /// difference
@@ -459,6 +461,7 @@ impl Exporter {
             procs: Bounded::new(top),
             targets: HashMap::new(),
             current: "none".into(),
+            current_cgroup: String::new(),
             loaded: Vec::new(),
             last_totals: HashMap::new(),
             next_rebalance_ns: 0,
@@ -482,7 +485,8 @@ impl Exporter {
     fn thread_labels(&mut self, pid: u32, tgid: u32, comm: &str, activity: u64) -> Labels {
         self.threads.note(pid, activity);
         let target = ("target", self.target());
-        if self.threads.admit(pid) {
+        let cgroup = (!self.current_cgroup.is_empty()).then(|| self.current_cgroup.clone());
+        let mut labels = if self.threads.admit(pid) {
             vec![
                 target,
                 ("tgid", tgid.to_string()),
@@ -496,7 +500,13 @@ impl Exporter {
                 ("pid", OTHER.into()),
                 ("comm", OTHER.into()),
             ]
+        };
+        // a thread's cgroup rides on its series: bounded as they are
+        if let Some(cg) = cgroup {
+            let admitted = labels[2].1 != OTHER;
+            labels.push(("cgroup", if admitted { cg } else { OTHER.into() }));
         }
+        labels
     }
 
     fn proc_labels(&mut self, tgid: u32, comm: &str, activity: u64) -> Option<Labels> {
@@ -664,6 +674,7 @@ impl Exporter {
             .get(collector)
             .cloned()
             .unwrap_or_else(|| "none".into());
+        self.current_cgroup = str_of(rec, "cgroup").to_string();
         let target = self.target();
         let mut updates: Vec<(Fam, Labels, Update)> = Vec::new();
         let mut put = |fam, labels, u| updates.push((fam, labels, u));

@@ -361,7 +361,7 @@ impl App {
     /// Let the active collectors act on the records just delivered. A
     /// failure there is reported and tracing goes on.
     fn service(&mut self) {
-        let Some(run) = &self.active else {
+        let Some(run) = self.active.as_mut() else {
             return;
         };
         let mut out = self.output.borrow_mut();
@@ -372,6 +372,14 @@ impl App {
         {
             if let Err(e) = c.service(&mut out) {
                 eprintln!("proc_image: {}: {e:#}", c.kind());
+            }
+            // the liveness check follows a thread that became its group's leader
+            if let Some(moved) = c.moved_target() {
+                let rec = Record::new(sys::monotonic_ns(), "proc_image", "target_moved")
+                    .field("from", run.act.target.to_string())
+                    .field("to", moved.to_string());
+                out.emit(&rec);
+                run.act.target = moved;
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod collectors;
 pub mod control;
 pub mod controller;
 pub mod kallsyms;
+pub mod kernel_btf;
 pub mod metrics;
 pub mod output;
 pub mod sys;

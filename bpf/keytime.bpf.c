@@ -8,9 +8,13 @@
  * sched_process_exit the exit status. sched_switch gives every on-CPU and
  * off-CPU interval and why the task left the CPU.
  *
- * Targeted modes stream one record per interval. TARGET_SYSTEM would flood,
- * so there intervals are summed per thread into summary_a/summary_b, which
- * proc_image swaps and drains every reporting interval.
+ * Targeted modes stream one record per on/off-CPU stretch. TARGET_SYSTEM
+ * would flood, so there stretches are summed per thread into
+ * summary_a/summary_b, which proc_image swaps and drains every reporting
+ * interval, cutting the stretches still open at the close (handle__iter_task).
+ * Where a hook's arguments changed between kernels, a program comes in a
+ * newer and an older (_compat) form; proc_image loads the one this kernel
+ * takes (src/kernel_btf.rs).
  */
 #include "common.bpf.h"
 #include "compat.bpf.h"
@@ -623,11 +627,18 @@ static long close_idle(__u64 cpu, void *unused)
 static __always_inline void close_task(struct task_struct *task, struct cpu_state *st)
 {
 	__u32 slot = current_slot(), closing = slot ^ 1;
-	__u64 close = cfg.slot_start_ns[slot], since;
+	__u64 close = cfg.slot_start_ns[slot], since, now = bpf_ktime_get_ns();
+	__u64 runtime = task->se.sum_exec_runtime;
 
-	/* running: its account so far; its stretch now counts from the close */
+	/*
+	 * Running: its account up to the close (what it ran since the close,
+	 * while this pass got to it, is left to the next interval); its stretch
+	 * now counts from the close.
+	 */
+	if (st->on_since && now > close)
+		runtime = runtime > now - close ? runtime - (now - close) : 0;
 	cut_stamp(&st->on_since, close, &since);
-	sum_add(closing, task, 0, true, 0, claim_runtime(st, task->se.sum_exec_runtime));
+	sum_add(closing, task, 0, true, 0, claim_runtime(st, runtime));
 	/* off-CPU: the part of its stretch up to the close */
 	if (cut_stamp(&st->off_since, close, &since))
 		sum_add(closing, task, 0, false, st->reason, close - since);

@@ -396,6 +396,7 @@ fn whole_system_intervals(test: &str, env: &[(&str, &str)]) {
         pi.wait_for_new(Duration::from_secs(30), |r| r["event"] == "cpu_summary"
             && u64_of(r, "ts_ns") > u64_of(&slept, "end_ns") + 50_000_000)
     );
+    let pi_err = pi.stderr_text();
     let recs = pi.finish();
 
     // the busy thread: never more than its interval, every interval it spun
@@ -479,7 +480,7 @@ fn whole_system_intervals(test: &str, env: &[(&str, &str)]) {
     // the thread is on a CPU for a moment at each end of its sleep
     assert!(
         total >= (end - start) * 99 / 100 && total <= end - start + 50_000_000,
-        "a sleep of {} ns summed to {total} ns asleep: (close - start, interval, off-CPU) {:?}",
+        "a sleep of {} ns summed to {total} ns asleep: (close - start, interval, off-CPU) {:?}; closes {:?}; its other records {:?}; proc_image: {}",
         end - start,
         off.iter()
             .map(|r| (
@@ -487,7 +488,10 @@ fn whole_system_intervals(test: &str, env: &[(&str, &str)]) {
                 u64_of(r, "interval_ns"),
                 u64_of(r, "off_cpu_ns")
             ))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>(),
+        recs.iter().filter(|r| r["event"] == "cpu_summary").map(|r| u64_of(r, "ts_ns") as i64 - start as i64).collect::<std::collections::BTreeSet<_>>(),
+        recs.iter().filter(|r| r["pid"] == sleeper && r["event"] != "cpu_summary").collect::<Vec<_>>(),
+        pi_err,
     );
 }
 

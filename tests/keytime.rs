@@ -665,3 +665,55 @@ fn schedule_with_the_older_program_forms() {
     );
     pi.finish();
 }
+
+/// Activated while one thread spins and another sleeps: the stretch each is
+/// in counts from the activation, the sleep with its reason.
+#[test]
+fn stretches_in_progress_count_from_the_activation() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("in_progress", &["-k"]);
+    let mut w = Workload::start(&["steady", "--busy-secs", "3", "--sleep-secs", "3"]);
+    let pid = w.pid();
+    w.go();
+    let sleeping = w.wait_truth("sleeping", Duration::from_secs(5));
+    let busy = u64_of(&w.wait_truth("busy_start", Duration::from_secs(5)), "tid");
+    let sleeper = u64_of(&sleeping, "tid");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = proc_image::sys::monotonic_ns();
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-k"]);
+    let after = proc_image::sys::monotonic_ns();
+    let slept = w.wait_truth("slept", Duration::from_secs(10));
+    w.wait();
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid)
+    );
+    let recs = pi.finish();
+    let first = |tid: u64| -> Value {
+        let mut v: Vec<&Value> = recs
+            .iter()
+            .filter(|r| (r["event"] == "on_cpu" || r["event"] == "off_cpu") && r["pid"] == tid)
+            .collect();
+        v.sort_by_key(|r| u64_of(r, "ts_ns"));
+        v.first()
+            .map(|r| (*r).clone())
+            .expect("records of the thread")
+    };
+    for tid in [busy, sleeper] {
+        let r = first(tid);
+        let began = u64_of(&r, "ts_ns") - u64_of(&r, "duration_ns");
+        assert!(
+            (before..=after).contains(&began),
+            "the first stretch of {tid} began at {began}, the activation at {before}..{after}: {r}"
+        );
+    }
+    let r = first(sleeper);
+    assert_eq!(r["event"], "off_cpu");
+    assert_eq!(
+        r["reason"], "sleep",
+        "the state it slept in at the activation: {r}"
+    );
+    assert!(u64_of(&r, "ts_ns") >= u64_of(&slept, "end_ns") - 20_000_000);
+}

@@ -45,7 +45,7 @@
 //!   proc_image_workload steady [--busy-secs S] [--sleep-secs S]
 //!       prints its pid, waits for a line on stdin, then starts a thread
 //!       that spins S seconds (CPU-bound) and one that sleeps S seconds in
-//!       one nanosleep; the busy thread prints its run time from
+//!       one nanosleep (saying so first); the busy thread prints its run time from
 //!       /proc/thread-self/schedstat when it stops, the sleeper when it
 //!       slept (CLOCK_MONOTONIC)
 //!   proc_image_workload exit-group [--threads N]
@@ -862,6 +862,7 @@ fn steady(busy_secs: u64, sleep_secs: u64) {
     let sleeper = std::thread::spawn(move || {
         let tid = unsafe { libc::gettid() };
         let start = monotonic_ns();
+        say(json!({"event": "sleeping", "tid": tid, "ns": start}));
         std::thread::sleep(Duration::from_secs(sleep_secs));
         say(json!({"event": "slept", "tid": tid, "start_ns": start, "end_ns": monotonic_ns()}));
     });

@@ -48,7 +48,7 @@ struct {
  * The idle tasks (pid 0, one per CPU) are kept by CPU: the close pass
  * walks the CPUs for them, since the task iterator does not visit them.
  */
-#define MAX_CPUS 1024
+#define MAX_CPUS 1024 /* a power of two: indexes are masked with it */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -56,6 +56,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cpu_state);
 } idle_states SEC(".maps");
+
+/*
+ * Which CPUs run a task other than their idle one, as the last pass saw:
+ * busy_pass[cpu] == pass_seq while the pass is under way.
+ */
+__u32 busy_pass[MAX_CPUS];
+__u32 pass_seq = 1;
 
 /* Kernels before 6.16: whether a thread group's death was reported, on its leader. */
 struct group_state {
@@ -451,13 +458,21 @@ static __always_inline struct keytime_summary *summary_entry(__u32 slot, struct 
 static __always_inline void sum_add(__u32 slot, struct task_struct *task, __u32 cpu, bool on,
 				    __u32 reason, __u64 ns)
 {
+	bool carried = false;
 	struct keytime_summary *s;
 
 	if (!ns)
 		return;
+	/* the closed interval's map is drained already: count it here, and say so */
+	if (slot != current_slot() && !cfg.closing_open) {
+		slot = current_slot();
+		carried = true;
+	}
 	s = summary_entry(slot, task, cpu);
 	if (!s)
 		return;
+	if (carried)
+		__sync_fetch_and_add(&s->carried_ns, ns);
 	if (on)
 		__sync_fetch_and_add(&s->on_cpu_ns, ns);
 	else if (reason < OFFCPU_REASON_COUNT)
@@ -604,18 +619,30 @@ static __always_inline bool cut_stamp(__u64 *stamp, __u64 close, __u64 *since)
 	return s && s < close && __sync_val_compare_and_swap(stamp, s, close) == s;
 }
 
-static long close_idle(__u64 cpu, void *unused)
+/* The idle task of one CPU (bpf_loop callback; `activation` as in handle__iter_task). */
+static long close_idle(__u64 cpu, bool *activation)
 {
 	__u32 key = cpu, slot = current_slot(), closing = slot ^ 1;
 	__u64 close = cfg.slot_start_ns[slot], since;
 	struct cpu_state *st;
+	bool running;
 
-	if (key >= cfg.nr_cpus)
+	if (key >= cfg.nr_cpus || key >= MAX_CPUS)
 		return 1;
 	st = bpf_map_lookup_elem(&idle_states, &key);
 	if (!st)
 		return 1;
-	if (st->generation != cfg.target.generation)
+	if (st->generation != cfg.target.generation) {
+		/* not switched since the activation: running if the pass saw no task on its CPU */
+		running = busy_pass[key & (MAX_CPUS - 1)] != pass_seq;
+		st->generation = cfg.target.generation;
+		st->reason = OFFCPU_PREEMPTED;
+		st->prev_state = 0;
+		st->runtime_base = 0;
+		st->on_since = running ? cfg.activated_ns : 0;
+		st->off_since = running ? 0 : cfg.activated_ns;
+	}
+	if (*activation)
 		return 0;
 	if (cut_stamp(&st->on_since, close, &since))
 		sum_add(closing, NULL, key, true, 0, close - since);
@@ -658,15 +685,19 @@ int handle__iter_task(struct bpf_iter__task *ctx)
 	__u32 closing = current_slot() ^ 1;
 	struct cpu_state *st;
 	bool running;
-	__u32 state;
+	__u32 state, cpu;
 	/* no earlier interval: this is the activation's pass */
 	bool activation = !cfg.slot_start_ns[closing];
 
 	if (!task) {
-		if (cfg.target.mode == TARGET_SYSTEM && !activation)
-			bpf_loop(MAX_CPUS, close_idle, NULL, 0);
+		if (cfg.target.mode == TARGET_SYSTEM)
+			bpf_loop(MAX_CPUS, close_idle, &activation, 0);
+		pass_seq++;
 		return 0;
 	}
+	cpu = BPF_CORE_READ(task, thread_info.cpu);
+	if (task->pid && BPF_CORE_READ(task, on_cpu) && cpu < MAX_CPUS)
+		busy_pass[cpu & (MAX_CPUS - 1)] = pass_seq;
 	if (task->exit_state || !task->pid || !is_target(&cfg.target, task))
 		return 0;
 	st = bpf_task_storage_get(&cpu_states, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);

@@ -149,7 +149,11 @@ struct keytime_config {
 	 */
 	__u64 slot_start_ns[2];
 	__u32 nr_cpus; /* possible CPUs: the close pass walks their idle tasks */
-	__u32 _pad;
+	/*
+	 * 1 from a close until the closed interval's map is drained: until
+	 * then a part of a stretch before the close can still go into it.
+	 */
+	__u32 closing_open;
 };
 
 /* fork, vfork, pthread_create, kernel_worker: hdr is the parent */
@@ -206,6 +210,11 @@ struct keytime_summary {
 	__u64 switches_out;
 	__u64 preemptions;
 	__u64 off_cpu_ns[OFFCPU_REASON_COUNT];
+	/*
+	 * Of the on/off-CPU time here, what belongs to an earlier interval
+	 * already reported (a stretch the close pass did not reach in time).
+	 */
+	__u64 carried_ns;
 };
 
 /* ------------------------------------------------------------------ */

@@ -137,6 +137,7 @@ impl Keytime {
         // SAFETY: both point into the mapped .bss, which outlives this call;
         // volatile, so the stores are made, in this order
         unsafe {
+            std::ptr::write_volatile(&mut cfg.closing_open, 1);
             std::ptr::write_volatile(&mut cfg.slot_start_ns[new_slot as usize], now);
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             std::ptr::write_volatile(&mut cfg.summary_slot, new_slot);
@@ -171,6 +172,11 @@ impl Keytime {
             };
             threads.push((*key, *sum));
         }
+        // from now on, a part of a stretch before the close is carried
+        // into the current interval (and said: carried_ns)
+        let cfg = self.config()?;
+        // SAFETY: a field of the mapped .bss
+        unsafe { std::ptr::write_volatile(&mut cfg.closing_open, 0) };
         // every thread is in every interval now: the busiest first
         threads.sort_by_key(|(k, s)| {
             (
@@ -224,7 +230,7 @@ impl Collector for Keytime {
                 .context("keytime: count the CPUs")?
                 .try_into()
                 .unwrap_or(u32::MAX),
-            _pad: 0,
+            closing_open: 0,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         self.target = Some(act.target);
@@ -451,6 +457,9 @@ fn summary_record(
         .field("switches", s.switches_out)
         .field("preemptions", s.preemptions)
         .field("off_cpu_by_reason_ns", Value::Object(reasons));
+    if s.carried_ns > 0 {
+        rec = rec.field("carried_ns", s.carried_ns);
+    }
     if key.pid == 0 {
         rec = rec.field("cpu", key.cpu);
     }

@@ -3,9 +3,8 @@
 //! BPF side: bpf/keytime.bpf.c.
 
 use std::cell::OnceCell;
-use std::rc::Rc;
-
 use std::io::Read;
+use std::rc::Rc;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};

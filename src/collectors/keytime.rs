@@ -518,6 +518,7 @@ mod tests {
             (KEYTIME_FORK, "fork"),
             (KEYTIME_VFORK, "vfork"),
             (KEYTIME_PTHREAD_CREATE, "pthread_create"),
+            (KEYTIME_KERNEL_WORKER, "kernel_worker"),
         ] {
             let e = keytime_clone_event {
                 hdr: hdr(kind),

@@ -529,24 +529,24 @@ static __always_inline void summarize_out(struct task_struct *prev, bool preempt
 	if (!st)
 		return;
 	since = __sync_lock_test_and_set(&st->on_since, 0);
-	if (!task) {
-		/* the scheduler keeps no account of its idle tasks: time them */
-		if (since)
-			sum_span(NULL, cpu, true, 0, since, now);
-	} else {
+	if (task)
 		ran = claim_runtime(st, prev->se.sum_exec_runtime);
-		slot = current_slot();
-		start = cfg.slot_start_ns[slot];
-		if (since && since < start && ran) {
-			/* running since before the close, not reached by the close pass */
-			before = start - since < ran ? start - since : ran;
-			sum_add(slot ^ 1, task, cpu, true, 0, before);
-			ran -= before;
-		}
-		sum_add(slot, task, cpu, true, 0, ran);
+	else
+		/* the scheduler keeps no account of its idle tasks: time them */
+		ran = since && now > since ? now - since : 0;
+	slot = current_slot();
+	start = cfg.slot_start_ns[slot];
+	if (since && since < start && ran) {
+		/* running since before the close, not reached by the close pass */
+		before = start - since < ran ? start - since : ran;
+		sum_add(slot ^ 1, task, cpu, true, 0, before);
+		ran -= before;
 	}
-	sum = summary_entry(current_slot(), task, cpu);
+	/* one entry for the run and the switch */
+	sum = summary_entry(slot, task, cpu);
 	if (sum) {
+		if (ran)
+			__sync_fetch_and_add(&sum->on_cpu_ns, ran);
 		__sync_fetch_and_add(&sum->switches_out, 1);
 		if (reason == OFFCPU_PREEMPTED)
 			__sync_fetch_and_add(&sum->preemptions, 1);

@@ -8,21 +8,31 @@
  * sched_process_exit the exit status. sched_switch gives every on-CPU and
  * off-CPU interval and why the task left the CPU.
  *
- * Targeted modes stream one record per interval. TARGET_SYSTEM would flood,
- * so there intervals are summed per thread into summary_a/summary_b, which
- * proc_image swaps and drains every reporting interval.
+ * Targeted modes stream one record per on/off-CPU stretch. TARGET_SYSTEM
+ * would flood, so there stretches are summed per thread into
+ * summary_a/summary_b, which proc_image swaps and drains every reporting
+ * interval, cutting the stretches still open at the close (handle__iter_task).
+ * Where a hook's arguments changed between kernels, a program comes in a
+ * newer and an older (_compat) form; proc_image loads the one this kernel
+ * takes (src/kernel_btf.rs).
  */
 #include "common.bpf.h"
+#include "compat.bpf.h"
 
 /* Written by proc_image at activation (struct keytime_config). */
 struct keytime_config cfg;
 
-/* Per-task interval bookkeeping, freed with the task. */
+/*
+ * Per-task stretch bookkeeping, freed with the task. Stamps are taken and
+ * moved with atomic exchanges: the close pass (handle__iter_task, on
+ * proc_image's CPU) and the task's own switch (on its CPU) may meet.
+ */
 struct cpu_state {
-	__u32 generation;  /* cfg.target.generation it was written under */
-	__u32 reason;      /* why it went off-CPU */
-	__u64 on_since;    /* 0 = not known to be on a CPU */
-	__u64 off_since;   /* 0 = not known to be off */
+	__u32 generation;    /* cfg.target.generation it was written under */
+	__u32 reason;        /* why it went off-CPU */
+	__u64 on_since;      /* 0 = not known to be on a CPU */
+	__u64 off_since;     /* 0 = not known to be off */
+	__u64 runtime_base;  /* TARGET_SYSTEM: se.sum_exec_runtime summed so far */
 	__u32 prev_state;
 	__u32 _pad;
 };
@@ -33,6 +43,38 @@ struct {
 	__type(key, int);
 	__type(value, struct cpu_state);
 } cpu_states SEC(".maps");
+
+/*
+ * The idle tasks (pid 0, one per CPU) are kept by CPU: the close pass
+ * walks the CPUs for them, since the task iterator does not visit them.
+ */
+#define MAX_CPUS 1024 /* a power of two: indexes are masked with it */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_CPUS);
+	__type(key, __u32);
+	__type(value, struct cpu_state);
+} idle_states SEC(".maps");
+
+/*
+ * Which CPUs run a task other than their idle one, as the last pass saw:
+ * busy_pass[cpu] == pass_seq while the pass is under way.
+ */
+__u32 busy_pass[MAX_CPUS];
+__u32 pass_seq = 1;
+
+/* Kernels before 6.16: whether a thread group's death was reported, on its leader. */
+struct group_state {
+	__u64 dead_reported; /* 64 bits: compare-and-swap without ALU32 */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct group_state);
+} group_states SEC(".maps");
 
 #define SUMMARY_MAX_THREADS 32768
 
@@ -52,6 +94,10 @@ struct {
 	__type(key, __u32);
 	__type(value, struct keytime_summary);
 } summary_zero SEC(".maps");
+
+/* include/linux/sched.h: macros, so not in vmlinux.h */
+#define PF_IO_WORKER 0x00000010   /* an io_uring worker */
+#define PF_USER_WORKER 0x00004000 /* a kernel thread of a user process (vhost), 6.4+ */
 
 /* uapi/linux/sched.h: macros, so not in vmlinux.h */
 #define CLONE_VFORK 0x00004000
@@ -96,38 +142,92 @@ static __always_inline __u32 offcpu_reason(bool preempt, __u32 state)
 	return OFFCPU_OTHER;
 }
 
-static __always_inline struct cpu_state *task_cpu_state(struct task_struct *task)
+
+/*
+ * First sight of `task` in this activation: nothing of it was seen since
+ * the programs were attached, so the stretch it is in began before the
+ * activation and is counted from it.
+ */
+static __always_inline void start_from_activation(struct task_struct *task, struct cpu_state *st,
+						  bool running, __u32 reason, __u32 state, __u64 now)
+{
+	__u64 from = cfg.activated_ns, rt = task->se.sum_exec_runtime;
+	__u64 ran = now > from ? now - from : 0;
+
+	st->generation = cfg.target.generation;
+	st->prev_state = state;
+	st->reason = reason;
+	if (running) {
+		st->on_since = from;
+		st->off_since = 0;
+		/* the scheduler's account at the activation is gone: time the part since */
+		st->runtime_base = rt > ran ? rt - ran : 0;
+	} else {
+		st->on_since = 0;
+		st->off_since = from;
+		st->runtime_base = rt;
+	}
+}
+
+static __always_inline struct cpu_state *task_cpu_state(struct task_struct *task, bool running,
+							__u64 now)
 {
 	struct cpu_state *st;
+	__u32 cpu;
 
-	st = bpf_task_storage_get(&cpu_states, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (task->pid == 0) {
+		cpu = bpf_get_smp_processor_id();
+		st = bpf_map_lookup_elem(&idle_states, &cpu);
+	} else {
+		st = bpf_task_storage_get(&cpu_states, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	}
 	if (!st) {
 		STAT_INC(no_task_state);
 		return NULL;
 	}
-	if (st->generation != cfg.target.generation) {
-		/* left over from an earlier activation: start afresh */
-		st->generation = cfg.target.generation;
-		st->on_since = 0;
-		st->off_since = 0;
-	}
+	/* why it left the CPU before the activation is not known */
+	if (st->generation != cfg.target.generation)
+		start_from_activation(task, st, running, OFFCPU_OTHER, 0, now);
 	return st;
 }
 
 /* ---------------------------------------------------------------- */
 /* Lifecycle */
 
+/* A new task waits for a CPU from its creation. */
+static __always_inline void start_new_task(struct task_struct *task, __u64 now)
+{
+	struct cpu_state *st;
+
+	st = bpf_task_storage_get(&cpu_states, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st) {
+		STAT_INC(no_task_state);
+		return;
+	}
+	st->generation = cfg.target.generation;
+	st->reason = OFFCPU_PREEMPTED;
+	st->prev_state = 0;
+	st->on_since = 0;
+	st->off_since = now;
+	st->runtime_base = 0;
+}
+
 SEC("tp_btf/task_newtask")
 int BPF_PROG(handle__task_newtask, struct task_struct *task, __u64 clone_flags)
 {
 	struct task_struct *parent = bpf_get_current_task_btf();
 	struct keytime_clone_event *e;
+	__u64 now = bpf_ktime_get_ns();
 	__u8 kind;
 
+	if (cfg.level >= KEYTIME_LEVEL_ALL && is_target(&cfg.target, task))
+		start_new_task(task, now);
 	if (!is_target(&cfg.target, parent))
 		return 0;
 
-	if (clone_flags & CLONE_THREAD)
+	if (task->flags & (PF_IO_WORKER | PF_USER_WORKER))
+		kind = KEYTIME_KERNEL_WORKER;
+	else if (clone_flags & CLONE_THREAD)
 		kind = KEYTIME_PTHREAD_CREATE;
 	else if (clone_flags & CLONE_VFORK)
 		kind = KEYTIME_VFORK;
@@ -137,7 +237,7 @@ int BPF_PROG(handle__task_newtask, struct task_struct *task, __u64 clone_flags)
 	e = reserve_record(sizeof(*e));
 	if (!e)
 		return 0;
-	fill_hdr(&e->hdr, parent, PI_KEYTIME, kind, bpf_ktime_get_ns());
+	fill_hdr(&e->hdr, parent, PI_KEYTIME, kind, now);
 	e->clone_flags = clone_flags;
 	e->child_pid = task->pid;
 	e->child_tgid = task->tgid;
@@ -152,6 +252,16 @@ int BPF_PROG(handle__sched_process_exec, struct task_struct *task, pid_t old_pid
 	struct keytime_exec_event *e;
 	unsigned long arg_start, arg_end, len;
 
+	/*
+	 * The thread traced alone (-p) exec'd from a non-leader: it goes on as
+	 * its group's leader, under the leader's pid and start time.
+	 */
+	if (cfg.target.mode == TARGET_THREAD && old_pid == cfg.target.pid &&
+	    task->pid != old_pid) {
+		cfg.target.pid = task->pid;
+		if (cfg.target.ns_per_tick)
+			cfg.target.start_ticks = task->start_boottime / cfg.target.ns_per_tick;
+	}
 	if (!is_target(&cfg.target, task))
 		return 0;
 
@@ -176,27 +286,57 @@ int BPF_PROG(handle__sched_process_exec, struct task_struct *task, pid_t old_pid
 	return 0;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(handle__sched_process_exit, struct task_struct *task)
+static __always_inline int report_exit(struct task_struct *task, bool group_dead)
 {
 	struct keytime_exit_event *e;
-
-	if (!is_target(&cfg.target, task))
-		return 0;
 
 	e = reserve_record(sizeof(*e));
 	if (!e)
 		return 0;
 	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_EXIT, bpf_ktime_get_ns());
 	e->exit_code = task->exit_code;
-	/* do_exit() has already counted this thread out of signal->live */
-	e->group_dead = task->signal->live.counter == 0;
+	e->group_dead = group_dead;
 	submit_record(e);
 	return 0;
 }
 
+/* 6.16+: do_exit() says whether this thread was the group's last. */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle__sched_process_exit, struct task_struct *task, bool group_dead)
+{
+	if (!is_target(&cfg.target, task))
+		return 0;
+	return report_exit(task, group_dead);
+}
+
+/*
+ * Before 6.16 (or forced): do_exit() has counted this thread out of
+ * signal->live before the tracepoint. When exit_group() kills threads on
+ * several CPUs, more than one may find it at zero: the first of those to
+ * claim the group, on its leader, reports its death.
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle__sched_process_exit_compat, struct task_struct *task)
+{
+	struct group_state *g;
+	bool dead;
+
+	if (!is_target(&cfg.target, task))
+		return 0;
+	dead = BPF_CORE_READ(task, signal, live.counter) == 0;
+	if (dead) {
+		g = bpf_task_storage_get(&group_states, task->group_leader, 0,
+					 BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (g)
+			dead = __sync_val_compare_and_swap(&g->dead_reported, 0, 1) == 0;
+		else
+			STAT_INC(no_task_state); /* may then be said twice */
+	}
+	return report_exit(task, dead);
+}
+
 /* ---------------------------------------------------------------- */
-/* On-CPU / off-CPU, targeted: one record per interval */
+/* On-CPU / off-CPU, targeted: one record per stretch */
 
 static __always_inline void emit_interval(struct task_struct *task, __u8 kind, __u64 now,
 					  __u64 duration, struct cpu_state *st)
@@ -232,21 +372,22 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 static __always_inline void switch_out(struct task_struct *prev, bool preempt,
 				       __u32 prev_state, __u64 now)
 {
-	struct cpu_state *st = task_cpu_state(prev);
+	struct cpu_state *st = task_cpu_state(prev, true, now);
 
 	if (!st)
 		return;
 	if (st->on_since)
 		emit_interval(prev, KEYTIME_ON_CPU, now, now - st->on_since, st);
 	st->on_since = 0;
-	st->off_since = now;
 	st->prev_state = prev_state;
 	st->reason = offcpu_reason(preempt, prev_state);
+	/* an exited thread has no off-CPU stretch after its last switch */
+	st->off_since = st->reason == OFFCPU_DEAD ? 0 : now;
 }
 
 static __always_inline void switch_in(struct task_struct *next, __u64 now)
 {
-	struct cpu_state *st = task_cpu_state(next);
+	struct cpu_state *st = task_cpu_state(next, false, now);
 
 	if (!st)
 		return;
@@ -257,93 +398,322 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
 }
 
 /* ---------------------------------------------------------------- */
-/* On-CPU / off-CPU, whole system: sums per thread per interval */
+/*
+ * On-CPU / off-CPU, whole system: sums per thread per reporting interval.
+ *
+ * On-CPU time is the scheduler's own account (se.sum_exec_runtime): what
+ * was not summed yet is claimed at every switch-out and, for a task still
+ * running, by the close pass. Off-CPU stretches are timed; one still open
+ * when an interval closes is cut at the close. So an interval holds what
+ * happened in it, not the whole of stretches that ended in it.
+ */
 
-static __always_inline struct keytime_summary *summary_lookup(struct keytime_summary_key *key)
+static __always_inline __u32 current_slot(void)
+{
+	return *(volatile __u32 *)&cfg.summary_slot & 1;
+}
+
+static __always_inline struct keytime_summary *summary_lookup(__u32 slot,
+							      struct keytime_summary_key *key)
 {
 	/* two call sites, one map each: the verifier wants a known map per call */
-	if (cfg.summary_slot)
+	if (slot)
 		return bpf_map_lookup_elem(&summary_b, key);
 	return bpf_map_lookup_elem(&summary_a, key);
 }
 
-static __always_inline struct keytime_summary *summary_entry(struct task_struct *task)
+/* `task` NULL: the idle task of `cpu` (idle tasks all have pid 0: one entry per CPU) */
+static __always_inline struct keytime_summary *summary_entry(__u32 slot, struct task_struct *task,
+							     __u32 cpu)
 {
-	/* idle tasks all have pid 0: keep one entry per CPU for them */
-	struct keytime_summary_key key = {
-		.pid = task->pid,
-		.cpu = task->pid ? 0 : bpf_get_smp_processor_id(),
-	};
+	struct keytime_summary_key key = {};
 	struct keytime_summary *s;
 	__u32 zero = 0;
 
-	s = summary_lookup(&key);
+	if (task && task->pid)
+		key.pid = task->pid;
+	else
+		key.cpu = cpu;
+	s = summary_lookup(slot, &key);
 	if (s)
 		return s;
 	s = bpf_map_lookup_elem(&summary_zero, &zero);
 	if (!s)
 		return NULL;
 	__builtin_memset(s, 0, sizeof(*s));
-	s->tgid = task->tgid;
-	bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), task->comm);
-	if (cfg.summary_slot)
+	if (task) {
+		s->tgid = task->tgid;
+		bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), task->comm);
+	}
+	if (slot)
 		bpf_map_update_elem(&summary_b, &key, s, BPF_NOEXIST);
 	else
 		bpf_map_update_elem(&summary_a, &key, s, BPF_NOEXIST);
-	s = summary_lookup(&key);
+	s = summary_lookup(slot, &key);
 	if (!s)
 		STAT_INC(map_full);
 	return s;
 }
 
-static __always_inline void summarize_switch(struct task_struct *prev, struct task_struct *next,
-					     bool preempt, __u32 prev_state, __u64 now)
+static __always_inline void sum_add(__u32 slot, struct task_struct *task, __u32 cpu, bool on,
+				    __u32 reason, __u64 ns)
 {
+	bool carried = false;
+	struct keytime_summary *s;
+
+	if (!ns)
+		return;
+	/* the closed interval's map is drained already: count it here, and say so */
+	if (slot != current_slot() && !cfg.closing_open) {
+		slot = current_slot();
+		carried = true;
+	}
+	s = summary_entry(slot, task, cpu);
+	if (!s)
+		return;
+	if (carried)
+		__sync_fetch_and_add(&s->carried_ns, ns);
+	if (on)
+		__sync_fetch_and_add(&s->on_cpu_ns, ns);
+	else if (reason < OFFCPU_REASON_COUNT)
+		__sync_fetch_and_add(&s->off_cpu_ns[reason], ns);
+}
+
+/*
+ * A timed stretch [from, to): a part before the start of the current
+ * interval belongs to the one being closed (the close pass has not reached
+ * this task yet, or it would have moved `from` to the close).
+ */
+static __always_inline void sum_span(struct task_struct *task, __u32 cpu, bool on, __u32 reason,
+				     __u64 from, __u64 to)
+{
+	__u32 slot = current_slot();
+	__u64 start = cfg.slot_start_ns[slot], cut;
+
+	if (from < start) {
+		cut = to < start ? to : start;
+		sum_add(slot ^ 1, task, cpu, on, reason, cut - from);
+		from = cut;
+	}
+	if (to > from)
+		sum_add(slot, task, cpu, on, reason, to - from);
+}
+
+/* The part of the scheduler's account of the task not summed yet, now summed. */
+static __always_inline __u64 claim_runtime(struct cpu_state *st, __u64 runtime)
+{
+	__u64 base;
+	int i;
+
+	for (i = 0; i < 3; i++) {
+		base = st->runtime_base;
+		if (runtime <= base)
+			return 0;
+		if (__sync_val_compare_and_swap(&st->runtime_base, base, runtime) == base)
+			return runtime - base;
+	}
+	return 0;
+}
+
+static __always_inline void summarize_out(struct task_struct *prev, bool preempt,
+					  __u32 prev_state, __u64 now)
+{
+	__u32 cpu = bpf_get_smp_processor_id(), reason = offcpu_reason(preempt, prev_state);
+	struct task_struct *task = prev->pid ? prev : NULL;
 	struct keytime_summary *sum;
 	struct cpu_state *st;
-	__u32 reason;
+	__u64 since, ran, before, start;
+	__u32 slot;
 
-	st = task_cpu_state(prev);
-	if (st) {
-		reason = offcpu_reason(preempt, prev_state);
-		sum = summary_entry(prev);
-		if (sum) {
-			if (st->on_since)
-				sum->on_cpu_ns += now - st->on_since;
-			sum->switches_out++;
-			if (reason == OFFCPU_PREEMPTED)
-				sum->preemptions++;
-		}
-		st->on_since = 0;
-		st->off_since = now;
-		st->reason = reason;
+	st = task_cpu_state(prev, true, now);
+	if (!st)
+		return;
+	since = __sync_lock_test_and_set(&st->on_since, 0);
+	if (task)
+		ran = claim_runtime(st, prev->se.sum_exec_runtime);
+	else
+		/* the scheduler keeps no account of its idle tasks: time them */
+		ran = since && now > since ? now - since : 0;
+	slot = current_slot();
+	start = cfg.slot_start_ns[slot];
+	if (since && since < start && ran) {
+		/* running since before the close, not reached by the close pass */
+		before = start - since < ran ? start - since : ran;
+		sum_add(slot ^ 1, task, cpu, true, 0, before);
+		ran -= before;
 	}
+	/* one entry for the run and the switch */
+	sum = summary_entry(slot, task, cpu);
+	if (sum) {
+		if (ran)
+			__sync_fetch_and_add(&sum->on_cpu_ns, ran);
+		__sync_fetch_and_add(&sum->switches_out, 1);
+		if (reason == OFFCPU_PREEMPTED)
+			__sync_fetch_and_add(&sum->preemptions, 1);
+	}
+	st->reason = reason;
+	st->prev_state = prev_state;
+	st->off_since = reason == OFFCPU_DEAD ? 0 : now;
+}
 
-	st = task_cpu_state(next);
-	if (st) {
-		if (st->off_since) {
-			sum = summary_entry(next);
-			if (sum && st->reason < OFFCPU_REASON_COUNT)
-				sum->off_cpu_ns[st->reason] += now - st->off_since;
-		}
-		st->off_since = 0;
-		st->on_since = now;
+static __always_inline void summarize_in(struct task_struct *next, __u64 now)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct cpu_state *st;
+	__u64 since;
+
+	st = task_cpu_state(next, false, now);
+	if (!st)
+		return;
+	since = __sync_lock_test_and_set(&st->off_since, 0);
+	if (since)
+		sum_span(next->pid ? next : NULL, cpu, false, st->reason, since, now);
+	st->on_since = now;
+}
+
+static __always_inline void on_switch(bool preempt, struct task_struct *prev,
+				      struct task_struct *next, __u32 prev_state)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (cfg.target.mode == TARGET_SYSTEM) {
+		summarize_out(prev, preempt, prev_state, now);
+		summarize_in(next, now);
+		return;
 	}
+	if (is_target(&cfg.target, prev))
+		switch_out(prev, preempt, prev_state, now);
+	if (is_target(&cfg.target, next))
+		switch_in(next, now);
 }
 
 SEC("tp_btf/sched_switch")
 int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	__u64 now = bpf_ktime_get_ns();
+	on_switch(preempt, prev, next, prev_state);
+	return 0;
+}
 
-	if (cfg.target.mode == TARGET_SYSTEM) {
-		summarize_switch(prev, next, preempt, prev_state, now);
+/*
+ * Before 5.18 (or forced): sched_switch has no prev_state, so it is read
+ * from the task (racy, see compat.bpf.h).
+ */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(handle__sched_switch_compat, bool preempt, struct task_struct *prev,
+	     struct task_struct *next)
+{
+	on_switch(preempt, prev, next, task_state_now(prev));
+	return 0;
+}
+
+/* ---------------------------------------------------------------- */
+/* The pass proc_image runs at the activation and at every interval's close */
+
+/* Cut a stamp at `close`; true (and *since set) if this caller moved it. */
+static __always_inline bool cut_stamp(__u64 *stamp, __u64 close, __u64 *since)
+{
+	__u64 s = *stamp;
+
+	*since = s;
+	return s && s < close && __sync_val_compare_and_swap(stamp, s, close) == s;
+}
+
+/* The idle task of one CPU (bpf_loop callback; `activation` as in handle__iter_task). */
+static long close_idle(__u64 cpu, bool *activation)
+{
+	__u32 key = cpu, slot = current_slot(), closing = slot ^ 1;
+	__u64 close = cfg.slot_start_ns[slot], since;
+	struct cpu_state *st;
+	bool running;
+
+	if (key >= cfg.nr_cpus || key >= MAX_CPUS)
+		return 1;
+	st = bpf_map_lookup_elem(&idle_states, &key);
+	if (!st)
+		return 1;
+	if (st->generation != cfg.target.generation) {
+		/* not switched since the activation: running if the pass saw no task on its CPU */
+		running = busy_pass[key & (MAX_CPUS - 1)] != pass_seq;
+		st->generation = cfg.target.generation;
+		st->reason = OFFCPU_PREEMPTED;
+		st->prev_state = 0;
+		st->runtime_base = 0;
+		st->on_since = running ? cfg.activated_ns : 0;
+		st->off_since = running ? 0 : cfg.activated_ns;
+	}
+	if (*activation)
+		return 0;
+	if (cut_stamp(&st->on_since, close, &since))
+		sum_add(closing, NULL, key, true, 0, close - since);
+	if (cut_stamp(&st->off_since, close, &since))
+		sum_add(closing, NULL, key, false, st->reason, close - since);
+	return 0;
+}
+
+static __always_inline void close_task(struct task_struct *task, struct cpu_state *st)
+{
+	__u32 slot = current_slot(), closing = slot ^ 1;
+	__u64 close = cfg.slot_start_ns[slot], since, now = bpf_ktime_get_ns();
+	__u64 runtime = task->se.sum_exec_runtime;
+
+	/*
+	 * Running: its account up to the close (what it ran since the close,
+	 * while this pass got to it, is left to the next interval); its stretch
+	 * now counts from the close.
+	 */
+	if (st->on_since && now > close)
+		runtime = runtime > now - close ? runtime - (now - close) : 0;
+	cut_stamp(&st->on_since, close, &since);
+	sum_add(closing, task, 0, true, 0, claim_runtime(st, runtime));
+	/* off-CPU: the part of its stretch up to the close */
+	if (cut_stamp(&st->off_since, close, &since))
+		sum_add(closing, task, 0, false, st->reason, close - since);
+}
+
+/*
+ * At the activation: every target task's stretch in progress starts now.
+ * At an interval's close (TARGET_SYSTEM; proc_image has just pointed
+ * summary_slot at the next interval): the closing interval gets every
+ * task's part up to the close. The last call, with no task, does the idle
+ * tasks.
+ */
+SEC("iter/task")
+int handle__iter_task(struct bpf_iter__task *ctx)
+{
+	struct task_struct *task = ctx->task;
+	__u32 closing = current_slot() ^ 1;
+	struct cpu_state *st;
+	bool running;
+	__u32 state, cpu;
+	/* no earlier interval: this is the activation's pass */
+	bool activation = !cfg.slot_start_ns[closing];
+
+	if (!task) {
+		if (cfg.target.mode == TARGET_SYSTEM)
+			bpf_loop(MAX_CPUS, close_idle, &activation, 0);
+		pass_seq++;
 		return 0;
 	}
-	if (is_target(&cfg.target, prev))
-		switch_out(prev, preempt, prev_state, now);
-	if (is_target(&cfg.target, next))
-		switch_in(next, now);
+	cpu = BPF_CORE_READ(task, thread_info.cpu);
+	if (task->pid && BPF_CORE_READ(task, on_cpu) && cpu < MAX_CPUS)
+		busy_pass[cpu & (MAX_CPUS - 1)] = pass_seq;
+	if (task->exit_state || !task->pid || !is_target(&cfg.target, task))
+		return 0;
+	st = bpf_task_storage_get(&cpu_states, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!st) {
+		STAT_INC(no_task_state);
+		return 0;
+	}
+	if (st->generation != cfg.target.generation) {
+		running = BPF_CORE_READ(task, on_cpu);
+		state = task_state_now(task);
+		start_from_activation(task, st, running, offcpu_reason(false, state), state,
+				      bpf_ktime_get_ns());
+		if (activation)
+			return 0;
+	}
+	if (cfg.target.mode == TARGET_SYSTEM && !activation)
+		close_task(task, st);
 	return 0;
 }

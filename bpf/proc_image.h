@@ -98,6 +98,8 @@ enum keytime_kind {
 	KEYTIME_EXIT = 5,
 	KEYTIME_ON_CPU = 6,
 	KEYTIME_OFF_CPU = 7,
+	/* a thread the kernel made for the process (io_uring worker, vhost): hdr is the parent */
+	KEYTIME_KERNEL_WORKER = 8,
 };
 
 /* keytime levels (controller -k LEVEL) */
@@ -141,9 +143,27 @@ struct keytime_config {
 	 * ping-pong) would pay more for the stack than they last.
 	 */
 	__u64 stack_min_ns;
+	/*
+	 * When the activation began: a stretch in progress then is reported
+	 * from this time (CLOCK_MONOTONIC ns).
+	 */
+	__u64 activated_ns;
+	/*
+	 * TARGET_SYSTEM: when the interval each summary slot holds began. A
+	 * stretch that crosses the start of the current slot's interval is
+	 * split there; proc_image writes the new slot's start before it flips
+	 * summary_slot to it.
+	 */
+	__u64 slot_start_ns[2];
+	__u32 nr_cpus; /* possible CPUs: the close pass walks their idle tasks */
+	/*
+	 * 1 from a close until the closed interval's map is drained: until
+	 * then a part of a stretch before the close can still go into it.
+	 */
+	__u32 closing_open;
 };
 
-/* fork, vfork, pthread_create: hdr is the parent */
+/* fork, vfork, pthread_create, kernel_worker: hdr is the parent */
 struct keytime_clone_event {
 	struct event_hdr hdr;
 	__u64 clone_flags;
@@ -179,7 +199,11 @@ struct keytime_cpu_event {
 	__u64 kstack[KEYTIME_STACK_DEPTH];
 };
 
-/* TARGET_SYSTEM: per-thread sums of one reporting interval */
+/*
+ * TARGET_SYSTEM: per-thread sums of one reporting interval. on_cpu_ns is the
+ * scheduler's own account (se.sum_exec_runtime, as /proc/PID/schedstat);
+ * the idle tasks, which the scheduler does not account, are timed.
+ */
 struct keytime_summary_key {
 	__u32 pid;
 	__u32 cpu; /* the CPU of an idle task (pid 0); 0 for every other task */
@@ -193,6 +217,11 @@ struct keytime_summary {
 	__u64 switches_out;
 	__u64 preemptions;
 	__u64 off_cpu_ns[OFFCPU_REASON_COUNT];
+	/*
+	 * Of the on/off-CPU time here, what belongs to an earlier interval
+	 * already reported (a stretch the close pass did not reach in time).
+	 */
+	__u64 carried_ns;
 };
 
 /* ------------------------------------------------------------------ */

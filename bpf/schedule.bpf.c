@@ -12,6 +12,7 @@
 struct schedule_config cfg;
 
 #include "latency.bpf.h"
+#include "compat.bpf.h"
 
 struct runnable {
 	__u64 since_ns; /* 0 = not waiting for a CPU (as far as we saw) */
@@ -56,9 +57,8 @@ int BPF_PROG(handle__sched_wakeup_new, struct task_struct *p)
 	return 0;
 }
 
-SEC("tp_btf/sched_switch")
-int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
-	     struct task_struct *next, unsigned int prev_state)
+static __always_inline int on_sched_switch(bool preempt, struct task_struct *prev,
+					   struct task_struct *next, unsigned int prev_state)
 {
 	__u64 now = bpf_ktime_get_ns(), lat;
 	__u32 interval = cfg.interval;
@@ -85,4 +85,22 @@ int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
 	if (is_target(&cfg.target, next))
 		latency_add(interval, LAT_TARGET, lat);
 	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
+	     struct task_struct *next, unsigned int prev_state)
+{
+	return on_sched_switch(preempt, prev, next, prev_state);
+}
+
+/*
+ * Before 5.18 sched_switch has no prev_state: read it from the task (racy,
+ * see compat.bpf.h). Loaded instead of the above on such kernels.
+ */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(handle__sched_switch_compat, bool preempt, struct task_struct *prev,
+	     struct task_struct *next)
+{
+	return on_sched_switch(preempt, prev, next, task_state_now(prev));
 }

@@ -445,12 +445,20 @@ impl App {
     /// failure there is reported and tracing goes on.
     fn service(&mut self) {
         let mut out = self.output.borrow_mut();
-        for (c, run) in self.collectors.iter_mut().zip(&self.runs) {
-            if run.is_none() {
+        for (c, run) in self.collectors.iter_mut().zip(self.runs.iter_mut()) {
+            let Some(run) = run else {
                 continue;
-            }
+            };
             if let Err(e) = c.service(&mut out) {
                 eprintln!("proc_image: {}: {e:#}", c.kind());
+            }
+            // the liveness check follows a thread that became its group's leader
+            if let Some(moved) = c.moved_target() {
+                let rec = Record::new(sys::monotonic_ns(), "proc_image", "target_moved")
+                    .field("from", run.act.target.to_string())
+                    .field("to", moved.to_string());
+                out.emit(&rec);
+                run.act.target = moved;
             }
         }
     }

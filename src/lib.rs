@@ -7,6 +7,7 @@ pub mod cli;
 pub mod collectors;
 pub mod control;
 pub mod kallsyms;
+pub mod kernel_btf;
 pub mod metrics;
 pub mod output;
 pub mod sys;

@@ -14,12 +14,44 @@ fn events<'a>(recs: &'a [Value], event: &str, tgid: u64) -> Vec<&'a Value> {
         .collect()
 }
 
+/// PROC_IMAGE_FORCE_COMPAT=1: the older program forms (kernel_btf.rs).
+const COMPAT: &[(&str, &str)] = &[("PROC_IMAGE_FORCE_COMPAT", "1")];
+
+/// One tick at the lowest HZ kernels are built with (100): the scheduler's
+/// account of a running thread may lag that much.
+const TICK_MAX_NS: u64 = 10_000_000;
+
+/// proc_image, with the older program forms if `env` is COMPAT (and then it
+/// must say that it loaded them).
+#[track_caller]
+fn start(test: &str, args: &[&str], env: &[(&str, &str)]) -> ProcImage {
+    let pi = ProcImage::start_env(test, args, env);
+    if !env.is_empty() && args.contains(&"-k") {
+        let text = pi.stderr_text();
+        assert!(
+            text.contains("older form handle__sched_switch_compat")
+                && text.contains("older form handle__sched_process_exit_compat"),
+            "{text}"
+        );
+    }
+    pi
+}
+
 #[test]
 fn lifecycle_of_a_thread_group() {
+    lifecycle(&[]);
+}
+
+#[test]
+fn lifecycle_with_the_older_program_forms() {
+    lifecycle(COMPAT);
+}
+
+fn lifecycle(env: &[(&str, &str)]) {
     if !need_root() {
         return;
     }
-    let pi = ProcImage::start("lifecycle", &["-k"]);
+    let pi = start("lifecycle", &["-k"], env);
     let mut w = Workload::start(&[
         "lifecycle",
         "--forks",
@@ -331,4 +363,357 @@ fn deactivate_stops_output_and_finish_removes_pins() {
             && wait_until(Duration::from_secs(5), || count() > after_ack)
     );
     pi.finish();
+}
+
+/// cpu_summary records of one thread, in order.
+fn summaries(recs: &[Value], pid: u64) -> Vec<&Value> {
+    let mut v: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "cpu_summary" && r["pid"] == pid)
+        .collect();
+    v.sort_by_key(|r| u64_of(r, "ts_ns"));
+    v
+}
+
+/// Whole system, default interval: a CPU-bound thread and a thread in one
+/// 10 s sleep show, interval by interval, what they did in that interval.
+fn whole_system_intervals(test: &str, env: &[(&str, &str)]) {
+    if !need_root() {
+        return;
+    }
+    let pi = start(test, &["-k"], env);
+    let mut w = Workload::start(&["steady", "--busy-secs", "4", "--sleep-secs", "10"]);
+    pi.control_ok(&["-a", "-k"]);
+    w.go();
+    let busy_end = w.wait_truth("busy_end", Duration::from_secs(30));
+    let slept = w.wait_truth("slept", Duration::from_secs(30));
+    let busy_start = w.truth("busy_start");
+    w.wait();
+    let (busy, sleeper) = (u64_of(&busy_end, "tid"), u64_of(&slept, "tid"));
+    // the interval that holds the end of both threads
+    // (a hang detector: the output of a whole busy host is large)
+    assert!(
+        pi.wait_for_new(Duration::from_secs(30), |r| r["event"] == "cpu_summary"
+            && u64_of(r, "ts_ns") > u64_of(&slept, "end_ns") + 50_000_000)
+    );
+    let pi_err = pi.stderr_text();
+    let recs = pi.finish();
+
+    // the busy thread: never more than its interval, every interval it spun
+    // through shows it, and the sum is the scheduler's own figure
+    let on = summaries(&recs, busy);
+    for r in &on {
+        assert!(
+            u64_of(r, "on_cpu_ns") <= u64_of(r, "interval_ns") + TICK_MAX_NS,
+            "more on-CPU than the interval: {r}"
+        );
+    }
+    let (start, end) = (u64_of(&busy_start, "ns"), u64_of(&busy_end, "ns"));
+    let inside: Vec<&&Value> = on
+        .iter()
+        .filter(|r| {
+            u64_of(r, "ts_ns") - u64_of(r, "interval_ns") > start && u64_of(r, "ts_ns") < end
+        })
+        .collect();
+    let spans: Vec<(i64, u64, u64)> = on
+        .iter()
+        .map(|r| {
+            let ts = u64_of(r, "ts_ns");
+            (
+                ts as i64 - start as i64,
+                u64_of(r, "interval_ns"),
+                u64_of(r, "on_cpu_ns"),
+            )
+        })
+        .collect();
+    // several intervals (fewer full ones if proc_image was held up: it
+    // closes late on a loaded host, the figures stay right)
+    assert!(
+        on.len() >= 2,
+        "a 4 s spin ({} ns) spans intervals: (close - start, interval, on-CPU) {spans:?}",
+        end - start
+    );
+    for r in &inside {
+        assert!(
+            u64_of(r, "on_cpu_ns") > 0,
+            "an interval the thread spun through: {r}"
+        );
+    }
+    let sum: u64 = on.iter().map(|r| u64_of(r, "on_cpu_ns")).sum();
+    let truth = u64_of(&busy_end, "run_ns");
+    assert!(
+        sum.abs_diff(truth) <= truth / 100,
+        "on-CPU summed over intervals {sum} ns, /proc/.../schedstat {truth} ns"
+    );
+
+    // the sleeper: its 10 s nanosleep cut at every close
+    let off = summaries(&recs, sleeper);
+    for r in &off {
+        assert!(
+            u64_of(r, "off_cpu_ns") <= u64_of(r, "interval_ns"),
+            "more off-CPU than the interval: {r}"
+        );
+    }
+    let (start, end) = (u64_of(&slept, "start_ns"), u64_of(&slept, "end_ns"));
+    let asleep: Vec<&&Value> = off
+        .iter()
+        .filter(|r| {
+            u64_of(r, "ts_ns") - u64_of(r, "interval_ns") > start && u64_of(r, "ts_ns") < end
+        })
+        .collect();
+    assert!(
+        off.len() >= 3 && !asleep.is_empty(),
+        "a 10 s sleep spans intervals: {off:?}"
+    );
+    for r in &asleep {
+        let slept_ns = r["off_cpu_by_reason_ns"]["sleep"].as_u64().unwrap_or(0);
+        assert!(
+            slept_ns * 100 >= u64_of(r, "interval_ns") * 99,
+            "an interval it slept through shows its sleep: {r}"
+        );
+    }
+    // (its wait for a CPU before the sleep is off-CPU too, as `preempted`)
+    let total: u64 = off
+        .iter()
+        .map(|r| r["off_cpu_by_reason_ns"]["sleep"].as_u64().unwrap_or(0))
+        .sum();
+    // the thread is on a CPU for a moment at each end of its sleep
+    assert!(
+        total >= (end - start) * 99 / 100 && total <= end - start + 50_000_000,
+        "a sleep of {} ns summed to {total} ns asleep: (close - start, interval, off-CPU) {:?}; closes {:?}; its other records {:?}; proc_image: {}",
+        end - start,
+        off.iter()
+            .map(|r| (
+                u64_of(r, "ts_ns") as i64 - start as i64,
+                u64_of(r, "interval_ns"),
+                u64_of(r, "off_cpu_ns")
+            ))
+            .collect::<Vec<_>>(),
+        recs.iter().filter(|r| r["event"] == "cpu_summary").map(|r| u64_of(r, "ts_ns") as i64 - start as i64).collect::<std::collections::BTreeSet<_>>(),
+        recs.iter().filter(|r| r["pid"] == sleeper && r["event"] != "cpu_summary").collect::<Vec<_>>(),
+        pi_err,
+    );
+}
+
+#[test]
+fn whole_system_intervals_hold_what_happened_in_them() {
+    whole_system_intervals("ws_intervals", &[]);
+}
+
+#[test]
+fn whole_system_intervals_with_the_older_program_forms() {
+    whole_system_intervals("ws_intervals_compat", COMPAT);
+}
+
+/// exit_group() with threads spinning on every CPU: one group_dead per process.
+fn group_dead_once(test: &str, env: &[(&str, &str)]) {
+    if !need_root() {
+        return;
+    }
+    const RUNS: usize = 10;
+    let pi = start(test, &["-k"], env);
+    pi.control_ok(&["-a", "-k", "0"]);
+    let mut pids = Vec::new();
+    for _ in 0..RUNS {
+        let mut w = Workload::start(&["exit-group", "--threads", "6"]);
+        assert_eq!(w.wait().code(), Some(3));
+        pids.push(w.pid() as u64);
+    }
+    let exits = |recs: &[Value], pid: u64| -> Vec<Value> {
+        events(recs, "exit", pid).into_iter().cloned().collect()
+    };
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pids[RUNS - 1])
+    );
+    let recs = pi.finish();
+    for pid in pids {
+        let exits = exits(&recs, pid);
+        assert_eq!(exits.len(), 7, "six threads and the leader exit: {exits:?}");
+        let dead: Vec<&Value> = exits.iter().filter(|r| r["group_dead"] == true).collect();
+        assert_eq!(
+            dead.len(),
+            1,
+            "group_dead once for process {pid}: {exits:?}"
+        );
+    }
+}
+
+#[test]
+fn exit_group_says_group_dead_once() {
+    group_dead_once("group_dead", &[]);
+}
+
+#[test]
+fn exit_group_says_group_dead_once_with_the_older_program_forms() {
+    group_dead_once("group_dead_compat", COMPAT);
+}
+
+#[test]
+fn a_thread_that_execs_is_followed_as_the_leader() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("exec_thread", &["-k"]);
+    let mut w = Workload::start(&["exec-thread"]);
+    let thread = w.wait_truth("thread", Duration::from_secs(5));
+    let (tid, pid) = (u64_of(&thread, "tid"), u64_of(&thread, "pid"));
+    assert_ne!(tid, pid);
+    pi.control_ok(&["-a", "-p", &tid.to_string(), "-k"]);
+    w.go();
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "execve"
+            && r["old_pid"] == tid),
+        "{}",
+        pi.stderr_text()
+    );
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_moved"));
+    // the new image (`spin`) goes on being traced, under the leader's pid,
+    // over several liveness checks
+    std::thread::sleep(Duration::from_millis(1500));
+    let recs = pi.records();
+    let exec_ts = recs
+        .iter()
+        .find(|r| r["event"] == "execve")
+        .map(|r| u64_of(r, "ts_ns"))
+        .unwrap();
+    let later = |event: &str| {
+        recs.iter()
+            .filter(|r| {
+                r["event"] == event
+                    && r["pid"] == pid
+                    && u64_of(r, "ts_ns") > exec_ts + 1_000_000_000
+            })
+            .count()
+    };
+    assert!(later("on_cpu") > 0 && later("off_cpu") > 0, "{recs:?}");
+    assert!(recs.iter().all(|r| r["event"] != "target_gone"));
+    drop(w);
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    pi.finish();
+}
+
+#[test]
+fn io_uring_workers_are_kernel_workers() {
+    if !need_root() {
+        return;
+    }
+    if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0")
+    {
+        eprintln!("SKIPPED: io_uring is disabled here");
+        return;
+    }
+    let pi = ProcImage::start("io_uring", &["-k"]);
+    let mut w = Workload::start(&["io-uring"]);
+    let pid = w.pid() as u64;
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-k", "0"]);
+    w.go();
+    w.wait();
+    assert_eq!(w.truth("io_uring")["ok"], true, "io_uring_setup failed");
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid)
+    );
+    let recs = pi.finish();
+    let workers = events(&recs, "kernel_worker", pid);
+    assert_eq!(workers.len(), 1, "the SQPOLL thread: {recs:?}");
+    assert_eq!(workers[0]["child_tgid"], pid);
+    assert!(events(&recs, "pthread_create", pid).is_empty());
+}
+
+#[test]
+fn schedule_with_the_older_program_forms() {
+    if !need_root() {
+        return;
+    }
+    let pi = start("schedule_compat", &["-S"], COMPAT);
+    assert!(pi
+        .stderr_text()
+        .contains("older form handle__sched_switch_compat"));
+    let w = Workload::start(&["sched", "--busy-threads", "2", "--secs", "8"]);
+    let threads = w.wait_truth("threads", Duration::from_secs(5));
+    let busy = threads["busy"][0].as_u64().unwrap();
+    let sleeper = threads["sleeper"].as_u64().unwrap();
+    let avg = |pid: u64| -> u64 {
+        pi.control_ok(&["-a", "-p", &pid.to_string(), "-S"]);
+        assert!(wait_until(Duration::from_secs(10), || {
+            pi.records()
+                .iter()
+                .filter(|r| {
+                    r["collector"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0
+                })
+                .count()
+                >= 2
+        }));
+        let recs = pi.records();
+        let recs: Vec<&Value> = recs
+            .iter()
+            .filter(|r| r["collector"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
+            .collect();
+        let count: u64 = recs.iter().map(|r| u64_of(r, "count")).sum();
+        recs.iter()
+            .map(|r| u64_of(r, "avg_ns") * u64_of(r, "count"))
+            .sum::<u64>()
+            / count
+    };
+    let (busy_avg, sleeper_avg) = (avg(busy), avg(sleeper));
+    // busy threads pinned to one CPU wait for each other's slice: they are
+    // seen as preempted (runnable) with the state read from the task too
+    assert!(
+        busy_avg > 10 * sleeper_avg,
+        "busy {busy_avg} ns vs sleeper {sleeper_avg} ns"
+    );
+    pi.finish();
+}
+
+/// Activated while one thread spins and another sleeps: the stretch each is
+/// in counts from the activation, the sleep with its reason.
+#[test]
+fn stretches_in_progress_count_from_the_activation() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("in_progress", &["-k"]);
+    let mut w = Workload::start(&["steady", "--busy-secs", "3", "--sleep-secs", "3"]);
+    let pid = w.pid();
+    w.go();
+    let sleeping = w.wait_truth("sleeping", Duration::from_secs(5));
+    let busy = u64_of(&w.wait_truth("busy_start", Duration::from_secs(5)), "tid");
+    let sleeper = u64_of(&sleeping, "tid");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = proc_image::sys::monotonic_ns();
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-k"]);
+    let after = proc_image::sys::monotonic_ns();
+    let slept = w.wait_truth("slept", Duration::from_secs(10));
+    w.wait();
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid)
+    );
+    let recs = pi.finish();
+    let first = |tid: u64| -> Value {
+        let mut v: Vec<&Value> = recs
+            .iter()
+            .filter(|r| (r["event"] == "on_cpu" || r["event"] == "off_cpu") && r["pid"] == tid)
+            .collect();
+        v.sort_by_key(|r| u64_of(r, "ts_ns"));
+        v.first()
+            .map(|r| (*r).clone())
+            .expect("records of the thread")
+    };
+    for tid in [busy, sleeper] {
+        let r = first(tid);
+        let began = u64_of(&r, "ts_ns") - u64_of(&r, "duration_ns");
+        assert!(
+            (before..=after).contains(&began),
+            "the first stretch of {tid} began at {began}, the activation at {before}..{after}: {r}"
+        );
+    }
+    let r = first(sleeper);
+    assert_eq!(r["event"], "off_cpu");
+    assert_eq!(
+        r["reason"], "sleep",
+        "the state it slept in at the activation: {r}"
+    );
+    assert!(u64_of(&r, "ts_ns") >= u64_of(&slept, "end_ns") - 20_000_000);
 }

@@ -3,24 +3,29 @@
 //! BPF side: bpf/keytime.bpf.c.
 
 use std::cell::OnceCell;
+use std::io::Read;
 use std::rc::Rc;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
 use serde_json::{Map, Value};
 
 use super::{
-    attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions,
+    attach_all, load_skel_variants, read_stats, Activation, Collector, CollectorKind, Decoder,
+    LoadOptions,
 };
 use crate::bpf_intf::{
     self, c_str, collector_stats, decode, event_hdr, keytime_clone_event, keytime_config,
     keytime_cpu_event, keytime_exec_event, keytime_exit_event, keytime_summary,
-    keytime_summary_key, KEYTIME_EXECVE, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_LEVEL_ALL,
-    KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
+    keytime_summary_key, KEYTIME_EXECVE, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER,
+    KEYTIME_LEVEL_ALL, KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK,
+    OFFCPU_REASON_COUNT,
 };
 use crate::kallsyms::Kallsyms;
+use crate::kernel_btf::{self, Variant};
 use crate::output::{Output, Record};
 use crate::sys;
+use crate::target::Target;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/keytime.skel.rs"));
@@ -38,7 +43,12 @@ const DEFAULT_TEXT_TOP: usize = 20;
 
 pub struct Keytime {
     skel: KeytimeSkel<'static>,
+    /// the programs with a newer and an older form: is the newer loaded?
+    switch_newer: bool,
+    exit_newer: bool,
     links: Vec<Link>,
+    /// the activation's target, as userspace last knew it
+    target: Option<Target>,
     /// whole system at level 1: summaries to drain, until flushed
     summarizing: bool,
     /// whole system: threads per interval to print (None = all)
@@ -51,10 +61,29 @@ pub struct Keytime {
 
 impl Keytime {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        let skel = load_skel(KeytimeSkelBuilder::default(), NAME, opts.ringbuf_bytes)?;
+        let features = kernel_btf::features();
+        let switch = Variant {
+            newer: "handle__sched_switch",
+            older: "handle__sched_switch_compat",
+            use_newer: features.sched_switch_prev_state,
+        };
+        let exit = Variant {
+            newer: "handle__sched_process_exit",
+            older: "handle__sched_process_exit_compat",
+            use_newer: features.process_exit_group_dead,
+        };
+        let skel = load_skel_variants(
+            KeytimeSkelBuilder::default(),
+            NAME,
+            opts.ringbuf_bytes,
+            &[switch, exit],
+        )?;
         Ok(Keytime {
             skel,
+            switch_newer: switch.use_newer,
+            exit_newer: exit.use_newer,
             links: Vec::new(),
+            target: None,
             summarizing: false,
             top: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
             interval_start_ns: 0,
@@ -79,19 +108,56 @@ impl Keytime {
         }
     }
 
-    /// Swap the summary maps and report what the old one holds.
+    /// Run the task pass (handle__iter_task): at the activation it starts
+    /// every target task's stretch; at a close it gives the closing interval
+    /// every task's part up to the close.
+    fn run_pass(&self) -> Result<()> {
+        let link = self
+            .skel
+            .progs
+            .handle__iter_task
+            .attach()
+            .context("attach keytime/iter_task")?;
+        let mut sink = Vec::new();
+        Iter::new(&link)
+            .context("keytime: start the task pass")?
+            .read_to_end(&mut sink)
+            .context("keytime: run the task pass")?;
+        Ok(())
+    }
+
+    /// Close the interval at `now`: point BPF at the other summary map,
+    /// starting at `now`. The start is written first: a program that sees
+    /// the new slot sees its start.
+    fn flip_slot(&mut self, now: u64) -> Result<u32> {
+        let cfg = self.config()?;
+        let old_slot = cfg.summary_slot & 1;
+        let new_slot = old_slot ^ 1;
+        // SAFETY: both point into the mapped .bss, which outlives this call;
+        // volatile, so the stores are made, in this order
+        unsafe {
+            std::ptr::write_volatile(&mut cfg.closing_open, 1);
+            std::ptr::write_volatile(&mut cfg.slot_start_ns[new_slot as usize], now);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            std::ptr::write_volatile(&mut cfg.summary_slot, new_slot);
+        }
+        Ok(old_slot)
+    }
+
+    /// Close the interval and report what its summary map holds.
     fn drain_summaries(&mut self, out: &mut Output) -> Result<()> {
-        let old_slot = self.config()?.summary_slot;
-        self.config()?.summary_slot = old_slot ^ 1;
         let now = sys::monotonic_ns();
+        let old_slot = self.flip_slot(now)?;
         let interval_ns = now.saturating_sub(self.interval_start_ns);
         self.interval_start_ns = now;
+        self.run_pass()?;
 
         // A sched_switch program that read the old slot just before the swap
-        // may still be adding to an entry of the old map: let it finish
-        // (it runs with preemption off, for microseconds) before the entries
-        // are taken out, or its addition would be lost with the entry.
-        std::thread::sleep(super::SLOT_SETTLE);
+        // may still be adding to an entry of the old map: wait until every
+        // program in flight has finished (an RCU grace period, not a sleep:
+        // a stalled vCPU can hold one far longer) before the entries are
+        // taken out, or its addition would be lost with the entry.
+        super::wait_for_programs_in_flight();
         let mut threads = Vec::new();
         let map = self.summary_map(old_slot);
         for (k, v) in map
@@ -106,8 +172,19 @@ impl Keytime {
             };
             threads.push((*key, *sum));
         }
-        threads.sort_by_key(|(_, s)| {
-            std::cmp::Reverse(s.on_cpu_ns + s.off_cpu_ns.iter().sum::<u64>())
+        // from now on, a part of a stretch before the close is carried
+        // into the current interval (and said: carried_ns)
+        let cfg = self.config()?;
+        // SAFETY: a field of the mapped .bss
+        unsafe { std::ptr::write_volatile(&mut cfg.closing_open, 0) };
+        // every thread is in every interval now: the busiest first
+        threads.sort_by_key(|(k, s)| {
+            (
+                std::cmp::Reverse(s.on_cpu_ns),
+                std::cmp::Reverse(s.switches_out),
+                k.pid,
+                k.cpu,
+            )
         });
         let shown = self.top.unwrap_or(usize::MAX).min(threads.len());
         for (key, sum) in &threads[..shown] {
@@ -140,13 +217,23 @@ impl Collector for Keytime {
 
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
+        let now = sys::monotonic_ns();
         let cfg = keytime_config {
             target: act.filter(),
             level: act.keytime_level,
             summary_slot: 0,
             stack_min_ns: STACK_MIN_NS,
+            activated_ns: now,
+            // no earlier interval: slot 1's start stays 0 until the first close
+            slot_start_ns: [now, 0],
+            nr_cpus: libbpf_rs::num_possible_cpus()
+                .context("keytime: count the CPUs")?
+                .try_into()
+                .unwrap_or(u32::MAX),
+            closing_open: 0,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
+        self.target = Some(act.target);
         if act.target.is_system() {
             // leftovers of an earlier whole-system activation
             for slot in [0, 1] {
@@ -156,25 +243,66 @@ impl Collector for Keytime {
                     .map(|it| it.count());
             }
         }
-        self.interval_start_ns = sys::monotonic_ns();
+        self.interval_start_ns = now;
 
         let p = &self.skel.progs;
         let mut progs = vec![
             ("keytime/task_newtask", &p.handle__task_newtask),
             ("keytime/sched_process_exec", &p.handle__sched_process_exec),
-            ("keytime/sched_process_exit", &p.handle__sched_process_exit),
+            (
+                "keytime/sched_process_exit",
+                if self.exit_newer {
+                    &p.handle__sched_process_exit
+                } else {
+                    &p.handle__sched_process_exit_compat
+                },
+            ),
         ];
         // level 0 asks for lifecycle points only: leave sched_switch unhooked
-        if act.keytime_level >= KEYTIME_LEVEL_ALL {
-            progs.push(("keytime/sched_switch", &p.handle__sched_switch));
+        let switches = act.keytime_level >= KEYTIME_LEVEL_ALL;
+        if switches {
+            progs.push((
+                "keytime/sched_switch",
+                if self.switch_newer {
+                    &p.handle__sched_switch
+                } else {
+                    &p.handle__sched_switch_compat
+                },
+            ));
         }
         self.links = attach_all(&progs)?;
-        self.summarizing = act.target.is_system() && act.keytime_level >= KEYTIME_LEVEL_ALL;
+        // attached first, so a task either switched since (and is known)
+        // or is in the stretch it was in at the activation
+        if switches {
+            if let Err(e) = self.run_pass() {
+                self.links.clear();
+                return Err(e);
+            }
+        }
+        self.summarizing = act.target.is_system() && switches;
         Ok(())
     }
 
     fn deactivate(&mut self) {
         self.links.clear();
+    }
+
+    fn moved_target(&mut self) -> Option<Target> {
+        let Some(Target::Thread { pid, .. }) = self.target else {
+            return None;
+        };
+        let now = self.skel.maps.bss_data.as_deref()?.cfg.target.pid;
+        if now == pid {
+            return None;
+        }
+        // BPF followed the thread's exec: it leads its group under the leader's pid
+        let moved = Target::Thread {
+            pid: now,
+            tgid: now,
+            start_ticks: sys::proc_stat(now)?.start_ticks,
+        };
+        self.target = Some(moved);
+        Some(moved)
     }
 
     fn describe(&self, act: &Activation) -> String {
@@ -224,11 +352,12 @@ fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
 pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;
     let rec = match u32::from(hdr.kind) {
-        kind @ (KEYTIME_FORK | KEYTIME_VFORK | KEYTIME_PTHREAD_CREATE) => {
+        kind @ (KEYTIME_FORK | KEYTIME_VFORK | KEYTIME_PTHREAD_CREATE | KEYTIME_KERNEL_WORKER) => {
             let e = decode::<keytime_clone_event>(data)?;
             let event = match kind {
                 KEYTIME_FORK => "fork",
                 KEYTIME_VFORK => "vfork",
+                KEYTIME_KERNEL_WORKER => "kernel_worker",
                 _ => "pthread_create",
             };
             task_record(hdr, event)
@@ -316,14 +445,21 @@ fn summary_record(
             reasons.insert(reason_name(i as u32).into(), ns.into());
         }
     }
+    let comm = match key.pid {
+        0 => format!("swapper/{}", key.cpu),
+        _ => c_str(&s.comm),
+    };
     let mut rec = Record::new(now, NAME, "cpu_summary")
-        .task(key.pid, s.tgid, c_str(&s.comm))
+        .task(key.pid, s.tgid, comm)
         .field("interval_ns", interval_ns)
         .field("on_cpu_ns", s.on_cpu_ns)
         .field("off_cpu_ns", s.off_cpu_ns.iter().sum::<u64>())
         .field("switches", s.switches_out)
         .field("preemptions", s.preemptions)
         .field("off_cpu_by_reason_ns", Value::Object(reasons));
+    if s.carried_ns > 0 {
+        rec = rec.field("carried_ns", s.carried_ns);
+    }
     if key.pid == 0 {
         rec = rec.field("cpu", key.cpu);
     }
@@ -383,6 +519,7 @@ mod tests {
             (KEYTIME_FORK, "fork"),
             (KEYTIME_VFORK, "vfork"),
             (KEYTIME_PTHREAD_CREATE, "pthread_create"),
+            (KEYTIME_KERNEL_WORKER, "kernel_worker"),
         ] {
             let e = keytime_clone_event {
                 hdr: hdr(kind),

@@ -23,6 +23,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
 use crate::bpf_intf::{collector_stats, PI_KEYTIME, PI_LOCK, PI_RESOURCE, PI_SCHEDULE, PI_SYSCALL};
+use crate::kernel_btf::{self, Variant};
 use crate::output::{Output, Record};
 use crate::target::Target;
 
@@ -233,6 +234,13 @@ pub trait Collector {
     /// Detach everything; the programs stay loaded for the next activation.
     fn deactivate(&mut self);
 
+    /// The target moved: a non-leader thread traced alone (-p) exec'd and
+    /// goes on as its group's leader, under the leader's pid. Asked after
+    /// every poll; the activation then follows it.
+    fn moved_target(&mut self) -> Option<Target> {
+        None
+    }
+
     /// A text line describing the activation, printed above its records.
     fn describe(&self, act: &Activation) -> String {
         format!("{} on {}", self.kind(), act.target)
@@ -424,6 +432,20 @@ pub fn load_skel<B>(
 where
     B: SkelBuilder<'static>,
 {
+    load_skel_variants(builder, name, ringbuf_bytes, &[])
+}
+
+/// load_skel, loading only the form of each `variants` program this kernel
+/// takes (see kernel_btf).
+pub fn load_skel_variants<B>(
+    builder: B,
+    name: &str,
+    ringbuf_bytes: u32,
+    variants: &[Variant],
+) -> Result<<B::Output as OpenSkel<'static>>::Output>
+where
+    B: SkelBuilder<'static>,
+{
     let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
     let mut open = builder
         .open(storage)
@@ -435,6 +457,15 @@ where
         }
     }
     refuse_for_test(name, open.open_object_mut())?;
+    kernel_btf::choose(open.open_object_mut(), variants)
+        .with_context(|| format!("choose the {name} programs for this kernel"))?;
+    for v in variants.iter().filter(|v| !v.use_newer) {
+        let why = match kernel_btf::features().forced {
+            true => format!("forced by {}=1", kernel_btf::FORCE_COMPAT_ENV),
+            false => "this kernel's hook lacks an argument".into(),
+        };
+        eprintln!("proc_image: {name}: older form {} ({why})", v.older);
+    }
     open.load().with_context(|| {
         format!("load and verify the {name} BPF programs (run with -v for the verifier log)")
     })

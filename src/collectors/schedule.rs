@@ -7,10 +7,11 @@ use libbpf_rs::{Link, MapHandle};
 
 use super::latency;
 use super::{
-    attach_all, load_skel, read_stats, wait_for_programs_in_flight, Activation, Collector,
+    attach_all, load_skel_variants, read_stats, wait_for_programs_in_flight, Activation, Collector,
     CollectorKind, LoadOptions, MIN_RINGBUF,
 };
 use crate::bpf_intf::{self, collector_stats, schedule_config};
+use crate::kernel_btf::{self, Variant};
 use crate::output::{Output, Record};
 use crate::sys;
 use crate::target::Target;
@@ -25,6 +26,8 @@ const NAME: &str = "schedule";
 pub struct Schedule {
     skel: ScheduleSkel<'static>,
     links: Vec<Link>,
+    /// sched_switch passes prev_state: its newer program is the one loaded
+    switch_newer: bool,
     /// what the current (or last) activation traces; None once flushed
     target: Option<Target>,
     interval_start_ns: u64,
@@ -33,9 +36,16 @@ pub struct Schedule {
 impl Schedule {
     pub fn load(_opts: &LoadOptions) -> Result<Self> {
         // aggregates in maps: its ring buffer stays at the minimum
-        let skel = load_skel(ScheduleSkelBuilder::default(), NAME, MIN_RINGBUF)?;
+        let switch = Variant {
+            newer: "handle__sched_switch",
+            older: "handle__sched_switch_compat",
+            use_newer: kernel_btf::features().sched_switch_prev_state,
+        };
+        let skel =
+            load_skel_variants(ScheduleSkelBuilder::default(), NAME, MIN_RINGBUF, &[switch])?;
         Ok(Schedule {
             skel,
+            switch_newer: switch.use_newer,
             links: Vec::new(),
             target: None,
             interval_start_ns: 0,
@@ -92,7 +102,14 @@ impl Collector for Schedule {
         self.links = attach_all(&[
             ("schedule/sched_wakeup", &p.handle__sched_wakeup),
             ("schedule/sched_wakeup_new", &p.handle__sched_wakeup_new),
-            ("schedule/sched_switch", &p.handle__sched_switch),
+            (
+                "schedule/sched_switch",
+                if self.switch_newer {
+                    &p.handle__sched_switch
+                } else {
+                    &p.handle__sched_switch_compat
+                },
+            ),
         ])?;
         self.target = Some(act.target);
         Ok(())

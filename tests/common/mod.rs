@@ -75,8 +75,15 @@ impl ProcImage {
     /// Start `proc_image --json ARGS` and wait until it says it is ready.
     #[track_caller]
     pub fn start(test: &str, args: &[&str]) -> ProcImage {
+        Self::start_env(test, args, &[])
+    }
+
+    /// start, with these environment variables set for proc_image.
+    #[track_caller]
+    pub fn start_env(test: &str, args: &[&str], env: &[(&str, &str)]) -> ProcImage {
         let pin_dir = pin_dir(test);
         let mut child = Command::new(PROC_IMAGE)
+            .envs(env.iter().copied())
             .arg("--json")
             .args(args)
             .arg("--pin-dir")
@@ -144,6 +151,20 @@ impl ProcImage {
     /// Wait for a record matching `pred`.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> bool {
         wait_until(timeout, || self.records().iter().any(&pred))
+    }
+
+    /// wait_for, parsing each line once: for whole-system runs, whose
+    /// output grows large (and must keep being read, or proc_image blocks).
+    pub fn wait_for_new(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> bool {
+        let mut seen = 0;
+        wait_until(timeout, || {
+            let lines = self.stdout.lock().unwrap()[seen..].to_vec();
+            seen += lines.len();
+            lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|r| pred(&r))
+        })
     }
 
     /// Wait for proc_image to end by itself.

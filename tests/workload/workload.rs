@@ -87,6 +87,22 @@
 //!       a robust mutex whose owner thread ends holding it; the main thread
 //!       then takes it (EOWNERDEAD), makes it consistent, releases it and
 //!       takes it once more
+//!   proc_image_workload steady [--busy-secs S] [--sleep-secs S]
+//!       prints its pid, waits for a line on stdin, then starts a thread
+//!       that spins S seconds (CPU-bound) and one that sleeps S seconds in
+//!       one nanosleep (saying so first); the busy thread prints its run time from
+//!       /proc/thread-self/schedstat when it stops, the sleeper when it
+//!       slept (CLOCK_MONOTONIC)
+//!   proc_image_workload exit-group [--threads N]
+//!       starts N threads that spin (on every CPU there is), waits until all
+//!       have run, then exit_group()s with 3 while they spin
+//!   proc_image_workload exec-thread
+//!       starts a thread, prints its tid, waits for a line on stdin; the
+//!       thread (not the leader) then execs `proc_image_workload spin`
+//!   proc_image_workload io-uring
+//!       waits for a line on stdin, then sets up an io_uring with a
+//!       submission-queue polling thread (a thread the kernel makes for the
+//!       process), prints whether it could, and exits after 300 ms
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
@@ -170,6 +186,10 @@ fn main() {
             args.iter().any(|a| a == "--exit-first"),
         ),
         "lock-robust" => lock_robust(),
+        "steady" => steady(num("--busy-secs", 5), num("--sleep-secs", 10)),
+        "exit-group" => exit_group(num("--threads", 4)),
+        "exec-thread" => exec_thread(),
+        "io-uring" => io_uring(),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
@@ -1405,4 +1425,84 @@ fn lock_robust() {
     let second = unsafe { libc::pthread_mutex_lock(m.busy.get()) };
     unsafe { libc::pthread_mutex_unlock(m.busy.get()) };
     say(json!({"event": "done", "first_ret": first, "second_ret": second}));
+}
+
+fn wait_go() {
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+/// A CPU-bound thread and a sleeping one, side by side, for `secs`.
+fn steady(busy_secs: u64, sleep_secs: u64) {
+    say(json!({"event": "ready", "pid": std::process::id()}));
+    wait_go();
+    let spinner = std::thread::spawn(move || {
+        let tid = unsafe { libc::gettid() };
+        say(json!({"event": "busy_start", "tid": tid, "ns": monotonic_ns()}));
+        busy(Duration::from_secs(busy_secs));
+        let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+        let run_ns: u64 = stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| die("no /proc/thread-self/schedstat"));
+        say(json!({"event": "busy_end", "tid": tid, "ns": monotonic_ns(), "run_ns": run_ns}));
+    });
+    let sleeper = std::thread::spawn(move || {
+        let tid = unsafe { libc::gettid() };
+        let start = monotonic_ns();
+        say(json!({"event": "sleeping", "tid": tid, "ns": start}));
+        std::thread::sleep(Duration::from_secs(sleep_secs));
+        say(json!({"event": "slept", "tid": tid, "start_ns": start, "end_ns": monotonic_ns()}));
+    });
+    let _ = spinner.join();
+    let _ = sleeper.join();
+}
+
+/// exit_group() while `threads` threads spin on the CPUs.
+fn exit_group(threads: u64) {
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for _ in 0..threads {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            loop {
+                busy(Duration::from_millis(1));
+            }
+        });
+    }
+    while running.load(std::sync::atomic::Ordering::SeqCst) < threads {
+        std::thread::yield_now();
+    }
+    busy(Duration::from_millis(20));
+    unsafe { libc::_exit(3) };
+}
+
+/// A thread other than the leader execs.
+fn exec_thread() {
+    let t = std::thread::spawn(|| {
+        say(
+            json!({"event": "thread", "tid": unsafe { libc::gettid() }, "pid": std::process::id()}),
+        );
+        wait_go();
+        let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
+        let err = std::process::Command::new(exe)
+            .arg0("proc_image_workload")
+            .arg("spin")
+            .exec();
+        die(&format!("exec: {err}"));
+    });
+    let _ = t.join();
+}
+
+/// An io_uring whose submission queue a kernel thread of this process polls.
+fn io_uring() {
+    const IORING_SETUP_SQPOLL: u32 = 1 << 1;
+    wait_go();
+    // struct io_uring_params: 120 bytes, flags is the third u32
+    let mut params = [0u32; 30];
+    params[2] = IORING_SETUP_SQPOLL;
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    say(json!({"event": "io_uring", "ok": fd >= 0}));
+    std::thread::sleep(Duration::from_millis(300));
 }

@@ -49,6 +49,7 @@ struct {
  * walks the CPUs for them, since the task iterator does not visit them.
  */
 #define MAX_CPUS 1024 /* a power of two: indexes are masked with it */
+#define COMPAT_IDLE_CPUS 64 /* idle tasks closed per pass without bpf_loop */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -678,8 +679,7 @@ static __always_inline void close_task(struct task_struct *task, struct cpu_stat
  * task's part up to the close. The last call, with no task, does the idle
  * tasks.
  */
-SEC("iter/task")
-int handle__iter_task(struct bpf_iter__task *ctx)
+static __always_inline int iter_task(struct bpf_iter__task *ctx, bool has_loop)
 {
 	struct task_struct *task = ctx->task;
 	__u32 closing = current_slot() ^ 1;
@@ -690,8 +690,16 @@ int handle__iter_task(struct bpf_iter__task *ctx)
 	bool activation = !cfg.slot_start_ns[closing];
 
 	if (!task) {
-		if (cfg.target.mode == TARGET_SYSTEM)
-			bpf_loop(MAX_CPUS, close_idle, &activation, 0);
+		if (cfg.target.mode == TARGET_SYSTEM) {
+			if (has_loop) {
+				bpf_loop(MAX_CPUS, close_idle, &activation, 0);
+			} else {
+				/* before bpf_loop (5.17): the first CPUs in a bounded loop */
+				for (__u32 c = 0; c < COMPAT_IDLE_CPUS; c++)
+					if (close_idle(c, &activation))
+						break;
+			}
+		}
 		pass_seq++;
 		return 0;
 	}
@@ -716,4 +724,21 @@ int handle__iter_task(struct bpf_iter__task *ctx)
 	if (cfg.target.mode == TARGET_SYSTEM && !activation)
 		close_task(task, st);
 	return 0;
+}
+
+SEC("iter/task")
+int handle__iter_task(struct bpf_iter__task *ctx)
+{
+	return iter_task(ctx, true);
+}
+
+/*
+ * The same pass for kernels without bpf_loop (before 5.17): idle tasks of
+ * CPUs past COMPAT_IDLE_CPUS are not cut at a close (their time lands in
+ * the interval their stretch ends in, counted as carried_ns).
+ */
+SEC("iter/task")
+int handle__iter_task_compat(struct bpf_iter__task *ctx)
+{
+	return iter_task(ctx, false);
 }

@@ -13,7 +13,7 @@
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
-use libbpf_rs::btf::types::{Composite, FuncProto};
+use libbpf_rs::btf::types::{Composite, Enum, FuncProto};
 use libbpf_rs::btf::BtfType;
 use libbpf_rs::{Btf, OpenObject};
 
@@ -37,6 +37,12 @@ pub fn has_field(btf: &Btf<'_>, name: &str, field: &str) -> bool {
         .is_some_and(|c| c.iter().any(|m| m.name.is_some_and(|n| n == field)))
 }
 
+/// Does enum `name` have a value `value`? (`bpf_func_id` lists the helpers.)
+pub fn has_enum_value(btf: &Btf<'_>, name: &str, value: &str) -> bool {
+    btf.type_by_name::<Enum<'_>>(name)
+        .is_some_and(|e| e.iter().any(|m| m.name.is_some_and(|n| n == value)))
+}
+
 /// The hook forms this kernel has that some program depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Features {
@@ -45,6 +51,8 @@ pub struct Features {
     pub sched_switch_prev_state: bool,
     /// sched_process_exit passes group_dead (6.16+).
     pub process_exit_group_dead: bool,
+    /// The bpf_loop helper (5.17+).
+    pub bpf_loop: bool,
     /// The older forms were forced (PROC_IMAGE_FORCE_COMPAT=1).
     pub forced: bool,
 }
@@ -69,6 +77,9 @@ impl Features {
             sched_switch_prev_state: args("sched_switch") >= 4,
             // (struct task_struct *p, bool group_dead)
             process_exit_group_dead: args("sched_process_exit") >= 2,
+            bpf_loop: btf
+                .as_ref()
+                .is_some_and(|b| has_enum_value(b, "bpf_func_id", "BPF_FUNC_loop")),
             forced,
         }
     }
@@ -138,6 +149,16 @@ mod tests {
         assert!(tracepoint_args(&btf, "no_such_tracepoint").is_none());
         assert!(has_field(&btf, "task_struct", "pid"));
         assert!(!has_field(&btf, "task_struct", "no_such_field"));
+        assert!(has_enum_value(
+            &btf,
+            "bpf_func_id",
+            "BPF_FUNC_map_lookup_elem"
+        ));
+        assert!(!has_enum_value(
+            &btf,
+            "bpf_func_id",
+            "BPF_FUNC_no_such_helper"
+        ));
     }
 
     #[test]

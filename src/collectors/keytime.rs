@@ -46,6 +46,8 @@ pub struct Keytime {
     /// the programs with a newer and an older form: is the newer loaded?
     switch_newer: bool,
     exit_newer: bool,
+    /// the task pass has bpf_loop for the idle tasks (5.17+)
+    pass_newer: bool,
     links: Vec<Link>,
     /// the activation's target, as userspace last knew it
     target: Option<Target>,
@@ -72,16 +74,22 @@ impl Keytime {
             older: "handle__sched_process_exit_compat",
             use_newer: features.process_exit_group_dead,
         };
+        let pass = Variant {
+            newer: "handle__iter_task",
+            older: "handle__iter_task_compat",
+            use_newer: features.bpf_loop,
+        };
         let skel = load_skel_variants(
             KeytimeSkelBuilder::default(),
             NAME,
             opts.ringbuf_bytes,
-            &[switch, exit],
+            &[switch, exit, pass],
         )?;
         Ok(Keytime {
             skel,
             switch_newer: switch.use_newer,
             exit_newer: exit.use_newer,
+            pass_newer: pass.use_newer,
             links: Vec::new(),
             target: None,
             summarizing: false,
@@ -112,12 +120,13 @@ impl Keytime {
     /// every target task's stretch; at a close it gives the closing interval
     /// every task's part up to the close.
     fn run_pass(&self) -> Result<()> {
-        let link = self
-            .skel
-            .progs
-            .handle__iter_task
-            .attach()
-            .context("attach keytime/iter_task")?;
+        let p = &self.skel.progs;
+        let prog = if self.pass_newer {
+            &p.handle__iter_task
+        } else {
+            &p.handle__iter_task_compat
+        };
+        let link = prog.attach().context("attach keytime/iter_task")?;
         let mut sink = Vec::new();
         Iter::new(&link)
             .context("keytime: start the task pass")?

@@ -445,6 +445,7 @@ static __always_inline struct keytime_summary *summary_entry(__u32 slot, struct 
 	if (task) {
 		s->tgid = task->tgid;
 		bpf_probe_read_kernel_str(s->comm, sizeof(s->comm), task->comm);
+		s->cgroup_id = cgroup_id_of(task);
 	}
 	if (slot)
 		bpf_map_update_elem(&summary_b, &key, s, BPF_NOEXIST);

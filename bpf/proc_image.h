@@ -222,6 +222,7 @@ struct keytime_summary {
 	 * already reported (a stretch the close pass did not reach in time).
 	 */
 	__u64 carried_ns;
+	__u64 cgroup_id; /* the thread's cgroup v2 when its entry was made */
 };
 
 /* ------------------------------------------------------------------ */

@@ -59,6 +59,8 @@ pub struct Keytime {
     interval_start_ns: u64,
     /// read on the first off-CPU stack, not at start: it costs ~10 MB
     ksyms: Rc<OnceCell<Kallsyms>>,
+    /// the activation traces the whole system (its records name cgroups)
+    whole_system: Rc<std::cell::Cell<bool>>,
 }
 
 impl Keytime {
@@ -96,6 +98,7 @@ impl Keytime {
             top: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
             interval_start_ns: 0,
             ksyms: Rc::new(OnceCell::new()),
+            whole_system: Rc::default(),
         })
     }
 
@@ -289,6 +292,7 @@ impl Collector for Keytime {
             }
         }
         self.summarizing = act.target.is_system() && switches;
+        self.whole_system.set(act.target.is_system());
         Ok(())
     }
 
@@ -333,7 +337,15 @@ impl Collector for Keytime {
 
     fn decoder(&self) -> Decoder {
         let ksyms = self.ksyms.clone();
-        Box::new(move |data| decode_record(data, &ksyms).map(Some))
+        let whole_system = self.whole_system.clone();
+        Box::new(move |data| {
+            let rec = decode_record(data, &ksyms)?;
+            // the whole system: which container or service each thread is in
+            Ok(Some(match whole_system.get() {
+                true => rec.cgroup(decode::<event_hdr>(data)?.cgroup_id),
+                false => rec,
+            }))
+        })
     }
 
     fn on_interval(&mut self, out: &mut Output) -> Result<()> {
@@ -472,7 +484,8 @@ fn summary_record(
     if key.pid == 0 {
         rec = rec.field("cpu", key.cpu);
     }
-    rec
+    // the whole system: which container or service each thread is in
+    rec.cgroup(s.cgroup_id)
 }
 
 /// The names used in output for enum offcpu_reason.

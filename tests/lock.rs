@@ -606,11 +606,13 @@ fn the_main_thread_exiting_leaves_the_probes_armed() {
     assert_eq!(want.len(), 5);
     assert_eq!(by, want);
     no_losses(&recs);
-    assert!(
-        recs.iter()
-            .any(|r| r["event"] == "probed_thread_exit" && r["pid"] == pid),
-        "the main thread's exit moved no probes"
-    );
+    // the anchors' exits and new threads move the probes: proc_image acts
+    // on those records and prints none
+    let internal: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "probed_thread_exit" || r["event"] == "new_thread")
+        .collect();
+    assert!(internal.is_empty(), "{internal:?}");
 }
 
 #[test]

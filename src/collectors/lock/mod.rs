@@ -164,13 +164,14 @@ fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
     Record::new(hdr.ts_ns, NAME, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
 }
 
-/// A ring-buffer record as an output record.
-pub fn lock_record(e: &lock_event) -> Result<Record> {
+/// A ring-buffer record as an output record; None for the ones only
+/// proc_image acts on (an anchor exited, a thread started: the probes move).
+pub fn lock_record(e: &lock_event) -> Result<Option<Record>> {
     let kind = u32::from(e.hdr.kind);
     let addr = format!("{:#x}", e.lock_addr);
     let wait = e.acquire_ns.saturating_sub(e.request_ns);
     let contended = e.flags & LOCK_F_CONTENDED as u8 != 0;
-    Ok(match kind {
+    Ok(Some(match kind {
         LOCK_RELEASED | LOCK_FAILED => {
             let released = kind == LOCK_RELEASED;
             let rec = task_record(&e.hdr, if released { "lock" } else { "lock_failed" })
@@ -209,11 +210,9 @@ pub fn lock_record(e: &lock_event) -> Result<Record> {
             }
         }
         LOCK_EXEC => task_record(&e.hdr, "exec").field("old_pid", e.aux),
-        // the probes move off an exiting thread / onto a new one
-        LOCK_ANCHOR_EXIT => task_record(&e.hdr, "probed_thread_exit"),
-        LOCK_NEW_THREAD => task_record(&e.hdr, "new_thread"),
+        LOCK_ANCHOR_EXIT | LOCK_NEW_THREAD => return Ok(None),
         other => bail!("unknown lock record kind {other}"),
-    })
+    }))
 }
 
 fn summary_record(now: u64, interval_ns: u64, tgid: u32, addr: u64, s: &LockSummary) -> Record {
@@ -869,7 +868,7 @@ impl Collector for Lock {
                 LOCK_NEW_THREAD => s.new_threads.push(e.aux),
                 _ => s.locks.entry((e.hdr.tgid, e.lock_addr)).or_default().add(e),
             }
-            lock_record(e).map(Some)
+            lock_record(e)
         })
     }
 
@@ -943,7 +942,7 @@ mod tests {
     fn records_carry_wait_and_hold() {
         let mut e = event(LOCK_RELEASED, 100, 150, 1150, 0);
         e.flags = LOCK_F_CONTENDED as u8;
-        let r = lock_record(&e).unwrap();
+        let r = lock_record(&e).unwrap().unwrap();
         assert_eq!(r.event, "lock");
         assert_eq!(r.get("lock_addr").unwrap(), "0x7f001000");
         assert_eq!(r.get("wait_ns").unwrap(), 50);
@@ -953,7 +952,7 @@ mod tests {
 
         let mut f = event(LOCK_FAILED, 100, 120, 0, libc::EBUSY);
         f.op = LOCK_OP_TRY as u8;
-        let r = lock_record(&f).unwrap();
+        let r = lock_record(&f).unwrap().unwrap();
         assert_eq!(r.event, "lock_failed");
         assert_eq!(r.get("ret").unwrap(), 16);
         assert_eq!(r.get("error").unwrap(), "EBUSY");
@@ -972,6 +971,15 @@ mod tests {
         assert_eq!((s.hold_total_ns, s.hold_max_ns), (4000, 3000));
         assert_eq!((s.wait_total_ns, s.wait_max_ns), (70, 50));
         assert!(lock_record(&event(99, 0, 0, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn thread_records_are_acted_on_not_printed() {
+        for kind in [LOCK_ANCHOR_EXIT, LOCK_NEW_THREAD] {
+            assert!(lock_record(&event(kind, 0, 0, 0, 0)).unwrap().is_none());
+        }
+        let exec = lock_record(&event(LOCK_EXEC, 0, 0, 0, 0)).unwrap();
+        assert_eq!(exec.unwrap().event, "exec");
     }
 
     #[test]

@@ -48,6 +48,12 @@
 
 /* Written by proc_image (struct lock_config). */
 struct lock_config cfg;
+/*
+ * Written by proc_image: the oldest probe set still attached (its seq), set
+ * before it lets older ones go. A call whose entry only older sets saw can
+ * get no return run once they are gone (see drop_stale).
+ */
+__u32 oldest_live_seq;
 
 /*
  * The uprobes fire only in the target's mm (see above), and a recycled pid
@@ -75,9 +81,11 @@ static __always_inline bool in_target(struct task_struct *task)
 struct lock_request {
 	__u64 lock_addr;
 	__u64 request_ns;
+	__u64 sp;   /* at entry: the return address's slot */
 	__u32 cookie;
+	__u32 seq;  /* the newest probe set that saw the entry */
 	__u8 flags; /* LOCK_F_* known at entry, REQ_INNER */
-	__u8 _pad[3];
+	__u8 _pad[7];
 };
 
 /* The last probe run on a thread (see repeat_of_hit). */
@@ -255,6 +263,28 @@ static __always_inline bool held_by_others(struct task_struct *task, __u64 addr,
 	return s->writers + s->readers > own;
 }
 
+/*
+ * How many of this thread's calls in flight can still return. A call whose
+ * return run never comes (its probe sets were detached while it waited for
+ * the lock) would stay on the stack, and every later call for that lock
+ * would pass for an inner call of it and never be a record. A call is over
+ * when the stack is back above its frame (a call from inside it, or a tail
+ * call, has its stack pointer at or below its own), or when no probe set as
+ * old as the newest that saw its entry is left to run its return.
+ */
+static __always_inline __u32 drop_stale(struct in_flight *f, __u64 sp)
+{
+	__u32 i, live = f->depth;
+
+	for (i = 0; i < LOCK_HOLD_DEPTH; i++) {
+		struct lock_request *r = &f->req[i];
+
+		if (i < live && (sp > r->sp || r->seq < oldest_live_seq))
+			live = i;
+	}
+	return live;
+}
+
 /* Entry of a lock / trylock / timedlock call. */
 SEC("uprobe")
 int BPF_UPROBE(handle__lock_enter, void *lock)
@@ -275,6 +305,7 @@ int BPF_UPROBE(handle__lock_enter, void *lock)
 		return 0;
 	if (f->depth >= LOCK_HOLD_DEPTH)
 		f->depth = 0; /* returns we never saw */
+	f->depth = drop_stale(f, PT_REGS_SP(ctx));
 	for (i = 0; i < LOCK_HOLD_DEPTH; i++) {
 		if (i < f->depth && f->req[i].lock_addr == addr)
 			flags |= REQ_INNER;
@@ -286,6 +317,8 @@ int BPF_UPROBE(handle__lock_enter, void *lock)
 	r = &f->req[f->depth & (LOCK_HOLD_DEPTH - 1)];
 	r->lock_addr = addr;
 	r->cookie = cookie;
+	r->seq = cookie >> LOCK_COOKIE_SEQ_SHIFT;
+	r->sp = PT_REGS_SP(ctx);
 	r->flags = flags;
 	r->request_ns = bpf_ktime_get_ns();
 	f->depth++;

@@ -861,7 +861,9 @@ fn a_static_musl_program_is_refused_in_one_line() {
 /// The main thread exits as soon as it has started its threads: before
 /// proc_image could attach to one of them, probably. Calls in that window
 /// cannot be seen; a `lost` record then says so and counts at least one per
-/// probed function they hit. Without one, every call was seen.
+/// probed function whose breakpoint they took out (maybe none: a call while
+/// the new set is being attached leaves no trace). Without one, every call
+/// was seen.
 #[test]
 fn calls_while_no_probed_thread_lives_are_counted_lost() {
     if !need_root() {
@@ -908,17 +910,23 @@ fn calls_while_no_probed_thread_lives_are_counted_lost() {
     if lost.is_empty() {
         assert_eq!(seen, want, "calls missed without a lost record");
     } else {
-        assert!(at_least >= 1, "{lost:?}");
-        // each missed call of a probed function: lock and unlock at least
-        assert!(seen < want, "a loss reported, but all {want} were seen");
+        // a lower bound: each unseen pair is two calls (lock, unlock)
+        assert!(seen <= want);
+        assert!(at_least <= 2 * (want - seen), "{lost:?}");
         for r in &lost {
             assert!(u64_of(r, "unprobed_to_ns") > u64_of(r, "unprobed_from_ns"));
         }
     }
-    // once a worker was probed, nothing more was missed: the last pairs of
-    // each worker are all there (its records end with its last acquisition)
-    for (tid, n) in acquisitions_by_thread(&recs, &mutex) {
-        assert!(n > 0, "worker {tid} never seen");
+    // a window lasts ms, a worker 20 pauses of 20 ms at least: each one is
+    // seen once probed again (a call whose return was never seen must not
+    // make all its thread's later ones pass for inner calls)
+    let by = acquisitions_by_thread(&recs, &mutex);
+    for wk in done["workers"].as_array().unwrap() {
+        let tid = u64_of(wk, "tid");
+        assert!(
+            by.get(&tid).is_some_and(|&n| n > 0),
+            "worker {tid} never seen: {by:?}"
+        );
     }
 }
 

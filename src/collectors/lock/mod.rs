@@ -40,8 +40,9 @@ use skel::{LockSkel, LockSkelBuilder};
 
 mod library;
 pub use library::{
-    choose_symbol, file_offset, has_loader, own_probe, parse_maps, pthread_candidates, read_elf,
-    DynSym, Library, Mapping, Probe, Segment,
+    choose_symbol, file_offset, has_loader, open_library, own_probe, parse_maps,
+    pthread_candidates, read_elf, read_library, DynSym, Library, Mapping, Probe, Segment,
+    LIBRARY_MAX_BYTES,
 };
 use library::{find_library, no_library, read_maps, Role};
 
@@ -586,14 +587,15 @@ impl Lock {
         // through the process (another mount namespace, a deleted file),
         // or a live thread's root when the leader is gone
         let first = tids.first().copied().unwrap_or(tgid);
-        let file = std::fs::File::open(lib.mapping.file(tgid))
+        let open = |path: &str| open_library(path, LIBRARY_MAX_BYTES);
+        let file = open(&lib.mapping.file(tgid))
             .or_else(|_| {
-                std::fs::File::open(format!(
+                open(&format!(
                     "/proc/{tgid}/task/{first}/root{}",
                     lib.mapping.path
                 ))
             })
-            .with_context(|| format!("open {}", lib.mapping.path))?;
+            .with_context(|| format!("open the C library {}", lib.mapping.path))?;
         let old_file = self.library_file.replace(file);
         let old = std::mem::take(&mut self.anchors);
         let mut attached = Ok(());

@@ -930,6 +930,43 @@ fn calls_while_no_probed_thread_lives_are_counted_lost() {
     }
 }
 
+/// The two threads the probes are attached to end while a third waits in
+/// pthread_mutex_lock() for a fourth one's hold: the sets that saw its call
+/// are detached before it returns, so that return is never seen. It must
+/// not make the waiter's later calls of that mutex pass for inner calls of
+/// it: every later pair is a record (the waited one at most unmatched).
+#[test]
+fn a_call_whose_return_is_never_seen_hides_no_later_call() {
+    if !need_root() {
+        return;
+    }
+    let pi = ProcImage::start("lock_anchors_go", &["-l"]);
+    let mut w = Workload::start(&["lock-anchors-go", "--pairs", "100"]);
+    let ready = w.wait_truth("ready", Duration::from_secs(10));
+    let pid = u64_of(&ready, "pid");
+    let mutex = addr_of(&ready, "mutex");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let (holder, waiter) = (u64_of(&done, "holder"), u64_of(&done, "waiter"));
+    let by = acquisitions_by_thread(&recs, &mutex);
+    assert_eq!(by.get(&holder), Some(&1), "{by:?}");
+    // the later pairs, and the waited one unless its return was seen
+    let unmatched = of(&recs, "lock_unmatched", &mutex)
+        .iter()
+        .filter(|r| u64_of(r, "pid") == waiter)
+        .count() as u64;
+    assert_eq!(by.get(&waiter), Some(&(101 - unmatched)), "{by:?}");
+    assert!(unmatched <= 1);
+    // nobody locked while no probed thread was alive
+    for r in recs.iter().filter(|r| r["event"] == "lost") {
+        assert_eq!(u64_of(r, "unseen_lock_calls_at_least"), 0, "{r}");
+    }
+}
+
 /// Tracing starts after the main thread has exited: its /proc/TGID/maps and
 /// map_files are empty then; the threads that run are probed all the same.
 #[test]

@@ -281,7 +281,9 @@ static __always_inline bool held_by_others(struct task_struct *task, __u64 addr,
  * would pass for an inner call of it and never be a record. A call is over
  * when the stack is back above its frame (a call from inside it, or a tail
  * call, has its stack pointer at or below its own), or when no probe set as
- * old as the newest that saw its entry is left to run its return.
+ * old as the newest that saw its entry is left to run its return (a set's
+ * return probe is attached before its entry probe, so a set that saw an
+ * entry runs its return unless it is detached).
  */
 static __always_inline __u32 drop_stale(struct in_flight *f, __u64 sp)
 {

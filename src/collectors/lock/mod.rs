@@ -646,16 +646,10 @@ impl Lock {
             };
             match probe.role {
                 Role::Acquire { lock_type, op } => {
-                    links.push(
-                        p.handle__lock_enter
-                            .attach_uprobe_with_opts(
-                                pid,
-                                path,
-                                offset,
-                                opts(cookie(lock_type, op, entry, seq), false),
-                            )
-                            .with_context(what)?,
-                    );
+                    // the return probe first: an entry this set sees then
+                    // always gets its return run from this set (the kernel
+                    // arranges a return only for the probes there at entry),
+                    // or lock.bpf.c's drop_stale could not tell it was lost
                     links.push(
                         p.handle__lock_exit
                             .attach_uprobe_with_opts(
@@ -663,6 +657,16 @@ impl Lock {
                                 path,
                                 offset,
                                 opts(cookie(lock_type, op, entry + 1, seq), true),
+                            )
+                            .with_context(what)?,
+                    );
+                    links.push(
+                        p.handle__lock_enter
+                            .attach_uprobe_with_opts(
+                                pid,
+                                path,
+                                offset,
+                                opts(cookie(lock_type, op, entry, seq), false),
                             )
                             .with_context(what)?,
                     );

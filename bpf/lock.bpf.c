@@ -48,6 +48,12 @@
 
 /* Written by proc_image (struct lock_config). */
 struct lock_config cfg;
+/*
+ * Written by proc_image: the oldest probe set still attached (its seq), set
+ * before it lets older ones go. A call whose entry only older sets saw can
+ * get no return run once they are gone (see drop_stale).
+ */
+__u32 oldest_live_seq;
 
 /*
  * The uprobes fire only in the target's mm (see above), and a recycled pid
@@ -75,9 +81,11 @@ static __always_inline bool in_target(struct task_struct *task)
 struct lock_request {
 	__u64 lock_addr;
 	__u64 request_ns;
+	__u64 sp;   /* at entry: the return address's slot */
 	__u32 cookie;
+	__u32 seq;  /* the newest probe set that saw the entry */
 	__u8 flags; /* LOCK_F_* known at entry, REQ_INNER */
-	__u8 _pad[3];
+	__u8 _pad[7];
 };
 
 /* The last probe run on a thread (see repeat_of_hit). */
@@ -210,25 +218,36 @@ static __always_inline bool repeat_of_hit(struct in_flight *f, struct pt_regs *c
 	return repeat;
 }
 
+/* What a lock record says beyond its header (see struct lock_event). */
+struct lock_fields {
+	__u64 lock_addr;
+	__u64 request_ns;
+	__u64 acquire_ns;
+	__u64 release_ns;
+	__s32 ret;
+	__u32 aux;
+	__u8 lock_type;
+	__u8 op;
+	__u8 flags;
+};
+
 static __always_inline void emit(struct task_struct *task, __u8 kind, __u64 now,
-				 __u64 addr, __u64 request_ns, __u64 acquire_ns,
-				 __u64 release_ns, __s32 ret, __u32 aux, __u8 type,
-				 __u8 op, __u8 flags)
+				 const struct lock_fields *f)
 {
 	struct lock_event *e = reserve_record(sizeof(*e));
 
 	if (!e)
 		return;
 	fill_hdr(&e->hdr, task, PI_LOCK, kind, now);
-	e->lock_addr = addr;
-	e->request_ns = request_ns;
-	e->acquire_ns = acquire_ns;
-	e->release_ns = release_ns;
-	e->ret = ret;
-	e->aux = aux;
-	e->lock_type = type;
-	e->op = op;
-	e->flags = flags;
+	e->lock_addr = f->lock_addr;
+	e->request_ns = f->request_ns;
+	e->acquire_ns = f->acquire_ns;
+	e->release_ns = f->release_ns;
+	e->ret = f->ret;
+	e->aux = f->aux;
+	e->lock_type = f->lock_type;
+	e->op = f->op;
+	e->flags = f->flags;
 	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
 	/*
 	 * No wakeup: proc_image sweeps the ring every 50 ms, and uprobes bound
@@ -255,6 +274,30 @@ static __always_inline bool held_by_others(struct task_struct *task, __u64 addr,
 	return s->writers + s->readers > own;
 }
 
+/*
+ * How many of this thread's calls in flight can still return. A call whose
+ * return run never comes (its probe sets were detached while it waited for
+ * the lock) would stay on the stack, and every later call for that lock
+ * would pass for an inner call of it and never be a record. A call is over
+ * when the stack is back above its frame (a call from inside it, or a tail
+ * call, has its stack pointer at or below its own), or when no probe set as
+ * old as the newest that saw its entry is left to run its return (a set's
+ * return probe is attached before its entry probe, so a set that saw an
+ * entry runs its return unless it is detached).
+ */
+static __always_inline __u32 drop_stale(struct in_flight *f, __u64 sp)
+{
+	__u32 i, live = f->depth;
+
+	for (i = 0; i < LOCK_HOLD_DEPTH; i++) {
+		struct lock_request *r = &f->req[i];
+
+		if (i < live && (sp > r->sp || r->seq < oldest_live_seq))
+			live = i;
+	}
+	return live;
+}
+
 /* Entry of a lock / trylock / timedlock call. */
 SEC("uprobe")
 int BPF_UPROBE(handle__lock_enter, void *lock)
@@ -275,6 +318,7 @@ int BPF_UPROBE(handle__lock_enter, void *lock)
 		return 0;
 	if (f->depth >= LOCK_HOLD_DEPTH)
 		f->depth = 0; /* returns we never saw */
+	f->depth = drop_stale(f, PT_REGS_SP(ctx));
 	for (i = 0; i < LOCK_HOLD_DEPTH; i++) {
 		if (i < f->depth && f->req[i].lock_addr == addr)
 			flags |= REQ_INNER;
@@ -286,6 +330,8 @@ int BPF_UPROBE(handle__lock_enter, void *lock)
 	r = &f->req[f->depth & (LOCK_HOLD_DEPTH - 1)];
 	r->lock_addr = addr;
 	r->cookie = cookie;
+	r->seq = cookie >> LOCK_COOKIE_SEQ_SHIFT;
+	r->sp = PT_REGS_SP(ctx);
 	r->flags = flags;
 	r->request_ns = bpf_ktime_get_ns();
 	f->depth++;
@@ -377,8 +423,10 @@ int BPF_URETPROBE(handle__lock_exit, int ret)
 	/* a failed try found the lock held */
 	if (ret == EBUSY)
 		r.flags |= LOCK_F_CONTENDED;
-	emit(task, LOCK_FAILED, now, r.lock_addr, r.request_ns, now, 0, ret, 0, type, op,
-	     r.flags);
+	emit(task, LOCK_FAILED, now,
+	     &(struct lock_fields){ .lock_addr = r.lock_addr, .request_ns = r.request_ns,
+				    .acquire_ns = now, .ret = ret, .lock_type = type,
+				    .op = op, .flags = r.flags });
 	return 0;
 }
 
@@ -467,20 +515,32 @@ int BPF_UPROBE(handle__unlock, void *lock)
 		type = h->type[i];
 		if (s)
 			__sync_fetch_and_add(type == LOCK_RWLOCK_READ ? &s->readers : &s->writers, -1);
-		emit(task, LOCK_RELEASED, now, addr, h->request_ns[i], h->acquire_ns[i], now,
-		     h->flags[i] & HOLD_OWNER_DEAD ? EOWNERDEAD : 0, 0, type, h->op[i],
-		     h->flags[i] & ~HOLD_OWNER_DEAD);
+		emit(task, LOCK_RELEASED, now,
+		     &(struct lock_fields){
+			     .lock_addr = addr,
+			     .request_ns = h->request_ns[i],
+			     .acquire_ns = h->acquire_ns[i],
+			     .release_ns = now,
+			     .ret = h->flags[i] & HOLD_OWNER_DEAD ? EOWNERDEAD : 0,
+			     .lock_type = type,
+			     .op = h->op[i],
+			     .flags = h->flags[i] & ~HOLD_OWNER_DEAD,
+		     });
 		return 0;
 	}
 	/* a read hold taken by another thread, released here */
 	if (cookie_type == LOCK_RWLOCK && s && s->readers > 0 && s->writers <= 0) {
 		__sync_fetch_and_add(&s->readers, -1);
 		left = s->readers;
-		emit(task, LOCK_UNMATCHED, now, addr, 0, 0, now, 0, left > 0 ? left : 0,
-		     LOCK_RWLOCK_READ, 0, 0);
+		emit(task, LOCK_UNMATCHED, now,
+		     &(struct lock_fields){ .lock_addr = addr, .release_ns = now,
+					    .aux = left > 0 ? left : 0,
+					    .lock_type = LOCK_RWLOCK_READ });
 		return 0;
 	}
-	emit(task, LOCK_UNMATCHED, now, addr, 0, 0, now, 0, 0, cookie_type, 0, 0);
+	emit(task, LOCK_UNMATCHED, now,
+	     &(struct lock_fields){ .lock_addr = addr, .release_ns = now,
+				    .lock_type = cookie_type });
 	return 0;
 }
 

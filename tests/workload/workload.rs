@@ -83,6 +83,10 @@
 //!       pause every 10, says when it saw the main thread gone, and waits
 //!       for the others before it ends. --exit-first: the main thread
 //!       starts the threads and exits first; the go line starts them
+//!   proc_image_workload lock-anchors-go [--pairs M]
+//!       the main thread and one more (the two threads lock's probes are
+//!       attached to) end while a later thread waits in pthread_mutex_lock()
+//!       for a fourth one's 2 s hold; the waiter then makes M (100) pairs
 //!   proc_image_workload lock-robust
 //!       a robust mutex whose owner thread ends holding it; the main thread
 //!       then takes it (EOWNERDEAD), makes it consistent, releases it and
@@ -190,6 +194,7 @@ fn main() {
         "exit-group" => exit_group(num("--threads", 4)),
         "exec-thread" => exec_thread(),
         "io-uring" => io_uring(),
+        "lock-anchors-go" => lock_anchors_go(num("--pairs", 100)),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
@@ -1396,6 +1401,52 @@ fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool)
     say(json!({"event": "main_exits", "tid": gettid()}));
     // what pthread_exit() does in the end; glibc's pthread_exit() itself
     // would unwind through Rust's main, which aborts
+    unsafe { libc::syscall(libc::SYS_exit, 0) };
+    unreachable!("exit returned");
+}
+
+/// The threads the lock probes are attached to (the main thread and the
+/// first one) end while another waits for the mutex a fourth one holds;
+/// the sets of probes that saw its call go with them, so its return is
+/// never seen. Its later pairs must all be.
+fn lock_anchors_go(pairs: u64) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static FIRST_EXIT: AtomicBool = AtomicBool::new(false);
+    let l: &'static Locks = Locks::new();
+    let first = std::thread::spawn(|| {
+        while !FIRST_EXIT.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    say(json!({"event": "ready", "pid": std::process::id(), "mutex": addr(l.mutex.get())}));
+    wait_for_go();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || unsafe {
+        libc::pthread_mutex_lock(l.mutex.get());
+        tx.send(gettid()).unwrap();
+        // long enough for proc_image to move the probes and let the
+        // first two sets go (~85 ms per uprobe)
+        std::thread::sleep(Duration::from_secs(2));
+        libc::pthread_mutex_unlock(l.mutex.get());
+    });
+    let holder = rx.recv().unwrap();
+    std::thread::spawn(move || {
+        let waiter = gettid();
+        unsafe {
+            libc::pthread_mutex_lock(l.mutex.get());
+            libc::pthread_mutex_unlock(l.mutex.get());
+            for _ in 0..pairs {
+                libc::pthread_mutex_lock(l.mutex.get());
+                libc::pthread_mutex_unlock(l.mutex.get());
+            }
+        }
+        say(json!({"event": "done", "holder": holder, "waiter": waiter, "pairs": pairs}));
+    });
+    // the waiter is in pthread_mutex_lock() by then
+    std::thread::sleep(Duration::from_millis(200));
+    FIRST_EXIT.store(true, Ordering::SeqCst);
+    first.join().unwrap();
+    say(json!({"event": "main_exits", "tid": gettid()}));
     unsafe { libc::syscall(libc::SYS_exit, 0) };
     unreachable!("exit returned");
 }

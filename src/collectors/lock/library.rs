@@ -307,19 +307,71 @@ pub struct Library {
     pub probes: Vec<Probe>,
 }
 
+/// The largest library file read (glibc's libc.so.6 is ~2 MB, ~15 MB
+/// with its debug information): a path in the target's root may name
+/// anything, and the whole file is read to find the symbols.
+pub const LIBRARY_MAX_BYTES: u64 = 64 << 20;
+
+/// Open a library the target maps, through its /proc entries: never blocks
+/// (a FIFO put at the path through the target's root would wait for a
+/// writer), and only a regular file of at most `limit` bytes.
+pub fn open_library(path: &str, limit: u64) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("open {path}"))?;
+    let meta = file.metadata().with_context(|| format!("stat {path}"))?;
+    if !meta.is_file() {
+        bail!("{path} is not a regular file: not a C library");
+    }
+    if meta.len() > limit {
+        bail!(
+            "{path} is {} MiB, more than a C library ({} MiB at most): not read",
+            meta.len() >> 20,
+            limit >> 20
+        );
+    }
+    // SAFETY: fcntl on a file descriptor this function owns.
+    unsafe {
+        let fd = file.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    Ok(file)
+}
+
+/// The bytes of a library file (see `open_library`), at most `limit`.
+pub fn read_library(path: &str, limit: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = open_library(path, limit)?;
+    let mut data = Vec::new();
+    // a file that grew since the check is cut at the limit, never read whole
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("read {path}"))?;
+    if data.len() as u64 > limit {
+        bail!("{path} grew past {} MiB while read", limit >> 20);
+    }
+    Ok(data)
+}
+
 /// Find the mapped library that defines the pthread lock functions.
 /// Ok(None): the process maps no candidate library (static, or not yet).
 pub(super) fn find_library(tgid: u32, maps: &[Mapping]) -> Result<Option<Library>> {
+    let read = |path: &str| read_library(path, LIBRARY_MAX_BYTES);
     for m in pthread_candidates(maps) {
         // map_files needs CAP_SYS_ADMIN: proc_image has it, unit tests may
         // not; a main thread that exited has neither: a live thread's root
-        let data = std::fs::read(m.file(tgid))
-            .or_else(|_| std::fs::read(format!("/proc/{tgid}/root{}", m.path)))
-            .or_else(|e| {
-                let root = live_task_dir(tgid).ok_or(e)?;
-                std::fs::read(format!("{root}/root{}", m.path))
+        let data = read(&m.file(tgid))
+            .or_else(|_| read(&format!("/proc/{tgid}/root{}", m.path)))
+            .or_else(|e| match live_task_dir(tgid) {
+                Some(root) => read(&format!("{root}/root{}", m.path)),
+                None => Err(e),
             })
-            .with_context(|| format!("read {}", m.path))?;
+            .with_context(|| format!("read the C library {}", m.path))?;
         let (syms, segments) = read_elf(&data).with_context(|| format!("parse {}", m.path))?;
         let probes = probes_for(&syms, &segments, &data).with_context(|| m.path.clone())?;
         let have = |f: &str| probes.iter().any(|p| p.function == f);
@@ -509,6 +561,53 @@ pub(super) mod tests {
             [("pthread_mutex_lock", 0), ("pthread_spin_lock", 0x13)]
         );
         assert_eq!(p[1].role, Role::SpinAttempt);
+    }
+
+    /// A FIFO where the target's root shows its library would block a
+    /// plain open until a writer came: one clear error instead, at once.
+    #[test]
+    fn a_fifo_in_place_of_the_library_is_refused() {
+        let dir = std::env::temp_dir().join(format!("pi_lock_fifo_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("libc.so.6");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = read_library(fifo.to_str().unwrap(), LIBRARY_MAX_BYTES).unwrap_err();
+        assert!(format!("{e:#}").contains("not a regular file"), "{e:#}");
+        // the lookup itself, through this process's root: its map_files
+        // has no such range, its root has the FIFO
+        let maps = parse_maps(&format!(
+            "7f0000000000-7f0000001000 r-xp 00000000 fe:01 77 {}\n",
+            fifo.display()
+        ));
+        let e = find_library(std::process::id(), &maps).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("not a regular file") && !msg.contains('\n'),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A file larger than any C library is not read into memory.
+    #[test]
+    fn a_huge_file_is_not_read() {
+        let dir = std::env::temp_dir().join(format!("pi_lock_huge_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let huge = dir.join("libc.so.6");
+        // sparse: no disk, but its size says 1 GiB
+        let f = std::fs::File::create(&huge).unwrap();
+        f.set_len(1 << 30).unwrap();
+        let path = huge.to_str().unwrap();
+        let e = read_library(path, LIBRARY_MAX_BYTES).unwrap_err();
+        assert!(format!("{e:#}").contains("1024 MiB"), "{e:#}");
+        assert!(open_library(path, LIBRARY_MAX_BYTES).is_err());
+        // under the limit it reads
+        f.set_len(4096).unwrap();
+        assert_eq!(read_library(path, LIBRARY_MAX_BYTES).unwrap().len(), 4096);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The offset proc_image probes is where this process's dynamic linker

@@ -40,8 +40,9 @@ use skel::{LockSkel, LockSkelBuilder};
 
 mod library;
 pub use library::{
-    choose_symbol, file_offset, has_loader, own_probe, parse_maps, pthread_candidates, read_elf,
-    DynSym, Library, Mapping, Probe, Segment,
+    choose_symbol, file_offset, has_loader, open_library, own_probe, parse_maps,
+    pthread_candidates, read_elf, read_library, DynSym, Library, Mapping, Probe, Segment,
+    LIBRARY_MAX_BYTES,
 };
 use library::{find_library, no_library, read_maps, Role};
 
@@ -164,13 +165,14 @@ fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
     Record::new(hdr.ts_ns, NAME, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
 }
 
-/// A ring-buffer record as an output record.
-pub fn lock_record(e: &lock_event) -> Result<Record> {
+/// A ring-buffer record as an output record; None for the ones only
+/// proc_image acts on (an anchor exited, a thread started: the probes move).
+pub fn lock_record(e: &lock_event) -> Result<Option<Record>> {
     let kind = u32::from(e.hdr.kind);
     let addr = format!("{:#x}", e.lock_addr);
     let wait = e.acquire_ns.saturating_sub(e.request_ns);
     let contended = e.flags & LOCK_F_CONTENDED as u8 != 0;
-    Ok(match kind {
+    Ok(Some(match kind {
         LOCK_RELEASED | LOCK_FAILED => {
             let released = kind == LOCK_RELEASED;
             let rec = task_record(&e.hdr, if released { "lock" } else { "lock_failed" })
@@ -209,11 +211,9 @@ pub fn lock_record(e: &lock_event) -> Result<Record> {
             }
         }
         LOCK_EXEC => task_record(&e.hdr, "exec").field("old_pid", e.aux),
-        // the probes move off an exiting thread / onto a new one
-        LOCK_ANCHOR_EXIT => task_record(&e.hdr, "probed_thread_exit"),
-        LOCK_NEW_THREAD => task_record(&e.hdr, "new_thread"),
+        LOCK_ANCHOR_EXIT | LOCK_NEW_THREAD => return Ok(None),
         other => bail!("unknown lock record kind {other}"),
-    })
+    }))
 }
 
 fn summary_record(now: u64, interval_ns: u64, tgid: u32, addr: u64, s: &LockSummary) -> Record {
@@ -238,11 +238,11 @@ fn summary_record(now: u64, interval_ns: u64, tgid: u32, addr: u64, s: &LockSumm
 /// One probe set, attached to one thread of the target.
 struct Anchor {
     tid: u32,
-    /// when its probes were in (CLOCK_MONOTONIC ns)
-    armed_at: u64,
-    /// probed instructions found without their breakpoint when it was
-    /// attached with no other anchor alive (see `unarmed_sites`)
-    unseen_before: u64,
+    /// its probe set's seq (the uprobe cookie)
+    seq: u32,
+    /// the last time (CLOCK_MONOTONIC ns) this thread was seen alive, not
+    /// exiting: its probes were armed then
+    seen_alive_ns: u64,
     links: Vec<Link>,
 }
 
@@ -260,7 +260,8 @@ pub struct Lock {
     /// which names it after the leader is gone (its /proc/TGID/map_files
     /// with it) or the file was deleted
     library_file: Option<std::fs::File>,
-    /// the last anchor exited at this time (ns) and none was live since
+    /// every anchor had exited, the last one at this time (ns) at the
+    /// earliest: the probes are unarmed until another is attached
     unarmed_since: Option<u64>,
     target: Option<Target>,
     shared: Rc<RefCell<Shared>>,
@@ -312,9 +313,11 @@ impl Drop for Lock {
     }
 }
 
-/// Every probed thread had exited from `from` to `to` (ns): the lock calls
-/// of the others in between were not seen, `at_least` of them for sure
-/// (one per probed function called in the window).
+/// No probed thread was alive from `from` to `to` (ns) at most: the lock
+/// calls of the others in between were not seen, `at_least` of them for
+/// sure (one per probed function whose breakpoint the kernel took out; 0
+/// when none was, yet a call in the last moments, while the new set was
+/// being attached, leaves no trace: the window is reported all the same).
 /// A `lost` record like the ones of app.rs, so whoever watches for losses
 /// sees it.
 fn unarmed_record(tgid: u32, from: u64, to: u64, at_least: u64) -> Record {
@@ -385,15 +388,26 @@ fn live_threads(tgid: u32) -> Vec<u32> {
     tids
 }
 
+/// Alive, and not exiting: an exiting thread may have dropped its mm
+/// already (exit_mm() comes before the zombie state), and its probe set
+/// stops matching then.
 fn thread_is_live(tgid: u32, tid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat")) else {
+    std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/stat"))
+        .is_ok_and(|stat| stat_is_live(&stat))
+}
+
+/// PF_EXITING in the flags of /proc/PID/stat: set as do_exit() starts.
+const PF_EXITING: u64 = 0x4;
+
+fn stat_is_live(stat: &str) -> bool {
+    // the state and the rest follow the command's closing parenthesis
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
         return false;
     };
-    // the state follows the command's closing parenthesis
-    let state = stat
-        .rsplit_once(") ")
-        .and_then(|(_, rest)| rest.chars().next());
-    !matches!(state, None | Some('Z' | 'X' | 'x'))
+    let mut f = rest.split_ascii_whitespace();
+    let state = f.next().and_then(|s| s.chars().next());
+    let flags = f.nth(5).and_then(|s| s.parse::<u64>().ok());
+    !matches!(state, None | Some('Z' | 'X' | 'x')) && flags.is_some_and(|f| f & PF_EXITING == 0)
 }
 
 fn tgid_of(target: &Target) -> Option<u32> {
@@ -474,20 +488,39 @@ impl Lock {
         for (slot, a) in tids.iter_mut().zip(&self.anchors) {
             *slot = a.tid;
         }
-        let cfg = self.config()?;
-        cfg.anchors = tids;
-        cfg.want_threads = u32::from(want);
+        let oldest = self.anchors.iter().map(|a| a.seq).min();
+        let oldest = oldest.unwrap_or(self.next_seq);
+        let bss = self
+            .skel
+            .maps
+            .bss_data
+            .as_deref_mut()
+            .ok_or_else(|| anyhow!("lock: .bss is not mapped"))?;
+        bss.cfg.anchors = tids;
+        bss.cfg.want_threads = u32::from(want);
+        // before the sets older than it go (see drop_stale in lock.bpf.c)
+        bss.oldest_live_seq = oldest;
         Ok(())
     }
 
     /// Attach every probe of `lib` to thread `tid` of process `tgid` (all or
     /// none) as the newest probe set.
-    /// `replacing`: the process was probed before (not a first set).
-    fn attach_anchor(&mut self, tgid: u32, tid: u32, lib: &Library, replacing: bool) -> Result<()> {
+    /// `replacing`: the process was probed before (not a first set). Then,
+    /// if no other anchor was alive all through (a thread's liveness only
+    /// ever ends), the probes were unarmed for a while: a `lost` record
+    /// gives that window and the calls missed in it at least.
+    fn attach_anchor(
+        &mut self,
+        tgid: u32,
+        tid: u32,
+        lib: &Library,
+        replacing: bool,
+    ) -> Result<Option<Record>> {
+        let before = sys::monotonic_ns();
+        let alive_before = self.others_alive(tgid, before);
         // no anchor alive: the first hit of each probe since took its
         // breakpoint out; count them before this set puts them back
-        let alive = self.anchors.iter().any(|a| thread_is_live(tgid, a.tid));
-        let unseen_before = if replacing && !alive {
+        let unseen = if replacing && !alive_before {
             unarmed_sites(tgid, tid, lib)
         } else {
             0
@@ -504,13 +537,45 @@ impl Lock {
             self.reaper.detach(&mut links);
             return Err(e);
         }
+        let armed_at = sys::monotonic_ns();
+        let mut lost = None;
+        if replacing && !self.others_alive(tgid, armed_at) {
+            // the window starts when the last other anchor died: after it
+            // was last seen alive (or its exit record's time)
+            let from = if alive_before {
+                before
+            } else {
+                self.anchors
+                    .iter()
+                    .map(|a| a.seen_alive_ns)
+                    .chain(self.unarmed_since)
+                    .max()
+                    .unwrap_or(before)
+            };
+            lost = Some(unarmed_record(tgid, from, armed_at, unseen));
+        }
+        self.unarmed_since = None;
         self.anchors.push(Anchor {
             tid,
-            armed_at: sys::monotonic_ns(),
-            unseen_before,
+            seq,
+            seen_alive_ns: armed_at,
             links,
         });
-        Ok(())
+        Ok(lost)
+    }
+
+    /// Is one of the anchors alive (not exiting: an exiting thread may have
+    /// lost its mm, and its probes with it)? Those found so are marked seen
+    /// alive at `now`.
+    fn others_alive(&mut self, tgid: u32, now: u64) -> bool {
+        let mut any = false;
+        for a in &mut self.anchors {
+            if thread_is_live(tgid, a.tid) {
+                a.seen_alive_ns = now;
+                any = true;
+            }
+        }
+        any
     }
 
     /// Probe `lib` in process `tgid` anew (at activation and after an
@@ -522,19 +587,20 @@ impl Lock {
         // through the process (another mount namespace, a deleted file),
         // or a live thread's root when the leader is gone
         let first = tids.first().copied().unwrap_or(tgid);
-        let file = std::fs::File::open(lib.mapping.file(tgid))
+        let open = |path: &str| open_library(path, LIBRARY_MAX_BYTES);
+        let file = open(&lib.mapping.file(tgid))
             .or_else(|_| {
-                std::fs::File::open(format!(
+                open(&format!(
                     "/proc/{tgid}/task/{first}/root{}",
                     lib.mapping.path
                 ))
             })
-            .with_context(|| format!("open {}", lib.mapping.path))?;
+            .with_context(|| format!("open the C library {}", lib.mapping.path))?;
         let old_file = self.library_file.replace(file);
         let old = std::mem::take(&mut self.anchors);
         let mut attached = Ok(());
         for &tid in tids {
-            attached = self.attach_anchor(tgid, tid, lib, false);
+            attached = self.attach_anchor(tgid, tid, lib, false).map(drop);
             if attached.is_err() {
                 break;
             }
@@ -545,12 +611,13 @@ impl Lock {
             self.library_file = old_file;
             return Err(e);
         }
+        self.library = Some(lib.clone());
+        self.unarmed_since = None;
+        let published = self.publish_anchors();
         for mut a in old {
             self.reaper.detach(&mut a.links);
         }
-        self.library = Some(lib.clone());
-        self.unarmed_since = None;
-        self.publish_anchors()
+        published
     }
 
     fn attach_into(
@@ -579,16 +646,10 @@ impl Lock {
             };
             match probe.role {
                 Role::Acquire { lock_type, op } => {
-                    links.push(
-                        p.handle__lock_enter
-                            .attach_uprobe_with_opts(
-                                pid,
-                                path,
-                                offset,
-                                opts(cookie(lock_type, op, entry, seq), false),
-                            )
-                            .with_context(what)?,
-                    );
+                    // the return probe first: an entry this set sees then
+                    // always gets its return run from this set (the kernel
+                    // arranges a return only for the probes there at entry),
+                    // or lock.bpf.c's drop_stale could not tell it was lost
                     links.push(
                         p.handle__lock_exit
                             .attach_uprobe_with_opts(
@@ -596,6 +657,16 @@ impl Lock {
                                 path,
                                 offset,
                                 opts(cookie(lock_type, op, entry + 1, seq), true),
+                            )
+                            .with_context(what)?,
+                    );
+                    links.push(
+                        p.handle__lock_enter
+                            .attach_uprobe_with_opts(
+                                pid,
+                                path,
+                                offset,
+                                opts(cookie(lock_type, op, entry, seq), false),
                             )
                             .with_context(what)?,
                     );
@@ -629,7 +700,7 @@ impl Lock {
     /// exited, take new threads (or any live one) in their place. If every
     /// anchor exited before another was armed, the probes were unarmed
     /// meanwhile: a `lost` record gives the window and how many calls at
-    /// least went unseen (see `unarmed_sites`).
+    /// least went unseen (see `attach_anchor`).
     /// Never fails: a thread that exits before it is attached to is passed over.
     fn tend_anchors(&mut self, out: &mut Output, look: bool) -> Result<()> {
         let (mut exits, news) = {
@@ -640,35 +711,33 @@ impl Lock {
             )
         };
         if look {
-            // an exit whose record was lost (counted as a ring-buffer drop)
-            let now = sys::monotonic_ns();
+            // an exit whose record was lost (counted as a ring-buffer drop):
+            // it died after it was last seen alive
             let traced = self.target.as_ref().and_then(tgid_of).unwrap_or_default();
-            for a in &self.anchors {
-                if !thread_is_live(traced, a.tid) && !exits.iter().any(|&(t, _)| t == a.tid) {
-                    exits.push((a.tid, now));
+            let now = sys::monotonic_ns();
+            for a in &mut self.anchors {
+                if thread_is_live(traced, a.tid) {
+                    a.seen_alive_ns = now;
+                } else if !exits.iter().any(|&(t, _)| t == a.tid) {
+                    exits.push((a.tid, a.seen_alive_ns));
                 }
             }
         }
         let look = look || !exits.is_empty();
-        let traced = self.target.as_ref().and_then(tgid_of).unwrap_or_default();
+        let mut gone = Vec::new();
         for (tid, at) in exits {
             if let Some(i) = self.anchors.iter().position(|a| a.tid == tid) {
-                let mut gone = self.anchors.remove(i);
-                self.reaper.detach(&mut gone.links);
-                if self.unarmed_since.is_some() || self.anchors.iter().any(|a| a.armed_at <= at) {
-                    continue; // another one was armed then
+                gone.push(self.anchors.remove(i));
+                if self.anchors.is_empty() {
+                    // none left: unarmed from the last exit on
+                    self.unarmed_since = self.unarmed_since.max(Some(at));
                 }
-                match self.anchors.iter().min_by_key(|a| a.armed_at) {
-                    // armed again since
-                    Some(next) if next.unseen_before > 0 => out.emit(&unarmed_record(
-                        traced,
-                        at,
-                        next.armed_at,
-                        next.unseen_before,
-                    )),
-                    Some(_) => {}
-                    None => self.unarmed_since = Some(at),
-                }
+            }
+        }
+        if !gone.is_empty() {
+            self.publish_anchors()?;
+            for mut a in gone {
+                self.reaper.detach(&mut a.links);
             }
         }
         let Some(Target::Group { tgid, .. }) = self.target else {
@@ -696,17 +765,17 @@ impl Lock {
             if self.anchors.iter().any(|a| a.tid == tid) || !thread_is_live(tgid, tid) {
                 continue;
             }
-            if let Err(e) = self.attach_anchor(tgid, tid, &lib, true) {
-                // it exited meanwhile (ESRCH): the next one
-                if thread_is_live(tgid, tid) {
-                    eprintln!("proc_image: lock: attach the probes to thread {tid}: {e:#}");
+            match self.attach_anchor(tgid, tid, &lib, true) {
+                Ok(lost) => {
+                    if let Some(r) = lost {
+                        out.emit(&r);
+                    }
                 }
-                continue;
-            }
-            if let Some(since) = self.unarmed_since.take() {
-                // no breakpoint taken out: no probed call in the window
-                if let Some(a) = self.anchors.last().filter(|a| a.unseen_before > 0) {
-                    out.emit(&unarmed_record(tgid, since, a.armed_at, a.unseen_before));
+                // it exited meanwhile (ESRCH): the next one
+                Err(e) => {
+                    if thread_is_live(tgid, tid) {
+                        eprintln!("proc_image: lock: attach the probes to thread {tid}: {e:#}");
+                    }
                 }
             }
         }
@@ -869,7 +938,7 @@ impl Collector for Lock {
                 LOCK_NEW_THREAD => s.new_threads.push(e.aux),
                 _ => s.locks.entry((e.hdr.tgid, e.lock_addr)).or_default().add(e),
             }
-            lock_record(e).map(Some)
+            lock_record(e)
         })
     }
 
@@ -943,7 +1012,7 @@ mod tests {
     fn records_carry_wait_and_hold() {
         let mut e = event(LOCK_RELEASED, 100, 150, 1150, 0);
         e.flags = LOCK_F_CONTENDED as u8;
-        let r = lock_record(&e).unwrap();
+        let r = lock_record(&e).unwrap().unwrap();
         assert_eq!(r.event, "lock");
         assert_eq!(r.get("lock_addr").unwrap(), "0x7f001000");
         assert_eq!(r.get("wait_ns").unwrap(), 50);
@@ -953,7 +1022,7 @@ mod tests {
 
         let mut f = event(LOCK_FAILED, 100, 120, 0, libc::EBUSY);
         f.op = LOCK_OP_TRY as u8;
-        let r = lock_record(&f).unwrap();
+        let r = lock_record(&f).unwrap().unwrap();
         assert_eq!(r.event, "lock_failed");
         assert_eq!(r.get("ret").unwrap(), 16);
         assert_eq!(r.get("error").unwrap(), "EBUSY");
@@ -972,6 +1041,29 @@ mod tests {
         assert_eq!((s.hold_total_ns, s.hold_max_ns), (4000, 3000));
         assert_eq!((s.wait_total_ns, s.wait_max_ns), (70, 50));
         assert!(lock_record(&event(99, 0, 0, 0, 0)).is_err());
+    }
+
+    #[test]
+    fn an_exiting_thread_is_not_live() {
+        let stat = |state: &str, flags: u64| {
+            format!("12 (a (b) c) {state} 1 12 12 0 -1 {flags} 0 0 0 0 0 0")
+        };
+        assert!(stat_is_live(&stat("S", 0x40_0040)));
+        assert!(!stat_is_live(&stat("R", 0x40_0044)), "PF_EXITING");
+        assert!(!stat_is_live(&stat("Z", 0x40_0040)));
+        assert!(!stat_is_live("garbage"));
+        // this thread
+        let me = std::process::id();
+        assert!(thread_is_live(me, me));
+    }
+
+    #[test]
+    fn thread_records_are_acted_on_not_printed() {
+        for kind in [LOCK_ANCHOR_EXIT, LOCK_NEW_THREAD] {
+            assert!(lock_record(&event(kind, 0, 0, 0, 0)).unwrap().is_none());
+        }
+        let exec = lock_record(&event(LOCK_EXEC, 0, 0, 0, 0)).unwrap();
+        assert_eq!(exec.unwrap().event, "exec");
     }
 
     #[test]

@@ -38,19 +38,19 @@ fn start(test: &str, args: &[&str], env: &[(&str, &str)]) -> ProcImage {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn lifecycle_of_a_thread_group() {
     lifecycle(&[]);
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn lifecycle_with_the_older_program_forms() {
     lifecycle(COMPAT);
 }
 
 fn lifecycle(env: &[(&str, &str)]) {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = start("lifecycle", &["-k"], env);
     let mut w = Workload::start(&[
         "lifecycle",
@@ -183,10 +183,9 @@ fn lifecycle(env: &[(&str, &str)]) {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn level_zero_has_lifecycle_only() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("level0", &["-k"]);
     let mut w = Workload::start(&[
         "lifecycle",
@@ -216,10 +215,9 @@ fn level_zero_has_lifecycle_only() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn one_thread_only() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("thread", &["-k"]);
     let mut w = Workload::start(&[
         "lifecycle",
@@ -256,10 +254,9 @@ fn one_thread_only() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn idle_task_of_one_cpu() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("idle", &["-k"]);
     // the CPU that idles most now: tests beside this one may keep another busy
     let idle_of = || -> Vec<u64> {
@@ -297,10 +294,9 @@ fn idle_task_of_one_cpu() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn whole_system_streams_lifecycle_and_summarizes_cpu() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("system", &["-k", "--interval", "200"]);
     pi.control_ok(&["-a", "-k"]);
     let mut w = Workload::start(&[
@@ -354,10 +350,9 @@ fn whole_system_streams_lifecycle_and_summarizes_cpu() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn deactivate_stops_output_and_finish_removes_pins() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("deactivate", &["-k"]);
     let w = Workload::start(&["spin"]);
     let pid = w.pid() as u64;
@@ -396,9 +391,7 @@ fn summaries(recs: &[Value], pid: u64) -> Vec<&Value> {
 /// Whole system, default interval: a CPU-bound thread and a thread in one
 /// 10 s sleep show, interval by interval, what they did in that interval.
 fn whole_system_intervals(test: &str, env: &[(&str, &str)]) {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = start(test, &["-k"], env);
     let mut w = Workload::start(&["steady", "--busy-secs", "4", "--sleep-secs", "10"]);
     pi.control_ok(&["-a", "-k"]);
@@ -514,20 +507,20 @@ fn whole_system_intervals(test: &str, env: &[(&str, &str)]) {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn whole_system_intervals_hold_what_happened_in_them() {
     whole_system_intervals("ws_intervals", &[]);
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn whole_system_intervals_with_the_older_program_forms() {
     whole_system_intervals("ws_intervals_compat", COMPAT);
 }
 
 /// exit_group() with threads spinning on every CPU: one group_dead per process.
 fn group_dead_once(test: &str, env: &[(&str, &str)]) {
-    if !need_root() {
-        return;
-    }
+    need_root();
     const RUNS: usize = 10;
     let pi = start(test, &["-k"], env);
     pi.control_ok(&["-a", "-k", "0"]);
@@ -558,20 +551,21 @@ fn group_dead_once(test: &str, env: &[(&str, &str)]) {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn exit_group_says_group_dead_once() {
     group_dead_once("group_dead", &[]);
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn exit_group_says_group_dead_once_with_the_older_program_forms() {
     group_dead_once("group_dead_compat", COMPAT);
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_thread_that_execs_is_followed_as_the_leader() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("exec_thread", &["-k"]);
     let mut w = Workload::start(&["exec-thread"]);
     let thread = w.wait_truth("thread", Duration::from_secs(5));
@@ -612,10 +606,9 @@ fn a_thread_that_execs_is_followed_as_the_leader() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn io_uring_workers_are_kernel_workers() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     if std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|v| v.trim() != "0")
     {
         eprintln!("SKIPPED: io_uring is disabled here");
@@ -640,10 +633,9 @@ fn io_uring_workers_are_kernel_workers() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn schedule_with_the_older_program_forms() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = start("schedule_compat", &["-S"], COMPAT);
     assert!(pi
         .stderr_text()
@@ -687,10 +679,9 @@ fn schedule_with_the_older_program_forms() {
 /// Activated while one thread spins and another sleeps: the stretch each is
 /// in counts from the activation, the sleep with its reason.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn stretches_in_progress_count_from_the_activation() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("in_progress", &["-k"]);
     let mut w = Workload::start(&["steady", "--busy-secs", "3", "--sleep-secs", "3"]);
     let pid = w.pid();

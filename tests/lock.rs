@@ -219,10 +219,9 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn known_locking_is_measured() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_known", &["-l"]);
     let mut w = Workload::start(&["locks"]);
     let locks = w.wait_truth("locks", Duration::from_secs(10));
@@ -244,10 +243,9 @@ fn known_locking_is_measured() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn whole_system_and_idle_targets_are_refused() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_refused", &["-l"]);
     for (args, end) in [
         (&["-a", "-l"][..], "the whole system"),
@@ -269,10 +267,9 @@ fn whole_system_and_idle_targets_are_refused() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_forked_child_is_not_traced_and_keeps_no_probe() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_fork", &["-l"]);
     let mut w = Workload::start(&["locks", "--fork"]);
     let locks = w.wait_truth("locks", Duration::from_secs(10));
@@ -315,9 +312,7 @@ fn a_forked_child_is_not_traced_and_keeps_no_probe() {
 /// The target execs (from its leader, or from another thread) and the new
 /// image's locking is measured like the first one's.
 fn exec_case(test: &str, flag: &str, reattached: bool) {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start(test, &["-l"]);
     let mut w = Workload::start(&["locks", flag]);
     let ready = w.wait_truth("ready", Duration::from_secs(10));
@@ -346,20 +341,21 @@ fn exec_case(test: &str, flag: &str, reattached: bool) {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn exec_by_the_leader_keeps_being_traced() {
     exec_case("lock_exec", "--exec", false);
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn exec_from_another_thread_is_reattached() {
     exec_case("lock_exec_thread", "--exec-from-thread", true);
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn one_thread_is_traced_alone() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_thread", &["-l"]);
     let mut w = Workload::start(&["locks"]);
     let locks = w.wait_truth("locks", Duration::from_secs(10));
@@ -397,10 +393,9 @@ fn one_thread_is_traced_alone() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_static_program_is_refused_clearly() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     use std::os::unix::process::CommandExt;
     let pi = ProcImage::start("lock_static", &["-l", "-k"]);
     // ldconfig is linked statically; PTRACE_TRACEME stops it right after
@@ -434,10 +429,9 @@ fn a_static_program_is_refused_clearly() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_deleted_libc_is_still_probed() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     // the workload runs on a copy of libc, deleted before tracing starts
@@ -487,10 +481,9 @@ fn a_deleted_libc_is_still_probed() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn exec_into_a_static_program_is_reported() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     // a statically linked program that sleeps 2 s
     let dir = std::env::temp_dir().join(format!("pi_lock_static_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -552,10 +545,9 @@ fn no_losses(recs: &[Value]) {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn the_main_thread_exiting_leaves_the_probes_armed() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_leader_exit", &["-l"]);
     let mut w = Workload::start(&["lock-leader-exit", "--threads", "4", "--pairs", "1000"]);
     let ready = w.wait_truth("ready", Duration::from_secs(10));
@@ -616,10 +608,9 @@ fn the_main_thread_exiting_leaves_the_probes_armed() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn four_threads_of_10000_pairs_are_counted_exactly() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_storm", &["-l"]);
     let mut w = Workload::start(&[
         "lock-storm",
@@ -696,10 +687,9 @@ fn four_threads_of_10000_pairs_are_counted_exactly() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn an_owner_dead_mutex_starts_over() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_robust", &["-l"]);
     let mut w = Workload::start(&["lock-robust"]);
     let ready = w.wait_truth("ready", Duration::from_secs(10));
@@ -740,10 +730,9 @@ fn musl_gcc() -> Option<&'static str> {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_musl_program_counts_its_calls_not_musl_s_inner_ones() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let Some(cc) = musl_gcc() else {
         return;
     };
@@ -817,10 +806,9 @@ fn a_musl_program_counts_its_calls_not_musl_s_inner_ones() {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_static_musl_program_is_refused_in_one_line() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let Some(cc) = musl_gcc() else {
         return;
     };
@@ -865,10 +853,9 @@ fn a_static_musl_program_is_refused_in_one_line() {
 /// the new set is being attached leaves no trace). Without one, every call
 /// was seen.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn calls_while_no_probed_thread_lives_are_counted_lost() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_unarmed", &["-l"]);
     let mut w = Workload::start(&[
         "lock-leader-exit",
@@ -936,10 +923,9 @@ fn calls_while_no_probed_thread_lives_are_counted_lost() {
 /// not make the waiter's later calls of that mutex pass for inner calls of
 /// it: every later pair is a record (the waited one at most unmatched).
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_call_whose_return_is_never_seen_hides_no_later_call() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_anchors_go", &["-l"]);
     let mut w = Workload::start(&["lock-anchors-go", "--pairs", "100"]);
     let ready = w.wait_truth("ready", Duration::from_secs(10));
@@ -970,10 +956,9 @@ fn a_call_whose_return_is_never_seen_hides_no_later_call() {
 /// Tracing starts after the main thread has exited: its /proc/TGID/maps and
 /// map_files are empty then; the threads that run are probed all the same.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_process_whose_main_thread_exited_is_traced() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_after_exit", &["-l"]);
     let mut w = Workload::start(&[
         "lock-leader-exit",
@@ -1014,10 +999,9 @@ fn a_process_whose_main_thread_exited_is_traced() {
 /// count goes up and down on both at the same time. Every acquisition is
 /// counted, and once they are done a write lock finds it free.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn concurrent_readers_leave_an_exact_count() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("lock_readers", &["-l"]);
     let mut w = Workload::start(&[
         "lock-storm",

@@ -56,10 +56,9 @@ fn bytes_from_rates(recs: &[&Value], from: u64, to: u64, key: &str) -> f64 {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn figures_agree_with_proc() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("resource", &["-r"]);
     let dir = std::env::temp_dir();
     let mut w = Workload::start(&[
@@ -267,10 +266,9 @@ fn figures_agree_with_proc() {
 
 /// Without -P or -p: the busiest threads of the system and a total.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn whole_system_lists_the_busiest_threads() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("resource_sys", &["-r", "--top", "5"]);
     let w = Workload::start(&["spin"]);
     let pid = w.pid() as u64;
@@ -333,10 +331,9 @@ fn proc_cpu_ns(pid: u64) -> u64 {
 /// exited, and agrees with the CPU time the kernel reports when the
 /// process is reaped.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn group_total_sums_its_threads() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("resource_group", &["-r"]);
     let w = Workload::start(&["sched", "--busy-threads", "2", "--secs", "3"]);
     let pid = w.pid() as u64;

@@ -32,10 +32,9 @@ fn base_slice_ns() -> Option<u64> {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn busy_threads_wait_a_slice_and_the_sleeper_does_not() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("schedule", &["-S"]);
     let w = Workload::start(&["sched", "--busy-threads", "2", "--secs", "5"]);
     let threads = w.wait_truth("threads", Duration::from_secs(5));
@@ -106,10 +105,9 @@ fn switch_ins(pid: u64, tid: u64) -> u64 {
 /// so its run-queue waits over several intervals are exactly its
 /// switch-ins, as the kernel's own schedstat counts them.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn every_switch_in_is_one_run_queue_wait() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("runqueue", &["-S"]);
     let mut w = Workload::start(&["runqueue", "--sleeps", "2000", "--secs", "5"]);
     let pid = w.pid() as u64;

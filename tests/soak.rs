@@ -61,10 +61,9 @@ fn top_getppid(r: &Value) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_minute_of_intervals_is_exact_and_flat() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let pi = ProcImage::start("soak", &[]);
     let mut w = Workload::start(&[
         "soak",

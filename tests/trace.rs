@@ -71,10 +71,9 @@ fn check_tracks(events: &[Value]) {
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn trace_of_a_known_workload() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     let path = trace_path("known");
     let pi = ProcImage::start("trace", &["-a", "--trace-out", path.to_str().unwrap()]);
     let mut w = Workload::start(&[
@@ -279,10 +278,9 @@ fn trace_of_a_known_workload() {
 
 /// The trace is complete after SIGINT, SIGTERM and controller -f.
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn trace_is_complete_however_proc_image_ends() {
-    if !need_root() {
-        return;
-    }
+    need_root();
     for how in ["SIGINT", "SIGTERM", "controller -f"] {
         let path = trace_path(&how.replace(' ', "_"));
         let mut pi = ProcImage::start(

@@ -51,7 +51,13 @@ fn lifecycle_with_the_older_program_forms() {
 
 fn lifecycle(env: &[(&str, &str)]) {
     need_root();
-    let pi = start("lifecycle", &["-k"], env);
+    // one pin directory per test: the two forms run side by side
+    let name = if env.is_empty() {
+        "lifecycle"
+    } else {
+        "lifecycle_compat"
+    };
+    let pi = start(name, &["-k"], env);
     let mut w = Workload::start(&[
         "lifecycle",
         "--forks",

@@ -19,6 +19,6 @@ echo "== cargo test (unit and BPF integration tests, as root)"
 # the BPF tests are #[ignore = "needs root"] (shown as ignored, not passed,
 # when someone runs plain `cargo test`); as root they all run
 case " $* " in
-*" -- "*) cargo test --locked "$@" --include-ignored ;;
-*) cargo test --locked "$@" -- --include-ignored ;;
+*" -- "*) cargo test --locked --no-fail-fast "$@" --include-ignored ;;
+*) cargo test --locked --no-fail-fast "$@" -- --include-ignored ;;
 esac

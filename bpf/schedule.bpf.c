@@ -27,6 +27,23 @@ struct {
 	__type(value, struct runnable);
 } runnable SEC(".maps");
 
+/*
+ * A wakeup that cannot have task storage: a task's first storage cannot be
+ * made while another program on this CPU holds the task-storage lock, which
+ * happens when the wakeup comes from an interrupt that arrived inside such a
+ * program (keytime's, syscall's, this collector's own). Its time waits here,
+ * by pid, until the task runs. `spilled` counts the entries, so the
+ * switch path looks here only while there are any.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct runnable);
+} runnable_spill SEC(".maps");
+
+__s64 spilled;
+
 static __always_inline void mark_runnable(struct task_struct *task, __u64 now)
 {
 	struct runnable *r;
@@ -36,7 +53,13 @@ static __always_inline void mark_runnable(struct task_struct *task, __u64 now)
 		return;
 	r = bpf_task_storage_get(&runnable, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!r) {
-		STAT_INC(no_task_state);
+		struct runnable spill = { .since_ns = now, .generation = cfg.target.generation };
+		__u32 pid = task->pid;
+
+		if (bpf_map_update_elem(&runnable_spill, &pid, &spill, BPF_NOEXIST) == 0)
+			__sync_fetch_and_add(&spilled, 1);
+		else if (bpf_map_update_elem(&runnable_spill, &pid, &spill, BPF_EXIST))
+			STAT_INC(no_task_state);
 		return;
 	}
 	r->since_ns = now;
@@ -75,12 +98,29 @@ static __always_inline int on_sched_switch(bool preempt, struct task_struct *pre
 	if (next->pid == 0)
 		return 0;
 	r = bpf_task_storage_get(&runnable, next, 0, 0);
-	if (!r || !r->since_ns)
+	if (r && r->since_ns) {
+		lat = now - r->since_ns;
+		r->since_ns = 0;
+		if (r->generation != cfg.target.generation)
+			return 0;
+	} else if (spilled > 0) {
+		__u32 pid = next->pid;
+		struct runnable *s = bpf_map_lookup_elem(&runnable_spill, &pid);
+		__u64 since;
+		__u32 gen;
+
+		if (!s)
+			return 0;
+		since = s->since_ns;
+		gen = s->generation;
+		if (bpf_map_delete_elem(&runnable_spill, &pid) == 0)
+			__sync_fetch_and_add(&spilled, -1);
+		if (gen != cfg.target.generation || !since || since > now)
+			return 0;
+		lat = now - since;
+	} else {
 		return 0;
-	lat = now - r->since_ns;
-	r->since_ns = 0;
-	if (r->generation != cfg.target.generation)
-		return 0;
+	}
 	latency_add(interval, LAT_SYSTEM, lat);
 	if (is_target(&cfg.target, next))
 		latency_add(interval, LAT_TARGET, lat);

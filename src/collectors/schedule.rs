@@ -91,6 +91,15 @@ impl Collector for Schedule {
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
         latency::clear(&self.skel.maps.latencies)?;
+        // wakeups an earlier activation kept aside (see runnable_spill)
+        let spill = &self.skel.maps.runnable_spill;
+        let keys: Vec<Vec<u8>> = libbpf_rs::MapCore::keys(spill).collect();
+        for k in keys {
+            let _ = libbpf_rs::MapCore::delete(spill, &k);
+        }
+        if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+            bss.spilled = 0;
+        }
         let cfg = schedule_config {
             target: act.filter(),
             interval: self.config()?.interval,

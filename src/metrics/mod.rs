@@ -484,27 +484,33 @@ impl Exporter {
     /// target, tgid, pid, comm of a thread, or the "other" aggregate.
     fn thread_labels(&mut self, pid: u32, tgid: u32, comm: &str, activity: u64) -> Labels {
         self.threads.note(pid, activity);
-        let target = ("target", self.target());
-        let cgroup = (!self.current_cgroup.is_empty()).then(|| self.current_cgroup.clone());
-        let mut labels = if self.threads.admit(pid) {
-            vec![
-                target,
-                ("tgid", tgid.to_string()),
-                ("pid", pid.to_string()),
-                ("comm", comm.to_string()),
-            ]
-        } else {
-            vec![
-                target,
-                ("tgid", OTHER.into()),
-                ("pid", OTHER.into()),
-                ("comm", OTHER.into()),
-            ]
-        };
-        // a thread's cgroup rides on its series: bounded as they are
-        if let Some(cg) = cgroup {
-            let admitted = labels[2].1 != OTHER;
-            labels.push(("cgroup", if admitted { cg } else { OTHER.into() }));
+        if !self.threads.admit(pid) {
+            return self.other_labels();
+        }
+        let mut labels = vec![
+            ("target", self.target()),
+            ("tgid", tgid.to_string()),
+            ("pid", pid.to_string()),
+            ("comm", comm.to_string()),
+        ];
+        // the whole system: a thread's cgroup rides on its series, bounded as they are
+        if self.target() == "system" {
+            labels.push(("cgroup", self.current_cgroup.clone()));
+        }
+        labels
+    }
+
+    /// The series every thread not labelled of its own sums into (records
+    /// of such threads, and the *_rest records of those not listed).
+    fn other_labels(&self) -> Labels {
+        let mut labels = vec![
+            ("target", self.target()),
+            ("tgid", OTHER.into()),
+            ("pid", OTHER.into()),
+            ("comm", OTHER.into()),
+        ];
+        if self.target() == "system" {
+            labels.push(("cgroup", OTHER.into()));
         }
         labels
     }
@@ -725,15 +731,9 @@ impl Exporter {
                 }
             }
             ("keytime", "cpu_summary_rest") => {
-                let other = vec![
-                    ("target", target.clone()),
-                    ("tgid", OTHER.into()),
-                    ("pid", OTHER.into()),
-                    ("comm", OTHER.into()),
-                ];
                 put(
                     Fam::OnCpu,
-                    other,
+                    self.other_labels(),
                     Update::Add(u64_of(rec, "on_cpu_ns") as f64 / 1e9),
                 );
             }
@@ -743,15 +743,9 @@ impl Exporter {
                 put(Fam::ThreadSyscalls, l, Update::Add(n as f64));
             }
             ("syscall", "syscalls_rest") => {
-                let other = vec![
-                    ("target", target.clone()),
-                    ("tgid", OTHER.into()),
-                    ("pid", OTHER.into()),
-                    ("comm", OTHER.into()),
-                ];
                 put(
                     Fam::ThreadSyscalls,
-                    other,
+                    self.other_labels(),
                     Update::Add(u64_of(rec, "count") as f64),
                 );
             }

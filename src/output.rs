@@ -75,6 +75,18 @@ impl Record {
         self
     }
 
+    /// The fields of a typed record, in its declaration order (`#[derive(Serialize)]`).
+    pub fn fields_of(mut self, body: &impl serde::Serialize) -> Self {
+        if let Ok(Value::Object(map)) = serde_json::to_value(body) {
+            for (name, value) in map {
+                // field names are the struct's own, known at compile time
+                let name: &'static str = Box::leak(name.into_boxed_str());
+                self.fields.push((name, value));
+            }
+        }
+        self
+    }
+
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.fields.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }

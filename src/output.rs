@@ -79,9 +79,7 @@ impl Record {
     pub fn fields_of(mut self, body: &impl serde::Serialize) -> Self {
         if let Ok(Value::Object(map)) = serde_json::to_value(body) {
             for (name, value) in map {
-                // field names are the struct's own, known at compile time
-                let name: &'static str = Box::leak(name.into_boxed_str());
-                self.fields.push((name, value));
+                self.fields.push((intern(name), value));
             }
         }
         self
@@ -103,6 +101,24 @@ impl Record {
             obj.insert((*name).into(), value.clone());
         }
         Value::Object(obj)
+    }
+}
+
+/// A field name as `&'static str`: the names are a struct's own, a fixed
+/// set, so each is leaked once.
+fn intern(name: String) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut names = NAMES.lock().unwrap();
+    let names = names.get_or_insert_with(HashSet::new);
+    match names.get(name.as_str()) {
+        Some(n) => n,
+        None => {
+            let n: &'static str = Box::leak(name.into_boxed_str());
+            names.insert(n);
+            n
+        }
     }
 }
 

@@ -177,7 +177,11 @@ impl App {
             .iter()
             .map(|c| c.events())
             .collect::<Result<Vec<_>>>()?;
-        let decoders = self.collectors.iter().map(|c| c.decoder()).collect();
+        let decoders = self
+            .collectors
+            .iter()
+            .map(|c| collectors::capture_raw(c.kind(), c.decoder()))
+            .collect();
         let rb = ring_buffer(&handles, decoders, &self.output, &self.decode_errors)?;
         let names = CollectorKind::names(self.state.loaded_mask);
         eprintln!(

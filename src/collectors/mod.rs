@@ -220,6 +220,53 @@ fn grace_period_maps() -> Result<(MapHandle, MapHandle)> {
 /// record only proc_image itself acts on).
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Option<Record>>>;
 
+/// With PROC_IMAGE_CAPTURE_RAW=FILE, every ring-buffer record is also
+/// appended to FILE as it arrived (collector name, length, bytes): the
+/// input of the decoders' golden test, and of a bug report.
+pub fn capture_raw(kind: CollectorKind, mut decode: Decoder) -> Decoder {
+    let Some(path) = std::env::var_os("PROC_IMAGE_CAPTURE_RAW") else {
+        return decode;
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path);
+    let Ok(mut file) = file else {
+        eprintln!("proc_image: cannot open {}", path.to_string_lossy());
+        return decode;
+    };
+    Box::new(move |data| {
+        use std::io::Write;
+        let name = kind.name().as_bytes();
+        let mut frame = vec![name.len() as u8];
+        frame.extend_from_slice(name);
+        frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        frame.extend_from_slice(data);
+        let _ = file.write_all(&frame);
+        decode(data)
+    })
+}
+
+/// Reads what `capture_raw` wrote: (collector name, record bytes).
+pub fn read_captured(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while let Some((&n, tail)) = rest.split_first() {
+        let n = n as usize;
+        if tail.len() < n + 4 {
+            break;
+        }
+        let name = String::from_utf8_lossy(&tail[..n]).into_owned();
+        let len = u32::from_le_bytes(tail[n..n + 4].try_into().unwrap()) as usize;
+        let Some(data) = tail.get(n + 4..n + 4 + len) else {
+            break;
+        };
+        records.push((name, data.to_vec()));
+        rest = &tail[n + 4 + len..];
+    }
+    records
+}
+
 pub trait Collector {
     fn kind(&self) -> CollectorKind;
 

@@ -3,8 +3,7 @@
 //!
 //! A collector is loaded and verified when proc_image starts but attaches
 //! its programs only when activated, so a waiting proc_image costs the
-//! traced system nothing. Adding a collector: its bpf/<name>.bpf.c, a line
-//! in build.rs, a variant here and a module implementing `Collector`.
+//! traced system nothing. Adding a collector: see `COLLECTORS`.
 
 pub mod keytime;
 pub mod latency;
@@ -22,7 +21,10 @@ use anyhow::{anyhow, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
-use crate::bpf_intf::{collector_stats, PI_KEYTIME, PI_LOCK, PI_RESOURCE, PI_SCHEDULE, PI_SYSCALL};
+use crate::bpf_intf::{
+    collector_stats, KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_LIFECYCLE, PI_KEYTIME, PI_LOCK, PI_RESOURCE,
+    PI_SCHEDULE, PI_SYSCALL, SYSCALL_SEQ_DEFAULT, SYSCALL_SEQ_MAX,
+};
 use crate::kernel_btf::{self, Variant};
 use crate::output::{Output, Record};
 use crate::target::Target;
@@ -36,24 +38,118 @@ pub enum CollectorKind {
     Schedule,
 }
 
+/// A collector's option on controller's command line besides its flag.
+pub struct CollectorValue {
+    pub value_name: &'static str,
+    /// taken when the flag is given without a value
+    pub default: u32,
+    pub min: u32,
+    pub max: u32,
+}
+
+/// One row per collector: names, flags, bits, help and loader are derived
+/// from here. Adding a collector: its bpf/<name>.bpf.c (a line in
+/// build.rs), its module implementing `Collector`, a `CollectorKind`
+/// variant and one row here (in the variant's order), and its tests.
+pub struct CollectorInfo {
+    pub kind: CollectorKind,
+    pub name: &'static str,
+    /// its number in the control records (enum pi_collector)
+    pub index: u32,
+    /// its flag in proc_image and controller (and the long flag is `name`)
+    pub short: char,
+    /// proc_image --help: what loading it gives
+    pub about: &'static str,
+    /// controller --help: what activating it gives
+    pub controller_about: &'static str,
+    pub value: Option<CollectorValue>,
+    pub load: fn(&LoadOptions) -> Result<Box<dyn Collector>>,
+}
+
+pub const COLLECTORS: [CollectorInfo; 5] = [
+    CollectorInfo {
+        kind: CollectorKind::Keytime,
+        name: "keytime",
+        index: PI_KEYTIME,
+        short: 'k',
+        about: "Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals",
+        controller_about:
+            "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default)",
+        value: Some(CollectorValue {
+            value_name: "LEVEL",
+            default: KEYTIME_LEVEL_ALL,
+            min: KEYTIME_LEVEL_LIFECYCLE,
+            max: KEYTIME_LEVEL_ALL,
+        }),
+        load: |opts| Ok(Box::new(keytime::Keytime::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Lock,
+        name: "lock",
+        index: PI_LOCK,
+        short: 'l',
+        about: "Load lock: pthread mutex / rwlock / spinlock intervals",
+        controller_about:
+            "lock: pthread mutex/rwlock/spinlock intervals (a thread or process only)",
+        value: None,
+        load: |opts| Ok(Box::new(lock::Lock::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Resource,
+        name: "resource",
+        index: PI_RESOURCE,
+        short: 'r',
+        about: "Load resource: CPU %, memory, I/O rates",
+        controller_about: "resource: CPU %, RSS, read/write bytes per second",
+        value: None,
+        load: |opts| Ok(Box::new(resource::Resource::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Syscall,
+        name: "syscall",
+        index: PI_SYSCALL,
+        short: 's',
+        about: "Load syscall: sequence, top syscalls, latency",
+        controller_about: "syscall: last N syscalls per thread (default 10), top 3, latency",
+        value: Some(CollectorValue {
+            value_name: "N",
+            default: SYSCALL_SEQ_DEFAULT,
+            min: 1,
+            max: SYSCALL_SEQ_MAX,
+        }),
+        load: |opts| Ok(Box::new(syscall::Syscall::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Schedule,
+        name: "schedule",
+        index: PI_SCHEDULE,
+        short: 'S',
+        about: "Load schedule: run-queue latency",
+        controller_about: "schedule: run-queue latency beside the whole system's",
+        value: None,
+        load: |opts| Ok(Box::new(schedule::Schedule::load(opts)?)),
+    },
+];
+
 impl CollectorKind {
-    pub const ALL: [CollectorKind; 5] = [
-        CollectorKind::Keytime,
-        CollectorKind::Lock,
-        CollectorKind::Resource,
-        CollectorKind::Syscall,
-        CollectorKind::Schedule,
-    ];
+    pub const ALL: [CollectorKind; COLLECTORS.len()] = {
+        let mut all = [CollectorKind::Keytime; COLLECTORS.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = COLLECTORS[i].kind;
+            i += 1;
+        }
+        all
+    };
+
+    /// Its row of `COLLECTORS`.
+    pub fn info(self) -> &'static CollectorInfo {
+        &COLLECTORS[self as usize]
+    }
 
     /// Its number in the control records (enum pi_collector).
     pub fn index(self) -> usize {
-        (match self {
-            CollectorKind::Keytime => PI_KEYTIME,
-            CollectorKind::Lock => PI_LOCK,
-            CollectorKind::Resource => PI_RESOURCE,
-            CollectorKind::Syscall => PI_SYSCALL,
-            CollectorKind::Schedule => PI_SCHEDULE,
-        }) as usize
+        self.info().index as usize
     }
 
     /// Its bit in the masks of the control records.
@@ -62,24 +158,12 @@ impl CollectorKind {
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            CollectorKind::Keytime => "keytime",
-            CollectorKind::Lock => "lock",
-            CollectorKind::Resource => "resource",
-            CollectorKind::Syscall => "syscall",
-            CollectorKind::Schedule => "schedule",
-        }
+        self.info().name
     }
 
     /// The flag that selects it, in both proc_image and controller.
-    pub fn flag(self) -> &'static str {
-        match self {
-            CollectorKind::Keytime => "-k",
-            CollectorKind::Lock => "-l",
-            CollectorKind::Resource => "-r",
-            CollectorKind::Syscall => "-s",
-            CollectorKind::Schedule => "-S",
-        }
+    pub fn flag(self) -> String {
+        format!("-{}", self.info().short)
     }
 
     pub fn from_mask(mask: u32) -> Vec<CollectorKind> {
@@ -341,15 +425,7 @@ pub fn load(
     let mut refused = Vec::new();
     for &kind in kinds {
         start_capture();
-        let result = (|| -> Result<Box<dyn Collector>> {
-            Ok(match kind {
-                CollectorKind::Keytime => Box::new(keytime::Keytime::load(opts)?),
-                CollectorKind::Lock => Box::new(lock::Lock::load(opts)?),
-                CollectorKind::Resource => Box::new(resource::Resource::load(opts)?),
-                CollectorKind::Syscall => Box::new(syscall::Syscall::load(opts)?),
-                CollectorKind::Schedule => Box::new(schedule::Schedule::load(opts)?),
-            })
-        })();
+        let result = (kind.info().load)(opts);
         let log = end_capture();
         match result {
             Ok(c) => loaded.push(c),
@@ -614,6 +690,18 @@ pub fn hash_entries(map: &dyn MapCore) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_table_follows_the_kinds_and_its_flags_and_bits_differ() {
+        let mut flags = std::collections::HashSet::new();
+        let mut bits = 0u32;
+        for (i, c) in COLLECTORS.iter().enumerate() {
+            assert_eq!(c.kind as usize, i, "{} out of order", c.name);
+            assert!(flags.insert(c.short), "flag -{} twice", c.short);
+            assert_eq!(bits & c.kind.bit(), 0, "index {} twice", c.index);
+            bits |= c.kind.bit();
+        }
+    }
+
     use super::*;
 
     #[test]

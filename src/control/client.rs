@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bpf_intf::{
     c_str, control_answer, control_request, control_state, CONTROL_ACTIVATE, CONTROL_DEACTIVATE,
-    CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_ERROR, KEYTIME_LEVEL_ALL,
+    CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_ERROR, KEYTIME_LEVEL_ALL, SYSCALL_SEQ_DEFAULT,
 };
 use crate::cli::ControllerArgs;
 use crate::collectors::CollectorKind;
@@ -23,7 +23,6 @@ use crate::target::Target;
 /// answers well within this, except that an activation of lock right after
 /// another first waits for the old uprobes to go (~85 ms each).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_SYSCALL_SEQ_LEN: u32 = 10;
 
 pub fn run(args: &ControllerArgs) -> Result<String> {
     sys::require_root("controller")?;
@@ -55,8 +54,12 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
         req.command = CONTROL_ACTIVATE;
         req.collectors = CollectorKind::mask(&kinds);
         target.write_request(&mut req);
-        req.keytime_level = args.keytime.unwrap_or(KEYTIME_LEVEL_ALL);
-        req.syscall_seq_len = args.syscall.unwrap_or(DEFAULT_SYSCALL_SEQ_LEN);
+        req.keytime_level = args
+            .value_of(CollectorKind::Keytime)
+            .unwrap_or(KEYTIME_LEVEL_ALL);
+        req.syscall_seq_len = args
+            .value_of(CollectorKind::Syscall)
+            .unwrap_or(SYSCALL_SEQ_DEFAULT);
         req.interval_ms = args.interval.unwrap_or(0);
         if args.myproc {
             req.flags |= CONTROL_F_MYPROC;

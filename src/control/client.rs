@@ -23,15 +23,33 @@ use crate::target::Target;
 /// answers well within this, except that an activation of lock right after
 /// another first waits for the old uprobes to go (~85 ms each).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a proc_image that is still loading.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(args: &ControllerArgs) -> Result<String> {
     sys::require_root("controller")?;
     refuse_other_pid_namespace()?;
     let pin_dir = control::resolve_pin_dir(args.pin_dir.as_deref());
     let ctl = ControlMap::open(&pin_dir)?;
-    let state = ctl.read_state()?;
+    let mut state = ctl.read_state()?;
     if args.status {
         return Ok(status_text(&state));
+    }
+    // proc_image pins its control map first, then loads and verifies its
+    // collectors (seconds on a busy machine): a request waits for that
+    let loading_until = Instant::now() + LOAD_TIMEOUT;
+    while state.ready == 0 {
+        if Instant::now() > loading_until {
+            bail!(
+                "proc_image is still loading its collectors after {} s",
+                LOAD_TIMEOUT.as_secs()
+            );
+        }
+        sleep(Duration::from_millis(50));
+        state = ctl.read_state()?;
+        if !sys::task_alive(state.owner_pid, state.owner_start_ticks) {
+            bail!("proc_image (pid {}) ended while loading", state.owner_pid);
+        }
     }
     let mut req = control_request {
         hdr: control::header(),

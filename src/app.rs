@@ -12,13 +12,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 
 use crate::bpf_intf::{
-    collector_stats, control_activation, control_answer, control_request, control_state,
-    CONTROL_ACTIVATE, CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_DONE,
+    control_activation, control_answer, control_request, control_state, CONTROL_ACTIVATE,
+    CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_DONE,
     CONTROL_STATUS_ENDING, CONTROL_STATUS_ERROR, PI_COLLECTOR_COUNT,
 };
 use crate::cli::ProcImageArgs;
 use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions};
 use crate::control::{self, ControlMap};
+use crate::losses::Losses;
 use crate::output::{Format, Output, Record, Sink};
 use crate::sys;
 use crate::target::Target;
@@ -117,7 +118,7 @@ struct App {
     /// answers not yet taken, oldest first
     answers: VecDeque<(u64, Instant)>,
     /// stats already reported, per collector
-    reported: Vec<collector_stats>,
+    reported: Vec<Losses>,
     finishing: bool,
 }
 
@@ -154,7 +155,7 @@ impl App {
         );
         output.refused(&refused_kinds.iter().map(|k| k.name()).collect::<Vec<_>>());
         let output = Rc::new(RefCell::new(output));
-        let reported = vec![collector_stats::default(); collectors.len()];
+        let reported = vec![Losses::default(); collectors.len()];
         let runs = collectors.iter().map(|_| None).collect();
         Ok(App {
             args,
@@ -526,27 +527,15 @@ impl App {
         let now = sys::monotonic_ns();
         for (i, c) in self.collectors.iter().enumerate() {
             let Ok(s) = c.stats() else { continue };
-            let last = self.reported[i];
-            let delta = collector_stats {
-                events: s.events - last.events,
-                ringbuf_drops: s.ringbuf_drops - last.ringbuf_drops,
-                map_full: s.map_full - last.map_full,
-                no_task_state: s.no_task_state - last.no_task_state,
-            };
+            let delta = s.since(&self.reported[i]);
             self.reported[i] = s;
-            if delta.ringbuf_drops + delta.map_full + delta.no_task_state == 0 {
+            if delta.lost() == 0 {
                 continue;
             }
-            eprintln!(
-                "proc_image: {} lost {} records (ring buffer full), {} map entries (map full), {} task states",
-                c.kind(),
-                delta.ringbuf_drops,
-                delta.map_full,
-                delta.no_task_state
-            );
+            eprintln!("proc_image: {} lost {}", c.kind(), delta.lost_text());
             self.output
                 .borrow_mut()
-                .emit(&lost_record(now, c.kind(), &delta));
+                .emit(&delta.record(now, c.kind().name()));
         }
         let errors = self.decode_errors.replace(0);
         if errors > 0 {
@@ -609,14 +598,7 @@ impl App {
             .iter()
             .filter_map(|c| {
                 let s = c.stats().ok()?;
-                Some(format!(
-                    "{}: {} records, {} lost (ring buffer full), {} map full, {} without task state",
-                    c.kind(),
-                    s.events,
-                    s.ringbuf_drops,
-                    s.map_full,
-                    s.no_task_state
-                ))
+                Some(format!("{}: {s}", c.kind()))
             })
             .collect();
         eprintln!(
@@ -625,14 +607,6 @@ impl App {
             lost.join("; ")
         );
     }
-}
-
-fn lost_record(now: u64, kind: CollectorKind, d: &collector_stats) -> Record {
-    Record::new(now, "proc_image", "lost")
-        .field("lost_collector", kind.name())
-        .field("ringbuf_drops", d.ringbuf_drops)
-        .field("map_full", d.map_full)
-        .field("no_task_state", d.no_task_state)
 }
 
 /// Records taken from the ring buffers per turn of the loop: under a flood

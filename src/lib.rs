@@ -8,6 +8,7 @@ pub mod collectors;
 pub mod control;
 pub mod kallsyms;
 pub mod kernel_btf;
+pub mod losses;
 pub mod metrics;
 pub mod output;
 pub mod sys;

@@ -15,11 +15,10 @@ use super::{
     LoadOptions,
 };
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, event_hdr, keytime_clone_event, keytime_config,
-    keytime_cpu_event, keytime_exec_event, keytime_exit_event, keytime_summary,
-    keytime_summary_key, KEYTIME_EXECVE, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER,
-    KEYTIME_LEVEL_ALL, KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK,
-    OFFCPU_REASON_COUNT,
+    self, c_str, decode, event_hdr, keytime_clone_event, keytime_config, keytime_cpu_event,
+    keytime_exec_event, keytime_exit_event, keytime_summary, keytime_summary_key, KEYTIME_EXECVE,
+    KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_LEVEL_ALL, KEYTIME_OFF_CPU,
+    KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
 use crate::kallsyms::Kallsyms;
 use crate::kernel_btf::{self, Variant};
@@ -361,7 +360,7 @@ impl Collector for Keytime {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }

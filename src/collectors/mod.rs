@@ -26,6 +26,7 @@ use crate::bpf_intf::{
     PI_SCHEDULE, PI_SYSCALL, SYSCALL_SEQ_DEFAULT, SYSCALL_SEQ_MAX,
 };
 use crate::kernel_btf::{self, Variant};
+use crate::losses::Losses;
 use crate::output::{Output, Record};
 use crate::target::Target;
 
@@ -405,7 +406,7 @@ pub trait Collector {
     }
 
     /// The per-CPU health counters, summed over CPUs.
-    fn stats(&self) -> Result<collector_stats>;
+    fn stats(&self) -> Result<Losses>;
 }
 
 /// A collector that did not load, and why, in one line.
@@ -595,19 +596,16 @@ where
 }
 
 /// Sum a per-CPU `collector_stats` array over the CPUs.
-pub fn read_stats(map: &dyn MapCore) -> Result<collector_stats> {
+pub fn read_stats(map: &dyn MapCore) -> Result<Losses> {
     let per_cpu = map
         .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
         .context("read collector stats")?
         .unwrap_or_default();
-    let mut sum = collector_stats::default();
+    let mut sum = Losses::default();
     for bytes in per_cpu {
         let mut s = collector_stats::default();
         if plain::copy_from_bytes(&mut s, &bytes).is_ok() {
-            sum.events += s.events;
-            sum.ringbuf_drops += s.ringbuf_drops;
-            sum.map_full += s.map_full;
-            sum.no_task_state += s.no_task_state;
+            sum += Losses::from(s);
         }
     }
     Ok(sum)

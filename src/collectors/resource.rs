@@ -16,9 +16,7 @@ use super::{
     attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
     MIN_RINGBUF,
 };
-use crate::bpf_intf::{
-    self, c_str, collector_stats, resource_config, resource_sample, RESOURCE_EXIT,
-};
+use crate::bpf_intf::{self, c_str, resource_config, resource_sample, RESOURCE_EXIT};
 use crate::output::{Output, Record};
 use crate::sys;
 use crate::target::Target;
@@ -501,7 +499,7 @@ impl Collector for Resource {
         result
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }

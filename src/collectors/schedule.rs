@@ -10,7 +10,7 @@ use super::{
     attach_all, load_skel_variants, read_stats, wait_for_programs_in_flight, Activation, Collector,
     CollectorKind, LoadOptions, MIN_RINGBUF,
 };
-use crate::bpf_intf::{self, collector_stats, schedule_config};
+use crate::bpf_intf::{self, schedule_config};
 use crate::kernel_btf::{self, Variant};
 use crate::output::{Output, Record};
 use crate::sys;
@@ -152,7 +152,7 @@ impl Collector for Schedule {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }

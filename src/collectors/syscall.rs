@@ -15,9 +15,8 @@ use super::{
     Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
 };
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, syscall_config, syscall_count, syscall_count_key,
-    syscall_slot, syscall_thread, syscall_thread_key, SYSCALL_ID_IA32, SYSCALL_SEQ_MAX,
-    SYSCALL_SEQ_RING,
+    self, c_str, decode, syscall_config, syscall_count, syscall_count_key, syscall_slot,
+    syscall_thread, syscall_thread_key, SYSCALL_ID_IA32, SYSCALL_SEQ_MAX, SYSCALL_SEQ_RING,
 };
 use crate::output::{Output, Record};
 use crate::sys;
@@ -390,7 +389,7 @@ impl Collector for Syscall {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }

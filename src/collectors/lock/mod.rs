@@ -24,11 +24,12 @@ use libbpf_rs::{Link, MapCore, MapHandle, UprobeOpts};
 
 use super::{load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions};
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, event_hdr, lock_config, lock_event, LOCK_ANCHORS,
-    LOCK_ANCHOR_EXIT, LOCK_COOKIE_PROBE_SHIFT, LOCK_COOKIE_SEQ_SHIFT, LOCK_EXEC, LOCK_FAILED,
-    LOCK_F_CONTENDED, LOCK_MUTEX, LOCK_NEW_THREAD, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY,
-    LOCK_RELEASED, LOCK_RWLOCK, LOCK_RWLOCK_READ, LOCK_RWLOCK_WRITE, LOCK_SPINLOCK, LOCK_UNMATCHED,
+    self, c_str, decode, event_hdr, lock_config, lock_event, LOCK_ANCHORS, LOCK_ANCHOR_EXIT,
+    LOCK_COOKIE_PROBE_SHIFT, LOCK_COOKIE_SEQ_SHIFT, LOCK_EXEC, LOCK_FAILED, LOCK_F_CONTENDED,
+    LOCK_MUTEX, LOCK_NEW_THREAD, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY, LOCK_RELEASED,
+    LOCK_RWLOCK, LOCK_RWLOCK_READ, LOCK_RWLOCK_WRITE, LOCK_SPINLOCK, LOCK_UNMATCHED,
 };
+use crate::losses::Losses;
 use crate::output::{Output, Record};
 use crate::sys;
 use crate::target::Target;
@@ -325,13 +326,9 @@ fn unarmed_record(tgid: u32, from: u64, to: u64, at_least: u64) -> Record {
         "proc_image: lock: no probed thread of {tgid} was alive for {} ms: lock calls in that time were not seen ({at_least} at least)",
         to.saturating_sub(from) / 1_000_000
     );
-    Record::new(to, "proc_image", "lost")
-        .task(0, tgid, "")
-        .field("lost_collector", NAME)
-        .field("ringbuf_drops", 0)
-        .field("map_full", 0)
-        .field("no_task_state", 0)
-        .field("unprobed_from_ns", from)
+    let mut rec = Losses::default().record(to, NAME);
+    rec.tgid = tgid;
+    rec.field("unprobed_from_ns", from)
         .field("unprobed_to_ns", to)
         .field("unseen_lock_calls_at_least", at_least)
 }
@@ -985,7 +982,7 @@ impl Collector for Lock {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }

@@ -20,7 +20,8 @@ use crate::cli::ProcImageArgs;
 use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions};
 use crate::control::{self, ControlMap};
 use crate::losses::Losses;
-use crate::output::{Format, Output, Record, Sink};
+use crate::output::{Format, Output, Sink};
+use crate::record::{ProcImageEvent, Record};
 use crate::sys;
 use crate::target::Target;
 
@@ -459,9 +460,11 @@ impl App {
             }
             // the liveness check follows a thread that became its group's leader
             if let Some(moved) = c.moved_target() {
-                let rec = Record::new(sys::monotonic_ns(), "proc_image", "target_moved")
-                    .field("from", run.act.target.to_string())
-                    .field("to", moved.to_string());
+                let moved_to = ProcImageEvent::TargetMoved {
+                    from: run.act.target.to_string(),
+                    to: moved.to_string(),
+                };
+                let rec = Record::new(sys::monotonic_ns(), moved_to);
                 out.emit(&rec);
                 run.act.target = moved;
             }
@@ -574,8 +577,10 @@ impl App {
         self.report_losses();
         if let Some(target) = gone {
             eprintln!("proc_image: {target} has exited; collection stopped, still loaded (controller -a to trace again)");
-            let rec = Record::new(sys::monotonic_ns(), "proc_image", "target_gone")
-                .field("target", target.to_string());
+            let gone = ProcImageEvent::TargetGone {
+                target: target.to_string(),
+            };
+            let rec = Record::new(sys::monotonic_ns(), gone);
             self.output.borrow_mut().emit(&rec);
         }
         let names: Vec<&'static str> = ending

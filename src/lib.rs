@@ -11,6 +11,7 @@ pub mod kernel_btf;
 pub mod losses;
 pub mod metrics;
 pub mod output;
+pub mod record;
 pub mod sys;
 pub mod target;
 pub mod trace;

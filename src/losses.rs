@@ -5,8 +5,13 @@
 use std::fmt;
 use std::ops::AddAssign;
 
+use serde::Serialize;
+use serde_json::json;
+
 use crate::bpf_intf::collector_stats;
-use crate::output::Record;
+use crate::metrics::{Fam, Updates};
+use crate::record::{ProcImageEvent, Record};
+use crate::trace::TraceWriter;
 
 /// Counts since the collector was loaded (or, from `since`, over a span).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -39,11 +44,28 @@ impl Losses {
 
     /// The `lost` record that says them (metrics and the trace count it).
     pub fn record(&self, now: u64, collector: &'static str) -> Record {
-        Record::new(now, "proc_image", "lost")
-            .field("lost_collector", collector)
-            .field("ringbuf_drops", self.ringbuf_drops)
-            .field("map_full", self.map_full)
-            .field("no_task_state", self.no_task_state)
+        Record::new(
+            now,
+            ProcImageEvent::Lost(self.lost_record_body(collector, None)),
+        )
+    }
+
+    /// A `lost` record for a window in which probes were not armed.
+    pub fn record_unprobed(&self, now: u64, collector: &'static str, u: Unprobed) -> Record {
+        Record::new(
+            now,
+            ProcImageEvent::Lost(self.lost_record_body(collector, Some(u))),
+        )
+    }
+
+    fn lost_record_body(&self, collector: &'static str, unprobed: Option<Unprobed>) -> Lost {
+        Lost {
+            lost_collector: collector,
+            ringbuf_drops: self.ringbuf_drops,
+            map_full: self.map_full,
+            no_task_state: self.no_task_state,
+            unprobed,
+        }
     }
 
     /// The losses alone, for stderr: "3 records (ring buffer full), ...".
@@ -52,6 +74,54 @@ impl Losses {
             "{} records (ring buffer full), {} map entries (map full), {} task states",
             self.ringbuf_drops, self.map_full, self.no_task_state
         )
+    }
+}
+
+/// The `lost` record: what one collector lost since the last one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Lost {
+    pub lost_collector: &'static str,
+    pub ringbuf_drops: u64,
+    pub map_full: u64,
+    pub no_task_state: u64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub unprobed: Option<Unprobed>,
+}
+
+/// A window in which a collector's probes were not armed, and the calls
+/// it missed in it at least.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Unprobed {
+    pub unprobed_from_ns: u64,
+    pub unprobed_to_ns: u64,
+    pub unseen_lock_calls_at_least: u64,
+}
+
+impl Lost {
+    pub fn metrics(&self, m: &mut Updates) {
+        let c = self.lost_collector;
+        m.add(
+            Fam::RingbufDrops,
+            vec![("collector", c.into())],
+            self.ringbuf_drops as f64,
+        );
+        for (reason, n) in [
+            ("map_full", self.map_full),
+            ("no_task_state", self.no_task_state),
+        ] {
+            let labels = vec![("collector", c.into()), ("reason", reason.into())];
+            m.add(Fam::LostEvents, labels, n as f64);
+        }
+    }
+
+    /// A global instant on the trace.
+    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+        t.lost(
+            rec,
+            json!({"lost_collector": self.lost_collector,
+            "ringbuf_drops": self.ringbuf_drops, "map_full": self.map_full,
+            "no_task_state": self.no_task_state}),
+        );
     }
 }
 

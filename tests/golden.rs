@@ -14,7 +14,8 @@ use std::path::Path;
 use proc_image::bpf_intf::{decode, lock_event};
 use proc_image::collectors::{keytime, lock, read_captured};
 use proc_image::kallsyms::Kallsyms;
-use proc_image::output::{format_text, Record};
+use proc_image::output::format_text;
+use proc_image::record::Record;
 
 fn decoded() -> Vec<Record> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");

@@ -27,7 +27,8 @@ use crate::bpf_intf::{
 };
 use crate::kernel_btf::{self, Variant};
 use crate::losses::Losses;
-use crate::output::{Output, Record};
+use crate::output::Output;
+use crate::record::Record;
 use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

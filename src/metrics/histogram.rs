@@ -1,7 +1,5 @@
 //! The log2 histogram of the BPF side, as a Prometheus histogram.
 
-use serde_json::Value;
-
 use super::BUCKETS;
 
 /// A log2 latency histogram, the layout the BPF side keeps: bucket i counts
@@ -28,18 +26,12 @@ impl Log2Hist {
         self.sum_s += ns as f64 / 1e9;
     }
 
-    /// Add a record's `hist` ([{le_ns, count}], le_ns = 2^(i+1) or null for
-    /// the open bucket) and its sum.
-    pub fn add_json(&mut self, hist: &Value, sum_ns: u64) {
-        for b in hist.as_array().into_iter().flatten() {
-            let count = b["count"].as_u64().unwrap_or(0);
-            let idx = match b["le_ns"].as_u64() {
-                Some(le) if le >= 2 => (63 - le.leading_zeros()) as usize - 1,
-                _ => BUCKETS - 1,
-            };
-            self.buckets[idx.min(BUCKETS - 1)] += count;
+    /// Add another histogram of the same layout (an interval's).
+    pub fn merge(&mut self, other: &Log2Hist) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
         }
-        self.sum_s += sum_ns as f64 / 1e9;
+        self.sum_s += other.sum_s;
     }
 
     pub fn count(&self) -> u64 {

@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::bpf_intf::LAT_HIST_BUCKETS;
-use crate::output::{Record, Sink};
+use crate::output::Sink;
+use crate::record::Record;
 use crate::sys;
 use crate::target::Target;
 
@@ -25,16 +26,17 @@ mod bounded;
 mod families;
 mod histogram;
 mod http;
-mod records;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod updates;
 
 pub use bounded::Bounded;
 pub use families::Fam;
 pub use histogram::Log2Hist;
 pub use http::{exposition, parse_addr, start, OPENMETRICS_TYPE};
 pub use snapshot::{Labels, Snapshot, Val};
+pub use updates::{labelled, with_label, Updates};
 
 /// How long the series of a thread that exited (or left the top N), or of
 /// an earlier target, stay exported: long enough for a scraper to see
@@ -60,7 +62,7 @@ pub struct Exporter {
     loaded: Vec<&'static str>,
     /// resource totals last seen per tgid, and when: counters grow by the
     /// difference
-    last_totals: HashMap<u32, ([u64; 3], u64)>,
+    last_totals: HashMap<u32, (Vec<u64>, u64)>,
     next_rebalance_ns: u64,
 }
 
@@ -156,11 +158,6 @@ impl Exporter {
                 ("comm", comm.to_string()),
             ]
         })
-    }
-
-    fn with_label(mut labels: Labels, k: &'static str, v: &str) -> Labels {
-        labels.push((k, v.to_string()));
-        labels
     }
 
     /// Collectors asked for that the kernel refused: `collector_loaded` 0.

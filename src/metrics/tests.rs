@@ -1,7 +1,9 @@
 //! The exporter's mapping and bounds, on records made here.
 
 use super::*;
-use serde_json::json;
+use crate::collectors::latency::{Buckets, Figures};
+use crate::collectors::{keytime, lock, resource, schedule, syscall};
+use crate::losses::Losses;
 
 pub(super) const S: u64 = 1_000_000_000;
 
@@ -46,17 +48,27 @@ pub(super) fn exporter() -> Exporter {
 #[test]
 fn keytime_records_become_counters() {
     let mut e = exporter();
-    let rec = |ev| Record::new(S, "keytime", ev).task(11, 10, "work");
-    e.apply(&rec("fork").field("child_pid", 12), S);
-    e.apply(&rec("fork").field("child_pid", 13), S);
-    e.apply(&rec("exit"), S);
-    e.apply(&rec("on_cpu").field("duration_ns", 300_000_000u64), S);
-    e.apply(
-        &rec("off_cpu")
-            .field("duration_ns", 2 * S)
-            .field("reason", "sleep"),
-        S,
-    );
+    let rec = |ev| Record::new(S, ev).task(11, 10, "work");
+    let fork = |child_pid| {
+        keytime::Event::Fork(keytime::Child {
+            child_pid,
+            ..Default::default()
+        })
+    };
+    e.apply(&rec(fork(12)), S);
+    e.apply(&rec(fork(13)), S);
+    e.apply(&rec(keytime::Event::Exit(Default::default())), S);
+    let on = keytime::OnCpu {
+        cpu: 0,
+        duration_ns: 300_000_000,
+    };
+    e.apply(&rec(keytime::Event::OnCpu(on)), S);
+    let off = keytime::OffCpu {
+        duration_ns: 2 * S,
+        reason: "sleep",
+        ..Default::default()
+    };
+    e.apply(&rec(keytime::Event::OffCpu(off)), S);
     let t11 = thread(11);
     let mut l = labels(&t11);
     l.push(("event", "fork"));
@@ -93,13 +105,27 @@ fn keytime_records_become_counters() {
 fn latency_histograms_are_filled_exactly_from_log2_buckets() {
     let mut e = exporter();
     // 3 latencies in [64,128) ns, 1 in [1024,2048), 2 in the open bucket
-    let rec = Record::new(S, "schedule", "schedule")
-        .field("count", 6)
-        .field("sum_ns", 5_000_000_000u64)
-        .field("hist", json!([{"le_ns": 128, "count": 3}, {"le_ns": 2048, "count": 1}, {"le_ns": null, "count": 2}]))
-        .field("sys_count", 1)
-        .field("sys_avg_ns", 7)
-        .field("sys_hist", json!([{"le_ns": 8, "count": 1}]));
+    let mut hist = Buckets::default();
+    (hist.0[6], hist.0[10], hist.0[BUCKETS - 1]) = (3, 1, 2);
+    let mut sys_hist = Buckets::default();
+    sys_hist.0[2] = 1;
+    let latency = Figures {
+        count: 6,
+        sum_ns: 5_000_000_000,
+        hist,
+        sys_count: 1,
+        sys_avg_ns: 7,
+        sys_sum_ns: 7,
+        sys_hist,
+        ..Default::default()
+    };
+    let rec = Record::new(
+        S,
+        schedule::Event::Schedule(Box::new(schedule::Interval {
+            interval_ns: S,
+            latency,
+        })),
+    );
     e.apply(&rec, S);
     e.apply(&rec, S);
     let snap = e.shared.lock().unwrap().clone();
@@ -123,7 +149,6 @@ fn latency_histograms_are_filled_exactly_from_log2_buckets() {
     ) else {
         panic!("no system histogram")
     };
-    // no sum field: avg * count
     assert_eq!((sys.count(), sys.buckets[2], sys.sum_s), (2, 2, 14e-9));
     // observe_ns puts a value where BPF's log2 would
     let mut h = Log2Hist::default();
@@ -137,10 +162,11 @@ fn latency_histograms_are_filled_exactly_from_log2_buckets() {
 #[test]
 fn syscall_counts_by_name() {
     let mut e = exporter();
-    let rec = Record::new(S, "syscall", "syscalls_total")
-        .field("by_name", json!({"read": 5, "getppid": 10_000}))
-        .field("count", 10_005)
-        .field("hist", json!([]));
+    let total = syscall::Total {
+        by_name: syscall::ByName(vec![("getppid".into(), 10_000), ("read".into(), 5)]),
+        ..Default::default()
+    };
+    let rec = Record::new(S, syscall::Event::SyscallsTotal(Box::new(total)));
     e.apply(&rec, S);
     e.apply(&rec, S);
     assert_eq!(
@@ -151,18 +177,23 @@ fn syscall_counts_by_name() {
         ),
         Some(20_000.0)
     );
-    let t = Record::new(S, "syscall", "syscalls")
-        .task(11, 10, "work")
-        .field("count", 7);
+    let thread_rec = syscall::Thread {
+        count: 7,
+        ..Default::default()
+    };
+    let t = Record::new(S, syscall::Event::Syscalls(thread_rec)).task(11, 10, "work");
     e.apply(&t, S);
     assert_eq!(
         num(&e, Fam::ThreadSyscalls, &labels(&thread(11))),
         Some(7.0)
     );
     // the threads a --top listing left out still count, under "other"
-    let rest = Record::new(S, "syscall", "syscalls_rest")
-        .field("threads", 40)
-        .field("count", 900);
+    let rest = syscall::Rest {
+        interval_ns: S,
+        threads: 40,
+        count: 900,
+    };
+    let rest = Record::new(S, syscall::Event::SyscallsRest(rest));
     e.apply(&rest, S);
     e.apply(&rest, S);
     assert_eq!(
@@ -184,17 +215,20 @@ fn syscall_counts_by_name() {
 fn resource_records_map_to_cpu_memory_and_io() {
     let mut e = exporter();
     let total = |ts, cpu_total: u64, read: u64| {
-        Record::new(ts, "resource", "resource_total")
-            .task(10, 10, "work")
-            .field("interval_ns", S)
-            .field("cpu_pct", 150.0)
-            .field("rss_kib", 2048)
-            .field("mem_pct", 1.5)
-            .field("read_bps", 100.0)
-            .field("write_bps", 0.0)
-            .field("cpu_ns_total", cpu_total)
-            .field("read_bytes_total", read)
-            .field("write_bytes_total", 0)
+        let usage = resource::Usage {
+            interval_ns: S,
+            cpu_pct: 150.0,
+            rss_kib: 2048,
+            mem_pct: 1.5,
+            read_bps: 100,
+            cpu_ns_total: cpu_total,
+            read_bytes_total: read,
+            cpu_ratio: 1.5,
+            mem_ratio: 0.015,
+            ..Default::default()
+        };
+        let total = resource::Total { usage, threads: 2 };
+        Record::new(ts, resource::Event::ResourceTotal(total)).task(10, 10, "work")
     };
     e.apply(&total(S, 2 * S, 4096), S);
     e.apply(&total(2 * S, 3 * S, 8192), 2 * S);
@@ -205,10 +239,13 @@ fn resource_records_map_to_cpu_memory_and_io() {
     assert_eq!(num(&e, Fam::CpuUsage, &l), Some(1.5));
     assert_eq!(num(&e, Fam::MemoryRss, &l), Some(2048.0 * 1024.0));
     assert_eq!(num(&e, Fam::MemoryUsage, &l), Some(0.015));
-    let thread_rec = Record::new(S, "resource", "resource")
-        .task(11, 10, "work")
-        .field("interval_ns", S)
-        .field("cpu_pct", 50.0);
+    let usage = resource::Usage {
+        interval_ns: S,
+        cpu_pct: 50.0,
+        cpu_ratio: 0.5,
+        ..Default::default()
+    };
+    let thread_rec = Record::new(S, resource::Event::Resource(usage)).task(11, 10, "work");
     e.apply(&thread_rec, S);
     assert_eq!(
         num(&e, Fam::ThreadCpuUsage, &labels(&thread(11))),
@@ -219,19 +256,22 @@ fn resource_records_map_to_cpu_memory_and_io() {
 #[test]
 fn lock_records_fill_wait_and_hold_histograms() {
     let mut e = exporter();
-    let rec = |ev, wait: u64, hold: u64| {
-        Record::new(S, "lock", ev)
-            .task(11, 10, "work")
-            .field("lock_type", "mutex")
-            .field("lock_addr", "0x7f00")
-            .field("wait_ns", wait)
-            .field("hold_ns", hold)
-            .field("ret", 0)
+    let interval = |wait_ns: u64, hold_ns: u64| lock::Interval {
+        lock_type: "mutex",
+        lock_addr: 0x7f00,
+        wait_ns,
+        hold_ns,
+        ..Default::default()
     };
-    e.apply(&rec("lock", 1000, 5_000_000), S);
-    e.apply(&rec("lock", 3000, 100), S);
-    e.apply(&rec("lock_failed", 0, 0), S);
-    e.apply(&Record::new(S, "lock", "lock_summary"), S);
+    let rec = |ev| Record::new(S, ev).task(11, 10, "work");
+    e.apply(&rec(lock::Event::Lock(interval(1000, 5_000_000))), S);
+    e.apply(&rec(lock::Event::Lock(interval(3000, 100))), S);
+    let failed = lock::Failed {
+        interval: interval(0, 0),
+        error: "EBUSY".into(),
+    };
+    e.apply(&rec(lock::Event::LockFailed(failed)), S);
+    e.apply(&rec(lock::Event::LockSummary(Default::default())), S);
     let snap = e.shared.lock().unwrap().clone();
     let l = [("target", "tgid:10"), ("lock_type", "mutex")];
     let (Some(Val::Hist(w)), Some(Val::Hist(h))) =
@@ -247,11 +287,12 @@ fn lock_records_fill_wait_and_hold_histograms() {
 #[test]
 fn lost_records_are_health_counters() {
     let mut e = exporter();
-    let rec = Record::new(S, "proc_image", "lost")
-        .field("lost_collector", "keytime")
-        .field("ringbuf_drops", 12)
-        .field("map_full", 3)
-        .field("no_task_state", 0);
+    let losses = Losses {
+        ringbuf_drops: 12,
+        map_full: 3,
+        ..Default::default()
+    };
+    let rec = losses.record(S, "keytime");
     e.apply(&rec, S);
     assert_eq!(
         num(&e, Fam::RingbufDrops, &[("collector", "keytime")]),
@@ -287,10 +328,16 @@ fn only_the_top_threads_are_labelled_and_series_stay_bounded() {
                 (i, u64::from(i) * 1_000_000),
                 (round as u32 * 100 + i, 1000),
             ] {
-                let rec = Record::new(now, "keytime", "cpu_summary")
-                    .task(pid, pid, format!("t{pid}"))
-                    .field("on_cpu_ns", on)
-                    .field("off_cpu_by_reason_ns", json!({"sleep": 5}));
+                let summary = keytime::Summary {
+                    on_cpu_ns: on,
+                    off_cpu_by_reason_ns: keytime::ByReason(vec![("sleep", 5)]),
+                    ..Default::default()
+                };
+                let rec = Record::new(now, keytime::Event::CpuSummary(summary)).task(
+                    pid,
+                    pid,
+                    format!("t{pid}"),
+                );
                 e.apply(&rec, now);
             }
         }
@@ -337,7 +384,7 @@ fn only_the_top_threads_are_labelled_and_series_stay_bounded() {
 fn exited_threads_and_old_targets_are_removed_after_linger() {
     let mut e = Exporter::new(10);
     e.activated(&group(), &["keytime", "schedule"], S);
-    let rec = Record::new(S, "keytime", "exit").task(11, 10, "work");
+    let rec = Record::new(S, keytime::Event::Exit(Default::default())).task(11, 10, "work");
     e.apply(&rec, S);
     let t11 = thread(11);
     let mut l = labels(&t11);
@@ -348,7 +395,7 @@ fn exited_threads_and_old_targets_are_removed_after_linger() {
     assert!(num(&e, Fam::LifecycleEvents, &l).is_none(), "removed");
 
     // a new target: the old one's series go after LINGER_NS
-    let sched = Record::new(3 * S, "schedule", "schedule").field("hist", json!([]));
+    let sched = Record::new(3 * S, schedule::Event::Schedule(Default::default()));
     e.apply(&sched, 3 * S);
     e.deactivated(&["keytime", "schedule"], 4 * S);
     e.activated(&Target::System, &["schedule"], 4 * S);

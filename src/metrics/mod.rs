@@ -225,6 +225,14 @@ impl Exporter {
                     }
                 }
             }
+            if collectors.contains(&"lock") {
+                for lock_type in crate::collectors::lock::HELD_TYPES {
+                    for fam in [Fam::LockWait, Fam::LockHold] {
+                        let l = vec![("target", label.clone()), ("lock_type", lock_type.into())];
+                        s.hist(fam, l, now);
+                    }
+                }
+            }
             for c in loaded {
                 let on = active.contains(&c);
                 s.set(

@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_clone_event, keytime_cpu_event, keytime_exec_event,
@@ -14,9 +14,9 @@ use crate::bpf_intf::{
     KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
 use crate::kallsyms::Kallsyms;
-use crate::metrics::{with_label, Fam, Updates};
-use crate::record::{hex, Body, Record};
-use crate::trace::{self, TraceWriter};
+use crate::record::families::{with_label, Fam};
+use crate::record::{self, hex, value_of, MetricsOut, Record, TraceOut};
+use crate::trace;
 
 fn task_record(hdr: &event_hdr, event: Event) -> Record {
     Record::new(hdr.ts_ns, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
@@ -245,8 +245,16 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-impl Event {
-    pub fn name(&self) -> &'static str {
+impl record::Event for Event {
+    fn collector(&self) -> &'static str {
+        "keytime"
+    }
+
+    fn to_value(&self) -> Value {
+        value_of(self)
+    }
+
+    fn name(&self) -> &'static str {
         match self {
             Event::Fork(_) => "fork",
             Event::Vfork(_) => "vfork",
@@ -261,7 +269,7 @@ impl Event {
         }
     }
 
-    pub fn metrics(&self, _rec: &Record, m: &mut Updates) {
+    fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {
         match self {
             Event::Fork(_)
             | Event::Vfork(_)
@@ -303,7 +311,7 @@ impl Event {
         }
     }
 
-    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+    fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         match self {
             Event::Fork(c) | Event::Vfork(c) | Event::PthreadCreate(c) => t.instant(
                 rec,
@@ -347,12 +355,6 @@ impl Event {
             }
             Event::CpuSummaryRest(_) => {}
         }
-    }
-}
-
-impl From<Event> for Body {
-    fn from(e: Event) -> Self {
-        Body::Keytime(e)
     }
 }
 

@@ -4,30 +4,17 @@
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::bpf_intf::{
     c_str, event_hdr, lock_event, LOCK_ANCHOR_EXIT, LOCK_EXEC, LOCK_FAILED, LOCK_F_CONTENDED,
-    LOCK_MUTEX, LOCK_NEW_THREAD, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY, LOCK_RELEASED,
-    LOCK_RWLOCK, LOCK_RWLOCK_READ, LOCK_RWLOCK_WRITE, LOCK_SPINLOCK, LOCK_UNMATCHED,
+    LOCK_NEW_THREAD, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY, LOCK_RELEASED, LOCK_RWLOCK_READ,
+    LOCK_UNMATCHED,
 };
-use crate::metrics::{Fam, Updates};
-use crate::record::{hex, Body, Record};
-use crate::trace::TraceWriter;
+use crate::record::families::Fam;
+use crate::record::{self, hex, value_of, MetricsOut, Record, TraceOut};
 
-/// The types a hold is reported as (`type_name` of a held lock).
-pub const HELD_TYPES: [&str; 4] = ["mutex", "rwlock_read", "rwlock_write", "spinlock"];
-
-pub fn type_name(t: u8) -> &'static str {
-    match u32::from(t) {
-        LOCK_MUTEX => "mutex",
-        LOCK_RWLOCK_READ => "rwlock_read",
-        LOCK_RWLOCK_WRITE => "rwlock_write",
-        LOCK_SPINLOCK => "spinlock",
-        LOCK_RWLOCK => "rwlock",
-        _ => "unknown",
-    }
-}
+pub use crate::bpf_intf::lock_type_name as type_name;
 
 fn op_name(op: u8) -> &'static str {
     match u32::from(op) {
@@ -249,8 +236,16 @@ pub struct Summary {
     pub hold_max_ns: u64,
 }
 
-impl Event {
-    pub fn name(&self) -> &'static str {
+impl record::Event for Event {
+    fn collector(&self) -> &'static str {
+        "lock"
+    }
+
+    fn to_value(&self) -> Value {
+        value_of(self)
+    }
+
+    fn name(&self) -> &'static str {
         match self {
             Event::Lock(_) => "lock",
             Event::LockFailed(_) => "lock_failed",
@@ -262,7 +257,7 @@ impl Event {
         }
     }
 
-    pub fn metrics(&self, m: &mut Updates) {
+    fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {
         match self {
             Event::Lock(i) => {
                 let labels = vec![("target", m.target()), ("lock_type", i.lock_type.into())];
@@ -281,7 +276,7 @@ impl Event {
     }
 
     /// Wait and hold as async slices (they overlap the thread's CPU slices).
-    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+    fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         let (i, failed) = match self {
             Event::Lock(i) => (i, false),
             Event::LockFailed(f) => (&f.interval, true),
@@ -303,11 +298,5 @@ impl Event {
             let hold_name = format!("{} hold", i.lock_type);
             t.async_slice(rec, "lock", &hold_name, i.acquire_ns, i.release_ns, &args);
         }
-    }
-}
-
-impl From<Event> for Body {
-    fn from(e: Event) -> Self {
-        Body::Lock(e)
     }
 }

@@ -2,12 +2,11 @@
 //! to the metrics and the trace.
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::Figures;
-use crate::metrics::{labelled, Fam, Updates};
-use crate::record::{Body, Record};
-use crate::trace::TraceWriter;
+use crate::record::families::{labelled, Fam};
+use crate::record::{self, value_of, MetricsOut, Record, TraceOut};
 
 /// `part` of `whole` in percent, to 0.01.
 pub fn percent(part: u64, whole: u64) -> f64 {
@@ -115,15 +114,23 @@ pub struct Total {
     pub threads: usize,
 }
 
-impl Event {
-    pub fn name(&self) -> &'static str {
+impl record::Event for Event {
+    fn collector(&self) -> &'static str {
+        "resource"
+    }
+
+    fn to_value(&self) -> Value {
+        value_of(self)
+    }
+
+    fn name(&self) -> &'static str {
         match self {
             Event::Resource(_) => "resource",
             Event::ResourceTotal(_) => "resource_total",
         }
     }
 
-    pub fn metrics(&self, _rec: &Record, m: &mut Updates) {
+    fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {
         match self {
             Event::Resource(u) => {
                 let labels = m.thread(u.activity());
@@ -132,7 +139,7 @@ impl Event {
                 }
             }
             Event::ResourceTotal(Total { usage: u, .. }) => {
-                let growth = m.growth([u.cpu_ns_total, u.read_bytes_total, u.write_bytes_total]);
+                let growth = m.growth(&[u.cpu_ns_total, u.read_bytes_total, u.write_bytes_total]);
                 let (labels, own) = match m.process(u.activity()) {
                     Some(l) => (l, true),
                     None => (m.other_processes(), false),
@@ -149,7 +156,7 @@ impl Event {
         }
     }
 
-    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+    fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         match self {
             Event::Resource(u) => t.counter(
                 rec.tgid,
@@ -175,11 +182,5 @@ impl Usage {
     /// CPU ns in the interval: how busy, to rank threads for labels.
     fn activity(&self) -> u64 {
         (self.cpu_ratio * self.interval_ns as f64) as u64
-    }
-}
-
-impl From<Event> for Body {
-    fn from(e: Event) -> Self {
-        Body::Resource(e)
     }
 }

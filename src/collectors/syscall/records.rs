@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::latency::{self, Figures, IntervalLatency};
 use super::{syscall_name, TOP};
 use crate::bpf_intf::{c_str, syscall_slot, syscall_thread, SYSCALL_SEQ_RING};
-use crate::metrics::{Fam, Updates};
-use crate::record::{Body, Record};
-use crate::trace::TraceWriter;
+use crate::record::families::Fam;
+use crate::record::{self, value_of, MetricsOut, Record, TraceOut};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn thread_record(
@@ -158,8 +157,16 @@ impl Serialize for ByName {
     }
 }
 
-impl Event {
-    pub fn name(&self) -> &'static str {
+impl record::Event for Event {
+    fn collector(&self) -> &'static str {
+        "syscall"
+    }
+
+    fn to_value(&self) -> Value {
+        value_of(self)
+    }
+
+    fn name(&self) -> &'static str {
         match self {
             Event::Syscalls(_) => "syscalls",
             Event::SyscallsRest(_) => "syscalls_rest",
@@ -167,7 +174,7 @@ impl Event {
         }
     }
 
-    pub fn metrics(&self, _rec: &Record, m: &mut Updates) {
+    fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {
         match self {
             Event::Syscalls(t) => {
                 let labels = m.thread(t.count * 1000);
@@ -187,7 +194,7 @@ impl Event {
         }
     }
 
-    pub fn trace(&self, rec: &Record, w: &mut TraceWriter) {
+    fn trace(&self, rec: &Record, w: &mut dyn TraceOut) {
         match self {
             Event::Syscalls(t) => {
                 w.syscalls(rec, &t.sequence, &t.sequence_spans);
@@ -203,11 +210,5 @@ impl Event {
             Event::SyscallsRest(_) => {}
             Event::SyscallsTotal(t) => t.latency.trace(rec, "syscall latency avg (us)", w),
         }
-    }
-}
-
-impl From<Event> for Body {
-    fn from(e: Event) -> Self {
-        Body::Syscall(e)
     }
 }

@@ -38,6 +38,10 @@ pub struct ProcImageArgs {
     /// Load schedule: run-queue latency
     #[arg(short = 'S', long)]
     pub schedule: bool,
+    /// Load futex: contended futex waits of any runtime, who woke them, per-address figures
+    /// (-m as the original spells it)
+    #[arg(short = 'M', long = "mfutex", short_alias = 'm', alias = "futex")]
+    pub futex: bool,
 
     /// Output format
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
@@ -83,7 +87,13 @@ impl ProcImageArgs {
     /// The collectors to load: those named, or every one.
     /// -a, or no collector named: each collector loads on its own.
     pub fn all_collectors(&self) -> bool {
-        self.all || !(self.keytime || self.lock || self.resource || self.syscall || self.schedule)
+        self.all
+            || !(self.keytime
+                || self.lock
+                || self.resource
+                || self.syscall
+                || self.schedule
+                || self.futex)
     }
 
     pub fn collectors(&self) -> Vec<CollectorKind> {
@@ -93,6 +103,7 @@ impl ProcImageArgs {
             (self.resource, CollectorKind::Resource),
             (self.syscall, CollectorKind::Syscall),
             (self.schedule, CollectorKind::Schedule),
+            (self.futex, CollectorKind::Futex),
         ]
         .into_iter()
         .filter_map(|(on, kind)| on.then_some(kind))
@@ -128,6 +139,8 @@ Examples:
   sudo controller -a -P 1234 -l -r     its pthread locks, CPU, memory and I/O
   sudo controller -a -s 20 -S -t 60    whole system: syscalls and run-queue latency
                                        for 60 s (controller waits, then deactivates them)
+  sudo controller -a -M --futex-min-us 1000
+                                       whole system: futex waits of 1 ms or more, who woke them
   sudo controller -d -k                stop keytime alone, stay loaded
   sudo controller -d                   stop every collector, stay loaded
   sudo controller --status             each collector: loaded, active, target, records
@@ -138,10 +151,10 @@ Examples:
 #[command(name = "controller", version, after_help = AFTER_HELP_CONTROLLER)]
 #[command(group(ArgGroup::new("action").required(true).args(["activate", "deactivate", "finish", "status"])))]
 pub struct ControllerArgs {
-    /// Activate the collectors named by -k -l -r -s -S for the target
+    /// Activate the collectors named by -k -l -r -s -S -M for the target
     #[arg(short = 'a', long)]
     pub activate: bool,
-    /// Stop the collectors named by -k -l -r -s -S (all without one); proc_image stays loaded
+    /// Stop the collectors named by -k -l -r -s -S -M (all without one); proc_image stays loaded
     #[arg(short = 'd', long)]
     pub deactivate: bool,
     /// End proc_image
@@ -189,6 +202,13 @@ pub struct ControllerArgs {
     /// schedule: run-queue latency beside the whole system's
     #[arg(short = 'S', long)]
     pub schedule: bool,
+    /// futex: contended futex waits and who woke them, per address (also the whole system)
+    #[arg(short = 'M', long = "mfutex", alias = "futex")]
+    pub futex: bool,
+    /// futex: futex_wait records only for waits of at least US microseconds
+    /// (the per-address summaries count every wait) [default: 0]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
+    pub futex_min_us: Option<u32>,
     /// Reporting interval in milliseconds (default: proc_image's --interval)
     #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub interval: Option<u32>,
@@ -206,10 +226,11 @@ impl ControllerArgs {
             || self.cgroup.is_some()
             || self.time.is_some()
             || self.interval.is_some()
-            || self.myproc;
+            || self.myproc
+            || self.futex_min_us.is_some();
         if !self.activate && with_activation {
             return Err(
-                "error: -p, -P, -c, --cgroup, -t, -i and -m go only with -a (see --help)".into(),
+                "error: -p, -P, -c, --cgroup, -t, -i, -m and --futex-min-us go only with -a (see --help)".into(),
             );
         }
         if !self.activate && !self.deactivate && !self.collectors().is_empty() {
@@ -226,6 +247,7 @@ impl ControllerArgs {
             (self.resource, CollectorKind::Resource),
             (self.syscall.is_some(), CollectorKind::Syscall),
             (self.schedule, CollectorKind::Schedule),
+            (self.futex, CollectorKind::Futex),
         ]
         .into_iter()
         .filter_map(|(on, kind)| on.then_some(kind))
@@ -326,6 +348,27 @@ mod tests {
     }
 
     #[test]
+    fn futex_flags() {
+        let a = controller(&["-a", "-M", "--futex-min-us", "500"]).unwrap();
+        assert_eq!(
+            (a.collectors(), a.futex_min_us),
+            (vec![CollectorKind::Futex], Some(500))
+        );
+        let a = controller(&["-a", "-P", "1", "--mfutex"]).unwrap();
+        assert_eq!(
+            (a.collectors(), a.futex_min_us),
+            (vec![CollectorKind::Futex], None)
+        );
+        // -m stays controller's --myproc
+        let a = controller(&["-a", "-m", "-M"]).unwrap();
+        assert!(a.myproc && a.futex);
+        assert!(controller(&["-d", "--futex-min-us", "5"])
+            .unwrap_err()
+            .contains("only with -a"));
+        assert!(controller(&["-a", "-M", "--futex-min-us", "-1"]).is_err());
+    }
+
+    #[test]
     fn bad_input_is_one_line() {
         for (args, needle) in [
             (&["-a", "-p", "1", "-P", "1"][..], "cannot be used with"),
@@ -365,6 +408,10 @@ mod tests {
         );
         let p = ProcImageArgs::try_parse_from(["proc_image", "-l"]).unwrap();
         assert_eq!(p.collectors(), [CollectorKind::Lock]);
+        for flag in ["-M", "-m", "--mfutex"] {
+            let p = ProcImageArgs::try_parse_from(["proc_image", flag]).unwrap();
+            assert_eq!(p.collectors(), [CollectorKind::Futex], "{flag}");
+        }
         let p = ProcImageArgs::try_parse_from([
             "proc_image",
             "-o",

@@ -6,6 +6,7 @@
 //! traced system nothing. Adding a collector: its bpf/<name>.bpf.c, a line
 //! in build.rs, a variant here and a module implementing `Collector`.
 
+pub mod futex;
 pub mod keytime;
 pub mod latency;
 pub mod lock;
@@ -22,7 +23,9 @@ use anyhow::{anyhow, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
-use crate::bpf_intf::{collector_stats, PI_KEYTIME, PI_LOCK, PI_RESOURCE, PI_SCHEDULE, PI_SYSCALL};
+use crate::bpf_intf::{
+    collector_stats, PI_FUTEX, PI_KEYTIME, PI_LOCK, PI_RESOURCE, PI_SCHEDULE, PI_SYSCALL,
+};
 use crate::kernel_btf::{self, Variant};
 use crate::output::{Output, Record};
 use crate::target::Target;
@@ -34,15 +37,17 @@ pub enum CollectorKind {
     Resource,
     Syscall,
     Schedule,
+    Futex,
 }
 
 impl CollectorKind {
-    pub const ALL: [CollectorKind; 5] = [
+    pub const ALL: [CollectorKind; 6] = [
         CollectorKind::Keytime,
         CollectorKind::Lock,
         CollectorKind::Resource,
         CollectorKind::Syscall,
         CollectorKind::Schedule,
+        CollectorKind::Futex,
     ];
 
     /// Its number in the control records (enum pi_collector).
@@ -53,6 +58,7 @@ impl CollectorKind {
             CollectorKind::Resource => PI_RESOURCE,
             CollectorKind::Syscall => PI_SYSCALL,
             CollectorKind::Schedule => PI_SCHEDULE,
+            CollectorKind::Futex => PI_FUTEX,
         }) as usize
     }
 
@@ -68,6 +74,7 @@ impl CollectorKind {
             CollectorKind::Resource => "resource",
             CollectorKind::Syscall => "syscall",
             CollectorKind::Schedule => "schedule",
+            CollectorKind::Futex => "futex",
         }
     }
 
@@ -79,6 +86,7 @@ impl CollectorKind {
             CollectorKind::Resource => "-r",
             CollectorKind::Syscall => "-s",
             CollectorKind::Schedule => "-S",
+            CollectorKind::Futex => "-M",
         }
     }
 
@@ -118,6 +126,8 @@ pub struct Activation {
     pub keytime_level: u32,
     pub syscall_seq_len: u32,
     pub interval_ms: u32,
+    /// futex: futex_wait records only for waits at least this long
+    pub futex_min_us: u32,
     /// Never traced as part of the whole system: proc_image's own thread
     /// group, unless controller -m asked for it (then 0).
     pub exclude_tgid: u32,
@@ -301,6 +311,7 @@ pub fn load(
                 CollectorKind::Resource => Box::new(resource::Resource::load(opts)?),
                 CollectorKind::Syscall => Box::new(syscall::Syscall::load(opts)?),
                 CollectorKind::Schedule => Box::new(schedule::Schedule::load(opts)?),
+                CollectorKind::Futex => Box::new(futex::Futex::load(opts)?),
             })
         })();
         let log = end_capture();

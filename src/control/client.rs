@@ -58,6 +58,7 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
         req.keytime_level = args.keytime.unwrap_or(KEYTIME_LEVEL_ALL);
         req.syscall_seq_len = args.syscall.unwrap_or(DEFAULT_SYSCALL_SEQ_LEN);
         req.interval_ms = args.interval.unwrap_or(0);
+        req.futex_min_us = args.futex_min_us.unwrap_or(0);
         if args.myproc {
             req.flags |= CONTROL_F_MYPROC;
         }

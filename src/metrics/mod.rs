@@ -59,6 +59,9 @@ pub enum Fam {
     LockWait,
     LockHold,
     LockFailures,
+    FutexWait,
+    FutexWaits,
+    FutexWaitTime,
     Records,
     RingbufDrops,
     LostEvents,
@@ -103,6 +106,9 @@ impl Fam {
             Fam::LockWait => d("lock_wait", Some(Unit::Seconds), Histogram, "Time from requesting a user-space lock to getting it, by lock type"),
             Fam::LockHold => d("lock_hold", Some(Unit::Seconds), Histogram, "Time a user-space lock was held, by lock type"),
             Fam::LockFailures => d("lock_failures", None, Counter, "Lock calls that failed (trylock busy, timeout, error), by lock type"),
+            Fam::FutexWait => d("futex_wait", Some(Unit::Seconds), Histogram, "Contended futex waits of the target (those of at least controller --futex-min-us), syscall entry to return"),
+            Fam::FutexWaits => d("futex_waits", None, Counter, "Contended futex waits, by process and futex address (the most contended; the rest under uaddr=\"other\")"),
+            Fam::FutexWaitTime => d("futex_wait_time", Some(Unit::Seconds), Counter, "Time spent in contended futex waits, by process and futex address (as futex_waits)"),
             Fam::Records => d("records", None, Counter, "Records produced, by collector"),
             Fam::RingbufDrops => d("ringbuf_drops", None, Counter, "Records the kernel side could not send because the ring buffer was full, by collector"),
             Fam::LostEvents => d("lost_events", None, Counter, "Events the kernel side could not account, by collector and reason (map_full, no_task_state)"),
@@ -413,6 +419,7 @@ pub struct Exporter {
     /// difference
     last_totals: HashMap<u32, ([u64; 3], u64)>,
     next_rebalance_ns: u64,
+    futex: crate::collectors::futex::MetricState,
 }
 
 fn target_label(t: &Target) -> String {
@@ -465,6 +472,7 @@ impl Exporter {
             loaded: Vec::new(),
             last_totals: HashMap::new(),
             next_rebalance_ns: 0,
+            futex: crate::collectors::futex::MetricState::new(top),
         }
     }
 
@@ -828,6 +836,11 @@ impl Exporter {
                 ];
                 put(Fam::LockFailures, l, Update::Add(1.0));
             }
+            ("futex", _) => {
+                for (fam, labels, u) in self.futex.updates(rec, &target, now) {
+                    put(fam, labels, u);
+                }
+            }
             ("proc_image", "lost") => {
                 let c = str_of(rec, "lost_collector").to_string();
                 put(
@@ -849,6 +862,11 @@ impl Exporter {
                     Update::Set(v) => s.set(fam, labels, now, v),
                     Update::Observe(ns) => s.hist(fam, labels, now).observe_ns(ns),
                     Update::Hist(h, sum_ns) => s.hist(fam, labels, now).add_json(&h, sum_ns),
+                    Update::Remove => {
+                        if let Some(m) = s.series.get_mut(&fam) {
+                            m.remove(&labels);
+                        }
+                    }
                 }
             }
         });
@@ -871,11 +889,13 @@ impl Exporter {
     }
 }
 
-enum Update {
+pub enum Update {
     Add(f64),
     Set(f64),
     Observe(u64),
     Hist(Value, u64),
+    /// the series goes (a bounded set let it go)
+    Remove,
 }
 
 /// The record sink of --metrics: the exporter, whose snapshot the server

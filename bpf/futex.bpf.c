@@ -275,7 +275,7 @@ static __always_inline void wait_exit(long ret)
 	struct futex_figures *f;
 	struct futex_task *t;
 	__u64 uaddr, wait;
-	__s64 *n;
+	__s64 *n, waiters = 1;
 
 	t = bpf_task_storage_get(&tasks, task, 0, 0);
 	if (!t || !t->in_wait)
@@ -287,11 +287,15 @@ static __always_inline void wait_exit(long ret)
 	t->enter_ns = 0;
 	uaddr = t->uaddr;
 
+	/* waiting since an earlier interval: it was one of this one's waiters too */
 	wkey.uaddr = uaddr;
 	wkey.tgid = task->tgid;
 	n = bpf_map_lookup_elem(&waiting, &wkey);
-	if (n && *n > 0)
-		__sync_fetch_and_add(n, -1);
+	if (n && *n > 0) {
+		waiters = __sync_fetch_and_add(n, -1);
+		if (waiters < 1)
+			waiters = 1;
+	}
 
 	/* futex_waitv returns the index of the futex that woke it */
 	if (t->op == FUTEX_K_WAITV && t->waitv && ret >= 0 && ret < 128) {
@@ -316,6 +320,7 @@ static __always_inline void wait_exit(long ret)
 		atomic_max(&f->wait_max_ns, wait);
 		if (t->waker_pid)
 			__sync_fetch_and_add(&f->wakes, 1);
+		atomic_max(&f->waiters_max, waiters);
 	}
 	count_part(uaddr, task->tgid, interval, FUTEX_WAITER, task->pid, task->tgid, task->comm);
 	if (t->waker_pid)

@@ -178,6 +178,61 @@ impl TraceWriter {
         self.event_text(&ev);
     }
 
+    /// A slice [start, end] on thread (tgid, pid)'s track, clipped like
+    /// `slice`; false if nothing of it was left to write.
+    pub(crate) fn slice_between(
+        &mut self,
+        (tgid, pid): (u32, u32),
+        name: &str,
+        (start_ns, end_ns): (u64, u64),
+        args: &Value,
+    ) -> bool {
+        let start = match self.slice_end.get(&(tgid, pid)) {
+            Some(&last) => start_ns.max(last),
+            None => start_ns,
+        };
+        if end_ns <= start {
+            return false;
+        }
+        self.slice_end.insert((tgid, pid), end_ns);
+        let ev = format!(
+            r#"{{"ph":"X","cat":"futex","name":{},"pid":{tgid},"tid":{pid},"ts":{},"dur":{},"args":{args}}}"#,
+            Value::from(name),
+            Us(start),
+            Us(end_ns - start)
+        );
+        self.event_text(&ev);
+        true
+    }
+
+    /// A flow event ("s" start, "f" end bound to the enclosing slice) of flow `id`.
+    pub(crate) fn flow(
+        &mut self,
+        ph: &str,
+        id: u64,
+        (tgid, pid): (u32, u32),
+        name: &str,
+        ts_ns: u64,
+    ) {
+        let mut ev = json!({"ph": ph, "cat": "futex", "name": name, "id": id,
+                            "pid": tgid, "tid": pid, "ts": us(ts_ns)});
+        if ph == "f" {
+            ev["bp"] = "e".into();
+        }
+        self.event(ev);
+    }
+
+    /// A fresh id for an async slice or a flow.
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.async_ids += 1;
+        self.async_ids
+    }
+
+    /// Name a thread's track seen only as another's partner (a waker).
+    pub(crate) fn name_thread(&mut self, tgid: u32, pid: u32, comm: &str) {
+        self.name_track(tgid, pid, comm);
+    }
+
     /// A timestamp no earlier than the last one of track `key`.
     fn in_order(&mut self, tgid: u32, key: String, ts: u64) -> u64 {
         let last = self.last_ts.entry((tgid, key)).or_insert(0);
@@ -350,6 +405,7 @@ impl TraceWriter {
                 self.counter(rec.tgid, "CPU % by thread", rec.ts_ns, json!({rec.pid.to_string(): cpu}));
             }
             ("lock", "lock" | "lock_failed") => self.lock(rec),
+            ("futex", _) => crate::collectors::futex::trace(self, rec),
             ("proc_image", "lost") => {
                 let ts = self.in_order(0, "lost".into(), rec.ts_ns);
                 self.event(json!({"ph": "i", "s": "g", "cat": "proc_image", "name": "records lost",

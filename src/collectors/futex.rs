@@ -643,6 +643,36 @@ pub fn trace_events(rec: &Record, flow_id: u64) -> Vec<TraceItem> {
     items
 }
 
+/// Write a futex record's trace events.
+pub fn trace(w: &mut crate::trace::TraceWriter, rec: &Record) {
+    if rec.event != "futex_wait" {
+        return;
+    }
+    let id = w.next_id();
+    for item in trace_events(rec, id) {
+        match item {
+            TraceItem::Slice {
+                tgid,
+                pid,
+                name,
+                start_ns,
+                end_ns,
+                args,
+            } => {
+                w.slice_between((tgid, pid), name, (start_ns, end_ns), &args);
+            }
+            TraceItem::Flow {
+                ph,
+                id,
+                tgid,
+                pid,
+                ts_ns,
+            } => w.flow(ph, id, (tgid, pid), "futex wake", ts_ns),
+            TraceItem::ThreadName { tgid, pid, comm } => w.name_thread(tgid, pid, &comm),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

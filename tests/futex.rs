@@ -20,7 +20,7 @@ fn rounds(w: &Workload) -> Vec<Value> {
     w.truths("futex_round")
 }
 
-fn futex_waits<'a>(recs: &'a [Value], tgid: u64) -> Vec<&'a Value> {
+fn futex_waits(recs: &[Value], tgid: u64) -> Vec<&Value> {
     recs.iter()
         .filter(|r| r["collector"] == "futex" && r["event"] == "futex_wait" && r["tgid"] == tgid)
         .collect()

@@ -8,8 +8,8 @@
 //!       10+i), vforks N times, starts N threads, sleeps MS in one nanosleep,
 //!       spins MS, and execs itself as `proc_image_workload exit C`; with
 //!       --linger-ms, first MS of the spin pattern (syscalls, wakeups and
-//!       pthread mutex/rwlock/spinlock calls, with a failing trylock, for
-//!       the metrics test to scrape).
+//!       pthread mutex/rwlock/spinlock calls, with a failing trylock, and a
+//!       1 ms futex wait, for the metrics test to scrape).
 //!   proc_image_workload futex [--lock pthread|std] [--rounds N] [--batch N]
 //!                             [--hold-ms MS] [--solo-ops N]
 //!       after a line on stdin: N uncontended lock/unlock pairs (thread
@@ -526,6 +526,7 @@ fn lifecycle(
             pthread_spin_lock(l.spin.get());
             pthread_spin_unlock(l.spin.get());
         }
+        futex_wait_for_dashboards();
         std::thread::sleep(Duration::from_millis(3));
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
@@ -1568,6 +1569,13 @@ fn io_uring() {
 // ---------------------------------------------------------------------
 // futex: contention of known shape, through the C library's mutex or Rust's
 // std::sync::Mutex (which calls futex itself).
+
+/// One futex wait (for the futex dashboard's panels, from a single
+/// thread): parking with a timeout and nobody to unpark waits in
+/// futex(FUTEX_WAIT_BITSET) until the timeout.
+fn futex_wait_for_dashboards() {
+    std::thread::park_timeout(Duration::from_millis(1));
+}
 
 /// A mutex the futex workload contends on: a pthread one, or Rust's own.
 enum FutexLock {

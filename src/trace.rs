@@ -7,7 +7,9 @@
 //! pthread_create, execve and exit are thread-scoped instants; lock waits
 //! and holds, and the syscalls of each interval's sequence (`controller -s
 //! N`: the last N per thread), are async slices (they overlap the CPU
-//! slices); CPU %, RSS, I/O rates, syscall rates and latencies are counters.
+//! slices); futex waits are slices with a flow arrow from their waker (see
+//! collectors/futex.rs); CPU %, RSS, I/O rates, syscall rates and latencies
+//! are counters.
 //!
 //! The file is written as records arrive and its array is closed when the
 //! sink finishes (every way proc_image ends, see output.rs); the JSON Array

@@ -490,11 +490,19 @@ impl MetricState {
                 self.labelled.insert(key, None);
             }
         }
-        let gone: Vec<(u32, String)> = self
+        // lingering ones go after LINGER_NS, and at most `cap` linger: the oldest go first
+        let mut lingering: Vec<(u64, (u32, String))> = self
             .labelled
             .iter()
-            .filter(|(_, s)| s.is_some_and(|since| now.saturating_sub(since) >= LINGER_NS))
-            .map(|(k, _)| k.clone())
+            .filter_map(|(k, s)| s.map(|since| (since, k.clone())))
+            .collect();
+        lingering.sort();
+        let excess = lingering.len().saturating_sub(self.cap);
+        let gone: Vec<(u32, String)> = lingering
+            .into_iter()
+            .enumerate()
+            .filter(|(i, (since, _))| *i < excess || now.saturating_sub(*since) >= LINGER_NS)
+            .map(|(_, (_, k))| k)
             .collect();
         gone.iter()
             .map(|k| {
@@ -788,6 +796,14 @@ mod tests {
             .collect();
         assert!(!removed.is_empty());
         assert!(m.labelled.len() <= 2 + 2);
+        // however many addresses come and go, at most cap labelled + cap lingering
+        for round in 5..100u64 {
+            for i in 0..10u64 {
+                let addr = format!("{:#x}", round * 100 + i);
+                m.updates(&summary(10, &addr, i + 1), "tgid:10", round * REBALANCE_NS);
+            }
+            assert!(m.labelled.len() <= 4, "{}", m.labelled.len());
+        }
     }
 
     #[test]

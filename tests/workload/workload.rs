@@ -116,7 +116,8 @@
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
-//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N [--wait]
+//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N
+//!                       | bench-futex N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
 
@@ -225,6 +226,7 @@ fn main() {
                 libc::pthread_mutex_unlock(m.mutex.get());
             })
         }
+        "bench-futex" => bench_futex(count()),
         "bench-forks" => bench(count(), || unsafe {
             match libc::fork() {
                 0 => libc::_exit(0),
@@ -1768,4 +1770,43 @@ fn futex_workload(args: &[String]) {
         done += n;
     }
     say(json!({"event": "futex_done", "rounds": rounds}));
+}
+
+/// Two threads hand a turn to each other through one futex word; one op =
+/// one handoff: a FUTEX_WAKE by one thread, and (nearly always) a
+/// FUTEX_WAIT of the other that it ends. Contention at its most expensive,
+/// for bench/futex.sh.
+fn bench_futex(n: u64) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TURN: AtomicU32 = AtomicU32::new(0);
+    fn futex(op: i32, val: u32) {
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                TURN.as_ptr(),
+                op | libc::FUTEX_PRIVATE_FLAG,
+                val,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+    // side `me` waits for its turn, then gives the turn to the other
+    fn play(me: u32, n: u64) {
+        for _ in 0..n {
+            loop {
+                let t = TURN.load(Ordering::Acquire);
+                if t == me {
+                    break;
+                }
+                futex(libc::FUTEX_WAIT, t);
+            }
+            TURN.store(1 - me, Ordering::Release);
+            futex(libc::FUTEX_WAKE, 1);
+        }
+    }
+    let start = Instant::now();
+    let other = std::thread::spawn(move || play(1, n / 2));
+    play(0, n / 2);
+    let _ = other.join();
+    say(json!({"ns_per_op": start.elapsed().as_nanos() as f64 / (n / 2 * 2).max(1) as f64}));
 }

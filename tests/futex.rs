@@ -259,6 +259,10 @@ fn whole_system_lock_is_refused_and_points_to_futex() {
     assert!(!out.status.success());
     assert!(err.contains("-M") && err.contains("futex"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // an idle task makes no futex calls
+    let out = pi.controller(&["-a", "-p", "0", "-c", "0", "-M"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("idle task"), "{err}");
     // and -M alone is taken for the whole system
     pi.control_ok(&["-a", "-M"]);
     pi.finish();

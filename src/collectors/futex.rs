@@ -372,7 +372,15 @@ impl Collector for Futex {
         CollectorKind::Futex
     }
 
+    fn check_target(&self, target: &Target) -> Result<()> {
+        if let Target::Idle { .. } = target {
+            bail!("futex does not trace {target}: an idle task makes no futex calls");
+        }
+        Ok(())
+    }
+
     fn activate(&mut self, act: &Activation) -> Result<()> {
+        self.check_target(&act.target)?;
         self.deactivate();
         self.clear_maps();
         let cfg = futex_config {

@@ -233,6 +233,12 @@ impl ControllerArgs {
                 "error: -p, -P, -c, --cgroup, -t, -i, -m and --futex-min-us go only with -a (see --help)".into(),
             );
         }
+        if self.futex_min_us.is_some() && !self.futex && !self.collectors().is_empty() {
+            return Err(
+                "error: --futex-min-us goes with -M (or a bare -a, which activates futex too) (see --help)"
+                    .into(),
+            );
+        }
         if !self.activate && !self.deactivate && !self.collectors().is_empty() {
             return Err("error: the collector flags go only with -a or -d (see --help)".into());
         }
@@ -366,6 +372,10 @@ mod tests {
             .unwrap_err()
             .contains("only with -a"));
         assert!(controller(&["-a", "-M", "--futex-min-us", "-1"]).is_err());
+        assert!(controller(&["-a", "-k", "--futex-min-us", "5"])
+            .unwrap_err()
+            .contains("goes with -M"));
+        assert!(controller(&["-a", "--futex-min-us", "5"]).is_ok());
     }
 
     #[test]

@@ -40,7 +40,12 @@ pub struct ProcImageArgs {
     pub schedule: bool,
     /// Load futex: contended futex waits of any runtime, who woke them, per-address figures
     /// (-m as the original spells it)
-    #[arg(short = 'M', long = "mfutex", short_alias = 'm', alias = "futex")]
+    #[arg(
+        short = 'M',
+        long = "mfutex",
+        visible_short_alias = 'm',
+        alias = "futex"
+    )]
     pub futex: bool,
 
     /// Output format

@@ -815,6 +815,45 @@ mod tests {
     }
 
     #[test]
+    fn the_exporter_fills_the_wait_histogram_and_address_counters() {
+        use crate::metrics::{Exporter, Val};
+        let mut e = Exporter::new(50);
+        e.loaded(&["futex"]);
+        let target = Target::Group {
+            tgid: 10,
+            start_ticks: 1,
+        };
+        e.activated(&target, &["futex"], 1);
+        e.apply(&wait_record(&event(0, 12), false).unwrap(), 1);
+        let s = FutexSummary {
+            uaddr: "0x7f001000".into(),
+            interval_ns: 1_000_000_000,
+            waits: 3,
+            wait_total_ns: 150_000_000,
+            wait_max_ns: 50_000_000,
+            wakes: 3,
+            wake_calls: 6,
+            waiters_max: 1,
+            top_waiters: Vec::new(),
+            top_wakers: Vec::new(),
+        };
+        e.apply(&summary_record(1, 10, &s), 1);
+        let snap = e.shared().lock().unwrap().clone();
+        let Some(Val::Hist(h)) = snap.get(Fam::FutexWait, &[("target", "tgid:10")]) else {
+            panic!("no futex wait histogram")
+        };
+        // 50 ms: bucket 25 holds [2^25, 2^26) ns
+        assert_eq!((h.count(), h.buckets[25]), (1, 1));
+        let l = [
+            ("target", "tgid:10"),
+            ("tgid", "10"),
+            ("uaddr", "0x7f001000"),
+        ];
+        assert_eq!(snap.get(Fam::FutexWaits, &l), Some(&Val::Num(3.0)));
+        assert_eq!(snap.get(Fam::FutexWaitTime, &l), Some(&Val::Num(0.15)));
+    }
+
+    #[test]
     fn a_woken_wait_is_a_slice_with_a_flow_from_its_waker() {
         let rec = wait_record(&event(0, 12), false).unwrap();
         let items = trace_events(&rec, 7);

@@ -72,6 +72,23 @@ fn check_rounds(recs: &[Value], w: &Workload, tgid: u64) {
         assert_eq!(r["woken_by"]["comm"], "fx-holder", "{r}");
         assert!(u64_of(r, "wake_latency_ns") <= wait);
     }
+    // a wait that timed out: its error, and no waker (a timer ended it)
+    let timeout = w.truth("futex_timeout");
+    let (start, end) = (u64_of(&timeout, "start_ns"), u64_of(&timeout, "end_ns"));
+    let timed_out: Vec<&&Value> = waits
+        .iter()
+        .filter(|r| r["pid"] == timeout["tid"] && (start..=end).contains(&u64_of(r, "ts_ns")))
+        .collect();
+    assert_eq!(timed_out.len(), 1, "{timed_out:?}");
+    let t = timed_out[0];
+    assert_eq!(
+        (t["error"].as_str(), t["ret"].as_i64()),
+        (Some("ETIMEDOUT"), Some(-i64::from(libc::ETIMEDOUT))),
+        "{t}"
+    );
+    assert!(t.get("woken_by").is_none(), "{t}");
+    assert!(u64_of(t, "wait_ns") >= 20_000_000 && u64_of(t, "wait_ns") <= end - start);
+
     // uncontended locking never waits
     let solo = u64_of(&w.truth("futex_solo"), "tid");
     assert!(u64_of(&w.truth("futex_solo"), "ops") > 0);

@@ -130,8 +130,12 @@ pub fn errno_name(e: i64) -> String {
         libc::ENOSYS => "ENOSYS".into(),
         libc::ENOMEM => "ENOMEM".into(),
         libc::EOWNERDEAD => "EOWNERDEAD".into(),
-        // the kernel's own, which a signal turns into a restart
-        512..=516 => "ERESTARTSYS".into(),
+        // the kernel's own, seen at the syscall's exit when a signal
+        // interrupts the wait; the kernel then restarts it or returns EINTR
+        512 => "ERESTARTSYS".into(),
+        513 => "ERESTARTNOINTR".into(),
+        514 => "ERESTARTNOHAND".into(),
+        516 => "ERESTART_RESTARTBLOCK".into(),
         other => format!("errno {other}"),
     }
 }

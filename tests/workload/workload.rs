@@ -1663,6 +1663,7 @@ fn take_byte(fd: i32) {
 /// ended by the holder's unlock; the waiter's own unlock finds nobody
 /// waiting. Every round is reported: tids, futex address, and the times
 /// that bound the wait (request <= entry <= blocked, release <= return <= acquire).
+/// Last, the main thread parks 20 ms with nobody to unpark it (futex_timeout).
 fn futex_workload(args: &[String]) {
     let opt = |name: &str, default: u64| -> u64 {
         args.iter()
@@ -1769,6 +1770,13 @@ fn futex_workload(args: &[String]) {
         }
         done += n;
     }
+    // a wait nobody ends: a futex wait that times out (ETIMEDOUT), ended
+    // by a timer interrupt, not by a waker
+    let before = monotonic_ns();
+    std::thread::park_timeout(Duration::from_millis(20));
+    say(
+        json!({"event": "futex_timeout", "tid": gettid(), "start_ns": before, "end_ns": monotonic_ns()}),
+    );
     say(json!({"event": "futex_done", "rounds": rounds}));
 }
 

@@ -284,3 +284,35 @@ fn whole_system_lock_is_refused_and_points_to_futex() {
     pi.control_ok(&["-a", "-M"]);
     pi.finish();
 }
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn one_thread_alone_is_traced_with_p() {
+    need_root();
+    let pi = ProcImage::start("futex_thread", &["-M"]);
+    let mut w = Workload::start(&["futex", "--rounds", "20", "--batch", "5"]);
+    w.wait_truth("ready", Duration::from_secs(10));
+    let pid = w.pid().to_string();
+    // the main thread: it joins the others and parks at the end, no more
+    pi.control_ok(&["-a", "-p", &pid, "-M"]);
+    w.go();
+    w.wait_truth("futex_done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"));
+    let recs = pi.finish();
+    let tgid = u64::from(w.pid());
+    let waits = futex_waits(&recs, tgid);
+    assert!(waits.iter().all(|r| r["pid"] == tgid), "{waits:?}");
+    assert!(
+        waits.iter().any(|r| r["error"] == "ETIMEDOUT"),
+        "the main thread's timed-out park: {waits:?}"
+    );
+    let mutex = &rounds(&w)[0]["uaddr"];
+    assert!(waits.iter().all(|r| &r["uaddr"] != mutex), "{waits:?}");
+    for s in recs.iter().filter(|r| r["event"] == "futex_summary") {
+        assert!(&s["uaddr"] != mutex, "{s}");
+        for p in s["top_waiters"].as_array().unwrap() {
+            assert_eq!(p["pid"], tgid, "{s}");
+        }
+    }
+}

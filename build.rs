@@ -9,7 +9,9 @@ use libbpf_cargo::SkeletonBuilder;
 
 /// One entry per BPF object: bpf/<name>.bpf.c -> $OUT_DIR/<name>.skel.rs
 /// (the collectors, and `noop`, the benchmark floor).
-const COLLECTORS: &[&str] = &["keytime", "lock", "resource", "syscall", "schedule", "noop"];
+const COLLECTORS: &[&str] = &[
+    "keytime", "lock", "resource", "syscall", "schedule", "futex", "noop",
+];
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

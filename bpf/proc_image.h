@@ -23,6 +23,7 @@ enum pi_collector {
 	PI_RESOURCE = 2,
 	PI_SYSCALL = 3,
 	PI_SCHEDULE = 4,
+	PI_FUTEX = 5,
 	PI_COLLECTOR_COUNT,
 };
 
@@ -430,6 +431,105 @@ _Static_assert(sizeof(struct lock_event) == 96, "lock_event layout");
 
 /* ------------------------------------------------------------------ */
 /*
+ * futex: contended futex waits (the fast path of a lock never enters the
+ * kernel, so every futex wait syscall is a contended one), who woke them,
+ * and per address and interval figures. From the per-syscall tracepoints
+ * syscalls/sys_{enter,exit}_futex* and sched_waking: no uprobes.
+ */
+
+/* How a futex wait (or wake) was asked for. */
+enum futex_op_kind {
+	FUTEX_K_OTHER = 0,
+	/* waits */
+	FUTEX_K_WAIT = 1,            /* futex(FUTEX_WAIT) */
+	FUTEX_K_WAIT_BITSET = 2,     /* futex(FUTEX_WAIT_BITSET) */
+	FUTEX_K_LOCK_PI = 3,         /* futex(FUTEX_LOCK_PI) */
+	FUTEX_K_LOCK_PI2 = 4,        /* futex(FUTEX_LOCK_PI2) */
+	FUTEX_K_WAIT_REQUEUE_PI = 5, /* futex(FUTEX_WAIT_REQUEUE_PI) */
+	FUTEX_K_WAITV = 6,           /* futex_waitv(2) */
+	FUTEX_K_FUTEX_WAIT = 7,      /* futex_wait(2), 6.7+ */
+	/* wakes */
+	FUTEX_K_WAKE = 16,
+	FUTEX_K_WAKE_BITSET = 17,
+	FUTEX_K_WAKE_OP = 18,
+	FUTEX_K_REQUEUE = 19,
+	FUTEX_K_CMP_REQUEUE = 20,
+	FUTEX_K_CMP_REQUEUE_PI = 21,
+	FUTEX_K_UNLOCK_PI = 22,
+	FUTEX_K_FUTEX_WAKE = 23,     /* futex_wake(2), 6.7+ */
+	FUTEX_K_FUTEX_REQUEUE = 24,  /* futex_requeue(2), 6.7+ */
+};
+
+struct futex_config {
+	struct target_filter target;
+	__u32 interval; /* bumped by proc_image at every report */
+	__u32 _pad;
+	__u64 min_ns;   /* futex_wait records only for waits at least this long */
+};
+
+/* One contended wait of a target thread, at its return (hdr: the waiter). */
+struct futex_wait_event {
+	struct event_hdr hdr;
+	__u64 uaddr;       /* futex_waitv: the futex that woke it, else the first */
+	__u64 wait_ns;     /* syscall entry to return */
+	__u64 wake_ns;     /* when the waker woke it (CLOCK_MONOTONIC); 0 = not known */
+	__s64 ret;         /* the syscall's return: 0, an index (waitv) or -errno */
+	__u32 waker_pid;   /* 0 = not woken by a futex wake we saw */
+	__u32 waker_tgid;
+	__u8 waker_comm[PI_COMM_LEN];
+	__u8 op;           /* enum futex_op_kind */
+	__u8 _pad[7];
+};
+_Static_assert(sizeof(struct futex_wait_event) == 112, "futex_wait_event layout");
+
+/*
+ * Figures of one futex address of one process in one interval: written in
+ * the slot of the interval's parity, read and deleted by proc_image once no
+ * program can still be adding to it.
+ */
+struct futex_addr_key {
+	__u64 uaddr;
+	__u32 tgid;
+	__u32 slot; /* interval & 1 */
+};
+
+struct futex_figures {
+	__u64 waits;         /* contended waits of target threads that ended */
+	__u64 wait_total_ns;
+	__u64 wait_max_ns;
+	__u64 wakes;         /* target waiters woken by a futex wake */
+	__u64 wake_calls;    /* futex wake syscalls of target threads */
+	__u64 waiters_max;   /* most target threads waiting at once */
+};
+
+enum futex_kind {
+	FUTEX_RECORD_WAIT = 1, /* struct futex_wait_event */
+};
+
+enum futex_role {
+	FUTEX_WAITER = 0,
+	FUTEX_WAKER = 1,
+};
+
+/* Per thread of a futex_addr_key: its waits, or the waiters it woke. */
+struct futex_part_key {
+	__u64 uaddr;
+	__u32 tgid;  /* the address's process (the waiter's) */
+	__u32 pid;   /* the waiter, or the waker */
+	__u8 slot;
+	__u8 role;   /* enum futex_role */
+	__u8 _pad[6];
+};
+
+struct futex_part {
+	__u64 count;
+	__u32 tgid;  /* the thread's own process (a waker may be another) */
+	__u32 _pad;
+	__u8 comm[PI_COMM_LEN];
+};
+
+/* ------------------------------------------------------------------ */
+/*
  * Control: how controller asks and proc_image answers, through three maps
  * pinned in one directory. Every request is unique and answered once:
  *  - `control` (array, one CONTROL_SLOT_SIZE slot): proc_image's state,
@@ -442,7 +542,7 @@ _Static_assert(sizeof(struct lock_event) == 96, "lock_event layout");
  * The version changes whenever a layout here changes.
  */
 #define CONTROL_MAGIC 0x474d4950 /* "PIMG" */
-#define CONTROL_VERSION 2
+#define CONTROL_VERSION 3
 #define CONTROL_SLOT_SIZE 1024
 #define CONTROL_MESSAGE_LEN 256
 #define CONTROL_QUEUE_LEN 64    /* requests waiting at most */
@@ -514,6 +614,7 @@ struct control_request {
 	__u32 flags;         /* CONTROL_F_* */
 	/* deactivate: only these activations (0: whatever is active) */
 	__u32 activation_ids[PI_COLLECTOR_COUNT];
+	__u32 futex_min_us;  /* futex: futex_wait records only for waits this long */
 	__u32 _pad;
 };
 _Static_assert(sizeof(struct control_request) <= CONTROL_SLOT_SIZE, "control_request size");

@@ -106,6 +106,13 @@ ctl -a -P $WPID -l
 go
 finish_phase locks
 
+log "futex"
+start futex futex --lock pthread --rounds 20 --batch 10
+wait_for $O/futex.truth '"event":"ready"' 1 30
+ctl -a -P $WPID -M
+go
+finish_phase futex
+
 log "schedule"
 /bin/proc_image_workload sched --busy-threads 2 --secs 60 >$O/sched.truth &
 WPID=$!

@@ -107,6 +107,8 @@ Examples:
   sudo controller -a -P 1234 -l -r     its pthread locks, CPU, memory and I/O
   sudo controller -a -s 20 -S -t 60    whole system: syscalls and run-queue latency
                                        for 60 s (controller waits, then deactivates them)
+  sudo controller -a -M --futex-min-us 1000
+                                       whole system: futex waits of 1 ms or more, who woke them
   sudo controller -d -k                stop keytime alone, stay loaded
   sudo controller -d                   stop every collector, stay loaded
   sudo controller --status             each collector: loaded, active, target, records
@@ -153,6 +155,10 @@ pub struct ControllerArgs {
 
     #[command(flatten)]
     pub collector_flags: ActivateFlags,
+    /// futex: futex_wait records only for waits of at least US microseconds
+    /// (the per-address summaries count every wait) [default: 0]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
+    pub futex_min_us: Option<u32>,
     /// Reporting interval in milliseconds (default: proc_image's --interval)
     #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub interval: Option<u32>,
@@ -170,10 +176,18 @@ impl ControllerArgs {
             || self.cgroup.is_some()
             || self.time.is_some()
             || self.interval.is_some()
-            || self.myproc;
+            || self.myproc
+            || self.futex_min_us.is_some();
         if !self.activate && with_activation {
             return Err(
-                "error: -p, -P, -c, --cgroup, -t, -i and -m go only with -a (see --help)".into(),
+                "error: -p, -P, -c, --cgroup, -t, -i, -m and --futex-min-us go only with -a (see --help)".into(),
+            );
+        }
+        let futex = self.collectors().contains(&CollectorKind::Futex);
+        if self.futex_min_us.is_some() && !futex && !self.collectors().is_empty() {
+            return Err(
+                "error: --futex-min-us goes with -M (or a bare -a, which activates futex too) (see --help)"
+                    .into(),
             );
         }
         if !self.activate && !self.deactivate && !self.collectors().is_empty() {
@@ -226,7 +240,9 @@ impl Args for LoadFlags {
             cmd.arg(
                 Arg::new(c.name)
                     .short(c.short)
-                    .long(c.name)
+                    .long(c.long)
+                    .aliases(c.long_aliases)
+                    .visible_short_aliases(c.load_short_aliases.iter().copied())
                     .action(ArgAction::SetTrue)
                     .help(c.about),
             )
@@ -271,7 +287,8 @@ impl Args for ActivateFlags {
         COLLECTORS.iter().fold(cmd, |cmd, c| {
             let arg = Arg::new(c.name)
                 .short(c.short)
-                .long(c.name)
+                .long(c.long)
+                .aliases(c.long_aliases)
                 .help(c.controller_about);
             cmd.arg(match &c.value {
                 None => arg.action(ArgAction::SetTrue),
@@ -387,6 +404,31 @@ mod tests {
     }
 
     #[test]
+    fn futex_flags() {
+        let a = controller(&["-a", "-M", "--futex-min-us", "500"]).unwrap();
+        assert_eq!(
+            (a.collectors(), a.futex_min_us),
+            (vec![CollectorKind::Futex], Some(500))
+        );
+        let a = controller(&["-a", "-P", "1", "--mfutex"]).unwrap();
+        assert_eq!(
+            (a.collectors(), a.futex_min_us),
+            (vec![CollectorKind::Futex], None)
+        );
+        // -m stays controller's --myproc
+        let a = controller(&["-a", "-m", "-M"]).unwrap();
+        assert!(a.myproc && a.collectors() == [CollectorKind::Futex]);
+        assert!(controller(&["-d", "--futex-min-us", "5"])
+            .unwrap_err()
+            .contains("only with -a"));
+        assert!(controller(&["-a", "-M", "--futex-min-us", "-1"]).is_err());
+        assert!(controller(&["-a", "-k", "--futex-min-us", "5"])
+            .unwrap_err()
+            .contains("goes with -M"));
+        assert!(controller(&["-a", "--futex-min-us", "5"]).is_ok());
+    }
+
+    #[test]
     fn bad_input_is_one_line() {
         for (args, needle) in [
             (&["-a", "-p", "1", "-P", "1"][..], "cannot be used with"),
@@ -426,6 +468,10 @@ mod tests {
         );
         let p = ProcImageArgs::try_parse_from(["proc_image", "-l"]).unwrap();
         assert_eq!(p.collectors(), [CollectorKind::Lock]);
+        for flag in ["-M", "-m", "--mfutex"] {
+            let p = ProcImageArgs::try_parse_from(["proc_image", flag]).unwrap();
+            assert_eq!(p.collectors(), [CollectorKind::Futex], "{flag}");
+        }
         let p = ProcImageArgs::try_parse_from([
             "proc_image",
             "-o",

@@ -7,7 +7,9 @@
 //! pthread_create, execve and exit are thread-scoped instants; lock waits
 //! and holds, and the syscalls of each interval's sequence (`controller -s
 //! N`: the last N per thread), are async slices (they overlap the CPU
-//! slices); CPU %, RSS, I/O rates, syscall rates and latencies are counters.
+//! slices); futex waits are slices with a flow arrow from their waker (see
+//! collectors/futex.rs); CPU %, RSS, I/O rates, syscall rates and latencies
+//! are counters.
 //!
 //! The file is written as records arrive and its array is closed when the
 //! sink finishes (every way proc_image ends, see output.rs); the JSON Array
@@ -156,6 +158,54 @@ impl TraceWriter {
             args
         );
         self.event_text(&ev);
+    }
+
+    /// A slice [start, end] on thread (tgid, pid)'s track, clipped like
+    /// `slice`; false if nothing of it was left to write.
+    fn slice_between(
+        &mut self,
+        (tgid, pid): (u32, u32),
+        name: &str,
+        (start_ns, end_ns): (u64, u64),
+        args: &Value,
+    ) -> bool {
+        let start = match self.slice_end.get(&(tgid, pid)) {
+            Some(&last) => start_ns.max(last),
+            None => start_ns,
+        };
+        if end_ns <= start {
+            return false;
+        }
+        self.slice_end.insert((tgid, pid), end_ns);
+        let ev = format!(
+            r#"{{"ph":"X","cat":"futex","name":{},"pid":{tgid},"tid":{pid},"ts":{},"dur":{},"args":{args}}}"#,
+            Value::from(name),
+            Us(start),
+            Us(end_ns - start)
+        );
+        self.event_text(&ev);
+        true
+    }
+
+    /// A flow event ("s" start, "f" end bound to the enclosing slice) of flow `id`.
+    fn flow(&mut self, ph: &str, id: u64, (tgid, pid): (u32, u32), name: &str, ts_ns: u64) {
+        let mut ev = json!({"ph": ph, "cat": "futex", "name": name, "id": id,
+                            "pid": tgid, "tid": pid, "ts": us(ts_ns)});
+        if ph == "f" {
+            ev["bp"] = "e".into();
+        }
+        self.event(ev);
+    }
+
+    /// A fresh id for an async slice or a flow.
+    fn next_id(&mut self) -> u64 {
+        self.async_ids += 1;
+        self.async_ids
+    }
+
+    /// Name a thread's track seen only as another's partner (a waker).
+    fn name_thread(&mut self, tgid: u32, pid: u32, comm: &str) {
+        self.name_track(tgid, pid, comm);
     }
 
     /// A timestamp no earlier than the last one of track `key`.
@@ -309,6 +359,28 @@ impl TraceOut for TraceWriter {
 
     fn lost(&mut self, rec: &Record, args: Value) {
         TraceWriter::lost(self, rec, args)
+    }
+
+    fn slice_between(
+        &mut self,
+        thread: (u32, u32),
+        name: &str,
+        span: (u64, u64),
+        args: &Value,
+    ) -> bool {
+        TraceWriter::slice_between(self, thread, name, span, args)
+    }
+
+    fn flow(&mut self, ph: &str, id: u64, thread: (u32, u32), name: &str, ts_ns: u64) {
+        TraceWriter::flow(self, ph, id, thread, name, ts_ns)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        TraceWriter::next_id(self)
+    }
+
+    fn name_thread(&mut self, tgid: u32, pid: u32, comm: &str) {
+        TraceWriter::name_thread(self, tgid, pid, comm)
     }
 }
 

@@ -11,7 +11,9 @@ mod common;
 use common::qemu::*;
 use common::*;
 
-const ALL: [&str; 5] = ["keytime", "lock", "resource", "syscall", "schedule"];
+const ALL: [&str; 6] = [
+    "keytime", "lock", "resource", "syscall", "schedule", "futex",
+];
 
 #[test]
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
@@ -45,8 +47,8 @@ fn refused_collectors_are_reported_and_the_rest_run_on_5_10() {
         err.contains(&format!("loaded {}; ready", loaded.join(", "))),
         "{err}"
     );
-    // 5.10 lacks task storage for tracing programs: keytime, lock, syscall
-    // and schedule cannot load; resource can
+    // 5.10 lacks task storage for tracing programs: keytime, lock, syscall,
+    // schedule and futex cannot load; resource can
     assert!(!refused.is_empty(), "5.10 loaded everything?\n{err}");
     assert!(loaded.contains(&"resource"), "{err}");
     let status = g.text("controller");

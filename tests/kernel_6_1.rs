@@ -27,12 +27,12 @@ fn every_collector_loads_on_6_1() {
     assert!(uname.starts_with("6.1."), "the guest ran {uname}");
     let err = g.text("proc_image.err");
     assert!(
-        err.contains("loaded keytime, lock, resource, syscall, schedule; ready"),
+        err.contains("loaded keytime, lock, resource, syscall, schedule, futex; ready"),
         "{err}"
     );
     let ctl = g.text("controller");
     assert!(
-        ctl.contains("ready; loaded keytime, lock, resource, syscall, schedule\n"),
+        ctl.contains("ready; loaded keytime, lock, resource, syscall, schedule, futex\n"),
         "controller --status:\n{ctl}"
     );
     assert!(!ctl.contains("\nexit "), "a controller call failed:\n{ctl}");
@@ -272,6 +272,43 @@ fn lock_records_of_the_lock_workload_on_6_1() {
     assert_eq!(errors, ["EBUSY", "ETIMEDOUT"], "{failed:?}");
     // recursive: three holds, innermost released first
     assert_eq!(at("lock", "recursive_mutex").len(), 3);
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn futex_waits_of_the_futex_workload_on_6_1() {
+    need_root();
+    let Some(g) = guest("6.1") else { return };
+    let (pid, exit) = g.phase("futex");
+    assert_eq!(exit, Some(0));
+    let recs = g.records();
+    let rounds: Vec<Value> = g
+        .json("futex.truth")
+        .into_iter()
+        .filter(|v| v["event"] == "futex_round")
+        .collect();
+    assert_eq!(rounds.len(), 20);
+    // one contended wait per round on the mutex, woken by that round's holder
+    // (6.1 has no futex_wait/futex_wake syscalls: their hooks are skipped)
+    let waits: Vec<&Value> = of(&recs, "futex", "futex_wait", pid)
+        .into_iter()
+        .filter(|r| r["uaddr"] == rounds[0]["uaddr"])
+        .collect();
+    assert_eq!(waits.len(), rounds.len(), "{waits:?}");
+    for round in &rounds {
+        let (release, acquire) = (u64_of(round, "release_ns"), u64_of(round, "acquire_ns"));
+        let mine: Vec<&&Value> = waits
+            .iter()
+            .filter(|r| {
+                r["pid"] == round["waiter"] && (release..=acquire).contains(&u64_of(r, "ts_ns"))
+            })
+            .collect();
+        assert_eq!(mine.len(), 1, "{round}");
+        assert_eq!(mine[0]["woken_by"]["pid"], round["holder"], "{}", mine[0]);
+        let wait = u64_of(mine[0], "wait_ns");
+        assert!(wait >= release - u64_of(round, "blocked_ns"));
+        assert!(wait <= acquire - u64_of(round, "request_ns"));
+    }
 }
 
 #[test]

@@ -181,7 +181,7 @@ fn label_values_as_promql(e: &str) -> String {
 /// The collector a metric comes from (None: the exporter's own health).
 fn collector_of(metric: &str) -> Option<&'static str> {
     let name = metric.strip_prefix("proc_image_")?;
-    let table: [(&str, &str); 14] = [
+    let table: [(&str, &str); 15] = [
         ("lifecycle_events", "keytime"),
         ("on_cpu", "keytime"),
         ("off_cpu", "keytime"),
@@ -195,6 +195,7 @@ fn collector_of(metric: &str) -> Option<&'static str> {
         ("memory_", "resource"),
         ("io_", "resource"),
         ("lock_", "lock"),
+        ("futex_", "futex"),
         ("records", ""),
     ];
     table
@@ -331,6 +332,7 @@ fn dashboards_query_real_prometheus_scraping_proc_image() {
             }
             let q = expr
                 .replace("$__rate_interval", "1m")
+                .replace("$__range", "10m")
                 .replace("$instance", &addr)
                 .replace("$target", &target);
             let result = prom.query(&q);

@@ -58,13 +58,13 @@ fn all_collectors_run_without_the_one_refused() {
         "{err}"
     );
     assert!(
-        err.contains("loaded keytime, lock, resource, syscall; ready"),
+        err.contains("loaded keytime, lock, resource, syscall, futex; ready"),
         "{err}"
     );
     // each collector's state, and why the refused one is not loaded
     let status = pi.control_ok(&["--status"]);
     for want in [
-        "ready; loaded keytime, lock, resource, syscall\n",
+        "ready; loaded keytime, lock, resource, syscall, futex\n",
         "  schedule  not loaded: refused by the kernel",
         "  keytime   loaded, inactive",
         "note: schedule: the kernel's verifier refused program handle__",
@@ -78,6 +78,7 @@ fn all_collectors_run_without_the_one_refused() {
         ("resource", 1),
         ("syscall", 1),
         ("schedule", 0),
+        ("futex", 1),
     ] {
         let line = format!("proc_image_collector_loaded{{collector=\"{c}\"}} {v}");
         assert!(metrics.contains(&line), "no {line} in\n{metrics}");

@@ -64,7 +64,7 @@ fn check_tracks(events: &[Value]) {
                 assert!(ts >= *prev, "out of order on its track: {e}");
                 *prev = ts;
             }
-            "M" | "b" | "e" => {}
+            "M" | "b" | "e" | "s" | "f" => {}
             other => panic!("unexpected phase {other}: {e}"),
         }
     }

@@ -6,6 +6,7 @@
 //! traced system nothing. Adding a collector: see `COLLECTORS`.
 
 mod bpf;
+pub mod futex;
 pub mod keytime;
 pub mod latency;
 pub mod lock;
@@ -24,8 +25,8 @@ use anyhow::{anyhow, Result};
 use libbpf_rs::MapHandle;
 
 use crate::bpf_intf::{
-    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_LIFECYCLE, PI_KEYTIME, PI_LOCK, PI_RESOURCE, PI_SCHEDULE,
-    PI_SYSCALL, SYSCALL_SEQ_DEFAULT, SYSCALL_SEQ_MAX,
+    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_LIFECYCLE, PI_FUTEX, PI_KEYTIME, PI_LOCK, PI_RESOURCE,
+    PI_SCHEDULE, PI_SYSCALL, SYSCALL_SEQ_DEFAULT, SYSCALL_SEQ_MAX,
 };
 use crate::losses::Losses;
 use crate::output::Output;
@@ -39,6 +40,7 @@ pub enum CollectorKind {
     Resource,
     Syscall,
     Schedule,
+    Futex,
 }
 
 /// A collector's option on controller's command line besides its flag.
@@ -59,8 +61,13 @@ pub struct CollectorInfo {
     pub name: &'static str,
     /// its number in the control records (enum pi_collector)
     pub index: u32,
-    /// its flag in proc_image and controller (and the long flag is `name`)
+    /// its flags in proc_image and controller
     pub short: char,
+    pub long: &'static str,
+    /// other long flags that name it
+    pub long_aliases: &'static [&'static str],
+    /// other short flags of proc_image that load it (shown in --help)
+    pub load_short_aliases: &'static [char],
     /// proc_image --help: what loading it gives
     pub about: &'static str,
     /// controller --help: what activating it gives
@@ -69,12 +76,15 @@ pub struct CollectorInfo {
     pub load: fn(&LoadOptions) -> Result<Box<dyn Collector>>,
 }
 
-pub const COLLECTORS: [CollectorInfo; 5] = [
+pub const COLLECTORS: [CollectorInfo; 6] = [
     CollectorInfo {
         kind: CollectorKind::Keytime,
         name: "keytime",
         index: PI_KEYTIME,
         short: 'k',
+        long: "keytime",
+        long_aliases: &[],
+        load_short_aliases: &[],
         about: "Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals",
         controller_about:
             "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default)",
@@ -91,6 +101,9 @@ pub const COLLECTORS: [CollectorInfo; 5] = [
         name: "lock",
         index: PI_LOCK,
         short: 'l',
+        long: "lock",
+        long_aliases: &[],
+        load_short_aliases: &[],
         about: "Load lock: pthread mutex / rwlock / spinlock intervals",
         controller_about:
             "lock: pthread mutex/rwlock/spinlock intervals (a thread or process only)",
@@ -102,6 +115,9 @@ pub const COLLECTORS: [CollectorInfo; 5] = [
         name: "resource",
         index: PI_RESOURCE,
         short: 'r',
+        long: "resource",
+        long_aliases: &[],
+        load_short_aliases: &[],
         about: "Load resource: CPU %, memory, I/O rates",
         controller_about: "resource: CPU %, RSS, read/write bytes per second",
         value: None,
@@ -112,6 +128,9 @@ pub const COLLECTORS: [CollectorInfo; 5] = [
         name: "syscall",
         index: PI_SYSCALL,
         short: 's',
+        long: "syscall",
+        long_aliases: &[],
+        load_short_aliases: &[],
         about: "Load syscall: sequence, top syscalls, latency",
         controller_about: "syscall: last N syscalls per thread (default 10), top 3, latency",
         value: Some(CollectorValue {
@@ -127,10 +146,29 @@ pub const COLLECTORS: [CollectorInfo; 5] = [
         name: "schedule",
         index: PI_SCHEDULE,
         short: 'S',
+        long: "schedule",
+        long_aliases: &[],
+        load_short_aliases: &[],
         about: "Load schedule: run-queue latency",
         controller_about: "schedule: run-queue latency beside the whole system's",
         value: None,
         load: |opts| Ok(Box::new(schedule::Schedule::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Futex,
+        name: "futex",
+        index: PI_FUTEX,
+        short: 'M',
+        // the original's mfutex mode; -m as it spells it (controller's -m is --myproc)
+        long: "mfutex",
+        long_aliases: &["futex"],
+        load_short_aliases: &['m'],
+        about:
+            "Load futex: contended futex waits of any runtime, who woke them, per-address figures",
+        controller_about:
+            "futex: contended futex waits and who woke them, per address (also the whole system)",
+        value: None,
+        load: |opts| Ok(Box::new(futex::Futex::load(opts)?)),
     },
 ];
 
@@ -205,6 +243,8 @@ pub struct Activation {
     pub keytime_level: u32,
     pub syscall_seq_len: u32,
     pub interval_ms: u32,
+    /// futex: futex_wait records only for waits at least this long
+    pub futex_min_us: u32,
     /// Never traced as part of the whole system: proc_image's own thread
     /// group, unless controller -m asked for it (then 0).
     pub exclude_tgid: u32,

@@ -79,6 +79,7 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
             .value_of(CollectorKind::Syscall)
             .unwrap_or(SYSCALL_SEQ_DEFAULT);
         req.interval_ms = args.interval.unwrap_or(0);
+        req.futex_min_us = args.futex_min_us.unwrap_or(0);
         if args.myproc {
             req.flags |= CONTROL_F_MYPROC;
         }

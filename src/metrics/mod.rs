@@ -58,6 +58,8 @@ pub struct Exporter {
     /// difference
     last_totals: HashMap<u32, (Vec<u64>, u64)>,
     next_rebalance_ns: u64,
+    /// futex addresses (tgid, uaddr) labelled of their own
+    addrs: Bounded<(u32, String)>,
 }
 
 fn target_label(t: &Target) -> String {
@@ -92,6 +94,7 @@ impl Exporter {
             loaded: Vec::new(),
             last_totals: HashMap::new(),
             next_rebalance_ns: 0,
+            addrs: Bounded::new(top),
         }
     }
 
@@ -152,6 +155,18 @@ impl Exporter {
                 ("comm", comm.to_string()),
             ]
         })
+    }
+
+    /// target, tgid, uaddr of an address of the record's process, or the
+    /// "other" aggregate when it is not among the most active.
+    fn addr_labels(&mut self, tgid: u32, uaddr: &str, activity: u64) -> Labels {
+        let key = (tgid, uaddr.to_string());
+        self.addrs.note(key.clone(), activity);
+        let (tgid, uaddr) = match self.addrs.admit(key) {
+            true => (tgid.to_string(), uaddr.to_string()),
+            false => (OTHER.to_string(), OTHER.to_string()),
+        };
+        vec![("target", self.target()), ("tgid", tgid), ("uaddr", uaddr)]
     }
 
     /// Collectors asked for that the kernel refused: `collector_loaded` 0.
@@ -257,11 +272,12 @@ impl Exporter {
         self.maintain(now);
     }
 
-    /// Re-rank the labelled threads and processes; drop series of those
+    /// Re-rank the labelled threads, processes and addresses; drop series of those
     /// removed and of earlier targets not updated for LINGER_NS.
     pub fn maintain_with(&mut self, now: u64, alive: impl Fn(u32) -> bool + Copy) {
-        let gone_threads = self.threads.rebalance(now, alive);
-        let gone_procs = self.procs.rebalance(now, alive);
+        let gone_threads = self.threads.rebalance(now, |&id| alive(id));
+        let gone_procs = self.procs.rebalance(now, |&id| alive(id));
+        let gone_addrs = self.addrs.rebalance(now, |(tgid, _)| alive(*tgid));
         // processes that stopped reporting (gone, or a new target)
         self.last_totals
             .retain(|_, (_, seen)| now.saturating_sub(*seen) < 10 * REBALANCE_NS);
@@ -271,7 +287,14 @@ impl Exporter {
         self.with(|s| {
             s.retain(|fam, labels, series| {
                 let label = |k: &str| labels.iter().find(|(n, _)| *n == k).map(|(_, v)| v);
-                if let Some(pid) = label("pid") {
+                if let (Some(tgid), Some(uaddr)) = (label("tgid"), label("uaddr")) {
+                    if gone_addrs
+                        .iter()
+                        .any(|(t, a)| t.to_string() == *tgid && a == uaddr)
+                    {
+                        return false;
+                    }
+                } else if let Some(pid) = label("pid") {
                     if gone_t.contains(pid) {
                         return false;
                     }

@@ -51,6 +51,10 @@ impl MetricsOut for Updates<'_> {
         ]
     }
 
+    fn address(&mut self, uaddr: &str, activity: u64) -> Labels {
+        self.exp.addr_labels(self.tgid, uaddr, activity)
+    }
+
     fn growth(&mut self, totals: &[u64]) -> Vec<f64> {
         let last = self
             .exp

@@ -50,6 +50,9 @@ pub trait MetricsOut {
     fn process(&mut self, activity: u64) -> Option<Labels>;
     /// The series the processes not labelled of their own sum into.
     fn other_processes(&self) -> Labels;
+    /// target, tgid, uaddr of an address (a futex) of the record's process,
+    /// if among the most active (`activity` ranks it), or the "other" sum.
+    fn address(&mut self, uaddr: &str, activity: u64) -> Labels;
     /// How much the record's process's cumulative `totals` grew since its
     /// last record (all of them after a restart).
     fn growth(&mut self, totals: &[u64]) -> Vec<f64>;
@@ -84,6 +87,21 @@ pub trait TraceOut {
     fn syscalls(&mut self, rec: &Record, names: &[String], spans: &[[u64; 2]]);
     /// Records were lost: a global instant.
     fn lost(&mut self, rec: &Record, args: Value);
+    /// A slice [start, end] on thread (tgid, pid)'s track, clipped like
+    /// `slice`; false if nothing of it was left to draw.
+    fn slice_between(
+        &mut self,
+        thread: (u32, u32),
+        name: &str,
+        span: (u64, u64),
+        args: &Value,
+    ) -> bool;
+    /// A flow event ("s" start, "f" end bound to the enclosing slice) of flow `id`.
+    fn flow(&mut self, ph: &str, id: u64, thread: (u32, u32), name: &str, ts_ns: u64);
+    /// A fresh id for an async slice or a flow.
+    fn next_id(&mut self) -> u64;
+    /// Name a thread's track seen only as another's partner (a waker).
+    fn name_thread(&mut self, tgid: u32, pid: u32, comm: &str);
 }
 
 #[derive(Debug)]

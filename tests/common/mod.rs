@@ -270,6 +270,17 @@ impl Workload {
             .unwrap_or_else(|| panic!("workload did not report {event}"))
     }
 
+    /// Every line of the workload's account with this "event", in order.
+    pub fn truths(&self, event: &str) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["event"] == event)
+            .collect()
+    }
+
     /// Wait until the workload has reported `event`.
     #[track_caller]
     pub fn wait_truth(&self, event: &str, timeout: Duration) -> Value {

@@ -8,8 +8,14 @@
 //!       10+i), vforks N times, starts N threads, sleeps MS in one nanosleep,
 //!       spins MS, and execs itself as `proc_image_workload exit C`; with
 //!       --linger-ms, first MS of the spin pattern (syscalls, wakeups and
-//!       pthread mutex/rwlock/spinlock calls, with a failing trylock, for
-//!       the metrics test to scrape).
+//!       pthread mutex/rwlock/spinlock calls, with a failing trylock, and a
+//!       1 ms futex wait, for the metrics test to scrape).
+//!   proc_image_workload futex [--lock pthread|std] [--rounds N] [--batch N]
+//!                             [--hold-ms MS] [--solo-ops N]
+//!       after a line on stdin: N uncontended lock/unlock pairs (thread
+//!       fx-solo), then N rounds of one contended wait each (threads
+//!       fx-holder / fx-waiter, new ones every --batch rounds); see
+//!       futex_workload
 //!   proc_image_workload exit C        exits with C
 //!   proc_image_workload spin          2 ms busy / 3 ms asleep, until killed
 //!   proc_image_workload stress [--forks-per-sec N] [--syscalls-per-sec N] [--secs S]
@@ -110,7 +116,8 @@
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
-//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N [--wait]
+//!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N
+//!                       | bench-futex N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
 
@@ -190,6 +197,7 @@ fn main() {
             args.iter().any(|a| a == "--exit-first"),
         ),
         "lock-robust" => lock_robust(),
+        "futex" => futex_workload(&args),
         "steady" => steady(num("--busy-secs", 5), num("--sleep-secs", 10)),
         "exit-group" => exit_group(num("--threads", 4)),
         "exec-thread" => exec_thread(),
@@ -218,6 +226,7 @@ fn main() {
                 libc::pthread_mutex_unlock(m.mutex.get());
             })
         }
+        "bench-futex" => bench_futex(count()),
         "bench-forks" => bench(count(), || unsafe {
             match libc::fork() {
                 0 => libc::_exit(0),
@@ -519,6 +528,7 @@ fn lifecycle(
             pthread_spin_lock(l.spin.get());
             pthread_spin_unlock(l.spin.get());
         }
+        futex_wait_for_dashboards();
         std::thread::sleep(Duration::from_millis(3));
     }
     let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
@@ -1556,4 +1566,255 @@ fn io_uring() {
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
     say(json!({"event": "io_uring", "ok": fd >= 0}));
     std::thread::sleep(Duration::from_millis(300));
+}
+
+// ---------------------------------------------------------------------
+// futex: contention of known shape, through the C library's mutex or Rust's
+// std::sync::Mutex (which calls futex itself).
+
+/// One futex wait (for the futex dashboard's panels, from a single
+/// thread): parking with a timeout and nobody to unpark waits in
+/// futex(FUTEX_WAIT_BITSET) until the timeout.
+fn futex_wait_for_dashboards() {
+    std::thread::park_timeout(Duration::from_millis(1));
+}
+
+/// A mutex the futex workload contends on: a pthread one, or Rust's own.
+enum FutexLock {
+    Pthread(std::cell::UnsafeCell<libc::pthread_mutex_t>),
+    Std(std::sync::Mutex<()>),
+}
+
+// SAFETY: the pthread mutex is only touched through pthread calls.
+unsafe impl Sync for FutexLock {}
+
+impl FutexLock {
+    fn new(kind: &str) -> &'static FutexLock {
+        Box::leak(Box::new(match kind {
+            "pthread" => FutexLock::Pthread(libc::PTHREAD_MUTEX_INITIALIZER.into()),
+            "std" => FutexLock::Std(std::sync::Mutex::new(())),
+            other => die(&format!("--lock pthread|std, not {other}")),
+        }))
+    }
+
+    /// Take it, run `f` holding it, release it.
+    fn with<R>(&self, f: impl FnOnce() -> R) -> R {
+        match self {
+            FutexLock::Pthread(m) => unsafe {
+                libc::pthread_mutex_lock(m.get());
+                let r = f();
+                libc::pthread_mutex_unlock(m.get());
+                r
+            },
+            FutexLock::Std(m) => {
+                let g = m.lock().unwrap_or_else(|e| e.into_inner());
+                let r = f();
+                drop(g);
+                r
+            }
+        }
+    }
+}
+
+/// Is thread `tid` of this process asleep in futex(2)? Then (its futex
+/// address): /proc/self/task/TID/syscall names the syscall and its
+/// arguments, stat says it sleeps (a futex wait sleeps only once queued,
+/// after the kernel compared the futex word, so no EAGAIN can follow).
+fn asleep_in_futex(tid: u32) -> Option<u64> {
+    let sc = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let mut f = sc.split_whitespace();
+    if f.next()?.parse::<i64>().ok()? != libc::SYS_futex {
+        return None;
+    }
+    let uaddr = u64::from_str_radix(f.next()?.trim_start_matches("0x"), 16).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+    (state == "S").then_some(uaddr)
+}
+
+fn pipe() -> (i32, i32) {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    (fds[0], fds[1])
+}
+
+fn put_byte(fd: i32) {
+    if unsafe { libc::write(fd, [1u8].as_ptr().cast(), 1) } != 1 {
+        die("pipe write");
+    }
+}
+
+fn take_byte(fd: i32) {
+    let mut b = [0u8];
+    if unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) } != 1 {
+        die("pipe read");
+    }
+}
+
+/// `futex`: after "go", `--solo-ops` uncontended lock/unlock pairs on a lock
+/// of its own by thread fx-solo (no futex call at all), then `--rounds`
+/// rounds in batches of `--batch`, each batch by a new pair of threads
+/// fx-holder and fx-waiter: the holder takes the lock and tells the waiter
+/// (through a pipe, not a futex), which asks for it; the holder releases it
+/// `--hold-ms` after taking it, but never before the waiter sleeps in its
+/// futex wait. So each round is exactly one contended wait of the waiter,
+/// ended by the holder's unlock; the waiter's own unlock finds nobody
+/// waiting. Every round is reported: tids, futex address, and the times
+/// that bound the wait (request <= entry <= blocked, release <= return <= acquire).
+/// Last, the main thread parks 20 ms with nobody to unpark it (futex_timeout).
+fn futex_workload(args: &[String]) {
+    let opt = |name: &str, default: u64| -> u64 {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| die(&format!("{name} needs a number")))
+            })
+            .unwrap_or(default)
+    };
+    let kind = args
+        .iter()
+        .position(|a| a == "--lock")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or("pthread");
+    let (rounds, batch, hold_ms, solo_ops) = (
+        opt("--rounds", 60),
+        opt("--batch", 10).max(1),
+        opt("--hold-ms", 50),
+        opt("--solo-ops", 100_000),
+    );
+    say(json!({"event": "ready", "pid": std::process::id()}));
+    wait_for_go();
+
+    let solo_lock = FutexLock::new(kind);
+    let solo = std::thread::Builder::new()
+        .name("fx-solo".into())
+        .spawn(move || {
+            for _ in 0..solo_ops {
+                solo_lock.with(|| ());
+            }
+            gettid()
+        })
+        .unwrap_or_else(|e| die(&format!("spawn: {e}")));
+    let solo_tid = solo.join().unwrap_or_else(|_| die("fx-solo panicked"));
+    say(json!({"event": "futex_solo", "tid": solo_tid, "ops": solo_ops}));
+
+    let lock = FutexLock::new(kind);
+    let mut done = 0;
+    while done < rounds {
+        let n = batch.min(rounds - done);
+        let (held_r, held_w) = pipe();
+        let (done_r, done_w) = pipe();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::Builder::new()
+            .name("fx-waiter".into())
+            .spawn(move || {
+                let _ = tid_tx.send(gettid());
+                let mut times = Vec::new();
+                for _ in 0..n {
+                    take_byte(held_r);
+                    let request = monotonic_ns();
+                    let acquire = lock.with(monotonic_ns);
+                    times.push((request, acquire));
+                    put_byte(done_w);
+                }
+                times
+            })
+            .unwrap_or_else(|e| die(&format!("spawn: {e}")));
+        let waiter_tid: u32 = tid_rx.recv().unwrap_or_else(|_| die("no waiter tid"));
+        let holder = std::thread::Builder::new()
+            .name("fx-holder".into())
+            .spawn(move || {
+                let mut times = Vec::new();
+                for _ in 0..n {
+                    let t = lock.with(|| {
+                        let taken = Instant::now();
+                        put_byte(held_w);
+                        let uaddr = loop {
+                            if let Some(a) = asleep_in_futex(waiter_tid) {
+                                break a;
+                            }
+                            std::thread::sleep(Duration::from_micros(200));
+                        };
+                        let blocked = monotonic_ns();
+                        let hold = Duration::from_millis(hold_ms);
+                        if let Some(rest) = hold.checked_sub(taken.elapsed()) {
+                            std::thread::sleep(rest);
+                        }
+                        (uaddr, blocked, monotonic_ns())
+                    });
+                    times.push(t);
+                    take_byte(done_r);
+                }
+                (gettid(), times)
+            })
+            .unwrap_or_else(|e| die(&format!("spawn: {e}")));
+        let (holder_tid, held) = holder.join().unwrap_or_else(|_| die("holder panicked"));
+        let waited = waiter.join().unwrap_or_else(|_| die("waiter panicked"));
+        for fd in [held_r, held_w, done_r, done_w] {
+            unsafe { libc::close(fd) };
+        }
+        for (i, ((uaddr, blocked, release), (request, acquire))) in
+            held.into_iter().zip(waited).enumerate()
+        {
+            say(
+                json!({"event": "futex_round", "lock": kind, "round": done + i as u64,
+                       "holder": holder_tid, "waiter": waiter_tid,
+                       "uaddr": format!("{uaddr:#x}"), "request_ns": request,
+                       "blocked_ns": blocked, "release_ns": release, "acquire_ns": acquire}),
+            );
+        }
+        done += n;
+    }
+    // a wait nobody ends: a futex wait that times out (ETIMEDOUT), ended
+    // by a timer interrupt, not by a waker
+    let before = monotonic_ns();
+    std::thread::park_timeout(Duration::from_millis(20));
+    say(
+        json!({"event": "futex_timeout", "tid": gettid(), "start_ns": before, "end_ns": monotonic_ns()}),
+    );
+    say(json!({"event": "futex_done", "rounds": rounds}));
+}
+
+/// Two threads hand a turn to each other through one futex word; one op =
+/// one handoff: a FUTEX_WAKE by one thread, and (nearly always) a
+/// FUTEX_WAIT of the other that it ends. Contention at its most expensive,
+/// for bench/futex.sh.
+fn bench_futex(n: u64) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TURN: AtomicU32 = AtomicU32::new(0);
+    fn futex(op: i32, val: u32) {
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                TURN.as_ptr(),
+                op | libc::FUTEX_PRIVATE_FLAG,
+                val,
+                std::ptr::null::<libc::timespec>(),
+            );
+        }
+    }
+    // side `me` waits for its turn, then gives the turn to the other
+    fn play(me: u32, n: u64) {
+        for _ in 0..n {
+            loop {
+                let t = TURN.load(Ordering::Acquire);
+                if t == me {
+                    break;
+                }
+                futex(libc::FUTEX_WAIT, t);
+            }
+            TURN.store(1 - me, Ordering::Release);
+            futex(libc::FUTEX_WAKE, 1);
+        }
+    }
+    let start = Instant::now();
+    let other = std::thread::spawn(move || play(1, n / 2));
+    play(0, n / 2);
+    let _ = other.join();
+    say(json!({"ns_per_op": start.elapsed().as_nanos() as f64 / (n / 2 * 2).max(1) as f64}));
 }

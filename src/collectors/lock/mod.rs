@@ -689,7 +689,7 @@ impl Collector for Lock {
     fn check_target(&self, target: &Target) -> Result<()> {
         let Some(tgid) = tgid_of(target) else {
             // short: the control record carries 128 bytes of message
-            bail!("lock needs -p TID or -P TGID: its uprobes cost ~14 us per lock call, so it never traces {target}");
+            bail!("lock needs -p TID or -P TGID (contention of any lock there: -M, futex): its uprobes cost ~14 us per lock call, so it never traces {target}");
         };
         find_library(tgid, &read_maps(tgid)?)?.ok_or_else(|| no_library(tgid))?;
         Ok(())

@@ -11,8 +11,8 @@
 use std::cell::OnceCell;
 use std::path::Path;
 
-use proc_image::bpf_intf::{decode, lock_event};
-use proc_image::collectors::{keytime, lock, read_captured};
+use proc_image::bpf_intf::{decode, futex_wait_event, lock_event};
+use proc_image::collectors::{futex, keytime, lock, read_captured};
 use proc_image::kallsyms::Kallsyms;
 use proc_image::output::format_text;
 use proc_image::record::Record;
@@ -26,6 +26,9 @@ fn decoded() -> Vec<Record> {
         let rec = match collector.as_str() {
             "keytime" => Some(keytime::decode_record(&data, &ksyms).unwrap()),
             "lock" => lock::lock_record(decode::<lock_event>(&data).unwrap()).unwrap(),
+            "futex" => {
+                Some(futex::wait_record(decode::<futex_wait_event>(&data).unwrap(), false).unwrap())
+            }
             other => panic!("no decoder for captured {other} records"),
         };
         records.extend(rec);

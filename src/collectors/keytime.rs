@@ -364,6 +364,10 @@ impl Collector for Keytime {
     fn stats(&self) -> Result<collector_stats> {
         read_stats(&self.skel.maps.stats)
     }
+
+    fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
 }
 
 fn task_record(hdr: &event_hdr, event: &'static str) -> Record {

@@ -155,4 +155,8 @@ impl Collector for Schedule {
     fn stats(&self) -> Result<collector_stats> {
         read_stats(&self.skel.maps.stats)
     }
+
+    fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
 }

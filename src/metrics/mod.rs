@@ -67,6 +67,8 @@ pub enum Fam {
     TargetInfo,
     Series,
     BuildInfo,
+    BpfRuns,
+    BpfRunSeconds,
 }
 
 struct Desc {
@@ -111,6 +113,8 @@ impl Fam {
             Fam::TargetInfo => d("target_info", None, Gauge, "1 for the current target, 0 for recent ones"),
             Fam::Series => d("metric_series", None, Gauge, "Series this exporter serves (bounded by --metrics-top)"),
             Fam::BuildInfo => d("build_info", None, Gauge, "proc_image's version"),
+            Fam::BpfRuns => d("bpf_runs", None, Counter, "Runs of each BPF program, as the kernel counts them (--bpf-stats)"),
+            Fam::BpfRunSeconds => d("bpf_run", Some(Unit::Seconds), Counter, "Run time of each BPF program, as the kernel counts it (--bpf-stats)"),
         }
     }
 }
@@ -900,6 +904,19 @@ impl Sink for MetricsSink {
     }
     fn deactivated(&mut self, collectors: &[&'static str]) {
         self.exporter.deactivated(collectors, sys::monotonic_ns());
+    }
+    fn bpf_stats(&mut self, stats: &[crate::bpf_stats::ProgStats]) {
+        use crate::bpf_stats::{metric_values, Metric};
+        let now = sys::monotonic_ns();
+        self.exporter.with(|s| {
+            for (m, labels, v) in metric_values(stats) {
+                let fam = match m {
+                    Metric::Runs => Fam::BpfRuns,
+                    Metric::RunSeconds => Fam::BpfRunSeconds,
+                };
+                s.set(fam, labels, now, v);
+            }
+        });
     }
 }
 

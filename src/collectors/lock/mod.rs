@@ -988,6 +988,10 @@ impl Collector for Lock {
     fn stats(&self) -> Result<collector_stats> {
         read_stats(&self.skel.maps.stats)
     }
+
+    fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,17 @@ use std::path::{Path, PathBuf};
 use libbpf_cargo::SkeletonBuilder;
 
 /// One entry per BPF object: bpf/<name>.bpf.c -> $OUT_DIR/<name>.skel.rs
-/// (the collectors, and `noop`, the benchmark floor).
-const COLLECTORS: &[&str] = &["keytime", "lock", "resource", "syscall", "schedule", "noop"];
+/// (the collectors; `noop`, the benchmark floor; `bench_ref`, the classic
+/// way of doing syscall's and schedule's jobs, the benchmark reference).
+const COLLECTORS: &[&str] = &[
+    "keytime",
+    "lock",
+    "resource",
+    "syscall",
+    "schedule",
+    "noop",
+    "bench_ref",
+];
 
 fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));

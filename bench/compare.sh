@@ -26,7 +26,7 @@ ONLY=${ONLY:-"syscall schedule keytime keytime-forks resource lock"}
 sleep 1000 &
 OTHER_PID=$!
 RESULTS=$(mktemp)
-TR_PID="" STATS_PID="" BT_PID=""
+TR_PID="" BT_PID=""
 on_exit() {
 	[ -n "$TR_PID" ] && { exec 7>&- || true; }
 	[ -n "$STATS_PID" ] && { exec 6>&- || true; }
@@ -79,33 +79,13 @@ tracer_start() {
 }
 tracer_stop() { exec 7>&-; wait "$TR_PID" 2>/dev/null || true; TR_PID=""; }
 
-# the kernel's BPF stats on (fd 6) / off
-stats_on() {
-	local fifo out
-	fifo=$(mktemp -u)
-	out=$(mktemp)
-	mkfifo "$fifo"
-	"$WL" bpf-stats-on <"$fifo" >"$out" 2>&1 &
-	STATS_PID=$!
-	exec 6>"$fifo"
-	rm -f "$fifo"
-	until grep -q ready "$out"; do
-		kill -0 "$STATS_PID" 2>/dev/null || { cat "$out" >&2; exit 1; }
-		sleep 0.1
-	done
-	rm -f "$out"
-}
-stats_off() { exec 6>&-; wait "$STATS_PID" 2>/dev/null || true; STATS_PID=""; }
-
-# runs and run ns of the BPF programs process $1 holds
-stats_of() { "$WL" bpf-stats-of "$1" | sed -n 's/.*"runs":\([0-9]*\),"run_ns":\([0-9]*\).*/\1 \2/p'; }
-
 # bt_start PROGRAM [OPTS...]: bpftrace, attached
 bt_start() {
 	local prog=$1 log
 	shift
 	log=$(mktemp)
-	bpftrace "$@" -e "$prog" >/dev/null 2>"$log" &
+	# its output goes on into the removed file: Attaching comes on stdout
+	bpftrace "$@" -e "$prog" >"$log" 2>&1 &
 	BT_PID=$!
 	until grep -q Attaching "$log"; do
 		kill -0 "$BT_PID" 2>/dev/null || { cat "$log" >&2; exit 1; }
@@ -137,11 +117,11 @@ one_run() {
 		tracer=$BT_PID
 		;;
 	esac
-	[ "$stats" = 1 ] && [ -n "$tracer" ] && s0=$(stats_of "$tracer")
+	[ "$stats" = 1 ] && [ -n "$tracer" ] && s0=$(stats_of $STATS_OPTS "$tracer")
 	echo go >&9
 	exec 9>&-
 	wait "$wl"
-	[ "$stats" = 1 ] && [ -n "$tracer" ] && s1=$(stats_of "$tracer")
+	[ "$stats" = 1 ] && [ -n "$tracer" ] && s1=$(stats_of $STATS_OPTS "$tracer")
 	case $cfg in
 	target | other) "$CTL" -d >/dev/null ;;
 	bpftrace) bt_stop ;;
@@ -164,6 +144,9 @@ table() {
 	local name=$1 mode=$2 n=$3 floor=$5 ref=$6
 	FLAG=$4
 	BT=$7
+	# lock: its uprobes (its other programs see every task's exit, exec, fork)
+	STATS_OPTS=""
+	[ "$FLAG" = -l ] && STATS_OPTS=--uprobes
 	local cfgs="none"
 	[ "$floor" != - ] && cfgs+=" floor"
 	cfgs+=" target other bpftrace"

@@ -117,9 +117,10 @@
 //!   proc_image_workload bpf-stats-on
 //!       keep the kernel's BPF run-time stats on (BPF_ENABLE_STATS) until
 //!       stdin closes
-//!   proc_image_workload bpf-stats-of PID...
+//!   proc_image_workload bpf-stats-of [--uprobes] PID...
 //!       prints {"runs": R, "run_ns": T}: the kernel's run count and run time
-//!       summed over the BPF programs those processes hold (their fdinfo)
+//!       summed over the BPF programs those processes hold (their fdinfo);
+//!       --uprobes: only their uprobe programs (of the kprobe type)
 //!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
@@ -326,10 +327,12 @@ fn bpf_stats_on() {
     let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
 }
 
-fn bpf_stats_of(pids: &[String]) {
+fn bpf_stats_of(args: &[String]) {
     use std::os::fd::AsRawFd;
-    let mut ids: Vec<u32> = pids
+    let uprobes_only = args.iter().any(|a| a == "--uprobes");
+    let mut ids: Vec<u32> = args
         .iter()
+        .filter(|a| !a.starts_with("--"))
         .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok())
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
@@ -352,7 +355,8 @@ fn bpf_stats_of(pids: &[String]) {
         let rc = unsafe {
             libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len)
         };
-        if rc == 0 {
+        let kprobe = info.type_ == libbpf_rs::libbpf_sys::BPF_PROG_TYPE_KPROBE;
+        if rc == 0 && (kprobe || !uprobes_only) {
             runs += info.run_cnt;
             run_ns += info.run_time_ns;
         }

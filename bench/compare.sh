@@ -21,6 +21,9 @@
 # lock has a table of its own: uprobes on the C library, a mutex loop.
 # Usage: sudo bench/compare.sh   (REPS=N; ONLY="syscall schedule ..." for some tables)
 source "$(dirname "$0")/lib.sh"
+# a step that fails says where (set -e alone would end the run silently)
+set -E
+trap 'echo "compare.sh: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 ONLY=${ONLY:-"syscall schedule keytime keytime-forks resource lock"}
 sleep 1000 &
@@ -95,7 +98,7 @@ bt_start() {
 	sleep 1
 	rm -f "$log"
 }
-bt_stop() { kill -INT "$BT_PID" 2>/dev/null || true; wait "$BT_PID" 2>/dev/null || true; BT_PID=""; }
+bt_stop() { bt_kill "$BT_PID"; BT_PID=""; }
 
 # one_run CFG MODE N STATS: one workload run under configuration CFG (its
 # floor or reference tracer already running as TR_PID); prints

@@ -95,7 +95,19 @@ bpftrace_start() {
 	done
 	rm -f "$log"
 }
-bpftrace_stop() { kill -INT "$BT_PID"; wait "$BT_PID" 2>/dev/null || true; }
+bpftrace_stop() { bt_kill "$BT_PID"; }
+
+# bt_kill PID: end a bpftrace. It takes SIGINT only once its handler is set
+# (a background job of a script starts with SIGINT ignored), which a loaded
+# machine can delay past the attach: ask until it ends, then SIGKILL
+bt_kill() {
+	for _ in $(seq 1 40); do
+		kill -INT "$1" 2>/dev/null || break
+		sleep 0.25
+	done
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
 
 # cpu_ticks PID: utime + stime of a process so far
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

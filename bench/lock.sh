@@ -58,8 +58,7 @@ bt_once() {
 	echo go >&9
 	exec 9>&-
 	wait "$wl"
-	kill -INT "$bt" 2>/dev/null || true
-	wait "$bt" 2>/dev/null || true
+	bt_kill "$bt"
 	sed -n 's/.*"ns_per_op":\([0-9.e+-]*\).*/\1/p' "$out"
 	rm -f "$fifo" "$out" "$log"
 }

@@ -87,7 +87,41 @@ fn syscall_programs_runs_in_status_summary_and_metrics() {
         Some((0, 0.0)),
         "{status}"
     );
-    traced_getppid_run(&pi);
+    // four threads making K getppid each, spread over 4 s (several 1 s
+    // intervals), blocked in a read before and after
+    let mut w = Workload::start(&[
+        "syscall-threads",
+        "--threads",
+        "4",
+        "--getppid",
+        &(K / 4).to_string(),
+        "--secs",
+        "4",
+    ]);
+    w.wait_truth("threads", Duration::from_secs(30));
+    pi.control_ok(&["-a", "-P", &w.pid().to_string(), "-s"]);
+    w.go();
+    // --status is refreshed every interval: watch three refreshes (every
+    // task's syscalls run the programs, so each shows more runs); they
+    // only grow
+    let mut seen: Vec<u64> = Vec::new();
+    let reached = wait_until(Duration::from_secs(60), || {
+        let st = pi.control_ok(&["--status"]);
+        let runs = table_row(&st, "syscall", "handle__sys_enter").map_or(0, |r| r.0);
+        if seen.last() != Some(&runs) {
+            seen.push(runs);
+        }
+        seen.iter().filter(|&&r| r > 0).count() >= 3 && runs >= K
+    });
+    assert!(reached, "{seen:?}");
+    w.wait_truth("done", Duration::from_secs(60));
+    assert!(seen.windows(2).all(|p| p[0] <= p[1]), "{seen:?}");
+    let _ = w.child.kill();
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
+        "{}",
+        pi.stderr_text()
+    );
 
     // the hooks are the whole system's sys_enter/sys_exit: at least one run
     // of each per syscall of the target, K getppid among them

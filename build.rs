@@ -8,9 +8,17 @@ use std::path::{Path, PathBuf};
 use libbpf_cargo::SkeletonBuilder;
 
 /// One entry per BPF object: bpf/<name>.bpf.c -> $OUT_DIR/<name>.skel.rs
-/// (the collectors, and `noop`, the benchmark floor).
+/// (the collectors; `noop`, the benchmark floor; `bench_ref`, the classic
+/// way of doing syscall's and schedule's jobs, the benchmark reference).
 const COLLECTORS: &[&str] = &[
-    "keytime", "lock", "resource", "syscall", "schedule", "futex", "noop",
+    "keytime",
+    "lock",
+    "resource",
+    "syscall",
+    "schedule",
+    "futex",
+    "noop",
+    "bench_ref",
 ];
 
 fn main() {

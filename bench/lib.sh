@@ -95,7 +95,44 @@ bpftrace_start() {
 	done
 	rm -f "$log"
 }
-bpftrace_stop() { kill -INT "$BT_PID"; wait "$BT_PID" 2>/dev/null || true; }
+bpftrace_stop() { bt_kill "$BT_PID"; }
+
+# bt_kill PID: end a bpftrace. It takes SIGINT only once its handler is set
+# (a background job of a script starts with SIGINT ignored), which a loaded
+# machine can delay past the attach: ask until it ends, then SIGKILL
+bt_kill() {
+	for _ in $(seq 1 40); do
+		kill -INT "$1" 2>/dev/null || break
+		sleep 0.25
+	done
+	kill -KILL "$1" 2>/dev/null || true
+	wait "$1" 2>/dev/null || true
+}
 
 # cpu_ticks PID: utime + stime of a process so far
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# stats_on / stats_off: the kernel's BPF run-time stats on while a
+# `proc_image_workload bpf-stats-on` holds its BPF_ENABLE_STATS fd (its
+# stdin is fd 6); kernel.bpf_stats_enabled is never written
+STATS_PID=""
+stats_on() {
+	local fifo out
+	fifo=$(mktemp -u)
+	out=$(mktemp)
+	mkfifo "$fifo"
+	"$WL" bpf-stats-on <"$fifo" >"$out" 2>&1 &
+	STATS_PID=$!
+	exec 6>"$fifo"
+	rm -f "$fifo"
+	until grep -q ready "$out"; do
+		kill -0 "$STATS_PID" 2>/dev/null || { cat "$out" >&2; exit 1; }
+		sleep 0.1
+	done
+	rm -f "$out"
+}
+stats_off() { exec 6>&-; wait "$STATS_PID" 2>/dev/null || true; STATS_PID=""; }
+
+# stats_of [--uprobes] PID: "RUNS RUN_NS" of the BPF programs process PID
+# holds (--uprobes: of its uprobes only), so far
+stats_of() { "$WL" bpf-stats-of "$@" | sed -n 's/.*"runs":\([0-9]*\),"run_ns":\([0-9]*\).*/\1 \2/p'; }

@@ -8,6 +8,10 @@
 #       pthread_mutex_unlock, keeping wait and hold per thread
 # (a)/(b) run many more pairs than (c)/(d): a traced pair costs three
 # uprobe traps (~7 us each here), an untraced one ~3 ns.
+# Then the probe hits per pair, from the kernel's BPF stats (turned on for
+# these runs only, through BPF_ENABLE_STATS): the run count of proc_image's
+# uprobe programs over the pairs of a loop that is the target (c), and of
+# one that is not (b: nothing hits, the untargeted process pays nothing).
 # Usage: sudo bench/lock.sh   (REPS=N runs per figure, median taken)
 source "$(dirname "$0")/lib.sh"
 
@@ -21,6 +25,18 @@ uprobe:LIBC:pthread_mutex_unlock /@acq[tid]/ { @hold = hist(nsecs - @acq[tid]); 
 sleep 1000 &
 OTHER_PID=$!
 TMP_A=$(mktemp) TMP_B=$(mktemp) TMP_C=$(mktemp) TMP_D=$(mktemp)
+TMP_HB=$(mktemp) TMP_HC=$(mktemp)
+
+# hits N [ACTIVATE-ARGS]: proc_image's uprobe program runs per pair in one
+# loop of N pairs (with the kernel's BPF stats on)
+hits() {
+	local n=$1 r0 r1
+	shift
+	read -r r0 _ < <(stats_of --uprobes "$PI_PID")
+	run_once bench-mutex "$n" "$@" >/dev/null
+	read -r r1 _ < <(stats_of --uprobes "$PI_PID")
+	awk -v d=$((r1 - r0)) -v n="$n" 'BEGIN {printf "%.3f\n", d / n}'
+}
 
 # bt_once N: one timed loop under bpftrace -p <loop pid>, prints ns/pair
 bt_once() {
@@ -42,8 +58,7 @@ bt_once() {
 	echo go >&9
 	exec 9>&-
 	wait "$wl"
-	kill -INT "$bt" 2>/dev/null || true
-	wait "$bt" 2>/dev/null || true
+	bt_kill "$bt"
 	sed -n 's/.*"ns_per_op":\([0-9.e+-]*\).*/\1/p' "$out"
 	rm -f "$fifo" "$out" "$log"
 }
@@ -63,13 +78,23 @@ for _ in $(seq 1 "$REPS"); do
 	run_once bench-mutex "$SLOW_N" -l >>"$TMP_C"
 	"$CTL" -d >/dev/null
 	bt_once "$SLOW_N" >>"$TMP_D"
+	# not timed: the stats add two clock reads to every program run
+	stats_on
+	"$CTL" -a -P "$OTHER_PID" -l >/dev/null
+	hits $((FAST_N / 20)) >>"$TMP_HB"
+	"$CTL" -d >/dev/null
+	hits "$SLOW_N" -l >>"$TMP_HC"
+	"$CTL" -d >/dev/null
+	stats_off
 done
 pi_stop
 a=$(median <"$TMP_A")
 b=$(median <"$TMP_B")
 c=$(median <"$TMP_C")
 d=$(median <"$TMP_D")
-rm -f "$TMP_A" "$TMP_B" "$TMP_C" "$TMP_D"
+hb=$(median <"$TMP_HB")
+hc=$(median <"$TMP_HC")
+rm -f "$TMP_A" "$TMP_B" "$TMP_C" "$TMP_D" "$TMP_HB" "$TMP_HC"
 
 echo "pthread_mutex_lock+unlock pairs with proc_image -l (median of $REPS; libc $LIBC)"
 row "(a) no tracing ($FAST_N pairs)" "$a" "$a"
@@ -79,3 +104,4 @@ row "(d) bpftrace -p on the same hooks" "$a" "$d"
 awk -v c="$c" -v d="$d" -v a="$a" -v b="$b" 'BEGIN {
 	printf "  not a target: %+.2f%% vs no tracing; target: proc_image %.2fx bpftrace (%.1f vs %.1f us per pair)\n",
 		100 * (b - a) / a, c / d, c / 1000, d / 1000 }'
+echo "  probe hits per lock/unlock pair (uprobe program runs / pairs): on the loop $hc; on another process's loop $hb ($((FAST_N / 20)) pairs)"

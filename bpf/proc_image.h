@@ -532,7 +532,7 @@ struct futex_part {
 /*
  * Control: how controller asks and proc_image answers, through three maps
  * pinned in one directory. Every request is unique and answered once:
- *  - `control` (array, one CONTROL_SLOT_SIZE slot): proc_image's state,
+ *  - `control` (array, one CONTROL_STATE_SIZE slot): proc_image's state,
  *    written only by proc_image: owner, what is loaded, and one
  *    control_activation per collector.
  *  - `requests` (queue): controller pushes a control_request, proc_image pops
@@ -542,8 +542,9 @@ struct futex_part {
  * The version changes whenever a layout here changes.
  */
 #define CONTROL_MAGIC 0x474d4950 /* "PIMG" */
-#define CONTROL_VERSION 3
-#define CONTROL_SLOT_SIZE 1024
+#define CONTROL_VERSION 4
+#define CONTROL_SLOT_SIZE 1024  /* a request */
+#define CONTROL_STATE_SIZE 4096 /* the state: it lists the BPF programs' stats */
 #define CONTROL_MESSAGE_LEN 256
 #define CONTROL_QUEUE_LEN 64    /* requests waiting at most */
 #define CONTROL_ANSWERS_MAX 256 /* answers not yet collected at most */
@@ -580,6 +581,23 @@ struct control_activation {
 	__u64 records;     /* records written for it so far */
 };
 
+/*
+ * --bpf-stats: one BPF program's runs and run time so far, as the kernel
+ * counts them while BPF_ENABLE_STATS is on (bpf_prog_info run_cnt and
+ * run_time_ns).
+ */
+#define CONTROL_PROGS_MAX 40
+#define CONTROL_PROG_NAME_LEN 40 /* libbpf's name, longer than the kernel's 16 */
+
+struct control_prog_stats {
+	__u8 name[CONTROL_PROG_NAME_LEN];
+	__u32 collector; /* enum pi_collector */
+	__u32 _pad;
+	__u64 runs;
+	__u64 run_ns;
+};
+_Static_assert(sizeof(struct control_prog_stats) == 64, "control_prog_stats layout");
+
 struct control_state {
 	struct control_header hdr;
 	__u32 owner_pid;         /* the proc_image that owns the pins */
@@ -589,8 +607,11 @@ struct control_state {
 	__u32 refused_mask;      /* collectors asked for (-a) that the kernel refused */
 	struct control_activation active[PI_COLLECTOR_COUNT];
 	__u8 message[CONTROL_MESSAGE_LEN]; /* what the loader could not load, or "ready" */
+	__u32 bpf_stats;  /* 1: proc_image runs with --bpf-stats, progs[] are its programs */
+	__u32 prog_count; /* entries of progs[] in use */
+	struct control_prog_stats progs[CONTROL_PROGS_MAX];
 };
-_Static_assert(sizeof(struct control_state) <= CONTROL_SLOT_SIZE, "control_state size");
+_Static_assert(sizeof(struct control_state) <= CONTROL_STATE_SIZE, "control_state size");
 
 /* control_request.flags */
 #define CONTROL_F_MYPROC 1 /* trace proc_image's own threads too (controller -m) */

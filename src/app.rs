@@ -16,6 +16,7 @@ use crate::bpf_intf::{
     CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_DONE,
     CONTROL_STATUS_ENDING, CONTROL_STATUS_ERROR, PI_COLLECTOR_COUNT,
 };
+use crate::bpf_stats;
 use crate::cli::ProcImageArgs;
 use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions};
 use crate::control::{self, ControlMap};
@@ -36,6 +37,8 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
     collectors::set_libbpf_log(args.verbose);
 
     let kinds = args.collectors();
+    // refused up front, before anything is pinned: asked for, it must be had
+    let stats_on = args.bpf_stats.then(bpf_stats::enable).transpose()?;
 
     // before the pins: a taken metrics port or a bad trace path leaves nothing behind
     let sinks = open_sinks(&args)?;
@@ -64,7 +67,15 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
             r.kind, r.reason
         );
     }
+    let counting = match stats_on {
+        Some(on) => Some(bpf_stats::Counting::new(
+            on,
+            collectors.iter().map(|c| (c.kind().name(), c.object())),
+        )?),
+        None => None,
+    };
     let mut app = App::new(args, control, collectors, &refused, sinks)?;
+    app.bpf_stats = counting;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
@@ -121,6 +132,9 @@ struct App {
     /// stats already reported, per collector
     reported: Vec<Losses>,
     finishing: bool,
+    /// --bpf-stats: the programs whose runs are counted, read every interval
+    bpf_stats: Option<bpf_stats::Counting>,
+    next_bpf_stats: Instant,
 }
 
 impl App {
@@ -170,6 +184,8 @@ impl App {
             answers: VecDeque::new(),
             reported,
             finishing: false,
+            bpf_stats: None,
+            next_bpf_stats: Instant::now(),
         })
     }
 
@@ -185,6 +201,8 @@ impl App {
             .map(|c| collectors::capture_raw(c.kind(), c.decoder()))
             .collect();
         let rb = ring_buffer(&handles, decoders, &self.output, &self.decode_errors)?;
+        // the programs are listed by --status from the start
+        self.refresh_bpf_stats()?;
         let names = CollectorKind::names(self.state.loaded_mask);
         eprintln!(
             "proc_image: loaded {names}; ready (pid {}, pins in {}). Activate with: controller -a [-p PID | -P TGID] [-k] ...",
@@ -506,6 +524,10 @@ impl App {
             self.report_losses();
             self.publish_state()?;
         }
+        if self.bpf_stats.is_some() && now >= self.next_bpf_stats {
+            self.next_bpf_stats = now + Duration::from_millis(self.args.interval.into());
+            self.refresh_bpf_stats()?;
+        }
         // one target_gone per target, however many collectors traced it
         let mut targets: Vec<Target> = gone.iter().map(|(_, t)| *t).collect();
         targets.dedup();
@@ -523,6 +545,18 @@ impl App {
             self.publish_state()?;
         }
         Ok(())
+    }
+
+    /// --bpf-stats: every program's runs and run time to the metrics and
+    /// the control state (controller --status).
+    fn refresh_bpf_stats(&mut self) -> Result<()> {
+        let Some(counting) = &self.bpf_stats else {
+            return Ok(());
+        };
+        let stats = counting.read();
+        self.output.borrow_mut().bpf_stats(&stats);
+        bpf_stats::to_control(&stats, collector_index, &mut self.state);
+        self.publish_state()
     }
 
     /// Anything the BPF side could not deliver since the last report is said,
@@ -612,6 +646,12 @@ impl App {
             self.output.borrow().records(),
             lost.join("; ")
         );
+        if let Some(counting) = &self.bpf_stats {
+            eprintln!("proc_image: BPF programs, runs and run time (--bpf-stats):");
+            for line in bpf_stats::table(&counting.read()) {
+                eprintln!("  {line}");
+            }
+        }
     }
 }
 
@@ -640,6 +680,14 @@ impl Event for AppEvent {
     fn to_value(&self) -> serde_json::Value {
         value_of(self)
     }
+}
+
+/// A collector's number (enum pi_collector) from its name.
+fn collector_index(name: &str) -> u32 {
+    CollectorKind::ALL
+        .iter()
+        .find(|k| k.name() == name)
+        .map_or(u32::MAX, |k| k.index() as u32)
 }
 
 /// Records taken from the ring buffers per turn of the loop: under a flood

@@ -66,6 +66,14 @@ pub struct ProcImageArgs {
     /// Write the trace as Chrome Trace Event JSON to FILE (ui.perfetto.dev, chrome://tracing)
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
+    /// Count each BPF program's runs and run time (the kernel's BPF stats,
+    /// on while proc_image runs): in controller --status, the exit summary
+    /// and the metrics proc_image_bpf_runs_total and
+    /// proc_image_bpf_run_seconds_total. Adds two clock reads to every
+    /// program run (of every BPF program on the host while on). If the
+    /// kernel refuses (before 5.8), proc_image does not start
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 impl ProcImageArgs {
@@ -129,6 +137,7 @@ pub struct ControllerArgs {
     #[arg(short = 'f', long)]
     pub finish: bool,
     /// Show each collector: loaded, active, target, since when, records so far
+    /// (with proc_image --bpf-stats, also each BPF program's runs and run time)
     #[arg(long)]
     pub status: bool,
 

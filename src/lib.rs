@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod bpf_intf;
+pub mod bpf_stats;
 pub mod cli;
 pub mod collectors;
 pub mod control;

@@ -23,6 +23,8 @@ pub trait Sink {
     fn record(&mut self, rec: &Record);
     /// Those collectors' activations ended (their last records were delivered).
     fn deactivated(&mut self, _collectors: &[&'static str]) {}
+    /// --bpf-stats: every program's runs and run time so far.
+    fn bpf_stats(&mut self, _stats: &[crate::bpf_stats::ProgStats]) {}
     fn flush(&mut self) {}
     /// proc_image ends: complete what was written. Called once.
     fn finish(&mut self) -> anyhow::Result<()> {
@@ -84,6 +86,10 @@ impl Output {
 
     pub fn refused(&mut self, collectors: &[&'static str]) {
         self.sinks.iter_mut().for_each(|s| s.refused(collectors));
+    }
+
+    pub fn bpf_stats(&mut self, stats: &[crate::bpf_stats::ProgStats]) {
+        self.sinks.iter_mut().for_each(|s| s.bpf_stats(stats));
     }
 
     pub fn activated(&mut self, target: &Target, collectors: &[&'static str]) {

@@ -247,7 +247,10 @@ fn dashboards_query_real_prometheus_scraping_proc_image() {
     }
     let mport = free_port();
     let addr = format!("127.0.0.1:{mport}");
-    let pi = ProcImage::start("metrics", &["-a", "--metrics", &addr, "--interval", "300"]);
+    let pi = ProcImage::start(
+        "metrics",
+        &["-a", "--metrics", &addr, "--interval", "300", "--bpf-stats"],
+    );
     let prom = Prometheus::start(mport);
     // scraping from before the workload starts: rate() sees all it does
     let scraped = |n: f64| {

@@ -295,6 +295,10 @@ impl Collector for Futex {
     fn stats(&self) -> Result<Losses> {
         read_stats(&self.skel.maps.stats)
     }
+
+    fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
 }
 
 #[cfg(test)]

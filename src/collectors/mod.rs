@@ -329,6 +329,9 @@ pub trait Collector {
 
     /// The per-CPU health counters, summed over CPUs.
     fn stats(&self) -> Result<Losses>;
+
+    /// Its loaded BPF object (--bpf-stats reads its programs' run counts).
+    fn object(&self) -> &libbpf_rs::Object;
 }
 
 /// A collector that did not load, and why, in one line.

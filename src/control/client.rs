@@ -212,6 +212,20 @@ pub fn status_text(state: &control_state) -> String {
         };
         lines.push(line);
     }
+    let name_of = |i: u32| {
+        CollectorKind::ALL
+            .iter()
+            .find(|k| k.index() as u32 == i)
+            .map_or("?", |k| k.name())
+    };
+    if let Some(stats) = crate::bpf_stats::from_control(state, name_of) {
+        lines.push("  BPF programs, runs and run time (--bpf-stats):".into());
+        lines.extend(
+            crate::bpf_stats::table(&stats)
+                .into_iter()
+                .map(|l| format!("    {l}")),
+        );
+    }
     let msg = c_str(&state.message);
     if !msg.is_empty() && msg != "ready" {
         lines.push(format!("  note: {msg}"));

@@ -17,7 +17,8 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::bpf_intf::{
     control_answer, control_header, control_request, control_state, CONTROL_ANSWERS_MAX,
-    CONTROL_MAGIC, CONTROL_MESSAGE_LEN, CONTROL_QUEUE_LEN, CONTROL_SLOT_SIZE, CONTROL_VERSION,
+    CONTROL_MAGIC, CONTROL_MESSAGE_LEN, CONTROL_QUEUE_LEN, CONTROL_SLOT_SIZE, CONTROL_STATE_SIZE,
+    CONTROL_VERSION,
 };
 use crate::sys;
 
@@ -114,7 +115,7 @@ impl ControlMap {
             MapType::Array,
             Some("pi_control"),
             4,
-            CONTROL_SLOT_SIZE,
+            CONTROL_STATE_SIZE,
             1,
             &opts,
         )
@@ -200,7 +201,7 @@ impl ControlMap {
                 anyhow!("open control map {}: {e}", path.display())
             }
         })?;
-        if state.value_size() != CONTROL_SLOT_SIZE || state.max_entries() != 1 {
+        if state.value_size() != CONTROL_STATE_SIZE || state.max_entries() != 1 {
             // an older proc_image: its header says which version it speaks
             if let Some(hdr) = read_header(&state) {
                 check_header(&hdr)?;
@@ -255,7 +256,7 @@ impl ControlMap {
         self.state
             .update(
                 &0u32.to_ne_bytes(),
-                &as_bytes(state, CONTROL_SLOT_SIZE as usize),
+                &as_bytes(state, CONTROL_STATE_SIZE as usize),
                 MapFlags::ANY,
             )
             .context("write the control map")

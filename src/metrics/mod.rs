@@ -342,4 +342,12 @@ impl Sink for MetricsSink {
     fn deactivated(&mut self, collectors: &[&'static str]) {
         self.exporter.deactivated(collectors, sys::monotonic_ns());
     }
+    fn bpf_stats(&mut self, stats: &[crate::bpf_stats::ProgStats]) {
+        let now = sys::monotonic_ns();
+        self.exporter.with(|s| {
+            for (fam, labels, v) in crate::bpf_stats::metric_values(stats) {
+                s.set(fam, labels, now, v);
+            }
+        });
+    }
 }

@@ -36,6 +36,8 @@ pub enum Fam {
     TargetInfo,
     Series,
     BuildInfo,
+    BpfRuns,
+    BpfRunSeconds,
 }
 
 pub(crate) struct Desc {
@@ -82,6 +84,8 @@ impl Fam {
             Fam::CollectorActive => d("collector_active", None, Gauge, "1 for each collector currently collecting"),
             Fam::TargetInfo => d("target_info", None, Gauge, "1 for the current target, 0 for recent ones"),
             Fam::Series => d("metric_series", None, Gauge, "Series this exporter serves (bounded by --metrics-top)"),
+            Fam::BpfRuns => d("bpf_runs", None, Counter, "Runs of each BPF program, as the kernel counts them (--bpf-stats)"),
+            Fam::BpfRunSeconds => d("bpf_run", Some(Unit::Seconds), Counter, "Run time of each BPF program, as the kernel counts it (--bpf-stats)"),
             Fam::BuildInfo => d("build_info", None, Gauge, "proc_image's version"),
         }
     }

@@ -116,6 +116,17 @@
 //!   proc_image_workload noop-hooks syscalls|sched|resource
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
+//!   proc_image_workload ref-hooks syscount|runqlat
+//!       attach the benchmark reference (bpf/bench_ref.bpf.c: syscount -L or
+//!       runqlat done the classic way, hash maps keyed by tid) until stdin
+//!       closes
+//!   proc_image_workload bpf-stats-on
+//!       keep the kernel's BPF run-time stats on (BPF_ENABLE_STATS) until
+//!       stdin closes
+//!   proc_image_workload bpf-stats-of [--uprobes] PID...
+//!       prints {"runs": R, "run_ns": T}: the kernel's run count and run time
+//!       summed over the BPF programs those processes hold (their fdinfo);
+//!       --uprobes: only their uprobe programs (of the kprobe type)
 //!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N
 //!                       | bench-futex N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
@@ -204,6 +215,9 @@ fn main() {
         "io-uring" => io_uring(),
         "lock-anchors-go" => lock_anchors_go(num("--pairs", 100)),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
+        "ref-hooks" => ref_hooks(args.get(1).map(String::as_str).unwrap_or("")),
+        "bpf-stats-on" => bpf_stats_on(),
+        "bpf-stats-of" => bpf_stats_of(&args[1..]),
         "exit" => std::process::exit(args.get(1).and_then(|c| c.parse().ok()).unwrap_or(0)),
         "spin" => loop {
             busy(Duration::from_millis(2));
@@ -283,6 +297,80 @@ fn noop_hooks(which: &str) {
     say(json!({"event": "ready"}));
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+}
+
+mod bench_ref {
+    include!(concat!(env!("OUT_DIR"), "/bench_ref.skel.rs"));
+}
+
+fn ref_hooks(which: &str) {
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+    let mut storage = std::mem::MaybeUninit::uninit();
+    let skel = bench_ref::BenchRefSkelBuilder::default()
+        .open(&mut storage)
+        .and_then(|s| s.load())
+        .unwrap_or_else(|e| die(&format!("load the reference programs: {e}")));
+    let p = &skel.progs;
+    let progs = match which {
+        "syscount" => vec![&p.ref__sys_enter, &p.ref__sys_exit],
+        "runqlat" => vec![
+            &p.ref__sched_wakeup,
+            &p.ref__sched_wakeup_new,
+            &p.ref__sched_switch,
+        ],
+        _ => die("ref-hooks syscount|runqlat"),
+    };
+    let _links: Vec<libbpf_rs::Link> = progs
+        .iter()
+        .map(|p| p.attach().unwrap_or_else(|e| die(&format!("attach: {e}"))))
+        .collect();
+    say(json!({"event": "ready"}));
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+}
+
+fn bpf_stats_on() {
+    let _on = proc_image::bpf_stats::enable().unwrap_or_else(|e| die(&format!("{e:#}")));
+    say(json!({"event": "ready"}));
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+}
+
+fn bpf_stats_of(args: &[String]) {
+    use std::os::fd::AsRawFd;
+    let uprobes_only = args.iter().any(|a| a == "--uprobes");
+    let mut ids: Vec<u32> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok())
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut runs, mut run_ns) = (0u64, 0u64);
+    for id in ids {
+        let Ok(fd) = libbpf_rs::Program::fd_from_id(id) else {
+            continue;
+        };
+        let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+        let mut len = std::mem::size_of_val(&info) as u32;
+        // SAFETY: a zeroed bpf_prog_info of `len` bytes, no arrays asked for
+        let rc = unsafe {
+            libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len)
+        };
+        let kprobe = info.type_ == libbpf_rs::libbpf_sys::BPF_PROG_TYPE_KPROBE;
+        if rc == 0 && (kprobe || !uprobes_only) {
+            runs += info.run_cnt;
+            run_ns += info.run_time_ns;
+        }
+    }
+    say(json!({"runs": runs, "run_ns": run_ns}));
 }
 
 fn known_syscalls(getppid: u64, writes: u64, sleep_ms: u64) {

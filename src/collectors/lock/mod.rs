@@ -833,6 +833,10 @@ impl Collector for Lock {
     fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
+
+    fn object(&self) -> &libbpf_rs::Object {
+        libbpf_rs::skel::Skel::object(&self.skel)
+    }
 }
 
 #[cfg(test)]

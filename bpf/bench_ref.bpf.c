@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Benchmark reference: the jobs of the syscall and schedule collectors done
+ * the classic way, as libbpf-tools' syscount -L and runqlat do it: a start
+ * timestamp in a hash map keyed by thread id, looked up and deleted at the
+ * end of the interval, figures in hash maps. Whole system, no filter (the
+ * tools' default). On the same tp_btf hooks as the collectors and the no-op
+ * floor (noop.bpf.c), so that only the work differs. Written for
+ * bench/compare.sh (the workload's `ref-hooks` mode attaches them).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define MAX_THREADS 10240
+#define SLOTS 32
+
+/* ---- syscount -L: count and total latency per syscall id ---- */
+
+struct sys_start {
+	__u64 ts;
+	__u64 id;
+};
+
+struct sys_data {
+	__u64 count;
+	__u64 total_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, struct sys_start);
+} sys_start SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct sys_data);
+} sys_data SEC(".maps");
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(ref__sys_enter, struct pt_regs *regs, long id)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sys_start s = { .ts = bpf_ktime_get_ns(), .id = id };
+
+	bpf_map_update_elem(&sys_start, &tid, &s, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(ref__sys_exit, struct pt_regs *regs, long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct sys_data zero = {}, *d;
+	struct sys_start *s;
+	__u32 key;
+
+	s = bpf_map_lookup_elem(&sys_start, &tid);
+	if (!s)
+		return 0;
+	key = s->id;
+	d = bpf_map_lookup_elem(&sys_data, &key);
+	if (!d) {
+		bpf_map_update_elem(&sys_data, &key, &zero, BPF_NOEXIST);
+		d = bpf_map_lookup_elem(&sys_data, &key);
+		if (!d)
+			goto out;
+	}
+	__sync_fetch_and_add(&d->count, 1);
+	__sync_fetch_and_add(&d->total_ns, bpf_ktime_get_ns() - s->ts);
+out:
+	bpf_map_delete_elem(&sys_start, &tid);
+	return 0;
+}
+
+/* ---- runqlat: a log2 histogram of run-queue latency (us) ---- */
+
+struct hist {
+	__u32 slots[SLOTS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_THREADS);
+	__type(key, __u32);
+	__type(value, __u64);
+} rq_start SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hist);
+} rq_hists SEC(".maps");
+
+static __always_inline void enqueue(__u32 pid)
+{
+	__u64 ts;
+
+	if (!pid)
+		return;
+	ts = bpf_ktime_get_ns();
+	bpf_map_update_elem(&rq_start, &pid, &ts, BPF_ANY);
+}
+
+static __always_inline __u32 log2_slot(__u64 v)
+{
+	__u32 r = 0;
+
+	while (v > 1 && r < SLOTS - 1) {
+		v >>= 1;
+		r++;
+	}
+	return r;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(ref__sched_wakeup, struct task_struct *p)
+{
+	enqueue(p->pid);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(ref__sched_wakeup_new, struct task_struct *p)
+{
+	enqueue(p->pid);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(ref__sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	static const struct hist zero;
+	__u32 pid = next->pid, key = 0;
+	struct hist *h;
+	__u64 *tsp;
+	__s64 delta;
+
+	/* preempted, still runnable: it waits for a CPU from now */
+	if (prev->__state == 0)
+		enqueue(prev->pid);
+	tsp = bpf_map_lookup_elem(&rq_start, &pid);
+	if (!tsp)
+		return 0;
+	delta = bpf_ktime_get_ns() - *tsp;
+	if (delta < 0)
+		goto out;
+	h = bpf_map_lookup_elem(&rq_hists, &key);
+	if (!h) {
+		bpf_map_update_elem(&rq_hists, &key, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&rq_hists, &key);
+		if (!h)
+			goto out;
+	}
+	__sync_fetch_and_add(&h->slots[log2_slot(delta / 1000) & (SLOTS - 1)], 1);
+out:
+	bpf_map_delete_elem(&rq_start, &pid);
+	return 0;
+}

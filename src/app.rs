@@ -22,7 +22,7 @@ use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions}
 use crate::control::{self, ControlMap};
 use crate::losses::Losses;
 use crate::output::{Format, Output, Sink};
-use crate::record::{value_of, Event, Record};
+use crate::record::{write_json_of, Event, Record};
 use crate::sys;
 use crate::target::Target;
 
@@ -677,8 +677,8 @@ impl Event for AppEvent {
         }
     }
 
-    fn to_value(&self) -> serde_json::Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 }
 
@@ -690,13 +690,16 @@ fn collector_index(name: &str) -> u32 {
         .map_or(u32::MAX, |k| k.index() as u32)
 }
 
-/// Records taken from the ring buffers per turn of the loop: under a flood
-/// the rings refill as fast as they are read, and an unbounded read would
-/// keep the loop from answering controller and closing intervals.
-const RECORDS_PER_TURN: usize = 65_536;
+/// How long one turn of the loop reads the ring buffers: under a flood the
+/// rings refill as fast as they are read, and an unbounded read would keep
+/// the loop from answering controller and closing intervals (what does not
+/// fit waits in the rings, or is counted as dropped).
+const TURN_BUDGET: Duration = Duration::from_millis(100);
+/// Records taken between two looks at the clock.
+const RECORDS_PER_BATCH: usize = 1024;
 
 /// Wait up to POLL for a wakeup (at once if a record is already waiting),
-/// then take at most RECORDS_PER_TURN records. A signal interrupting the
+/// then read the records for at most TURN_BUDGET. A signal interrupting the
 /// wait is not an error; a closed stdout shows in the output's state.
 fn poll(rb: &RingBuffer<'_>) -> Result<()> {
     let mut event = libc::epoll_event { events: 0, u64: 0 };
@@ -708,16 +711,25 @@ fn poll(rb: &RingBuffer<'_>) -> Result<()> {
             return Err(anyhow!("wait for the ring buffers: {e}"));
         }
     }
-    // records submitted without a wakeup (see submit_record) are swept here too
-    let rc = rb.consume_raw_n(RECORDS_PER_TURN);
-    if rc >= 0 || rc == -libc::EINTR || rc == -1 {
-        // -1: a callback stopped the poll (stdout closed)
-        return Ok(());
+    // records submitted without a wakeup (see submit_record) are swept here
+    // too; in batches, for at most TURN_BUDGET
+    let start = Instant::now();
+    loop {
+        let rc = rb.consume_raw_n(RECORDS_PER_BATCH);
+        if rc == -libc::EINTR || rc == -1 {
+            // -1: a callback stopped the poll (stdout closed)
+            return Ok(());
+        }
+        if rc < 0 {
+            return Err(anyhow!(
+                "read the ring buffers: {}",
+                std::io::Error::from_raw_os_error(-rc)
+            ));
+        }
+        if (rc as usize) < RECORDS_PER_BATCH || start.elapsed() >= TURN_BUDGET {
+            return Ok(());
+        }
     }
-    Err(anyhow!(
-        "read the ring buffers: {}",
-        std::io::Error::from_raw_os_error(-rc)
-    ))
 }
 
 /// One ring buffer over every collector's `events` map; each record goes

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::bpf_intf::collector_stats;
 use crate::record::families::Fam;
-use crate::record::{value_of, Event, MetricsOut, Record, TraceOut};
+use crate::record::{write_json_of, Event, MetricsOut, Record, TraceOut};
 
 /// Counts since the collector was loaded (or, from `since`, over a span).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,8 +100,8 @@ impl Event for Lost {
         "lost"
     }
 
-    fn to_value(&self) -> serde_json::Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 
     fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {

@@ -144,9 +144,11 @@ impl Output {
         let line = match self.format {
             Format::None => return,
             Format::Json => {
-                let mut s = rec.to_json().to_string();
-                s.push('\n');
-                s
+                let mut line = Vec::with_capacity(512);
+                rec.write_json(&mut line);
+                line.push(b'\n');
+                self.write(&line);
+                return;
             }
             Format::Text => {
                 let wall = (rec.ts_ns as i128 + self.wall_offset_ns).max(0) as u64;

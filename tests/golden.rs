@@ -56,7 +56,18 @@ fn check(name: &str, lines: Vec<String>) {
 fn captured_records_decode_to_the_same_json() {
     let records = decoded();
     assert!(records.len() > 100, "{} records", records.len());
-    let lines = records.iter().map(|r| r.to_json().to_string()).collect();
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| {
+            let mut line = Vec::new();
+            r.write_json(&mut line);
+            String::from_utf8(line).unwrap()
+        })
+        .collect();
+    // the Value form says the same
+    for (r, l) in records.iter().zip(&lines) {
+        assert_eq!(&r.to_json().to_string(), l);
+    }
     check("records.jsonl", lines);
 }
 

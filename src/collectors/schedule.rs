@@ -5,7 +5,6 @@
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Link, MapHandle};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::latency::{self, Figures};
 use super::{
@@ -16,7 +15,7 @@ use crate::bpf_intf::{self, schedule_config};
 use crate::kernel_btf::{self, Variant};
 use crate::output::Output;
 use crate::record::families::Fam;
-use crate::record::{self, value_of, MetricsOut, Record, TraceOut};
+use crate::record::{self, write_json_of, MetricsOut, Record, TraceOut};
 use crate::sys;
 use crate::target::Target;
 
@@ -112,8 +111,8 @@ impl record::Event for Event {
         "schedule"
     }
 
-    fn to_value(&self) -> Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 
     fn name(&self) -> &'static str {

@@ -25,9 +25,15 @@ pub trait Event: Debug {
     fn collector(&self) -> &'static str;
     /// Its `event` name.
     fn name(&self) -> &'static str;
-    /// Its fields, `event` first, as JSON (`serde_json::to_value` of a
-    /// type tagged by `event`).
-    fn to_value(&self) -> Value;
+    /// Its fields, `event` first, as a JSON object (`write_json_of` of a
+    /// serde type tagged by `event`), written straight into `out`.
+    fn write_json(&self, out: &mut Vec<u8>);
+    /// The same as a JSON value (text output, tests).
+    fn to_value(&self) -> Value {
+        let mut bytes = Vec::new();
+        self.write_json(&mut bytes);
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
     /// What it adds to the Prometheus families.
     fn metrics(&self, _rec: &Record, _m: &mut dyn MetricsOut) {}
     /// What it draws in the trace.
@@ -180,6 +186,35 @@ impl Record {
         Value::Object(m)
     }
 
+    /// The record as one line of JSON, as `--json` prints it, without going
+    /// through a `Value`: the common fields, the body's, the cgroup.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = write!(
+            out,
+            r#"{{"ts_ns":{},"collector":"{}","pid":{},"tgid":{},"comm":"#,
+            self.ts_ns, self.collector, self.pid, self.tgid
+        );
+        let _ = serde_json::to_writer(&mut *out, &self.comm);
+        let mut body = Vec::with_capacity(256);
+        self.body.write_json(&mut body);
+        // the body's object, its braces dropped
+        match body.len() {
+            0..=2 => {
+                let _ = write!(out, r#","event":"{}""#, self.event());
+            }
+            n => {
+                out.push(b',');
+                out.extend_from_slice(&body[1..n - 1]);
+            }
+        }
+        if let Some(c) = &self.cgroup {
+            let _ = write!(out, r#","cgroup_id":{},"cgroup":"#, c.cgroup_id);
+            let _ = serde_json::to_writer(&mut *out, &c.cgroup);
+        }
+        out.push(b'}');
+    }
+
     /// The fields after the common ones (ts_ns .. event), in order: what
     /// text output prints as `name=value`.
     pub fn details(&self) -> Vec<(String, Value)> {
@@ -198,9 +233,10 @@ impl Record {
     }
 }
 
-/// `Event::to_value` for a serde type: its JSON, `event` tag first.
-pub fn value_of(v: &impl serde::Serialize) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
+/// `Event::write_json` for a serde type: its JSON, `event` tag first.
+pub fn write_json_of(v: &impl serde::Serialize, out: &mut Vec<u8>) {
+    // writing into a Vec cannot fail; a type that cannot serialize is a bug
+    let _ = serde_json::to_writer(out, v);
 }
 
 /// Serialize a u64 as `0x..` (addresses, flags).

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::TOP;
 use crate::bpf_intf::{
@@ -13,7 +13,7 @@ use crate::bpf_intf::{
     FUTEX_K_WAKE, FUTEX_K_WAKE_BITSET, FUTEX_K_WAKE_OP, FUTEX_RECORD_WAIT,
 };
 use crate::record::families::Fam;
-use crate::record::{self, value_of, MetricsOut, Record, TraceOut};
+use crate::record::{self, write_json_of, MetricsOut, Record, TraceOut};
 
 /// The thread whose futex wake woke a wait.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -177,8 +177,8 @@ impl record::Event for Event {
         }
     }
 
-    fn to_value(&self) -> Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 
     /// A wait histogram per target; per address (bounded like the

@@ -5,7 +5,7 @@ use std::cell::OnceCell;
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_clone_event, keytime_cpu_event, keytime_exec_event,
@@ -15,7 +15,7 @@ use crate::bpf_intf::{
 };
 use crate::kallsyms::Kallsyms;
 use crate::record::families::{with_label, Fam};
-use crate::record::{self, hex, value_of, MetricsOut, Record, TraceOut};
+use crate::record::{self, hex, write_json_of, MetricsOut, Record, TraceOut};
 use crate::trace;
 
 fn task_record(hdr: &event_hdr, event: Event) -> Record {
@@ -250,8 +250,8 @@ impl record::Event for Event {
         "keytime"
     }
 
-    fn to_value(&self) -> Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 
     fn name(&self) -> &'static str {

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::bpf_intf::{
     c_str, event_hdr, lock_event, LOCK_ANCHOR_EXIT, LOCK_EXEC, LOCK_FAILED, LOCK_F_CONTENDED,
@@ -12,7 +12,7 @@ use crate::bpf_intf::{
     LOCK_UNMATCHED,
 };
 use crate::record::families::Fam;
-use crate::record::{self, hex, value_of, MetricsOut, Record, TraceOut};
+use crate::record::{self, hex, write_json_of, MetricsOut, Record, TraceOut};
 
 pub use crate::bpf_intf::lock_type_name as type_name;
 
@@ -241,8 +241,8 @@ impl record::Event for Event {
         "lock"
     }
 
-    fn to_value(&self) -> Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 
     fn name(&self) -> &'static str {

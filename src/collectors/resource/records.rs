@@ -2,11 +2,11 @@
 //! to the metrics and the trace.
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::Figures;
 use crate::record::families::{labelled, Fam};
-use crate::record::{self, value_of, MetricsOut, Record, TraceOut};
+use crate::record::{self, write_json_of, MetricsOut, Record, TraceOut};
 
 /// `part` of `whole` in percent, to 0.01.
 pub fn percent(part: u64, whole: u64) -> f64 {
@@ -119,8 +119,8 @@ impl record::Event for Event {
         "resource"
     }
 
-    fn to_value(&self) -> Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 
     fn name(&self) -> &'static str {

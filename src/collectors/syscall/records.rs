@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::latency::{self, Figures, IntervalLatency};
 use super::{syscall_name, TOP};
 use crate::bpf_intf::{c_str, syscall_slot, syscall_thread, SYSCALL_SEQ_RING};
 use crate::record::families::Fam;
-use crate::record::{self, value_of, MetricsOut, Record, TraceOut};
+use crate::record::{self, write_json_of, MetricsOut, Record, TraceOut};
 
 #[allow(clippy::too_many_arguments)]
 pub(super) fn thread_record(
@@ -162,8 +162,8 @@ impl record::Event for Event {
         "syscall"
     }
 
-    fn to_value(&self) -> Value {
-        value_of(self)
+    fn write_json(&self, out: &mut Vec<u8>) {
+        write_json_of(self, out)
     }
 
     fn name(&self) -> &'static str {

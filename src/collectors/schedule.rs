@@ -1,16 +1,24 @@
 //! schedule: run-queue latency (runnable -> running) of the target per
 //! interval, beside the whole system's in the same interval, with log2
-//! histograms. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
+//! histograms; and per target thread its waits and scheduling class
+//! (`schedule_thread`). For the idle task of a CPU the target is that CPU's
+//! run queue. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
+
+use std::collections::HashSet;
+use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Link, MapHandle};
+use libbpf_rs::{Iter, Link, MapCore, MapHandle};
+use serde::Serialize;
 
 use super::latency;
 use super::{
-    attach_all, load_skel_variants, read_stats, wait_for_programs_in_flight, Activation, Collector,
-    CollectorKind, LoadOptions, MIN_RINGBUF,
+    attach_all, hash_entries, load_skel_variants, read_stats, wait_for_programs_in_flight,
+    Activation, Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
 };
-use crate::bpf_intf::{self, collector_stats, schedule_config};
+use crate::bpf_intf::{
+    self, c_str, collector_stats, decode, schedule_config, schedule_slot, schedule_thread,
+};
 use crate::kernel_btf::{self, Variant};
 use crate::output::{Output, Record};
 use crate::sys;
@@ -22,6 +30,128 @@ mod skel {
 use skel::{ScheduleSkel, ScheduleSkelBuilder};
 
 const NAME: &str = "schedule";
+/// Per-thread records per interval in text output (whole system, a cgroup, a CPU).
+const DEFAULT_TEXT_TOP: usize = 20;
+
+/// One thread's run-queue waits over one interval (`schedule_thread`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleThread {
+    pub interval_ns: u64,
+    pub count: u64,
+    pub avg_ns: u64,
+    pub max_ns: u64,
+    pub min_ns: u64,
+    pub sum_ns: u64,
+    /// the kernel's task->prio: 0..99 real-time, 100..139 nice -20..19, -1 deadline
+    pub prio: i32,
+    pub nice: i32,
+    pub policy: &'static str,
+    pub exited: bool,
+}
+
+/// The threads not listed (beyond --top), summed (`schedule_thread_rest`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleThreadRest {
+    pub interval_ns: u64,
+    pub threads: usize,
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+/// The name of a scheduling policy (task->policy).
+pub fn policy_name(policy: u32) -> &'static str {
+    match policy {
+        0 => "normal",
+        1 => "fifo",
+        2 => "rr",
+        3 => "batch",
+        5 => "idle",
+        6 => "deadline",
+        7 => "ext",
+        _ => "unknown",
+    }
+}
+
+/// What the metrics exporter counts of a `schedule_thread` (or `_rest`)
+/// record: (waits, wait ns).
+pub fn thread_waits(rec: &Record) -> (u64, u64) {
+    let n = |k| rec.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    (n("count"), n("sum_ns"))
+}
+
+/// A thread: its pid and when it began.
+type ThreadKey = (u32, u64);
+
+/// A is at or before B, in interval numbers that wrap.
+fn not_after(a: u32, b: u32) -> bool {
+    b.wrapping_sub(a) < 1 << 31
+}
+
+/// One thread's figures of interval `closed`, gathered from BPF.
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    pub key: ThreadKey,
+    pub sample: schedule_thread,
+    pub slot: schedule_slot,
+    pub exited: bool,
+}
+
+fn merge_slot(into: &mut schedule_slot, s: &schedule_slot) {
+    if s.count == 0 {
+        return;
+    }
+    if into.count == 0 || s.min_ns < into.min_ns {
+        into.min_ns = s.min_ns;
+    }
+    into.max_ns = into.max_ns.max(s.max_ns);
+    into.count += s.count;
+    into.sum_ns += s.sum_ns;
+}
+
+/// The figures of interval `closed` from the live threads' samples (the
+/// iterator's) and the dead threads' (`exits`). A thread in both (it died
+/// while the iterator ran) counts once. A dead thread neither source had
+/// last time (it left the task list before the iterator came, and died
+/// after `exits` was read) brings its previous interval's figures late.
+pub fn gather(
+    closed: u32,
+    live: &[schedule_thread],
+    exits: &[schedule_thread],
+    reported_before: &HashSet<ThreadKey>,
+) -> Vec<Gathered> {
+    let pick = |s: &schedule_thread, interval: u32| {
+        let slot = s.slot[(interval & 1) as usize];
+        if slot.interval == interval && slot.count > 0 {
+            slot
+        } else {
+            schedule_slot::default()
+        }
+    };
+    let mut out: Vec<Gathered> = Vec::new();
+    let mut seen: HashSet<ThreadKey> = HashSet::new();
+    for (s, exited) in live
+        .iter()
+        .map(|s| (s, false))
+        .chain(exits.iter().map(|s| (s, true)))
+    {
+        let key = (s.hdr.pid, s.task_start_ns);
+        if !seen.insert(key) {
+            continue;
+        }
+        let mut slot = pick(s, closed);
+        if exited && !reported_before.contains(&key) {
+            merge_slot(&mut slot, &pick(s, closed.wrapping_sub(1)));
+        }
+        slot.interval = closed;
+        out.push(Gathered {
+            key,
+            sample: *s,
+            slot,
+            exited,
+        });
+    }
+    out
+}
 
 pub struct Schedule {
     skel: ScheduleSkel<'static>,
@@ -31,10 +161,15 @@ pub struct Schedule {
     /// what the current (or last) activation traces; None once flushed
     target: Option<Target>,
     interval_start_ns: u64,
+    /// the task iterator: kept until the last interval is flushed
+    iter: Option<Link>,
+    /// threads reported last interval (see gather)
+    reported: HashSet<ThreadKey>,
+    top_threads: Option<usize>,
 }
 
 impl Schedule {
-    pub fn load(_opts: &LoadOptions) -> Result<Self> {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
         // aggregates in maps: its ring buffer stays at the minimum
         let switch = Variant {
             newer: "handle__sched_switch",
@@ -49,7 +184,37 @@ impl Schedule {
             links: Vec::new(),
             target: None,
             interval_start_ns: 0,
+            iter: None,
+            reported: HashSet::new(),
+            top_threads: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
         })
+    }
+
+    /// The live target threads' samples (the iterator) and the dead ones'
+    /// (`exits`; those whose last figures are read now are deleted).
+    fn samples(&self, closed: u32) -> Result<(Vec<schedule_thread>, Vec<schedule_thread>)> {
+        let link = self
+            .iter
+            .as_ref()
+            .ok_or_else(|| anyhow!("schedule: the task iterator is not attached"))?;
+        let mut bytes = Vec::new();
+        Iter::new(link)
+            .context("schedule: start the task iterator")?
+            .read_to_end(&mut bytes)
+            .context("schedule: read the task iterator")?;
+        let live = parse_threads(&bytes);
+        let mut exits = Vec::new();
+        let map = &self.skel.maps.exits;
+        for (k, v) in hash_entries(map)? {
+            let Ok(t) = decode::<schedule_thread>(&v) else {
+                continue;
+            };
+            if not_after(t.exit_interval, closed) {
+                let _ = map.delete(&k);
+            }
+            exits.push(*t);
+        }
+        Ok((live, exits))
     }
 
     fn config(&mut self) -> Result<&mut skel::types::schedule_config> {
@@ -70,6 +235,9 @@ impl Schedule {
         self.interval_start_ns = now;
         wait_for_programs_in_flight();
         let lat = latency::take(&self.skel.maps.latencies, old)?;
+        let (live, exits) = self.samples(old)?;
+        let mut threads = gather(old, &live, &exits, &self.reported);
+        self.reported = threads.iter().map(|t| t.key).collect();
         let (pid, tgid) = match target {
             Target::Thread { pid, tgid, .. } => (pid, tgid),
             Target::Group { tgid, .. } => (tgid, tgid),
@@ -79,8 +247,68 @@ impl Schedule {
             .task(pid, tgid, "")
             .field("interval_ns", interval_ns);
         out.emit(&latency::with_figures(rec, &lat));
+
+        // most waiting first; a thread or group lists every thread, the
+        // wider targets the threads that waited, at most --top of them
+        threads.sort_by_key(|t| (std::cmp::Reverse(t.slot.sum_ns), t.key));
+        let listed = match target {
+            Target::Thread { .. } | Target::Group { .. } => threads.len(),
+            _ => self.top_threads.unwrap_or(usize::MAX).min(threads.len()),
+        };
+        for t in &threads[..listed] {
+            let s = &t.sample;
+            let body = ScheduleThread {
+                interval_ns,
+                count: t.slot.count,
+                avg_ns: t.slot.sum_ns.checked_div(t.slot.count).unwrap_or(0),
+                max_ns: t.slot.max_ns,
+                min_ns: t.slot.min_ns,
+                sum_ns: t.slot.sum_ns,
+                prio: s.prio,
+                nice: s.nice,
+                policy: policy_name(s.policy),
+                exited: t.exited,
+            };
+            let rec = Record::new(now, NAME, "schedule_thread")
+                .task(s.hdr.pid, s.hdr.tgid, c_str(&s.hdr.comm))
+                .fields_of(&body);
+            out.emit(&match target {
+                Target::System => rec.cgroup(s.hdr.cgroup_id),
+                _ => rec,
+            });
+        }
+        if listed < threads.len() {
+            let rest = &threads[listed..];
+            let body = ScheduleThreadRest {
+                interval_ns,
+                threads: rest.len(),
+                count: rest.iter().map(|t| t.slot.count).sum(),
+                sum_ns: rest.iter().map(|t| t.slot.sum_ns).sum(),
+            };
+            out.emit(&Record::new(now, NAME, "schedule_thread_rest").fields_of(&body));
+        }
         Ok(())
     }
+
+    fn clear_exits(&self) {
+        let map = &self.skel.maps.exits;
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        for k in keys {
+            let _ = map.delete(&k);
+        }
+    }
+}
+
+/// Split an iterator's output into samples (copied: the buffer is not aligned).
+pub fn parse_threads(bytes: &[u8]) -> Vec<schedule_thread> {
+    bytes
+        .chunks_exact(std::mem::size_of::<schedule_thread>())
+        .filter_map(|chunk| {
+            let mut s = schedule_thread::default();
+            plain::copy_from_bytes(&mut s, chunk).ok()?;
+            Some(s)
+        })
+        .collect()
 }
 
 impl Collector for Schedule {
@@ -100,9 +328,12 @@ impl Collector for Schedule {
         if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
             bss.spilled = 0;
         }
+        self.clear_exits();
+        self.reported.clear();
+        // two intervals on: a thread's slots of an earlier activation are stale
         let cfg = schedule_config {
             target: act.filter(),
-            interval: self.config()?.interval,
+            interval: self.config()?.interval.wrapping_add(2),
             _pad: 0,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
@@ -120,17 +351,25 @@ impl Collector for Schedule {
                 },
             ),
         ])?;
+        match self.skel.progs.handle__iter_task.attach() {
+            Ok(link) => self.iter = Some(link),
+            Err(e) => {
+                self.links.clear();
+                return Err(e).context("attach schedule/iter_task");
+            }
+        }
         self.target = Some(act.target);
         Ok(())
     }
 
     fn deactivate(&mut self) {
+        // the iterator stays until flush() has read the last interval
         self.links.clear();
     }
 
     fn describe(&self, act: &Activation) -> String {
         format!(
-            "schedule on {}: run-queue latency beside the whole system's, per interval",
+            "schedule on {}: run-queue latency beside the whole system's, and per thread, per interval",
             act.target
         )
     }
@@ -147,9 +386,10 @@ impl Collector for Schedule {
     }
 
     fn flush(&mut self, out: &mut Output) -> Result<()> {
-        self.on_interval(out)?;
+        let result = self.on_interval(out);
+        self.iter = None;
         self.target = None;
-        Ok(())
+        result
     }
 
     fn stats(&self) -> Result<collector_stats> {

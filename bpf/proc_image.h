@@ -383,6 +383,8 @@ struct resource_config {
  * One thread's cumulative figures at hdr.ts_ns. Written by the task
  * iterator for every live target thread when proc_image closes an interval,
  * and into the `exits` map when a target thread exits (hdr.kind says which).
+ * For the idle task of a CPU (TARGET_IDLE) proc_image makes one itself, with
+ * that CPU's idle time as on_cpu_ns.
  */
 enum resource_kind {
 	RESOURCE_LIVE = 1,
@@ -395,6 +397,8 @@ struct resource_sample {
 	__u64 rss_pages; /* MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES of its mm; 0 without one */
 	__u64 rchar;     /* task->ioac: bytes moved by read/write syscalls since the thread began */
 	__u64 wchar;
+	__u32 last_cpu;  /* the CPU it runs on, or last ran on */
+	__u32 _pad;
 };
 
 /* ------------------------------------------------------------------ */

@@ -243,9 +243,20 @@ impl Schedule {
             Target::Group { tgid, .. } => (tgid, tgid),
             Target::System | Target::Idle { .. } | Target::Cgroup { .. } => (0, 0),
         };
+        // waits of the target no thread's figures hold: a thread the task
+        // iterator cannot visit, task storage that could not be had
+        let by_threads: u64 = threads.iter().map(|t| t.slot.count).sum();
         let rec = Record::new(now, NAME, "schedule")
             .task(pid, tgid, "")
-            .field("interval_ns", interval_ns);
+            .field("interval_ns", interval_ns)
+            .field(
+                "threads",
+                threads.iter().filter(|t| t.slot.count > 0).count(),
+            )
+            .field(
+                "missed_threads",
+                lat.target.count.saturating_sub(by_threads),
+            );
         out.emit(&latency::with_figures(rec, &lat));
 
         // most waiting first; a thread or group lists every thread, the

@@ -285,7 +285,7 @@ fn schedule_figures_on_6_1() {
     let recs = g.records();
     let of_thread = |pid: u64| -> Vec<&Value> {
         recs.iter()
-            .filter(|r| r["collector"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
+            .filter(|r| r["event"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
             .collect()
     };
     let avg = |rs: &[&Value]| -> u64 {

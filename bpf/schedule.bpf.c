@@ -114,9 +114,12 @@ static __always_inline void thread_add(struct runnable *r, struct task_struct *t
 		s->min_ns = lat;
 	if (lat > s->max_ns)
 		s->max_ns = lat;
-	r->prio = t->prio;
-	r->static_prio = t->static_prio;
-	r->policy = t->policy;
+	/* its class as it runs now; written only when changed (rarely) */
+	if (r->prio != t->prio || r->static_prio != t->static_prio || r->policy != t->policy) {
+		r->prio = t->prio;
+		r->static_prio = t->static_prio;
+		r->policy = t->policy;
+	}
 }
 
 /* Does a slot hold figures proc_image has yet to read (this or last interval)? */

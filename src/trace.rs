@@ -330,6 +330,11 @@ impl TraceWriter {
                 rec.ts_ns,
                 json!({"target": us(u64_of(rec, "avg_ns")), "system": us(u64_of(rec, "sys_avg_ns"))}),
             ),
+            ("schedule", "schedule_thread") => {
+                let (_, ns) = crate::collectors::schedule::thread_waits(rec);
+                let ms_per_s = ns as f64 / 1e6 / (u64_of(rec, "interval_ns").max(1) as f64 / 1e9);
+                self.counter(rec.tgid, "run-queue wait (ms/s) by thread", rec.ts_ns, json!({rec.pid.to_string(): ms_per_s}));
+            }
             ("resource", "resource_total") => {
                 let cpu = rec.get("cpu_pct").and_then(Value::as_f64).unwrap_or(0.0);
                 self.counter(rec.tgid, "CPU %", rec.ts_ns, json!({"cpu": cpu}));

@@ -49,6 +49,8 @@ pub enum Fam {
     Syscalls,
     SyscallLatency,
     SchedLatency,
+    ThreadRunqWaits,
+    ThreadRunqWait,
     CpuUsage,
     ThreadCpuUsage,
     CpuSeconds,
@@ -93,6 +95,8 @@ impl Fam {
             Fam::Syscalls => d("syscalls", None, Counter, "System calls of the target, by syscall name"),
             Fam::SyscallLatency => d("syscall_latency", Some(Unit::Seconds), Histogram, "System call latency, of the target (scope=target) and of every task (scope=system)"),
             Fam::SchedLatency => d("sched_latency", Some(Unit::Seconds), Histogram, "Run-queue latency (runnable to running), of the target (scope=target) and of every task (scope=system)"),
+            Fam::ThreadRunqWaits => d("thread_runq_waits", None, Counter, "Run-queue waits (runnable to running), by thread"),
+            Fam::ThreadRunqWait => d("thread_runq_wait", Some(Unit::Seconds), Counter, "Time waiting in a run queue for a CPU, by thread"),
             Fam::CpuUsage => d("cpu_usage", Some(Unit::Other("ratio".into())), Gauge, "CPU used by a process in the last interval, in CPUs (1 = one CPU busy)"),
             Fam::ThreadCpuUsage => d("thread_cpu_usage", Some(Unit::Other("ratio".into())), Gauge, "CPU used by a thread in the last interval, in CPUs"),
             Fam::CpuSeconds => d("cpu", Some(Unit::Seconds), Counter, "CPU time of a process"),
@@ -759,6 +763,15 @@ impl Exporter {
                 Self::latency(rec, Fam::SyscallLatency, &target, &mut put);
             }
             ("schedule", "schedule") => Self::latency(rec, Fam::SchedLatency, &target, &mut put),
+            ("schedule", ev @ ("schedule_thread" | "schedule_thread_rest")) => {
+                let (n, ns) = crate::collectors::schedule::thread_waits(rec);
+                let l = match ev {
+                    "schedule_thread" => self.thread_labels(pid, tgid, comm, ns),
+                    _ => self.other_labels(),
+                };
+                put(Fam::ThreadRunqWaits, l.clone(), Update::Add(n as f64));
+                put(Fam::ThreadRunqWait, l, Update::Add(ns as f64 / 1e9));
+            }
             ("resource", "resource") => {
                 let cpu = f64_of(rec, "cpu_pct") / 100.0;
                 let activity = (cpu * u64_of(rec, "interval_ns") as f64) as u64;

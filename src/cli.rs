@@ -29,13 +29,13 @@ pub struct ProcImageArgs {
     /// Load lock: pthread mutex / rwlock / spinlock intervals
     #[arg(short = 'l', long)]
     pub lock: bool,
-    /// Load resource: CPU %, memory, I/O rates
+    /// Load resource: CPU %, memory, I/O rates, the CPU each thread ran on (-p 0 -c N: that CPU's idle time)
     #[arg(short = 'r', long)]
     pub resource: bool,
     /// Load syscall: sequence, top syscalls, latency
     #[arg(short = 's', long)]
     pub syscall: bool,
-    /// Load schedule: run-queue latency
+    /// Load schedule: run-queue latency, per thread with its class (-p 0 -c N: that CPU's run queue)
     #[arg(short = 'S', long)]
     pub schedule: bool,
 
@@ -180,13 +180,13 @@ pub struct ControllerArgs {
     #[arg(short = 's', long, value_name = "N", num_args = 0..=1, default_missing_value = "10",
           value_parser = clap::value_parser!(u32).range(1..=50))]
     pub syscall: Option<u32>,
-    /// resource: CPU %, RSS, read/write bytes per second
+    /// resource: CPU %, RSS, read/write bytes per second, CPU; for -p 0 -c N the CPU's idle time
     #[arg(short = 'r', long)]
     pub resource: bool,
     /// lock: pthread mutex/rwlock/spinlock intervals (a thread or process only)
     #[arg(short = 'l', long)]
     pub lock: bool,
-    /// schedule: run-queue latency beside the whole system's
+    /// schedule: run-queue latency beside the whole system's, per thread with prio/nice/policy; for -p 0 -c N the CPU's run queue
     #[arg(short = 'S', long)]
     pub schedule: bool,
     /// Reporting interval in milliseconds (default: proc_image's --interval)

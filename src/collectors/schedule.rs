@@ -4,7 +4,7 @@
 //! (`schedule_thread`). For the idle task of a CPU the target is that CPU's
 //! run queue. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
@@ -131,7 +131,7 @@ pub fn gather(
     // a thread that died while the iterator ran is in both, with the same
     // (frozen) figures; a non-leader thread that exec'd took its dead
     // leader's pid and start time: the same key, other figures
-    let mut seen: HashSet<(ThreadKey, u64, u64)> = HashSet::new();
+    let mut seen: HashMap<(ThreadKey, u64, u64), usize> = HashMap::new();
     for (s, exited) in live
         .iter()
         .map(|s| (s, false))
@@ -139,9 +139,11 @@ pub fn gather(
     {
         let key = (s.hdr.pid, s.task_start_ns);
         let mut slot = pick(s, closed);
-        if !seen.insert((key, slot.count, slot.sum_ns)) {
+        if let Some(&i) = seen.get(&(key, slot.count, slot.sum_ns)) {
+            out[i].exited |= exited;
             continue;
         }
+        seen.insert((key, slot.count, slot.sum_ns), out.len());
         if exited && !reported_before.contains(&key) {
             merge_slot(&mut slot, &pick(s, closed.wrapping_sub(1)));
         }
@@ -451,7 +453,7 @@ mod tests {
         assert_eq!((g[2].key.0, g[2].slot.count, g[2].exited), (2, 7, true));
         assert_eq!(
             (g[0].key.0, g[0].slot.count, g[0].slot.sum_ns, g[0].exited),
-            (1, 2, 20, false)
+            (1, 2, 20, true)
         );
         // an older or newer interval in the slot is not this one's
         assert_eq!((g[1].key.0, g[1].slot.count), (2, 0));

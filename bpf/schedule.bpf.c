@@ -53,11 +53,17 @@ struct {
  * by pid, until the task runs. `spilled` counts the entries, so the
  * switch path looks here only while there are any.
  */
+struct spilled_wait {
+	__u64 since_ns;
+	__u32 generation;
+	__u32 _pad;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, struct runnable);
+	__type(value, struct spilled_wait);
 } runnable_spill SEC(".maps");
 
 __s64 spilled;
@@ -177,7 +183,7 @@ static __always_inline void mark_runnable(struct task_struct *task, __u64 now)
 		return;
 	r = bpf_task_storage_get(&runnable, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!r) {
-		struct runnable spill = { .since_ns = now, .generation = cfg.target.generation };
+		struct spilled_wait spill = { .since_ns = now, .generation = cfg.target.generation };
 		__u32 pid = task->pid;
 
 		if (bpf_map_update_elem(&runnable_spill, &pid, &spill, BPF_NOEXIST) == 0)
@@ -231,7 +237,7 @@ static __always_inline int on_sched_switch(bool preempt, struct task_struct *pre
 			return 0;
 	} else if (spilled > 0) {
 		__u32 pid = next->pid;
-		struct runnable *s = bpf_map_lookup_elem(&runnable_spill, &pid);
+		struct spilled_wait *s = bpf_map_lookup_elem(&runnable_spill, &pid);
 		__u64 since;
 		__u32 gen;
 

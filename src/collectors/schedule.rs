@@ -4,7 +4,7 @@
 //! (`schedule_thread`). For the idle task of a CPU the target is that CPU's
 //! run queue. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
@@ -96,29 +96,14 @@ pub struct Gathered {
     pub exited: bool,
 }
 
-fn merge_slot(into: &mut schedule_slot, s: &schedule_slot) {
-    if s.count == 0 {
-        return;
-    }
-    if into.count == 0 || s.min_ns < into.min_ns {
-        into.min_ns = s.min_ns;
-    }
-    into.max_ns = into.max_ns.max(s.max_ns);
-    into.count += s.count;
-    into.sum_ns += s.sum_ns;
-}
-
 /// The figures of interval `closed` from the live threads' samples (the
 /// iterator's) and the dead threads' (`exits`). A thread in both (it died
-/// while the iterator ran) counts once. A dead thread neither source had
-/// last time (it left the task list before the iterator came, and died
-/// after `exits` was read) brings its previous interval's figures late.
-pub fn gather(
-    closed: u32,
-    live: &[schedule_thread],
-    exits: &[schedule_thread],
-    reported_before: &HashSet<ThreadKey>,
-) -> Vec<Gathered> {
+/// while the iterator ran) counts once. Figures always stay in their own
+/// interval: a dead thread neither source had when its interval closed (it
+/// had left the task list before the iterator came, and switched out for
+/// the last time after `exits` was read) is that interval's
+/// `missed_threads`, never added to a later one.
+pub fn gather(closed: u32, live: &[schedule_thread], exits: &[schedule_thread]) -> Vec<Gathered> {
     let pick = |s: &schedule_thread, interval: u32| {
         let slot = s.slot[(interval & 1) as usize];
         if slot.interval == interval && slot.count > 0 {
@@ -138,16 +123,12 @@ pub fn gather(
         .chain(exits.iter().map(|s| (s, true)))
     {
         let key = (s.hdr.pid, s.task_start_ns);
-        let mut slot = pick(s, closed);
+        let slot = pick(s, closed);
         if let Some(&i) = seen.get(&(key, slot.count, slot.sum_ns)) {
             out[i].exited |= exited;
             continue;
         }
         seen.insert((key, slot.count, slot.sum_ns), out.len());
-        if exited && !reported_before.contains(&key) {
-            merge_slot(&mut slot, &pick(s, closed.wrapping_sub(1)));
-        }
-        slot.interval = closed;
         out.push(Gathered {
             key,
             sample: *s,
@@ -168,8 +149,6 @@ pub struct Schedule {
     interval_start_ns: u64,
     /// the task iterator: kept until the last interval is flushed
     iter: Option<Link>,
-    /// threads reported last interval (see gather)
-    reported: HashSet<ThreadKey>,
     top_threads: Option<usize>,
 }
 
@@ -190,7 +169,6 @@ impl Schedule {
             target: None,
             interval_start_ns: 0,
             iter: None,
-            reported: HashSet::new(),
             top_threads: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
         })
     }
@@ -241,8 +219,7 @@ impl Schedule {
         wait_for_programs_in_flight();
         let lat = latency::take(&self.skel.maps.latencies, old)?;
         let (live, exits) = self.samples(old)?;
-        let mut threads = gather(old, &live, &exits, &self.reported);
-        self.reported = threads.iter().map(|t| t.key).collect();
+        let mut threads = gather(old, &live, &exits);
         let (pid, tgid) = match target {
             Target::Thread { pid, tgid, .. } => (pid, tgid),
             Target::Group { tgid, .. } => (tgid, tgid),
@@ -269,7 +246,10 @@ impl Schedule {
         threads.sort_by_key(|t| (std::cmp::Reverse(t.slot.sum_ns), t.key));
         let listed = match target {
             Target::Thread { .. } | Target::Group { .. } => threads.len(),
-            _ => self.top_threads.unwrap_or(usize::MAX).min(threads.len()),
+            _ => {
+                threads.retain(|t| t.slot.count > 0);
+                self.top_threads.unwrap_or(usize::MAX).min(threads.len())
+            }
         };
         for t in &threads[..listed] {
             let s = &t.sample;
@@ -345,7 +325,6 @@ impl Collector for Schedule {
             bss.spilled = 0;
         }
         self.clear_exits();
-        self.reported.clear();
         // two intervals on: a thread's slots of an earlier activation are stale
         let cfg = schedule_config {
             target: act.filter(),
@@ -447,10 +426,9 @@ mod tests {
             thread(1, [(4, 9, 90), (5, 2, 20)]),
             thread(2, [(4, 1, 5), (5, 6, 60)]),
         ];
-        let g = gather(5, &live, &exits, &HashSet::new());
+        let g = gather(5, &live, &exits);
         assert_eq!(g.len(), 3);
-        // (not reported when 4 closed, as far as this call knows: 4's come too)
-        assert_eq!((g[2].key.0, g[2].slot.count, g[2].exited), (2, 7, true));
+        assert_eq!((g[2].key.0, g[2].slot.count, g[2].exited), (2, 6, true));
         assert_eq!(
             (g[0].key.0, g[0].slot.count, g[0].slot.sum_ns, g[0].exited),
             (1, 2, 20, true)
@@ -460,18 +438,14 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_thread_missed_last_time_brings_its_last_interval() {
+    fn figures_stay_in_their_interval() {
         let dead = [thread(3, [(6, 4, 40), (5, 3, 30)])];
-        // not reported when 5 closed: 5's figures come with 6's
-        let g = gather(6, &[], &dead, &HashSet::new());
+        let g = gather(6, &[], &dead);
         assert_eq!(
-            (g[0].slot.count, g[0].slot.sum_ns, g[0].slot.max_ns),
-            (7, 70, 40)
+            (g[0].slot.count, g[0].slot.sum_ns, g[0].exited),
+            (4, 40, true)
         );
-        assert!(g[0].exited);
-        // reported when 5 closed: only 6's
-        let seen: HashSet<ThreadKey> = [(3, 1003)].into();
-        assert_eq!(gather(6, &[], &dead, &seen)[0].slot.count, 4);
+        assert_eq!(gather(7, &[], &dead)[0].slot.count, 0);
     }
 
     #[test]

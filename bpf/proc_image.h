@@ -332,6 +332,48 @@ struct schedule_config {
 	__u32 _pad;
 };
 
+/*
+ * One thread's run-queue waits in one interval. BPF writes the slot of its
+ * interval's parity (starting it afresh when it holds an older interval);
+ * proc_image reads last interval's once no program can still write it.
+ */
+struct schedule_slot {
+	__u32 interval; /* the interval count..max_ns belong to */
+	__u32 _pad;
+	__u64 count;
+	__u64 sum_ns;
+	__u64 min_ns;
+	__u64 max_ns;
+};
+
+enum schedule_kind {
+	SCHEDULE_LIVE = 1, /* from the task iterator: a live thread */
+	SCHEDULE_EXIT = 2, /* from `exits`: taken at the thread's last switch-out */
+};
+
+/*
+ * A target thread's waits of the last two intervals and its scheduling
+ * class as of its last switch-in (or the iterator's visit, without one).
+ * The task iterator writes one per live target thread when proc_image
+ * closes an interval; a thread's last switch-out (it is dead) leaves one in
+ * the `exits` map, under a schedule_thread_key.
+ */
+struct schedule_thread {
+	struct event_hdr hdr;
+	__u64 task_start_ns; /* task->start_boottime: with hdr.pid, which thread */
+	__s32 prio;          /* task->prio: 0..99 real-time, 100..139 nice -20..19, -1 deadline */
+	__s32 nice;          /* static_prio - 120 */
+	__u32 policy;        /* SCHED_NORMAL (0), FIFO, RR, BATCH, (4 unused), IDLE, DEADLINE, EXT */
+	__u32 exit_interval; /* SCHEDULE_EXIT: the interval of its last switch-out */
+	struct schedule_slot slot[2]; /* by interval & 1 */
+};
+
+struct schedule_thread_key {
+	__u32 pid;
+	__u32 _pad;
+	__u64 start_ns; /* task->start_boottime */
+};
+
 /* ------------------------------------------------------------------ */
 /* resource */
 
@@ -343,6 +385,8 @@ struct resource_config {
  * One thread's cumulative figures at hdr.ts_ns. Written by the task
  * iterator for every live target thread when proc_image closes an interval,
  * and into the `exits` map when a target thread exits (hdr.kind says which).
+ * For the idle task of a CPU (TARGET_IDLE) proc_image makes one itself, with
+ * that CPU's idle time as on_cpu_ns.
  */
 enum resource_kind {
 	RESOURCE_LIVE = 1,
@@ -355,6 +399,8 @@ struct resource_sample {
 	__u64 rss_pages; /* MM_FILEPAGES + MM_ANONPAGES + MM_SHMEMPAGES of its mm; 0 without one */
 	__u64 rchar;     /* task->ioac: bytes moved by read/write syscalls since the thread began */
 	__u64 wchar;
+	__u32 last_cpu;  /* the CPU it runs on, or last ran on */
+	__u32 _pad;
 };
 
 /* ------------------------------------------------------------------ */

@@ -12,11 +12,27 @@
  * A thread on a CPU right now has its run accounted up to its last tick
  * (at most 1/HZ behind); the counter is cumulative, so that lag is never
  * lost, only reported one interval later.
+ *
+ * The idle task of a CPU is no task the iterator visits, and the scheduler
+ * keeps no run time for it: proc_image reads that CPU's idle time from
+ * /proc/stat instead (see collectors/resource.rs).
  */
 #include "common.bpf.h"
 
 /* Written by proc_image (struct resource_config). */
 struct resource_config cfg;
+
+/* the task's CPU: in thread_info since 5.16 (x86), in the task before */
+struct task_struct___cpu_old {
+	unsigned int cpu;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u32 task_cpu_of(struct task_struct *task)
+{
+	if (bpf_core_field_exists(task->thread_info.cpu))
+		return BPF_CORE_READ(task, thread_info.cpu);
+	return BPF_CORE_READ((struct task_struct___cpu_old *)task, cpu);
+}
 
 /* Last figures of target threads that exited; proc_image takes them out. */
 #define MAX_EXITS 8192
@@ -82,6 +98,8 @@ static __always_inline void fill_sample(struct resource_sample *s, struct task_s
 			       MM_COUNTER(mm, MM_SHMEMPAGES);
 	s->rchar = 0;
 	s->wchar = 0;
+	s->last_cpu = task_cpu_of(task);
+	s->_pad = 0;
 	if (bpf_core_field_exists(task->ioac)) {
 		s->rchar = BPF_CORE_READ(task, ioac.rchar);
 		s->wchar = BPF_CORE_READ(task, ioac.wchar);

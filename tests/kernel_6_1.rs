@@ -322,7 +322,7 @@ fn schedule_figures_on_6_1() {
     let recs = g.records();
     let of_thread = |pid: u64| -> Vec<&Value> {
         recs.iter()
-            .filter(|r| r["collector"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
+            .filter(|r| r["event"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
             .collect()
     };
     let avg = |rs: &[&Value]| -> u64 {
@@ -356,5 +356,19 @@ fn schedule_figures_on_6_1() {
             u64_of(r, "sum_ns") / u64_of(r, "count"),
             "{r}"
         );
+    }
+    // per thread (task storage read by a task iterator, 6.1's layouts): the
+    // thread's own record of each interval has the target's figures
+    for r in b.iter().chain(&s) {
+        let thread: Vec<&Value> = recs
+            .iter()
+            .filter(|t| t["event"] == "schedule_thread" && t["ts_ns"] == r["ts_ns"])
+            .collect();
+        assert_eq!(thread.len(), 1, "{r}");
+        assert_eq!(thread[0]["pid"], r["pid"]);
+        assert_eq!(u64_of(thread[0], "count"), u64_of(r, "count"), "{r}");
+        assert_eq!(u64_of(thread[0], "sum_ns"), u64_of(r, "sum_ns"), "{r}");
+        assert_eq!(thread[0]["policy"], "normal");
+        assert_eq!(thread[0]["nice"], 0);
     }
 }

@@ -422,3 +422,121 @@ fn group_total_sums_its_threads() {
         "ours {ours} vs {lo}..{hi}"
     );
 }
+
+/// CPU 1's idle time (ns) per /proc/stat now, and the monotonic time read.
+fn cpu1_idle_ns() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let line = stat.lines().find(|l| l.starts_with("cpu1 ")).unwrap();
+    let ticks: u64 = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    (
+        ticks * (1_000_000_000 / hz),
+        proc_image::sys::monotonic_ns(),
+    )
+}
+
+/// The idle task of CPU 1: its CPU % is CPU 1's idle time as /proc/stat
+/// counts it, over several intervals at the default interval; no memory, no
+/// I/O. Bracketed by two reads of /proc/stat, the records' idle time is at
+/// most the bracket's and short of it by at most the idle time in the
+/// bracket's edges (plus a clock tick of rounding at each end).
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn idle_task_is_its_cpus_idle_time() {
+    need_root();
+    let pi = ProcImage::start("resource_idle", &["-r"]);
+    let (idle0, t0) = cpu1_idle_ns();
+    pi.control_ok(&["-a", "-p", "0", "-c", "1", "-r"]);
+    assert!(wait_until(Duration::from_secs(10), || {
+        pi.records()
+            .iter()
+            .filter(|r| r["event"] == "resource")
+            .count()
+            >= 3
+    }));
+    // then CPU 1 is kept busy: its idle time goes to nothing
+    let mut w = Workload::start(&["sched-classes", "--secs", "3"]);
+    w.wait_truth("threads", Duration::from_secs(10));
+    w.go();
+    let done = u64_of(&w.wait_truth("done", Duration::from_secs(30)), "done_ns");
+    pi.control_ok(&["-d"]);
+    let (idle1, t1) = cpu1_idle_ns();
+    let recs: Vec<Value> = pi
+        .finish()
+        .into_iter()
+        .filter(|r| r["event"] == "resource")
+        .collect();
+    assert!(recs.len() >= 5, "{} intervals", recs.len());
+    for r in &recs {
+        assert_eq!(
+            (r["pid"].as_u64(), r["comm"].as_str()),
+            (Some(0), Some("swapper/1")),
+            "{r}"
+        );
+        assert_eq!(r["cpu"], 1, "{r}");
+        for k in [
+            "rss_kib",
+            "read_bps",
+            "write_bps",
+            "read_bytes_total",
+            "write_bytes_total",
+        ] {
+            assert_eq!(u64_of(r, k), 0, "{k}: {r}");
+        }
+    }
+    let first = &recs[0];
+    let last = recs.last().unwrap();
+    let from = u64_of(first, "ts_ns") - u64_of(first, "interval_ns");
+    let ours = u64_of(last, "cpu_ns_total");
+    let truth = idle1 - idle0;
+    // SAFETY: sysconf has no preconditions.
+    let tick = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let edges = (from - t0) + (t1 - u64_of(last, "ts_ns"));
+    eprintln!("idle {ours} ns of /proc/stat's {truth} ns, edges {edges} ns");
+    assert!(ours <= truth, "{ours} > {truth}");
+    assert!(
+        truth - ours <= edges + 2 * tick,
+        "{ours} vs {truth}, edges {edges}"
+    );
+    // four spinners pinned to CPU 1 leave it no idle time
+    let busy: Vec<&Value> = recs
+        .iter()
+        .filter(|r| u64_of(r, "ts_ns") - u64_of(r, "interval_ns") > done - 3_000_000_000)
+        .filter(|r| u64_of(r, "ts_ns") < done)
+        .collect();
+    assert!(!busy.is_empty());
+    for r in busy {
+        assert!(f64_of(r, "cpu_pct") <= 2.0, "{r}");
+    }
+}
+
+/// Each thread's `cpu` is the CPU it last ran on: threads pinned to CPU 1 say 1.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn threads_carry_the_cpu_they_ran_on() {
+    need_root();
+    let pi = ProcImage::start("resource_cpu", &["-r"]);
+    let mut w = Workload::start(&["sched-classes", "--secs", "2"]);
+    let tids: Vec<u64> = w.wait_truth("threads", Duration::from_secs(10))["tids"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    pi.control_ok(&["-a", "-P", &w.pid().to_string(), "-r"]);
+    w.go();
+    w.wait_truth("done", Duration::from_secs(30));
+    let recs = pi.finish();
+    let mine: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "resource" && tids.contains(&u64_of(r, "pid")))
+        .collect();
+    assert!(mine.len() >= 2 * tids.len(), "{} records", mine.len());
+    assert!(mine.iter().all(|r| r["cpu"] == 1), "{mine:?}");
+    // a total has no CPU of its own
+    assert!(recs
+        .iter()
+        .filter(|r| r["event"] == "resource_total")
+        .all(|r| r.get("cpu").is_none()));
+}

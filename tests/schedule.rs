@@ -59,7 +59,7 @@ fn busy_threads_wait_a_slice_and_the_sleeper_does_not() {
 
     let of = |pid: u64| -> Vec<&Value> {
         recs.iter()
-            .filter(|r| r["collector"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
+            .filter(|r| r["event"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
             .collect()
     };
     let (busy_recs, sleeper_recs) = (of(busy), of(sleeper));
@@ -136,6 +136,267 @@ fn every_switch_in_is_one_run_queue_wait() {
     let waits: u64 = mine.iter().map(|r| u64_of(r, "count")).sum();
     let intervals = mine.iter().filter(|r| u64_of(r, "count") > 0).count();
     assert!(after - before >= 2000, "{before} -> {after}");
-    assert_eq!(waits, after - before, "over {intervals} intervals");
+    assert!(
+        close_to(waits, after - before),
+        "{waits} vs {} over {intervals} intervals",
+        after - before
+    );
     assert!(intervals >= 3, "5 s of sleeps in {intervals} intervals");
+}
+
+/// (run-queue wait ns, waits) of thread `tid` so far, from the kernel's
+/// /proc schedstat (2nd and 3rd fields).
+fn schedstat(pid: u64, tid: u64) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap();
+    let f: Vec<u64> = text
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    (f[1], f[2])
+}
+
+/// Our count of waits against the kernel's: never more, and fewer only by
+/// the few wakeups the kernel does not let BPF see: a wakeup from an
+/// interrupt that came in while this CPU ran the same wakeup program skips
+/// it (bpftool prog show: recursion_misses), seen with other BPF users busy
+/// on the machine.
+fn close_to(ours: u64, kernel: u64) -> bool {
+    ours <= kernel && ours + 3 + kernel / 200 >= kernel
+}
+
+/// The sched-classes workload's threads by role, and their schedstat now.
+fn class_threads(w: &Workload) -> Vec<(String, u64, (u64, u64))> {
+    let truth = w.wait_truth("threads", Duration::from_secs(10));
+    let pid = w.pid() as u64;
+    truth["tids"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(role, tid)| {
+            let tid = tid.as_u64().unwrap();
+            (role.clone(), tid, schedstat(pid, tid))
+        })
+        .collect()
+}
+
+/// Run the workload (already activated on) to its end, and wait until two
+/// reports have closed after it: every wait of its threads is reported.
+fn run_to_end(pi: &ProcImage, w: &mut Workload) -> u64 {
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    let done_ns = u64_of(&done, "done_ns");
+    assert!(wait_until(Duration::from_secs(10), || {
+        pi.records()
+            .iter()
+            .filter(|r| r["event"] == "schedule" && u64_of(r, "ts_ns") > done_ns)
+            .count()
+            >= 2
+    }));
+    u64_of(&done, "churned")
+}
+
+/// Four spinners (one at nice 5, one SCHED_BATCH) and a sleeper share CPU 1
+/// with short-lived threads coming and going, over several intervals at the
+/// default interval: each thread's records carry its class, its waits add
+/// up to the kernel's own count (schedstat) exactly and their time to the
+/// kernel's run_delay closely, and in every interval the target's totals
+/// are the sum of its threads'.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn per_thread_waits_and_classes_match_schedstat() {
+    need_root();
+    let pi = ProcImage::start("sched_classes", &["-S"]);
+    let mut w = Workload::start(&["sched-classes", "--secs", "4"]);
+    let pid = w.pid() as u64;
+    let before = class_threads(&w);
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-S"]);
+    let churned = run_to_end(&pi, &mut w);
+    let after: Vec<(u64, u64)> = before.iter().map(|(_, t, _)| schedstat(pid, *t)).collect();
+    let recs = pi.finish();
+
+    let threads: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "schedule_thread")
+        .collect();
+    for ((role, tid, (delay0, waits0)), (delay1, waits1)) in before.iter().zip(&after) {
+        let mine: Vec<&&Value> = threads.iter().filter(|r| r["pid"] == *tid).collect();
+        let waits: u64 = mine.iter().map(|r| u64_of(r, "count")).sum();
+        let wait_ns: u64 = mine.iter().map(|r| u64_of(r, "sum_ns")).sum();
+        let (kernel_waits, kernel_ns) = (waits1 - waits0, delay1 - delay0);
+        eprintln!("{role} {tid}: {waits} waits {wait_ns} ns; schedstat {kernel_waits} waits {kernel_ns} ns");
+        assert!(
+            close_to(waits, kernel_waits),
+            "{role} {tid}: {waits} vs {kernel_waits}"
+        );
+        // the wakeup tracepoint fires just after the enqueue schedstat times
+        // from: a few microseconds a wait
+        let slack = kernel_ns / 20 + kernel_waits * 20_000;
+        assert!(
+            wait_ns.abs_diff(kernel_ns) <= slack,
+            "{role} {tid}: {wait_ns} vs {kernel_ns}"
+        );
+        let busy = mine.iter().filter(|r| u64_of(r, "count") > 0).count();
+        assert!(busy >= 3, "{role}: 4 s of contention in {busy} intervals");
+        let (nice, policy) = match role.as_str() {
+            "nice5" => (5, "normal"),
+            "batch" => (0, "batch"),
+            _ => (0, "normal"),
+        };
+        for r in &mine {
+            assert_eq!(
+                (r["nice"].as_i64(), r["policy"].as_str()),
+                (Some(nice), Some(policy)),
+                "{r}"
+            );
+            assert_eq!(r["prio"].as_i64(), Some(120 + nice), "{r}");
+        }
+    }
+
+    // the totals are the threads' sum in every interval
+    let totals: Vec<&Value> = recs.iter().filter(|r| r["event"] == "schedule").collect();
+    assert!(totals.len() >= 5, "{} intervals", totals.len());
+    for t in &totals {
+        let of_t = threads.iter().filter(|r| r["ts_ns"] == t["ts_ns"]);
+        let (n, ns) = of_t.fold((0, 0), |(n, ns), r| {
+            (n + u64_of(r, "count"), ns + u64_of(r, "sum_ns"))
+        });
+        assert_eq!((n, ns), (u64_of(t, "count"), u64_of(t, "sum_ns")), "{t}");
+        assert_eq!(u64_of(t, "missed_threads"), 0, "{t}");
+    }
+
+    // every short-lived thread waited at least once, and was reported gone
+    let roles: Vec<u64> = before.iter().map(|(_, t, _)| *t).collect();
+    let gone: std::collections::HashSet<u64> = threads
+        .iter()
+        .filter(|r| r["exited"] == true)
+        .map(|r| u64_of(r, "pid"))
+        .filter(|t| !roles.contains(t))
+        .collect();
+    assert!(churned >= 20, "{churned}");
+    assert_eq!(gone.len() as u64, churned);
+}
+
+/// `-p 0 -c N` is CPU N's run queue: threads pinned to CPU 1 show there with
+/// every wait the kernel counted, and never on CPU 0's.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn idle_task_stands_for_its_cpus_run_queue() {
+    need_root();
+    let pi = ProcImage::start("sched_idle", &["-S"]);
+    let mut w = Workload::start(&["sched-classes", "--secs", "3"]);
+    let pid = w.pid() as u64;
+    let before = class_threads(&w);
+    pi.control_ok(&["-a", "-p", "0", "-c", "1", "-S"]);
+    run_to_end(&pi, &mut w);
+    let recs = pi.records();
+    for (role, tid, (_, waits0)) in &before {
+        let waits: u64 = recs
+            .iter()
+            .filter(|r| r["event"] == "schedule_thread" && r["pid"] == *tid)
+            .map(|r| u64_of(r, "count"))
+            .sum();
+        let kernel = schedstat(pid, *tid).1 - waits0;
+        assert!(
+            close_to(waits, kernel),
+            "{role} {tid} on CPU 1: {waits} vs {kernel}"
+        );
+    }
+    let cpu1: Vec<&Value> = recs.iter().filter(|r| r["event"] == "schedule").collect();
+    assert!(cpu1.iter().all(|r| r["pid"] == 0));
+    let busy: Vec<&&Value> = cpu1.iter().filter(|r| u64_of(r, "count") > 0).collect();
+    assert!(busy.len() >= 3, "{} busy intervals", busy.len());
+    assert!(busy
+        .iter()
+        .all(|r| u64_of(r, "avg_ns") > 0 && u64_of(r, "max_ns") > 0));
+
+    // the same threads on CPU 0's run queue: never (started untraced: a
+    // thread's first run may be anywhere before it pins itself)
+    pi.control_ok(&["-d"]);
+    let mut w0 = Workload::start(&["sched-classes", "--secs", "2"]);
+    let tids: Vec<u64> = class_threads(&w0).iter().map(|(_, t, _)| *t).collect();
+    pi.control_ok(&["-a", "-p", "0", "-c", "0", "-S"]);
+    let from = proc_image::sys::monotonic_ns();
+    run_to_end(&pi, &mut w0);
+    let recs = pi.finish();
+    let cpu0: Vec<&Value> = recs.iter().filter(|r| u64_of(r, "ts_ns") > from).collect();
+    assert!(cpu0.iter().any(|r| r["event"] == "schedule_thread"));
+    assert!(!cpu0
+        .iter()
+        .any(|r| r["event"] == "schedule_thread" && tids.contains(&u64_of(r, "pid"))));
+    drop(w);
+}
+
+/// The whole system: the workload's threads are among the listed ones, with
+/// their class and every wait the kernel counted; no wait is counted twice
+/// (the threads' waits never exceed the interval's total, and what they
+/// miss is `missed_threads`); with --top, the rest are summed.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn whole_system_lists_each_threads_waits() {
+    need_root();
+    let pi = ProcImage::start("sched_system", &["-S"]);
+    let mut w = Workload::start(&["sched-classes", "--secs", "3"]);
+    let pid = w.pid() as u64;
+    let before = class_threads(&w);
+    pi.control_ok(&["-a", "-S"]);
+    run_to_end(&pi, &mut w);
+    let recs = pi.finish();
+    let threads: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "schedule_thread")
+        .collect();
+    for (role, tid, (_, waits0)) in &before {
+        let mine: Vec<&&Value> = threads.iter().filter(|r| r["pid"] == *tid).collect();
+        let waits: u64 = mine.iter().map(|r| u64_of(r, "count")).sum();
+        let kernel = schedstat(pid, *tid).1 - waits0;
+        assert!(close_to(waits, kernel), "{role} {tid}: {waits} vs {kernel}");
+        let want = if role == "batch" { "batch" } else { "normal" };
+        assert!(
+            mine.iter().all(|r| r["policy"] == want && r["tgid"] == pid),
+            "{role}"
+        );
+        assert!(mine.iter().all(|r| r["cgroup"].is_string()), "{role}");
+    }
+    for t in recs.iter().filter(|r| r["event"] == "schedule") {
+        let n: u64 = threads
+            .iter()
+            .filter(|r| r["ts_ns"] == t["ts_ns"])
+            .map(|r| u64_of(r, "count"))
+            .sum();
+        assert_eq!(n + u64_of(t, "missed_threads"), u64_of(t, "count"), "{t}");
+    }
+}
+
+/// --top N lists the N most waiting threads and sums the others.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn top_threads_and_the_rest_add_up() {
+    need_root();
+    let pi = ProcImage::start("sched_top", &["-S", "--top", "2"]);
+    let mut w = Workload::start(&["sched-classes", "--secs", "2"]);
+    class_threads(&w);
+    pi.control_ok(&["-a", "-S"]);
+    run_to_end(&pi, &mut w);
+    let recs = pi.finish();
+    for t in recs.iter().filter(|r| r["event"] == "schedule") {
+        let at: Vec<&Value> = recs
+            .iter()
+            .filter(|r| r["ts_ns"] == t["ts_ns"] && r["event"] != "schedule")
+            .collect();
+        let listed = at
+            .iter()
+            .filter(|r| r["event"] == "schedule_thread")
+            .count();
+        let rest: Vec<&&Value> = at
+            .iter()
+            .filter(|r| r["event"] == "schedule_thread_rest")
+            .collect();
+        assert!(listed <= 2, "{listed} listed");
+        let n: u64 = at.iter().map(|r| u64_of(r, "count")).sum();
+        assert_eq!(n + u64_of(t, "missed_threads"), u64_of(t, "count"), "{t}");
+        if u64_of(t, "threads") > 2 {
+            assert_eq!(rest.len(), 1);
+            assert_eq!(u64_of(rest[0], "threads") + 2, u64_of(t, "threads"));
+        }
+    }
 }

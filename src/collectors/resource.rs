@@ -1,6 +1,7 @@
 //! resource: per interval, each target thread's CPU %, memory (RSS in KiB
-//! and % of RAM) and read/write rates; a total for a thread group (-P); for
-//! the whole system the busiest threads and a system total.
+//! and % of RAM), read/write rates and the CPU it last ran on; a total for a
+//! thread group (-P); for the whole system the busiest threads and a system
+//! total; for the idle task of a CPU, that CPU's idle time as its CPU %.
 //! BPF side: bpf/resource.bpf.c. Each interval proc_image runs the task
 //! iterator, which writes one cumulative sample per live target thread, and
 //! takes the samples exited threads left in `exits`; the figures of an
@@ -95,6 +96,8 @@ pub struct Figures {
     pub exited: bool,
     /// the thread's cgroup v2 (0 for totals)
     pub cgroup_id: u64,
+    /// the CPU it runs on or last ran on (None for totals)
+    pub cpu: Option<u32>,
 }
 
 /// The sum of `threads`, taken at the latest of their samples over the
@@ -130,6 +133,7 @@ pub fn total_of(
         rss_kib: rss.values().sum(),
         exited: false,
         cgroup_id: 0,
+        cpu: None,
     }
 }
 
@@ -142,6 +146,42 @@ pub fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The idle time of `cpu` in ns from /proc/stat text: its `cpuN` line's
+/// 4th value, in clock ticks.
+pub fn parse_cpu_idle_ns(stat: &str, cpu: u32, ns_per_tick: u64) -> Option<u64> {
+    let name = format!("cpu{cpu}");
+    let mut fields = stat
+        .lines()
+        .map(str::split_whitespace)
+        .find_map(|mut f| (f.next() == Some(name.as_str())).then_some(f))?;
+    fields.nth(3)?.parse::<u64>().ok().map(|t| t * ns_per_tick)
+}
+
+/// The idle task of `cpu` as a sample: the CPU's idle time as its on-CPU
+/// time, no memory, no I/O. The kernel keeps no run time for idle tasks;
+/// /proc/stat's idle is get_idle_time(), which on a tickless (NO_HZ)
+/// kernel adds the idle stretch in progress, so the figure is current when
+/// read, not when the CPU next wakes up (kernel_cpustat's CPUTIME_IDLE
+/// lags by that stretch). It counts in clock ticks (10 ms at USER_HZ 100):
+/// BPF could read tick_sched to the ns, but a per-CPU kernel variable is
+/// reachable only through kallsyms, which lacks it without KALLSYMS_ALL.
+fn idle_sample(cpu: u32) -> Result<resource_sample> {
+    let stat = std::fs::read_to_string("/proc/stat").context("resource: read /proc/stat")?;
+    let ts_ns = sys::monotonic_ns();
+    let ns_per_tick = 1_000_000_000 / sys::clock_ticks_per_sec();
+    let idle = parse_cpu_idle_ns(&stat, cpu, ns_per_tick)
+        .ok_or_else(|| anyhow!("resource: no cpu{cpu} idle time in /proc/stat (offline?)"))?;
+    let mut s = resource_sample::default();
+    s.hdr.ts_ns = ts_ns;
+    s.hdr.cpu = cpu as u16;
+    let comm = format!("swapper/{cpu}");
+    let n = comm.len().min(s.hdr.comm.len() - 1);
+    s.hdr.comm[..n].copy_from_slice(&comm.as_bytes()[..n]);
+    s.on_cpu_ns = idle;
+    s.last_cpu = cpu;
+    Ok(s)
 }
 
 /// Split an iterator's output into samples (copied: the buffer is not aligned).
@@ -222,6 +262,7 @@ impl Tracker {
                 rss_kib: s.rss_pages * page_kib,
                 exited,
                 cgroup_id: s.hdr.cgroup_id,
+                cpu: Some(s.last_cpu),
             });
             if !exited {
                 seen.insert(
@@ -290,8 +331,12 @@ impl Resource {
     }
 
     /// Every target thread's sample now: the live ones from the iterator,
-    /// then those that exited since the last call (taken out of `exits`).
-    fn samples(&self) -> Result<Vec<resource_sample>> {
+    /// then those that exited since the last call (taken out of `exits`);
+    /// for the idle task of a CPU, that CPU's idle time.
+    fn samples(&self, target: Target) -> Result<Vec<resource_sample>> {
+        if let Target::Idle { cpu } = target {
+            return Ok(vec![idle_sample(cpu)?]);
+        }
         let link = self
             .iter
             .as_ref()
@@ -326,7 +371,7 @@ impl Resource {
         // close an interval (a busy machine), the kernel's clock is not
         let now = sys::monotonic_ns();
         let interval_ns = now.saturating_sub(self.interval_start_ns);
-        let samples = self.samples()?;
+        let samples = self.samples(target)?;
         let mut figures = self
             .tracker
             .figures(&samples, self.page_kib, self.interval_start_ns);
@@ -379,15 +424,6 @@ impl Collector for Resource {
         CollectorKind::Resource
     }
 
-    fn check_target(&self, target: &Target) -> Result<()> {
-        if let Target::Idle { .. } = target {
-            return Err(anyhow!(
-                "resource follows threads and processes: an idle task has no memory or I/O (keytime -p 0 -c CPU shows its CPU time)"
-            ));
-        }
-        Ok(())
-    }
-
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
         self.iter = None;
@@ -412,7 +448,7 @@ impl Collector for Resource {
         // the first pass: every target thread's counters now are where its
         // figures start
         self.interval_start_ns = sys::monotonic_ns();
-        let samples = match self.samples() {
+        let samples = match self.samples(act.target) {
             Ok(s) => s,
             Err(e) => {
                 self.deactivate();
@@ -434,6 +470,7 @@ impl Collector for Resource {
         let what = match act.target {
             Target::System => format!(" (the {} busiest threads and a total)", self.top),
             Target::Group { .. } => " (each thread and the total)".to_string(),
+            Target::Idle { cpu } => format!(" (CPU {cpu}'s idle time as its CPU %)"),
             _ => String::new(),
         };
         format!(
@@ -521,6 +558,14 @@ mod tests {
     }
 
     #[test]
+    fn cpu_idle_from_proc_stat() {
+        let stat = "cpu  10 0 20 5000 7 0 1 0 0 0\ncpu0 5 0 10 2000 3 0 0 0 0 0\ncpu1 5 0 10 3000 4 0 1 0 0 0\nintr 1\n";
+        assert_eq!(parse_cpu_idle_ns(stat, 1, 10_000_000), Some(30_000_000_000));
+        assert_eq!(parse_cpu_idle_ns(stat, 0, 10_000_000), Some(20_000_000_000));
+        assert_eq!(parse_cpu_idle_ns(stat, 2, 10_000_000), None);
+    }
+
+    #[test]
     fn meminfo_total() {
         let text = "MemTotal:        8029876 kB\nMemFree:          123 kB\n";
         assert_eq!(parse_mem_total_kib(text), Some(8_029_876));
@@ -560,6 +605,7 @@ mod tests {
             rss_kib,
             exited: false,
             cgroup_id: 0,
+            cpu: None,
         };
         let threads = [t(1, 1, 100, 5), t(2, 1, 100, 7), t(3, 3, 40, 1)];
         let sum = total_of(&threads, 0, 0, Counters::default(), 9, 5);

@@ -1,17 +1,23 @@
 //! schedule: run-queue latency (runnable -> running) of the target per
 //! interval, beside the whole system's in the same interval, with log2
-//! histograms. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
+//! histograms; and per target thread its waits and scheduling class
+//! (`schedule_thread`). For the idle task of a CPU the target is that CPU's
+//! run queue. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
+
+use std::collections::HashMap;
+use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Link, MapHandle};
+use libbpf_rs::{Iter, Link, MapCore, MapHandle};
 use serde::Serialize;
+use serde_json::json;
 
 use super::latency::{self, Figures};
 use super::{
-    attach_all, load_skel_variants, read_stats, wait_for_programs_in_flight, Activation, Collector,
-    CollectorKind, LoadOptions, MIN_RINGBUF,
+    attach_all, hash_entries, load_skel_variants, read_stats, wait_for_programs_in_flight,
+    Activation, Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
 };
-use crate::bpf_intf::{self, schedule_config};
+use crate::bpf_intf::{self, c_str, decode, schedule_config, schedule_slot, schedule_thread};
 use crate::kernel_btf::{self, Variant};
 use crate::output::Output;
 use crate::record::families::Fam;
@@ -25,6 +31,107 @@ mod skel {
 use skel::{ScheduleSkel, ScheduleSkelBuilder};
 
 const NAME: &str = "schedule";
+/// Per-thread records per interval in text output (whole system, a cgroup, a CPU).
+const DEFAULT_TEXT_TOP: usize = 20;
+
+/// One thread's run-queue waits over one interval (`schedule_thread`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleThread {
+    pub interval_ns: u64,
+    pub count: u64,
+    pub avg_ns: u64,
+    pub max_ns: u64,
+    pub min_ns: u64,
+    pub sum_ns: u64,
+    /// the kernel's task->prio: 0..99 real-time, 100..139 nice -20..19, -1 deadline
+    pub prio: i32,
+    pub nice: i32,
+    pub policy: &'static str,
+    pub exited: bool,
+}
+
+/// The threads not listed (beyond --top), summed (`schedule_thread_rest`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScheduleThreadRest {
+    pub interval_ns: u64,
+    pub threads: usize,
+    pub count: u64,
+    pub sum_ns: u64,
+}
+
+/// The name of a scheduling policy (task->policy).
+pub fn policy_name(policy: u32) -> &'static str {
+    match policy {
+        0 => "normal",
+        1 => "fifo",
+        2 => "rr",
+        3 => "batch",
+        5 => "idle",
+        6 => "deadline",
+        7 => "ext",
+        _ => "unknown",
+    }
+}
+
+/// A thread: its pid and when it began.
+type ThreadKey = (u32, u64);
+
+/// A is at or before B, in interval numbers that wrap.
+fn not_after(a: u32, b: u32) -> bool {
+    b.wrapping_sub(a) < 1 << 31
+}
+
+/// One thread's figures of interval `closed`, gathered from BPF.
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    pub key: ThreadKey,
+    pub sample: schedule_thread,
+    pub slot: schedule_slot,
+    pub exited: bool,
+}
+
+/// The figures of interval `closed` from the live threads' samples (the
+/// iterator's) and the dead threads' (`exits`). A thread in both (it died
+/// while the iterator ran) counts once. Figures always stay in their own
+/// interval: a dead thread neither source had when its interval closed (it
+/// had left the task list before the iterator came, and switched out for
+/// the last time after `exits` was read) is that interval's
+/// `missed_threads`, never added to a later one.
+pub fn gather(closed: u32, live: &[schedule_thread], exits: &[schedule_thread]) -> Vec<Gathered> {
+    let pick = |s: &schedule_thread, interval: u32| {
+        let slot = s.slot[(interval & 1) as usize];
+        if slot.interval == interval && slot.count > 0 {
+            slot
+        } else {
+            schedule_slot::default()
+        }
+    };
+    let mut out: Vec<Gathered> = Vec::new();
+    // a thread that died while the iterator ran is in both, with the same
+    // (frozen) figures; a non-leader thread that exec'd took its dead
+    // leader's pid and start time: the same key, other figures
+    let mut seen: HashMap<(ThreadKey, u64, u64), usize> = HashMap::new();
+    for (s, exited) in live
+        .iter()
+        .map(|s| (s, false))
+        .chain(exits.iter().map(|s| (s, true)))
+    {
+        let key = (s.hdr.pid, s.task_start_ns);
+        let slot = pick(s, closed);
+        if let Some(&i) = seen.get(&(key, slot.count, slot.sum_ns)) {
+            out[i].exited |= exited;
+            continue;
+        }
+        seen.insert((key, slot.count, slot.sum_ns), out.len());
+        out.push(Gathered {
+            key,
+            sample: *s,
+            slot,
+            exited,
+        });
+    }
+    out
+}
 
 pub struct Schedule {
     skel: ScheduleSkel<'static>,
@@ -34,10 +141,13 @@ pub struct Schedule {
     /// what the current (or last) activation traces; None once flushed
     target: Option<Target>,
     interval_start_ns: u64,
+    /// the task iterator: kept until the last interval is flushed
+    iter: Option<Link>,
+    top_threads: Option<usize>,
 }
 
 impl Schedule {
-    pub fn load(_opts: &LoadOptions) -> Result<Self> {
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
         // aggregates in maps: its ring buffer stays at the minimum
         let switch = Variant {
             newer: "handle__sched_switch",
@@ -52,7 +162,36 @@ impl Schedule {
             links: Vec::new(),
             target: None,
             interval_start_ns: 0,
+            iter: None,
+            top_threads: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
         })
+    }
+
+    /// The live target threads' samples (the iterator) and the dead ones'
+    /// (`exits`; those whose last figures are read now are deleted).
+    fn samples(&self, closed: u32) -> Result<(Vec<schedule_thread>, Vec<schedule_thread>)> {
+        let link = self
+            .iter
+            .as_ref()
+            .ok_or_else(|| anyhow!("schedule: the task iterator is not attached"))?;
+        let mut bytes = Vec::new();
+        Iter::new(link)
+            .context("schedule: start the task iterator")?
+            .read_to_end(&mut bytes)
+            .context("schedule: read the task iterator")?;
+        let live = parse_threads(&bytes);
+        let mut exits = Vec::new();
+        let map = &self.skel.maps.exits;
+        for (k, v) in hash_entries(map)? {
+            let Ok(t) = decode::<schedule_thread>(&v) else {
+                continue;
+            };
+            if not_after(t.exit_interval, closed) {
+                let _ = map.delete(&k);
+            }
+            exits.push(*t);
+        }
+        Ok((live, exits))
     }
 
     fn config(&mut self) -> Result<&mut skel::types::schedule_config> {
@@ -73,22 +212,90 @@ impl Schedule {
         self.interval_start_ns = now;
         wait_for_programs_in_flight();
         let lat = latency::take(&self.skel.maps.latencies, old)?;
+        let (live, exits) = self.samples(old)?;
+        let mut threads = gather(old, &live, &exits);
         let (pid, tgid) = match target {
             Target::Thread { pid, tgid, .. } => (pid, tgid),
             Target::Group { tgid, .. } => (tgid, tgid),
             Target::System | Target::Idle { .. } | Target::Cgroup { .. } => (0, 0),
         };
-        let rec = Record::new(
-            now,
-            Event::Schedule(Box::new(Interval {
+        // waits of the target no thread's figures hold: a thread the task
+        // iterator cannot visit, task storage that could not be had
+        let by_threads: u64 = threads.iter().map(|t| t.slot.count).sum();
+        let interval = Interval {
+            interval_ns,
+            threads: threads.iter().filter(|t| t.slot.count > 0).count(),
+            missed_threads: lat.target.count.saturating_sub(by_threads),
+            latency: Figures::of(&lat),
+        };
+        out.emit(&Record::new(now, Event::Schedule(Box::new(interval))).task(pid, tgid, ""));
+
+        // most waiting first; a thread or group lists every thread, the
+        // wider targets the threads that waited, at most --top of them
+        threads.sort_by_key(|t| (std::cmp::Reverse(t.slot.sum_ns), t.key));
+        let listed = match target {
+            Target::Thread { .. } | Target::Group { .. } => threads.len(),
+            _ => {
+                threads.retain(|t| t.slot.count > 0);
+                self.top_threads.unwrap_or(usize::MAX).min(threads.len())
+            }
+        };
+        for t in &threads[..listed] {
+            let s = &t.sample;
+            let body = ScheduleThread {
                 interval_ns,
-                latency: Figures::of(&lat),
-            })),
-        )
-        .task(pid, tgid, "");
-        out.emit(&rec);
+                count: t.slot.count,
+                avg_ns: t.slot.sum_ns.checked_div(t.slot.count).unwrap_or(0),
+                max_ns: t.slot.max_ns,
+                min_ns: t.slot.min_ns,
+                sum_ns: t.slot.sum_ns,
+                prio: s.prio,
+                nice: s.nice,
+                policy: policy_name(s.policy),
+                exited: t.exited,
+            };
+            let rec = Record::new(now, Event::ScheduleThread(body)).task(
+                s.hdr.pid,
+                s.hdr.tgid,
+                c_str(&s.hdr.comm),
+            );
+            out.emit(&match target {
+                Target::System => rec.cgroup(s.hdr.cgroup_id),
+                _ => rec,
+            });
+        }
+        if listed < threads.len() {
+            let rest = &threads[listed..];
+            let body = ScheduleThreadRest {
+                interval_ns,
+                threads: rest.len(),
+                count: rest.iter().map(|t| t.slot.count).sum(),
+                sum_ns: rest.iter().map(|t| t.slot.sum_ns).sum(),
+            };
+            out.emit(&Record::new(now, Event::ScheduleThreadRest(body)));
+        }
         Ok(())
     }
+
+    fn clear_exits(&self) {
+        let map = &self.skel.maps.exits;
+        let keys: Vec<Vec<u8>> = map.keys().collect();
+        for k in keys {
+            let _ = map.delete(&k);
+        }
+    }
+}
+
+/// Split an iterator's output into samples (copied: the buffer is not aligned).
+pub fn parse_threads(bytes: &[u8]) -> Vec<schedule_thread> {
+    bytes
+        .chunks_exact(std::mem::size_of::<schedule_thread>())
+        .filter_map(|chunk| {
+            let mut s = schedule_thread::default();
+            plain::copy_from_bytes(&mut s, chunk).ok()?;
+            Some(s)
+        })
+        .collect()
 }
 
 /// The schedule collector's records.
@@ -97,11 +304,19 @@ impl Schedule {
 pub enum Event {
     /// The target's run-queue latency in one interval, beside the system's.
     Schedule(Box<Interval>),
+    /// One thread's waits in the interval, with its class.
+    ScheduleThread(ScheduleThread),
+    /// The threads not listed (beyond --top), summed.
+    ScheduleThreadRest(ScheduleThreadRest),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Interval {
     pub interval_ns: u64,
+    /// target threads that waited
+    pub threads: usize,
+    /// waits of the target no thread's figures hold
+    pub missed_threads: u64,
     #[serde(flatten)]
     pub latency: Figures,
 }
@@ -118,18 +333,40 @@ impl record::Event for Event {
     fn name(&self) -> &'static str {
         match self {
             Event::Schedule(_) => "schedule",
+            Event::ScheduleThread(_) => "schedule_thread",
+            Event::ScheduleThreadRest(_) => "schedule_thread_rest",
         }
     }
 
     fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {
         match self {
             Event::Schedule(i) => i.latency.metrics(Fam::SchedLatency, m),
+            Event::ScheduleThread(t) => {
+                let labels = m.thread(t.sum_ns);
+                m.add(Fam::ThreadRunqWaits, labels.clone(), t.count as f64);
+                m.add(Fam::ThreadRunqWait, labels, t.sum_ns as f64 / 1e9);
+            }
+            Event::ScheduleThreadRest(r) => {
+                let labels = m.other_threads();
+                m.add(Fam::ThreadRunqWaits, labels.clone(), r.count as f64);
+                m.add(Fam::ThreadRunqWait, labels, r.sum_ns as f64 / 1e9);
+            }
         }
     }
 
     fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         match self {
             Event::Schedule(i) => i.latency.trace(rec, "run-queue latency avg (us)", t),
+            Event::ScheduleThread(th) => {
+                let ms_per_s = th.sum_ns as f64 / 1e6 / (th.interval_ns.max(1) as f64 / 1e9);
+                t.counter(
+                    rec.tgid,
+                    "run-queue wait (ms/s) by thread",
+                    rec.ts_ns,
+                    json!({rec.pid.to_string(): ms_per_s}),
+                );
+            }
+            Event::ScheduleThreadRest(_) => {}
         }
     }
 }
@@ -151,9 +388,11 @@ impl Collector for Schedule {
         if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
             bss.spilled = 0;
         }
+        self.clear_exits();
+        // two intervals on: a thread's slots of an earlier activation are stale
         let cfg = schedule_config {
             target: act.filter(),
-            interval: self.config()?.interval,
+            interval: self.config()?.interval.wrapping_add(2),
             _pad: 0,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
@@ -171,17 +410,25 @@ impl Collector for Schedule {
                 },
             ),
         ])?;
+        match self.skel.progs.handle__iter_task.attach() {
+            Ok(link) => self.iter = Some(link),
+            Err(e) => {
+                self.links.clear();
+                return Err(e).context("attach schedule/iter_task");
+            }
+        }
         self.target = Some(act.target);
         Ok(())
     }
 
     fn deactivate(&mut self) {
+        // the iterator stays until flush() has read the last interval
         self.links.clear();
     }
 
     fn describe(&self, act: &Activation) -> String {
         format!(
-            "schedule on {}: run-queue latency beside the whole system's, per interval",
+            "schedule on {}: run-queue latency beside the whole system's, and per thread, per interval",
             act.target
         )
     }
@@ -198,9 +445,10 @@ impl Collector for Schedule {
     }
 
     fn flush(&mut self, out: &mut Output) -> Result<()> {
-        self.on_interval(out)?;
+        let result = self.on_interval(out);
+        self.iter = None;
         self.target = None;
-        Ok(())
+        result
     }
 
     fn stats(&self) -> Result<crate::losses::Losses> {
@@ -209,5 +457,97 @@ impl Collector for Schedule {
 
     fn object(&self) -> &libbpf_rs::Object {
         libbpf_rs::skel::Skel::object(&self.skel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thread(pid: u32, slots: [(u32, u64, u64); 2]) -> schedule_thread {
+        let mut t = schedule_thread::default();
+        t.hdr.pid = pid;
+        t.task_start_ns = 1000 + u64::from(pid);
+        for (i, (interval, count, sum_ns)) in slots.into_iter().enumerate() {
+            t.slot[i] = schedule_slot {
+                interval,
+                count,
+                sum_ns,
+                min_ns: 1,
+                max_ns: sum_ns,
+                ..Default::default()
+            };
+        }
+        t
+    }
+
+    #[test]
+    fn gather_takes_the_closed_interval_once_per_thread() {
+        // interval 5 closed: slot 1 holds it, slot 0 holds interval 4 (or 6 begun)
+        let live = [
+            thread(1, [(4, 9, 90), (5, 2, 20)]),
+            thread(2, [(6, 1, 10), (3, 7, 70)]),
+        ];
+        // thread 1 also died while the iterator ran: counted once; thread 2's
+        // key is also a dead leader's whose pid and start an exec took over
+        let exits = [
+            thread(1, [(4, 9, 90), (5, 2, 20)]),
+            thread(2, [(4, 1, 5), (5, 6, 60)]),
+        ];
+        let g = gather(5, &live, &exits);
+        assert_eq!(g.len(), 3);
+        assert_eq!((g[2].key.0, g[2].slot.count, g[2].exited), (2, 6, true));
+        assert_eq!(
+            (g[0].key.0, g[0].slot.count, g[0].slot.sum_ns, g[0].exited),
+            (1, 2, 20, true)
+        );
+        // an older or newer interval in the slot is not this one's
+        assert_eq!((g[1].key.0, g[1].slot.count), (2, 0));
+    }
+
+    #[test]
+    fn figures_stay_in_their_interval() {
+        let dead = [thread(3, [(6, 4, 40), (5, 3, 30)])];
+        let g = gather(6, &[], &dead);
+        assert_eq!(
+            (g[0].slot.count, g[0].slot.sum_ns, g[0].exited),
+            (4, 40, true)
+        );
+        assert_eq!(gather(7, &[], &dead)[0].slot.count, 0);
+    }
+
+    #[test]
+    fn policies_and_metric_figures() {
+        let names: Vec<&str> = (0..8).map(policy_name).collect();
+        assert_eq!(
+            names,
+            ["normal", "fifo", "rr", "batch", "unknown", "idle", "deadline", "ext"]
+        );
+        let body = ScheduleThread {
+            interval_ns: 1,
+            count: 3,
+            avg_ns: 2,
+            max_ns: 4,
+            min_ns: 1,
+            sum_ns: 6,
+            prio: 125,
+            nice: 5,
+            policy: "batch",
+            exited: false,
+        };
+        let rec = Record::new(1, Event::ScheduleThread(body));
+        let names: Vec<String> = rec.details().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names[..3], ["interval_ns", "count", "avg_ns"]);
+    }
+
+    #[test]
+    fn iterator_output_is_split_into_threads() {
+        let a = thread(1, [(1, 1, 1), (0, 0, 0)]);
+        let mut bytes = vec![0u8]; // misaligned on purpose
+                                   // SAFETY: schedule_thread is plain data
+        bytes.extend_from_slice(unsafe { plain::as_bytes(&a) });
+        bytes.extend_from_slice(unsafe { plain::as_bytes(&a) });
+        assert_eq!(parse_threads(&bytes[1..]).len(), 2);
+        assert_eq!(parse_threads(&bytes[1..bytes.len() - 1]).len(), 1);
     }
 }

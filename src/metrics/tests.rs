@@ -125,6 +125,7 @@ fn latency_histograms_are_filled_exactly_from_log2_buckets() {
         schedule::Event::Schedule(Box::new(schedule::Interval {
             interval_ns: S,
             latency,
+            ..Default::default()
         })),
     );
     e.apply(&rec, S);

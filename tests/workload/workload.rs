@@ -32,6 +32,13 @@
 //!       itself with clock_nanosleep, and blocks in a read for good: while
 //!       traced it makes only these syscalls. Prints each thread's counts and
 //!       the CLOCK_MONOTONIC time all were done, then waits to be killed
+//!   proc_image_workload sched-classes [--secs S] [--cpu C]
+//!       starts 4 spinners on CPU C (default 1), one of them at nice 5, one
+//!       SCHED_BATCH, and a thread that sleeps 1 ms at a time there too, all
+//!       blocked in a read; prints their tids; waits for a line on stdin;
+//!       then they run S seconds while a thread starts a short-lived
+//!       spinner there every 100 ms, then all block in a read for good and
+//!       it prints the CLOCK_MONOTONIC time they were done
 //!   proc_image_workload thread-churn [--per-sec N] [--secs S]
 //!       starts N short-lived threads a second for S seconds, one after
 //!       another, each making three getppid; then prints how many
@@ -178,6 +185,7 @@ fn main() {
             num("--ia32-getpid", 0),
             num("--secs", 5),
         ),
+        "sched-classes" => sched_classes(num("--secs", 4), num("--cpu", 1)),
         "thread-churn" => thread_churn(num("--per-sec", 3000), num("--secs", 7)),
         "pid-reuse" => pid_reuse(num("--getppid", 1000)),
         "reused-pid" => reused_pid(num("--getppid", 1000)),
@@ -1905,4 +1913,97 @@ fn bench_futex(n: u64) {
     play(0, n / 2);
     let _ = other.join();
     say(json!({"ns_per_op": start.elapsed().as_nanos() as f64 / (n / 2 * 2).max(1) as f64}));
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET stays within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Threads of known scheduling class contending for one CPU (see the usage).
+fn sched_classes(secs: u64, cpu: u64) {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    use std::sync::{Arc, Barrier};
+    let cpu = cpu as usize;
+    let mut go = [0i32; 2];
+    let mut park = [0i32; 2];
+    // SAFETY: each array has room for two descriptors.
+    if unsafe { libc::pipe(go.as_mut_ptr()) | libc::pipe(park.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    let (go_rd, park_rd) = (go[0], park[0]);
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(Barrier::new(6));
+    let (tx, rx) = std::sync::mpsc::channel();
+    // (role, setup): each thread sets its own class, on its own tid
+    type Setup = fn(i32);
+    let roles: [(&str, Setup); 5] = [
+        ("normal", |_| {}),
+        ("nice5", |tid| unsafe {
+            // SAFETY: setpriority on a thread id changes only that thread
+            libc::setpriority(libc::PRIO_PROCESS, tid as u32, 5);
+        }),
+        ("batch", |tid| unsafe {
+            let p = libc::sched_param { sched_priority: 0 };
+            // SAFETY: a valid sched_param for SCHED_BATCH
+            libc::sched_setscheduler(tid, libc::SCHED_BATCH, &p);
+        }),
+        ("normal2", |_| {}),
+        ("sleeper", |_| {}),
+    ];
+    for (role, setup) in roles {
+        let (tx, done, finished) = (tx.clone(), done.clone(), finished.clone());
+        std::thread::spawn(move || {
+            pin_to_cpu(cpu);
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            setup(tid);
+            tx.send((role, tid)).unwrap();
+            let mut byte = 0u8;
+            // SAFETY: one byte into `byte`; the go pipe is never written: EOF
+            unsafe { libc::read(go_rd, (&mut byte as *mut u8).cast(), 1) };
+            while !done.load(SeqCst) {
+                if role == "sleeper" {
+                    std::thread::sleep(Duration::from_millis(1));
+                } else {
+                    busy(Duration::from_millis(1));
+                }
+            }
+            finished.wait();
+            // SAFETY: as above; never returns while the process lives
+            unsafe { libc::read(park_rd, (&mut byte as *mut u8).cast(), 1) };
+        });
+    }
+    let tids: serde_json::Map<String, serde_json::Value> = rx
+        .iter()
+        .take(5)
+        .map(|(r, t)| (r.to_string(), t.into()))
+        .collect();
+    say(json!({"event": "threads", "tids": tids}));
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    // SAFETY: closing the write end wakes every reader of the go pipe
+    unsafe { libc::close(go[1]) };
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut churned = 0u64;
+    while Instant::now() < end {
+        std::thread::spawn(move || {
+            pin_to_cpu(cpu);
+            busy(Duration::from_millis(5));
+        })
+        .join()
+        .unwrap();
+        churned += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done.store(true, SeqCst);
+    finished.wait();
+    say(json!({"event": "done", "done_ns": monotonic_ns(), "churned": churned}));
+    let mut byte = 0u8;
+    // SAFETY: as above
+    unsafe { libc::read(park_rd, (&mut byte as *mut u8).cast(), 1) };
 }

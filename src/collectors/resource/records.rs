@@ -38,6 +38,7 @@ impl Figures {
             read_bytes_total: self.total.rchar,
             write_bytes_total: self.total.wchar,
             exited: self.exited,
+            cpu: self.cpu,
             cpu_ratio: ratio(self.delta.on_cpu_ns, window),
             mem_ratio: ratio(self.rss_kib, mem_total_kib),
         }
@@ -100,6 +101,9 @@ pub struct Usage {
     pub read_bytes_total: u64,
     pub write_bytes_total: u64,
     pub exited: bool,
+    /// the CPU it runs on or last ran on (threads only)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
     /// cpu_pct unrounded, as a ratio (the metrics')
     #[serde(skip)]
     pub cpu_ratio: f64,

@@ -279,10 +279,18 @@ int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev)
 {
 	struct cpu_slot *s = this_cpu_slot();
 	struct in_flight *f;
+	bool in_syscall;
 
-	if (!s || s->task != (__u64)prev)
+	if (!s)
 		return 0;
+	/*
+	 * Emptied at every switch: a syscall found here at exit was entered
+	 * by the task running now, since it was switched in.
+	 */
+	in_syscall = s->task == (__u64)prev;
 	s->task = 0;
+	if (!in_syscall)
+		return 0;
 	f = bpf_task_storage_get(&in_flight, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!f) {
 		STAT_INC(no_task_state);
@@ -300,10 +308,10 @@ int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 {
-	struct task_struct *task = bpf_get_current_task_btf();
 	__u32 interval = this_interval(), id, generation, of_target, in_seq = 0, idx;
 	struct cpu_slot *s = this_cpu_slot();
 	struct syscall_thread_key key = {};
+	struct task_struct *task;
 	struct syscall_thread *t;
 	struct syscall_slot *sl;
 	struct in_flight *f;
@@ -311,7 +319,8 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 
 	if (!s)
 		return 0;
-	if (s->task == (__u64)task) {
+	/* the current task's, see handle__sched_switch: no need to ask which task runs */
+	if (s->task) {
 		lat = bpf_ktime_get_ns();
 		s->task = 0;
 		enter = s->enter_ns;
@@ -320,6 +329,7 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 		of_target = s->of_target;
 	} else {
 		/* switched out since its entry (or entered before we were attached) */
+		task = bpf_get_current_task_btf();
 		f = bpf_task_storage_get(&in_flight, task, 0, 0);
 		if (!f || !f->enter_ns)
 			return 0;
@@ -341,6 +351,7 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 		return 0;
 	latency_add(interval, LAT_TARGET, lat);
 
+	task = bpf_get_current_task_btf();
 	if (s->key_task == (__u64)task && s->key_task_start == task->start_boottime) {
 		key = s->key;
 	} else {

@@ -107,9 +107,10 @@
 //!       waits for a line on stdin, then sets up an io_uring with a
 //!       submission-queue polling thread (a thread the kernel makes for the
 //!       process), prints whether it could, and exits after 300 ms
-//!   proc_image_workload noop-hooks syscalls|sched|resource
+//!   proc_image_workload noop-hooks syscalls|sched|resource|keytime
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
-//!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
+//!       sched_switch/sched_wakeup, or keytime's hooks) until stdin closes:
+//!       the benchmark floor
 //!   proc_image_workload bench-syscalls N | bench-pipe N | bench-forks N | bench-mutex N [--wait]
 //!       times N operations, prints {"ns_per_op": X}; with --wait it first
 //!       waits for a line on stdin (so a benchmark can activate on its pid)
@@ -262,10 +263,16 @@ fn noop_hooks(which: &str) {
         .unwrap_or_else(|e| die(&format!("load noop programs: {e}")));
     let p = &skel.progs;
     let progs = match which {
-        "syscalls" => [&p.noop__sys_enter, &p.noop__sys_exit],
-        "sched" => [&p.noop__sched_switch, &p.noop__sched_wakeup],
-        "resource" => [&p.noop__sched_switch, &p.noop__sched_process_exit],
-        _ => die("noop-hooks syscalls|sched|resource"),
+        "syscalls" => vec![&p.noop__sys_enter, &p.noop__sys_exit],
+        "sched" => vec![&p.noop__sched_switch, &p.noop__sched_wakeup],
+        "resource" => vec![&p.noop__sched_switch, &p.noop__sched_process_exit],
+        "keytime" => vec![
+            &p.noop__task_newtask,
+            &p.noop__sched_process_exec,
+            &p.noop__sched_process_exit,
+            &p.noop__sched_switch,
+        ],
+        _ => die("noop-hooks syscalls|sched|resource|keytime"),
     };
     let _links: Vec<libbpf_rs::Link> = progs
         .iter()

@@ -4,6 +4,7 @@
 #   (b) proc_image -a loaded but deactivated (the pre-attach promise: ~1.00x)
 #   (c) keytime active on another process
 #   (d) keytime active on the workload
+#   (f) no-op BPF programs on keytime's hooks: the floor, the hooks' own price
 # Usage: sudo bench/keytime.sh   (REPS=N runs per figure, median taken)
 source "$(dirname "$0")/lib.sh"
 
@@ -14,6 +15,9 @@ OTHER_PID=$!
 for mode in bench-syscalls bench-pipe bench-forks; do
 	n=${N[$mode]}
 	a=$(measure "$mode" "$n")
+	floor_start keytime
+	f=$(measure "$mode" "$n")
+	floor_stop
 	pi_start -a
 	b=$(measure "$mode" "$n")
 	"$CTL" -a -P "$OTHER_PID" -k >/dev/null
@@ -26,4 +30,8 @@ for mode in bench-syscalls bench-pipe bench-forks; do
 	row "(b) proc_image -a loaded, deactivated" "$a" "$b"
 	row "(c) keytime active on another process" "$a" "$c"
 	row "(d) keytime active on the workload" "$a" "$d"
+	row "(f) floor: no-op programs on keytime's hooks" "$a" "$f"
+	awk -v a="$a" -v c="$c" -v d="$d" -v f="$f" 'BEGIN { fl = f - a
+		if (fl < a / 100) { print "  the floor is within the noise (these hooks are not on this path)"; exit }
+		printf "  overhead over (a) as a multiple of the floor'"'"'s: on workload %.2fx, other process %.2fx\n", (d - a) / fl, (c - a) / fl }'
 done

@@ -136,3 +136,28 @@ stats_off() { exec 6>&-; wait "$STATS_PID" 2>/dev/null || true; STATS_PID=""; }
 # stats_of [--uprobes] PID: "RUNS RUN_NS" of the BPF programs process PID
 # holds (--uprobes: of its uprobes only), so far
 stats_of() { "$WL" bpf-stats-of "$@" | sed -n 's/.*"runs":\([0-9]*\),"run_ns":\([0-9]*\).*/\1 \2/p'; }
+
+# bpf_stats_on / bpf_stats_off: the kernel's BPF run-time stats, on only for
+# a measuring pass (they cost a little); put back as found, even on a failure
+bpf_stats_on() {
+	BPF_STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
+	trap 'sysctl -q kernel.bpf_stats_enabled="$BPF_STATS_WAS"; cleanup' EXIT
+	sysctl -q kernel.bpf_stats_enabled=1
+}
+bpf_stats_off() { sysctl -q kernel.bpf_stats_enabled="$BPF_STATS_WAS"; trap cleanup EXIT; }
+
+# bpf_prog_stats LABEL PID NAME-PREFIX: run count and ns per run of the
+# programs of process PID (its fds) whose name starts with NAME-PREFIX
+bpf_prog_stats() {
+	local ids
+	ids=$(sed -n 's/^prog_id:\s*//p' /proc/"$2"/fdinfo/* 2>/dev/null | sort -u | tr '\n' ' ')
+	bpftool prog show | awk -v l="$1" -v ids=" $ids" -v p="$3" '
+		function out() { if (name != "" && index(name, p) == 1 && cnt > 0 && index(ids, " " id " "))
+			printf "  %-28s %-22s %10d runs %7.1f ns/run\n", l, name, cnt, ns / cnt }
+		/^[0-9]+:/ { out(); id = $1; sub(":", "", id); name = ""; cnt = 0; ns = 0
+			for (i = 1; i < NF; i++) {
+				if ($i == "name") name = $(i + 1)
+				if ($i == "run_time_ns") ns = $(i + 1)
+				if ($i == "run_cnt") cnt = $(i + 1) } }
+		END { out() }'
+}

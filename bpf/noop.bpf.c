@@ -24,3 +24,10 @@ int BPF_PROG(noop__sched_wakeup) { return 0; }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(noop__sched_process_exit) { return 0; }
+
+/* keytime's other hooks (with sched_switch and sched_process_exit above) */
+SEC("tp_btf/task_newtask")
+int BPF_PROG(noop__task_newtask) { return 0; }
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(noop__sched_process_exec) { return 0; }

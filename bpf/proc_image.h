@@ -262,6 +262,13 @@ struct latency_stats {
  * number in the ia32 table, not the x86_64 one.
  */
 #define SYSCALL_ID_IA32 0x8000
+/*
+ * A thread's counts by syscall live in its own entry for the first ids that
+ * find a free place among SYSCALL_COUNT_PROBES from (id % SYSCALL_COUNT_SLOTS),
+ * the rest in the `counts` map: no second map lookup per syscall.
+ */
+#define SYSCALL_COUNT_SLOTS 32
+#define SYSCALL_COUNT_PROBES 4
 
 struct syscall_config {
 	struct target_filter target;
@@ -294,6 +301,12 @@ struct syscall_thread_key {
 	__u64 start_ns;
 };
 
+/* Counts of one syscall by one thread, by interval & 1 like syscall_slot. */
+struct syscall_count {
+	__u32 interval[2];
+	__u64 count[2];
+};
+
 /* One target thread: its figures per interval and its last syscalls. */
 struct syscall_thread {
 	__u32 tgid;
@@ -304,23 +317,24 @@ struct syscall_thread {
 	__u64 cgroup_id;     /* its cgroup v2, refreshed once per interval */
 	__u8 comm[PI_COMM_LEN];
 	struct syscall_slot slot[2]; /* by interval & 1 */
-	__u64 seq_total; /* syscalls entered since tracing began; seq is a ring */
+	__u64 seq_total; /* syscalls put in seq since tracing began; seq is a ring */
 	__u16 seq[SYSCALL_SEQ_RING];
-	/* beside seq: when each was entered, and how long it took (0: not returned) */
+	/*
+	 * beside seq: when each was entered, and how long it took (0: not
+	 * returned). A syscall goes in when it returns, or before: when the
+	 * thread is switched out in it, or exits in it (exit, exit_group).
+	 */
 	__u64 seq_enter_ns[SYSCALL_SEQ_RING];
 	__u64 seq_dur_ns[SYSCALL_SEQ_RING];
+	/* counts of the syscall whose id + 1 is count_id[i] (0: free) */
+	__u32 count_id[SYSCALL_COUNT_SLOTS];
+	struct syscall_count counts[SYSCALL_COUNT_SLOTS];
 };
 
 struct syscall_count_key {
 	__u32 pid;
 	__u32 id; /* | SYSCALL_ID_IA32 */
 	__u64 start_ns; /* as in syscall_thread_key */
-};
-
-/* Counts of one syscall by one thread, by interval & 1 like syscall_slot. */
-struct syscall_count {
-	__u32 interval[2];
-	__u64 count[2];
 };
 
 /* ------------------------------------------------------------------ */

@@ -114,7 +114,7 @@ impl Syscall {
         let lat = latency::take(&self.skel.maps.latencies, old)?;
         let slot = (old & 1) as usize;
 
-        // counts by thread and syscall
+        // counts by thread and syscall (an id may come from both maps: named() adds them up)
         let mut by_thread: HashMap<ThreadKey, Vec<(u32, u64)>> = HashMap::new();
         let mut count_keys: Vec<(ThreadKey, Vec<u8>)> = Vec::new();
         for (k, v) in hash_entries(&self.skel.maps.counts)? {
@@ -145,6 +145,15 @@ impl Syscall {
             };
             let thread = (key.pid, key.start_ns);
             known.insert(thread);
+            // the counts kept in the entry itself (the rest are in `counts`)
+            for (id, c) in t.count_id.iter().zip(&t.counts) {
+                if *id != 0 && c.interval[slot] == old && c.count[slot] > 0 {
+                    by_thread
+                        .entry(thread)
+                        .or_default()
+                        .push((id - 1, c.count[slot]));
+                }
+            }
             let s = &t.slot[slot];
             if s.interval == old && s.count > 0 {
                 threads.push((thread, *t));
@@ -266,7 +275,10 @@ impl Collector for Syscall {
         self.seq_len = act.syscall_seq_len.clamp(1, SYSCALL_SEQ_MAX) as usize;
         self.interval_start_ns = sys::monotonic_ns();
         let p = &self.skel.progs;
+        // sched_switch first: from the first entry on, a syscall that is
+        // switched out moves to its task's storage
         self.links = attach_all(&[
+            ("syscall/sched_switch", &p.handle__sched_switch),
             ("syscall/sys_enter", &p.handle__sys_enter),
             ("syscall/sys_exit", &p.handle__sys_exit),
             ("syscall/sched_process_exit", &p.handle__sched_process_exit),

@@ -120,9 +120,10 @@
 //!       waits for a line on stdin, then sets up an io_uring with a
 //!       submission-queue polling thread (a thread the kernel makes for the
 //!       process), prints whether it could, and exits after 300 ms
-//!   proc_image_workload noop-hooks syscalls|sched|resource
+//!   proc_image_workload noop-hooks syscalls|sched|resource|keytime
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
-//!       sched_switch/sched_wakeup) until stdin closes: the benchmark floor
+//!       sched_switch/sched_wakeup, or keytime's hooks) until stdin closes:
+//!       the benchmark floor
 //!   proc_image_workload ref-hooks syscount|runqlat
 //!       attach the benchmark reference (bpf/bench_ref.bpf.c: syscount -L or
 //!       runqlat done the classic way, hash maps keyed by tid) until stdin
@@ -293,10 +294,16 @@ fn noop_hooks(which: &str) {
         .unwrap_or_else(|e| die(&format!("load noop programs: {e}")));
     let p = &skel.progs;
     let progs = match which {
-        "syscalls" => [&p.noop__sys_enter, &p.noop__sys_exit],
-        "sched" => [&p.noop__sched_switch, &p.noop__sched_wakeup],
-        "resource" => [&p.noop__sched_switch, &p.noop__sched_process_exit],
-        _ => die("noop-hooks syscalls|sched|resource"),
+        "syscalls" => vec![&p.noop__sys_enter, &p.noop__sys_exit],
+        "sched" => vec![&p.noop__sched_switch, &p.noop__sched_wakeup],
+        "resource" => vec![&p.noop__sched_switch, &p.noop__sched_process_exit],
+        "keytime" => vec![
+            &p.noop__task_newtask,
+            &p.noop__sched_process_exec,
+            &p.noop__sched_process_exit,
+            &p.noop__sched_switch,
+        ],
+        _ => die("noop-hooks syscalls|sched|resource|keytime"),
     };
     let _links: Vec<libbpf_rs::Link> = progs
         .iter()

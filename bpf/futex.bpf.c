@@ -141,15 +141,9 @@ static __always_inline void atomic_max(__u64 *at, __u64 v)
 static __always_inline struct futex_figures *figures(__u64 uaddr, __u32 tgid, __u32 interval)
 {
 	struct futex_addr_key key = { .uaddr = uaddr, .tgid = tgid, .slot = interval & 1 };
-	struct futex_figures *f = bpf_map_lookup_elem(&futexes, &key), zero = {};
+	struct futex_figures zero = {};
 
-	if (f)
-		return f;
-	bpf_map_update_elem(&futexes, &key, &zero, BPF_NOEXIST);
-	f = bpf_map_lookup_elem(&futexes, &key);
-	if (!f)
-		STAT_INC(map_full);
-	return f;
+	return lookup_or_init(&futexes, &key, &zero);
 }
 
 /* One more wait of `pid` (role waiter) or wakeup by it (role waker) on an address. */
@@ -164,12 +158,9 @@ static __always_inline void count_part(__u64 uaddr, __u32 tgid, __u32 interval, 
 	if (!p) {
 		fresh.tgid = own_tgid;
 		bpf_probe_read_kernel_str(fresh.comm, sizeof(fresh.comm), comm);
-		bpf_map_update_elem(&parts, &key, &fresh, BPF_NOEXIST);
-		p = bpf_map_lookup_elem(&parts, &key);
-		if (!p) {
-			STAT_INC(map_full);
+		p = lookup_or_init(&parts, &key, &fresh);
+		if (!p)
 			return;
-		}
 	}
 	__sync_fetch_and_add(&p->count, 1);
 }

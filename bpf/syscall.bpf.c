@@ -188,15 +188,9 @@ static __always_inline void count_syscall(struct syscall_thread *t,
 			}
 		}
 	}
-	c = bpf_map_lookup_elem(&counts, &key);
-	if (!c) {
-		bpf_map_update_elem(&counts, &key, &fresh, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&counts, &key);
-		if (!c) {
-			STAT_INC(map_full);
-			return;
-		}
-	}
+	c = lookup_or_init(&counts, &key, &fresh);
+	if (!c)
+		return;
 	count_in(c, interval);
 }
 

@@ -15,9 +15,10 @@ use super::{
     LoadOptions,
 };
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, event_hdr, keytime_clone_event, keytime_config,
-    keytime_cpu_event, keytime_exec_event, keytime_exit_event, keytime_summary,
-    keytime_summary_key, KEYTIME_EXECVE, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER,
+    self, c_str, collector_stats, decode, event_hdr, keytime_child_exit_event, keytime_clone_event,
+    keytime_config, keytime_cpu_event, keytime_exec_event, keytime_exec_failed_event,
+    keytime_exit_event, keytime_summary, keytime_summary_key, KEYTIME_ARGS_LEN, KEYTIME_CHILD_EXIT,
+    KEYTIME_EXECVE, KEYTIME_EXEC_FAILED, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER,
     KEYTIME_LEVEL_ALL, KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK,
     OFFCPU_REASON_COUNT,
 };
@@ -48,6 +49,8 @@ pub struct Keytime {
     exit_newer: bool,
     /// the task pass has bpf_loop for the idle tasks (5.17+)
     pass_newer: bool,
+    /// oom:mark_victim passes the task (else exits read signal->oom_mm)
+    oom_newer: bool,
     links: Vec<Link>,
     /// the activation's target, as userspace last knew it
     target: Option<Target>,
@@ -81,17 +84,23 @@ impl Keytime {
             older: "handle__iter_task_compat",
             use_newer: features.bpf_loop,
         };
+        let oom = Variant {
+            newer: "handle__mark_victim",
+            older: "handle__mark_victim_compat",
+            use_newer: features.mark_victim_task,
+        };
         let skel = load_skel_variants(
             KeytimeSkelBuilder::default(),
             NAME,
             opts.ringbuf_bytes,
-            &[switch, exit, pass],
+            &[switch, exit, pass, oom],
         )?;
         Ok(Keytime {
             skel,
             switch_newer: switch.use_newer,
             exit_newer: exit.use_newer,
             pass_newer: pass.use_newer,
+            oom_newer: oom.use_newer,
             links: Vec::new(),
             target: None,
             summarizing: false,
@@ -243,6 +252,8 @@ impl Collector for Keytime {
                 .try_into()
                 .unwrap_or(u32::MAX),
             closing_open: 0,
+            oom_from_mm: u32::from(!self.oom_newer),
+            _pad: 0,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         self.target = Some(act.target);
@@ -269,7 +280,16 @@ impl Collector for Keytime {
                     &p.handle__sched_process_exit_compat
                 },
             ),
+            ("keytime/signal_generate", &p.handle__signal_generate),
+            ("keytime/sys_enter_execve", &p.handle__sys_enter_execve),
+            ("keytime/sys_exit_execve", &p.handle__sys_exit_execve),
+            ("keytime/sys_enter_execveat", &p.handle__sys_enter_execveat),
+            ("keytime/sys_exit_execveat", &p.handle__sys_exit_execveat),
         ];
+        // the older mark_victim names no task: exits read signal->oom_mm instead
+        if self.oom_newer {
+            progs.push(("keytime/mark_victim", &p.handle__mark_victim));
+        }
         // level 0 asks for lifecycle points only: leave sched_switch unhooked
         let switches = act.keytime_level >= KEYTIME_LEVEL_ALL;
         if switches {
@@ -388,16 +408,7 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
         }
         KEYTIME_EXECVE => {
             let e = decode::<keytime_exec_event>(data)?;
-            let args = &e.args[..(e.args_len as usize).min(e.args.len())];
-            let argv: Vec<String> = args
-                .split(|&b| b == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>();
-            // the area ends with a NUL, which leaves one empty piece
-            let argv = match argv.split_last() {
-                Some((last, rest)) if last.is_empty() => rest.to_vec(),
-                _ => argv,
-            };
+            let argv = argv_of(&e.args[..(e.args_len as usize).min(e.args.len())]);
             let mut rec = task_record(hdr, "execve")
                 .field("filename", c_str(&e.filename))
                 .field("argv", argv);
@@ -423,6 +434,15 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
                 rec = rec.field("core_dumped", true);
             }
             rec.field("group_dead", e.group_dead != 0)
+                .fields_of(&ExitCause::of(e))
+        }
+        KEYTIME_CHILD_EXIT => {
+            let e = decode::<keytime_child_exit_event>(data)?;
+            task_record(hdr, "child_exit").fields_of(&ChildExit::of(e))
+        }
+        KEYTIME_EXEC_FAILED => {
+            let e = decode::<keytime_exec_failed_event>(data)?;
+            task_record(hdr, "execve_failed").fields_of(&ExecFailed::of(e))
         }
         KEYTIME_ON_CPU => {
             let e = decode::<keytime_cpu_event>(data)?;
@@ -452,6 +472,147 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
         other => return Err(anyhow!("unknown keytime record kind {other}")),
     };
     Ok(rec)
+}
+
+/// NUL-separated strings as a list.
+fn argv_of(args: &[u8]) -> Vec<String> {
+    let argv: Vec<String> = args
+        .split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect::<Vec<_>>();
+    // the area ends with a NUL, which leaves one empty piece
+    match argv.split_last() {
+        Some((last, rest)) if last.is_empty() => rest.to_vec(),
+        _ => argv,
+    }
+}
+
+/// The task a fatal signal was generated in.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Killer {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    /// the kernel raised it (a fault, the OOM killer): `pid` is the task it ran for
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kernel: bool,
+}
+
+/// Who ended a thread: the `exit` record's `killed_by` and `oom_kill`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExitCause {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<Killer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<bool>,
+}
+
+impl ExitCause {
+    fn of(e: &keytime_exit_event) -> Self {
+        ExitCause {
+            killed_by: (e.killed != 0).then(|| Killer {
+                pid: e.killer_pid,
+                tgid: e.killer_tgid,
+                comm: c_str(&e.killer_comm),
+                kernel: e.killer_kernel != 0,
+            }),
+            oom_kill: (e.oom_kill != 0).then_some(true),
+        }
+    }
+}
+
+/// `child_exit`: a thread or process a target created has ended (the
+/// record's pid/tgid/comm are its creator's, as at the creation).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChildExit {
+    pub child_pid: u32,
+    pub child_tgid: u32,
+    pub child_comm: String,
+    /// fork, vfork, pthread_create or kernel_worker
+    pub kind: &'static str,
+    pub lifetime_ns: u64,
+    pub exit_code: u32,
+    pub signal: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_dumped: Option<bool>,
+}
+
+impl ChildExit {
+    fn of(e: &keytime_child_exit_event) -> Self {
+        ChildExit {
+            child_pid: e.child_pid,
+            child_tgid: e.child_tgid,
+            child_comm: c_str(&e.child_comm),
+            kind: match u32::from(e.kind) {
+                KEYTIME_FORK => "fork",
+                KEYTIME_VFORK => "vfork",
+                KEYTIME_KERNEL_WORKER => "kernel_worker",
+                _ => "pthread_create",
+            },
+            lifetime_ns: e.lifetime_ns,
+            exit_code: (e.exit_code >> 8) & 0xff,
+            signal: e.exit_code & 0x7f,
+            core_dumped: (e.exit_code & 0x80 != 0).then_some(true),
+        }
+    }
+}
+
+/// `execve_failed`: an execve / execveat of a target that returned an error.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecFailed {
+    /// execve or execveat
+    pub syscall: &'static str,
+    pub filename: String,
+    pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv_truncated: Option<bool>,
+    pub ret: i32,
+    pub error: String,
+}
+
+impl ExecFailed {
+    fn of(e: &keytime_exec_failed_event) -> Self {
+        let len = (e.args_len as usize).min(KEYTIME_ARGS_LEN as usize);
+        ExecFailed {
+            syscall: if e.execveat != 0 {
+                "execveat"
+            } else {
+                "execve"
+            },
+            filename: c_str(&e.filename),
+            argv: argv_of(&e.args[..len]),
+            argv_truncated: (e.args_truncated != 0).then_some(true),
+            ret: e.ret,
+            error: exec_errno_name(-e.ret),
+        }
+    }
+}
+
+/// The name of an errno execve(2) returns.
+fn exec_errno_name(e: i32) -> String {
+    let name = match e {
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::E2BIG => "E2BIG",
+        libc::ENOMEM => "ENOMEM",
+        libc::EFAULT => "EFAULT",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EPERM => "EPERM",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::EIO => "EIO",
+        libc::ELIBBAD => "ELIBBAD",
+        libc::EAGAIN => "EAGAIN",
+        libc::EBADF => "EBADF",
+        other => return format!("errno {other}"),
+    };
+    name.into()
 }
 
 fn summary_record(
@@ -578,7 +739,7 @@ mod tests {
             hdr: hdr(KEYTIME_EXIT),
             exit_code: 7 << 8,
             group_dead: 1,
-            _pad: [0; 3],
+            ..Default::default()
         };
         let r = decode_record(&bytes(&x), &OnceCell::new()).unwrap();
         assert_eq!(
@@ -592,6 +753,74 @@ mod tests {
             (Some(&Value::from(0)), Some(&Value::from(9)))
         );
         assert_eq!(r.get("signal_name"), Some(&Value::from("Killed")));
+        assert_eq!((r.get("killed_by"), r.get("oom_kill")), (None, None));
+
+        // killed by a known sender, chosen by the OOM killer
+        let mut oom = keytime_exit_event {
+            killed: 1,
+            killer_kernel: 1,
+            killer_pid: 30,
+            killer_tgid: 29,
+            oom_kill: 1,
+            ..killed
+        };
+        oom.killer_comm[..3].copy_from_slice(b"hog");
+        let r = decode_record(&bytes(&oom), &OnceCell::new()).unwrap();
+        assert_eq!(
+            r.get("killed_by"),
+            Some(&serde_json::json!({"pid": 30, "tgid": 29, "comm": "hog", "kernel": true}))
+        );
+        assert_eq!(r.get("oom_kill"), Some(&Value::from(true)));
+    }
+
+    #[test]
+    fn child_exit_and_failed_exec() {
+        let mut c = keytime_child_exit_event {
+            hdr: hdr(KEYTIME_CHILD_EXIT),
+            lifetime_ns: 1234,
+            child_pid: 20,
+            child_tgid: 20,
+            exit_code: 11 << 8,
+            kind: KEYTIME_VFORK as u8,
+            ..Default::default()
+        };
+        c.child_comm[..2].copy_from_slice(b"sh");
+        let r = decode_record(&bytes(&c), &OnceCell::new()).unwrap();
+        assert_eq!(
+            (r.event, r.pid, r.comm.as_str()),
+            ("child_exit", 11, "work")
+        );
+        assert_eq!(
+            r.to_json(),
+            serde_json::json!({"ts_ns": 42, "collector": "keytime", "pid": 11, "tgid": 10,
+                "comm": "work", "event": "child_exit", "child_pid": 20, "child_tgid": 20,
+                "child_comm": "sh", "kind": "vfork", "lifetime_ns": 1234, "exit_code": 11,
+                "signal": 0})
+        );
+
+        let mut f = keytime_exec_failed_event {
+            hdr: hdr(KEYTIME_EXEC_FAILED),
+            ret: -libc::ENOENT,
+            ..Default::default()
+        };
+        f.filename[..7].copy_from_slice(b"/no/cmd");
+        let args = b"cmd\0-v\0";
+        f.args[..args.len()].copy_from_slice(args);
+        f.args_len = args.len() as u32;
+        let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
+        assert_eq!(r.event, "execve_failed");
+        assert_eq!(r.get("syscall"), Some(&Value::from("execve")));
+        assert_eq!(r.get("filename"), Some(&Value::from("/no/cmd")));
+        assert_eq!(r.get("argv"), Some(&serde_json::json!(["cmd", "-v"])));
+        assert_eq!(
+            (r.get("ret"), r.get("error")),
+            (Some(&Value::from(-2)), Some(&Value::from("ENOENT")))
+        );
+        // args_len past the buffer's reported part is cut, not trusted
+        f.args_len = u32::MAX;
+        f.execveat = 1;
+        let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
+        assert_eq!(r.get("syscall"), Some(&Value::from("execveat")));
     }
 
     #[test]

@@ -80,6 +80,12 @@ ctl -a -P $WPID -k
 go
 finish_phase lifecycle
 
+log "keytime: failed execs"
+start exec_fail exec-fail
+ctl -a -P $WPID -k 0
+go
+finish_phase exec_fail
+
 log "syscall: known syscalls"
 # one long interval: the exact counts do not depend on where intervals end
 start syscalls syscalls --getppid 10000 --writes 500 --sleep-ms 50

@@ -789,6 +789,45 @@ fn stretches_in_progress_count_from_the_activation() {
     assert!(u64_of(&r, "ts_ns") >= u64_of(&slept, "end_ns") - 20_000_000);
 }
 
+/// --cgroup: the children of a process in the cgroup, each reported when it ends.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn child_exits_in_a_cgroup() {
+    need_root();
+    let mount = proc_image::sys::cgroup2_mount().expect("a cgroup v2 hierarchy");
+    let rel = format!("pi_test_child_exit_{}", std::process::id());
+    let cg = TestCgroup(mount.join(&rel));
+    std::fs::create_dir_all(&cg.0).expect("create a cgroup");
+    let pi = ProcImage::start("child_exit_cgroup", &["-k"]);
+    let mut w = Workload::start(&[
+        "lifecycle",
+        "--forks",
+        "3",
+        "--vforks",
+        "2",
+        "--threads",
+        "4",
+        "--sleep-ms",
+        "10",
+        "--exit-code",
+        "7",
+    ]);
+    let pid = w.pid() as u64;
+    std::fs::write(cg.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    pi.control_ok(&["-a", "--cgroup", &rel, "-k", "0"]);
+    w.go();
+    assert_eq!(w.wait().code(), Some(7));
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid
+            && r["group_dead"] == true),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    check_child_exits(&recs, pid, &w.truth("children"));
+}
+
 /// A failed exec of a missing path, then `sh -c` whose PATH has two
 /// directories without the program before the right one: three
 /// `execve_failed` ENOENTs, exactly, and the two execs that succeed only as
@@ -944,11 +983,11 @@ fn memory_cgroup_root() -> Option<(std::path::PathBuf, &'static str)> {
         .map(|f| (std::path::PathBuf::from(f[1]), "memory.limit_in_bytes"))
 }
 
-/// A memory cgroup of this test's own, removed when dropped (after the
-/// workload in it is gone).
-struct MemCgroup(std::path::PathBuf);
+/// A cgroup of this test's own, removed when dropped (after the workload
+/// in it is gone).
+struct TestCgroup(std::path::PathBuf);
 
-impl Drop for MemCgroup {
+impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = wait_until(Duration::from_secs(5), || {
             std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
@@ -964,7 +1003,7 @@ fn oom_killed(test: &str, env: &[(&str, &str)]) {
     let pi = start(test, &["-k"], env);
     let mut w = Workload::start(&["oom"]);
     let pid = w.pid() as u64;
-    let cg = MemCgroup(root.join(format!("pi_test_{test}_{}", std::process::id())));
+    let cg = TestCgroup(root.join(format!("pi_test_{test}_{}", std::process::id())));
     std::fs::create_dir_all(&cg.0).expect("create a memory cgroup");
     std::fs::write(cg.0.join(limit), "67108864").expect("limit the cgroup's memory to 64 MiB");
     // no swap to fall back on (v2; v1 here has none configured)

@@ -296,9 +296,15 @@ impl TraceWriter {
                 self.instant(rec, args_of(rec, &["child_pid", "child_tgid", "clone_flags"]))
             }
             ("keytime", "execve") => self.instant(rec, args_of(rec, &["filename", "argv", "old_pid"])),
-            ("keytime", "exit") => {
-                self.instant(rec, args_of(rec, &["exit_code", "signal", "signal_name", "group_dead"]))
-            }
+            ("keytime", "exit") => self.instant(
+                rec,
+                args_of(rec, &["exit_code", "signal", "signal_name", "group_dead", "killed_by", "oom_kill"]),
+            ),
+            ("keytime", "execve_failed") => self.instant(rec, args_of(rec, &["filename", "argv", "error"])),
+            ("keytime", "child_exit") => self.instant(
+                rec,
+                args_of(rec, &["child_pid", "child_comm", "kind", "lifetime_ns", "exit_code", "signal"]),
+            ),
             ("keytime", "on_cpu") => {
                 self.slice(rec, "on-CPU", u64_of(rec, "duration_ns"), &["cpu"])
             }

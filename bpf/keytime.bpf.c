@@ -608,7 +608,8 @@ static __always_inline int exec_exit(long ret)
 	struct keytime_exec_failed_event *e;
 	const char *const *argv;
 	struct exec_call *call;
-	__u32 pid = task->pid, len = 0;
+	__u32 pid = task->pid;
+	__u64 len = 0, off;
 	const char *arg;
 	long n;
 	int i;
@@ -637,8 +638,15 @@ static __always_inline int exec_exit(long ret)
 			e->args_truncated = 1;
 			break;
 		}
-		n = bpf_probe_read_user_str(&e->args[len & (KEYTIME_ARGS_LEN - 1)],
-					    KEYTIME_ARG_PIECE, arg);
+		/*
+		 * Masked where the verifier sees it (clang would drop a mask it
+		 * can prove idle): older verifiers walk paths the check above
+		 * rules out, and refuse an unbounded offset there.
+		 */
+		off = len;
+		asm volatile("" : "+r"(off));
+		off &= KEYTIME_ARGS_LEN - 1;
+		n = bpf_probe_read_user_str(&e->args[off], KEYTIME_ARG_PIECE, arg);
 		if (n <= 0)
 			break;
 		if (n == KEYTIME_ARG_PIECE)

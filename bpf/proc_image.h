@@ -166,7 +166,7 @@ struct keytime_config {
 	 */
 	__u32 closing_open;
 	/*
-	 * oom:mark_victim passes only a pid (older kernels: 6.1 does): an exit reads
+	 * oom:mark_victim passes only a pid (older kernels): an exit reads
 	 * signal->oom_mm, which mark_oom_victim() sets just before it, instead.
 	 */
 	__u32 oom_from_mm;

@@ -53,7 +53,7 @@ pub struct Features {
     pub process_exit_group_dead: bool,
     /// The bpf_loop helper (5.17+).
     pub bpf_loop: bool,
-    /// oom:mark_victim passes the victim task (6.1 passes only its pid).
+    /// oom:mark_victim passes the victim task (older kernels pass only its pid).
     pub mark_victim_task: bool,
     /// The older forms were forced (PROC_IMAGE_FORCE_COMPAT=1).
     pub forced: bool,

@@ -50,6 +50,9 @@ start() {
 	exec 3>/tmp/go
 	# the shell forked for it has become the workload
 	while [ "$(readlink /proc/$WPID/exe)" != /bin/proc_image_workload ]; do sleep 0.05; done
+	# and is asleep (in its read of the fifo), not still starting up: a
+	# syscall it makes after the activation below would be counted
+	while [ "$(cut -d' ' -f3 /proc/$WPID/stat)" != S ]; do sleep 0.05; done
 	echo "{\"phase\":\"$name\",\"pid\":$WPID}" >>$O/phases
 }
 go() { echo go >&3; exec 3>&-; }

@@ -687,10 +687,21 @@ fn io_uring_workers_are_kernel_workers() {
         pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
             && r["pid"] == pid)
     );
+    // the SQPOLL thread ends with the ring, as the process exits
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "child_exit"
+            && r["tgid"] == pid
+            && r["kind"] == "kernel_worker"),
+        "{}",
+        pi.stderr_text()
+    );
     let recs = pi.finish();
     let workers = events(&recs, "kernel_worker", pid);
     assert_eq!(workers.len(), 1, "the SQPOLL thread: {recs:?}");
     assert_eq!(workers[0]["child_tgid"], pid);
+    let ends = events(&recs, "child_exit", pid);
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["child_pid"], workers[0]["child_pid"]);
     assert!(events(&recs, "pthread_create", pid).is_empty());
 }
 

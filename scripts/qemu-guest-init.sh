@@ -89,6 +89,18 @@ ctl -a -P $WPID -k 0
 go
 finish_phase exec_fail
 
+log "keytime: an OOM kill"
+mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
+echo +memory >/sys/fs/cgroup/cgroup.subtree_control
+mkdir /sys/fs/cgroup/oom
+echo 33554432 >/sys/fs/cgroup/oom/memory.max
+start oom oom
+echo $WPID >/sys/fs/cgroup/oom/cgroup.procs
+ctl -a -P $WPID -k 0
+go
+finish_phase oom
+rmdir /sys/fs/cgroup/oom
+
 log "syscall: known syscalls"
 # one long interval: the exact counts do not depend on where intervals end
 start syscalls syscalls --getppid 10000 --writes 500 --sleep-ms 50

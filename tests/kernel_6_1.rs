@@ -182,6 +182,26 @@ fn keytime_failed_execs_on_6_1() {
     assert_eq!(of(&recs, "keytime", "execve", pid).len(), 2);
 }
 
+/// A workload in a 32 MiB memory cgroup, OOM-killed: its exit says so.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn keytime_oom_kill_on_6_1() {
+    need_root();
+    let Some(g) = guest("6.1") else { return };
+    let (pid, exit) = g.phase("oom");
+    assert_eq!(
+        exit,
+        Some(128 + 9),
+        "the shell's status of a SIGKILLed workload"
+    );
+    let recs = g.records();
+    let exits = of(&recs, "keytime", "exit", pid);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0]["signal"], 9, "{exits:?}");
+    assert_eq!(exits[0]["oom_kill"], true, "{exits:?}");
+    assert_eq!(exits[0]["killed_by"]["kernel"], true, "{exits:?}");
+}
+
 /// The syscall records of a `syscalls` workload run: exactly `getppid`
 /// getppid, 500 write, then nanosleep, getpid, getuid, getgid (exit_group
 /// never returns, so it is not counted), over however many intervals.

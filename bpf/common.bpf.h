@@ -42,6 +42,24 @@ static __always_inline struct collector_stats *this_cpu_stats(void)
 			__s->field++;                            \
 	} while (0)
 
+/*
+ * The entry of `key` in a hash map, created from `init` when absent. NULL
+ * when the map is full, and counted: an aggregate is never lost silently.
+ * (Two racing creators both succeed: NOEXIST lets one write, both find it.)
+ */
+static __always_inline void *lookup_or_init(void *map, const void *key, const void *init)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+
+	if (v)
+		return v;
+	bpf_map_update_elem(map, key, init, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(map, key);
+	if (!v)
+		STAT_INC(map_full);
+	return v;
+}
+
 /* Reserve a record; a full ring buffer is counted, never silent. */
 static __always_inline void *reserve_record(__u64 size)
 {

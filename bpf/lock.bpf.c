@@ -163,16 +163,11 @@ struct {
 static __always_inline struct lock_state *state_of(__u32 tgid, __u64 addr, bool create)
 {
 	struct lock_state_key key = { .tgid = tgid, .lock_addr = addr };
-	struct lock_state *s, zero = {};
+	struct lock_state zero = {};
 
-	s = bpf_map_lookup_elem(&lock_state, &key);
-	if (s || !create)
-		return s;
-	bpf_map_update_elem(&lock_state, &key, &zero, BPF_NOEXIST);
-	s = bpf_map_lookup_elem(&lock_state, &key);
-	if (!s)
-		STAT_INC(map_full);
-	return s;
+	if (!create)
+		return bpf_map_lookup_elem(&lock_state, &key);
+	return lookup_or_init(&lock_state, &key, &zero);
 }
 
 static __always_inline struct in_flight *flight_of(struct task_struct *task)
@@ -346,17 +341,9 @@ static __always_inline void push_hold(struct task_struct *task, struct lock_requ
 	struct lock_hold *h;
 	__u32 i;
 
-	h = bpf_map_lookup_elem(&holds, &key);
-	if (!h) {
-		struct lock_hold zero = {};
-
-		bpf_map_update_elem(&holds, &key, &zero, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&holds, &key);
-		if (!h) {
-			STAT_INC(map_full);
-			return;
-		}
-	}
+	h = lookup_or_init(&holds, &key, &(struct lock_hold){});
+	if (!h)
+		return;
 	s = state_of(task->tgid, r->lock_addr, true);
 	if (s) {
 		if (type == LOCK_RWLOCK_READ)

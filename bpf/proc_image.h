@@ -299,6 +299,7 @@ struct latency_stats {
 /* syscall */
 
 #define SYSCALL_SEQ_MAX 50  /* longest sequence controller -s may ask for */
+#define SYSCALL_SEQ_DEFAULT 10 /* controller -s without N */
 #define SYSCALL_SEQ_RING 64 /* a power of two >= SYSCALL_SEQ_MAX: the index is a mask */
 /*
  * Set in a syscall id for an ia32 (compat) syscall on x86_64: the rest is its

@@ -12,14 +12,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 
 use crate::bpf_intf::{
-    collector_stats, control_activation, control_answer, control_request, control_state,
-    CONTROL_ACTIVATE, CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_DONE,
+    control_activation, control_answer, control_request, control_state, CONTROL_ACTIVATE,
+    CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_DONE,
     CONTROL_STATUS_ENDING, CONTROL_STATUS_ERROR, PI_COLLECTOR_COUNT,
 };
 use crate::cli::ProcImageArgs;
 use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions};
 use crate::control::{self, ControlMap};
-use crate::output::{Format, Output, Record, Sink};
+use crate::losses::Losses;
+use crate::output::{Format, Output, Sink};
+use crate::record::{ProcImageEvent, Record};
 use crate::sys;
 use crate::target::Target;
 
@@ -117,7 +119,7 @@ struct App {
     /// answers not yet taken, oldest first
     answers: VecDeque<(u64, Instant)>,
     /// stats already reported, per collector
-    reported: Vec<collector_stats>,
+    reported: Vec<Losses>,
     finishing: bool,
 }
 
@@ -154,7 +156,7 @@ impl App {
         );
         output.refused(&refused_kinds.iter().map(|k| k.name()).collect::<Vec<_>>());
         let output = Rc::new(RefCell::new(output));
-        let reported = vec![collector_stats::default(); collectors.len()];
+        let reported = vec![Losses::default(); collectors.len()];
         let runs = collectors.iter().map(|_| None).collect();
         Ok(App {
             args,
@@ -177,7 +179,11 @@ impl App {
             .iter()
             .map(|c| c.events())
             .collect::<Result<Vec<_>>>()?;
-        let decoders = self.collectors.iter().map(|c| c.decoder()).collect();
+        let decoders = self
+            .collectors
+            .iter()
+            .map(|c| collectors::capture_raw(c.kind(), c.decoder()))
+            .collect();
         let rb = ring_buffer(&handles, decoders, &self.output, &self.decode_errors)?;
         let names = CollectorKind::names(self.state.loaded_mask);
         eprintln!(
@@ -454,9 +460,11 @@ impl App {
             }
             // the liveness check follows a thread that became its group's leader
             if let Some(moved) = c.moved_target() {
-                let rec = Record::new(sys::monotonic_ns(), "proc_image", "target_moved")
-                    .field("from", run.act.target.to_string())
-                    .field("to", moved.to_string());
+                let moved_to = ProcImageEvent::TargetMoved {
+                    from: run.act.target.to_string(),
+                    to: moved.to_string(),
+                };
+                let rec = Record::new(sys::monotonic_ns(), moved_to);
                 out.emit(&rec);
                 run.act.target = moved;
             }
@@ -522,27 +530,15 @@ impl App {
         let now = sys::monotonic_ns();
         for (i, c) in self.collectors.iter().enumerate() {
             let Ok(s) = c.stats() else { continue };
-            let last = self.reported[i];
-            let delta = collector_stats {
-                events: s.events - last.events,
-                ringbuf_drops: s.ringbuf_drops - last.ringbuf_drops,
-                map_full: s.map_full - last.map_full,
-                no_task_state: s.no_task_state - last.no_task_state,
-            };
+            let delta = s.since(&self.reported[i]);
             self.reported[i] = s;
-            if delta.ringbuf_drops + delta.map_full + delta.no_task_state == 0 {
+            if delta.lost() == 0 {
                 continue;
             }
-            eprintln!(
-                "proc_image: {} lost {} records (ring buffer full), {} map entries (map full), {} task states",
-                c.kind(),
-                delta.ringbuf_drops,
-                delta.map_full,
-                delta.no_task_state
-            );
+            eprintln!("proc_image: {} lost {}", c.kind(), delta.lost_text());
             self.output
                 .borrow_mut()
-                .emit(&lost_record(now, c.kind(), &delta));
+                .emit(&delta.record(now, c.kind().name()));
         }
         let errors = self.decode_errors.replace(0);
         if errors > 0 {
@@ -581,8 +577,10 @@ impl App {
         self.report_losses();
         if let Some(target) = gone {
             eprintln!("proc_image: {target} has exited; collection stopped, still loaded (controller -a to trace again)");
-            let rec = Record::new(sys::monotonic_ns(), "proc_image", "target_gone")
-                .field("target", target.to_string());
+            let gone = ProcImageEvent::TargetGone {
+                target: target.to_string(),
+            };
+            let rec = Record::new(sys::monotonic_ns(), gone);
             self.output.borrow_mut().emit(&rec);
         }
         let names: Vec<&'static str> = ending
@@ -605,14 +603,7 @@ impl App {
             .iter()
             .filter_map(|c| {
                 let s = c.stats().ok()?;
-                Some(format!(
-                    "{}: {} records, {} lost (ring buffer full), {} map full, {} without task state",
-                    c.kind(),
-                    s.events,
-                    s.ringbuf_drops,
-                    s.map_full,
-                    s.no_task_state
-                ))
+                Some(format!("{}: {s}", c.kind()))
             })
             .collect();
         eprintln!(
@@ -621,14 +612,6 @@ impl App {
             lost.join("; ")
         );
     }
-}
-
-fn lost_record(now: u64, kind: CollectorKind, d: &collector_stats) -> Record {
-    Record::new(now, "proc_image", "lost")
-        .field("lost_collector", kind.name())
-        .field("ringbuf_drops", d.ringbuf_drops)
-        .field("map_full", d.map_full)
-        .field("no_task_state", d.no_task_state)
 }
 
 /// Records taken from the ring buffers per turn of the loop: under a flood

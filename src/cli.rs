@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{ArgGroup, Parser};
+use clap::{
+    value_parser, Arg, ArgAction, ArgGroup, ArgMatches, Args, Command, FromArgMatches, Parser,
+};
 
-use crate::collectors::CollectorKind;
+use crate::collectors::{CollectorKind, COLLECTORS};
 use crate::output::Format;
 
 const AFTER_HELP_PROC_IMAGE: &str = "\
@@ -23,21 +25,8 @@ pub struct ProcImageArgs {
     /// Load every collector
     #[arg(short = 'a', long)]
     pub all: bool,
-    /// Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals
-    #[arg(short = 'k', long)]
-    pub keytime: bool,
-    /// Load lock: pthread mutex / rwlock / spinlock intervals
-    #[arg(short = 'l', long)]
-    pub lock: bool,
-    /// Load resource: CPU %, memory, I/O rates
-    #[arg(short = 'r', long)]
-    pub resource: bool,
-    /// Load syscall: sequence, top syscalls, latency
-    #[arg(short = 's', long)]
-    pub syscall: bool,
-    /// Load schedule: run-queue latency
-    #[arg(short = 'S', long)]
-    pub schedule: bool,
+    #[command(flatten)]
+    pub load: LoadFlags,
 
     /// Output format
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Text)]
@@ -83,24 +72,14 @@ impl ProcImageArgs {
     /// The collectors to load: those named, or every one.
     /// -a, or no collector named: each collector loads on its own.
     pub fn all_collectors(&self) -> bool {
-        self.all || !(self.keytime || self.lock || self.resource || self.syscall || self.schedule)
+        self.all || self.load.0.is_empty()
     }
 
     pub fn collectors(&self) -> Vec<CollectorKind> {
-        let named: Vec<CollectorKind> = [
-            (self.keytime, CollectorKind::Keytime),
-            (self.lock, CollectorKind::Lock),
-            (self.resource, CollectorKind::Resource),
-            (self.syscall, CollectorKind::Syscall),
-            (self.schedule, CollectorKind::Schedule),
-        ]
-        .into_iter()
-        .filter_map(|(on, kind)| on.then_some(kind))
-        .collect();
-        if self.all || named.is_empty() {
+        if self.all_collectors() {
             CollectorKind::ALL.to_vec()
         } else {
-            named
+            self.load.0.clone()
         }
     }
 
@@ -138,10 +117,10 @@ Examples:
 #[command(name = "controller", version, after_help = AFTER_HELP_CONTROLLER)]
 #[command(group(ArgGroup::new("action").required(true).args(["activate", "deactivate", "finish", "status"])))]
 pub struct ControllerArgs {
-    /// Activate the collectors named by -k -l -r -s -S for the target
+    /// Activate the collectors named by their flags (below) for the target
     #[arg(short = 'a', long)]
     pub activate: bool,
-    /// Stop the collectors named by -k -l -r -s -S (all without one); proc_image stays loaded
+    /// Stop the collectors named by their flags (all without one); proc_image stays loaded
     #[arg(short = 'd', long)]
     pub deactivate: bool,
     /// End proc_image
@@ -172,23 +151,8 @@ pub struct ControllerArgs {
     #[arg(short = 'm', long)]
     pub myproc: bool,
 
-    /// keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval
-    #[arg(short = 'k', long, value_name = "LEVEL", num_args = 0..=1, default_missing_value = "1",
-          value_parser = clap::value_parser!(u32).range(0..=1))]
-    pub keytime: Option<u32>,
-    /// syscall: last N syscalls per thread (1..50, default 10), top 3, latency
-    #[arg(short = 's', long, value_name = "N", num_args = 0..=1, default_missing_value = "10",
-          value_parser = clap::value_parser!(u32).range(1..=50))]
-    pub syscall: Option<u32>,
-    /// resource: CPU %, RSS, read/write bytes per second
-    #[arg(short = 'r', long)]
-    pub resource: bool,
-    /// lock: pthread mutex/rwlock/spinlock intervals (a thread or process only)
-    #[arg(short = 'l', long)]
-    pub lock: bool,
-    /// schedule: run-queue latency beside the whole system's
-    #[arg(short = 'S', long)]
-    pub schedule: bool,
+    #[command(flatten)]
+    pub collector_flags: ActivateFlags,
     /// Reporting interval in milliseconds (default: proc_image's --interval)
     #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub interval: Option<u32>,
@@ -220,16 +184,107 @@ impl ControllerArgs {
 
     /// The collectors named on the command line (empty: all loaded).
     pub fn collectors(&self) -> Vec<CollectorKind> {
-        [
-            (self.keytime.is_some(), CollectorKind::Keytime),
-            (self.lock, CollectorKind::Lock),
-            (self.resource, CollectorKind::Resource),
-            (self.syscall.is_some(), CollectorKind::Syscall),
-            (self.schedule, CollectorKind::Schedule),
-        ]
-        .into_iter()
-        .filter_map(|(on, kind)| on.then_some(kind))
-        .collect()
+        self.collector_flags.0.iter().map(|&(k, _)| k).collect()
+    }
+
+    /// The value given to a collector's flag (its default when the flag
+    /// came alone; None when the collector was not named).
+    pub fn value_of(&self, kind: CollectorKind) -> Option<u32> {
+        self.collector_flags
+            .0
+            .iter()
+            .find(|&&(k, _)| k == kind)
+            .and_then(|&(_, v)| v)
+    }
+}
+
+/// proc_image's collector flags, one per row of `COLLECTORS`: the
+/// collectors to load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadFlags(pub Vec<CollectorKind>);
+
+impl FromArgMatches for LoadFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(LoadFlags(
+            COLLECTORS
+                .iter()
+                .filter(|c| m.get_flag(c.name))
+                .map(|c| c.kind)
+                .collect(),
+        ))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for LoadFlags {
+    fn augment_args(cmd: Command) -> Command {
+        COLLECTORS.iter().fold(cmd, |cmd, c| {
+            cmd.arg(
+                Arg::new(c.name)
+                    .short(c.short)
+                    .long(c.name)
+                    .action(ArgAction::SetTrue)
+                    .help(c.about),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// controller's collector flags, one per row of `COLLECTORS`: the
+/// collectors named, each with its value (the default when the flag came
+/// alone) if it takes one.
+#[derive(Debug, Clone, Default)]
+pub struct ActivateFlags(pub Vec<(CollectorKind, Option<u32>)>);
+
+impl FromArgMatches for ActivateFlags {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut named = Vec::new();
+        for c in &COLLECTORS {
+            match &c.value {
+                None if m.get_flag(c.name) => named.push((c.kind, None)),
+                Some(v) if m.contains_id(c.name) => {
+                    let given = m.get_one::<u32>(c.name).copied();
+                    named.push((c.kind, Some(given.unwrap_or(v.default))));
+                }
+                _ => {}
+            }
+        }
+        Ok(ActivateFlags(named))
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl Args for ActivateFlags {
+    fn augment_args(cmd: Command) -> Command {
+        COLLECTORS.iter().fold(cmd, |cmd, c| {
+            let arg = Arg::new(c.name)
+                .short(c.short)
+                .long(c.name)
+                .help(c.controller_about);
+            cmd.arg(match &c.value {
+                None => arg.action(ArgAction::SetTrue),
+                Some(v) => arg
+                    .value_name(v.value_name)
+                    .num_args(0..=1)
+                    .value_parser(value_parser!(u32).range(v.min as i64..=v.max as i64)),
+            })
+        })
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
     }
 }
 
@@ -314,9 +369,15 @@ mod tests {
     #[test]
     fn optional_values() {
         let a = controller(&["-a", "-p", "5", "-k", "-s"]).unwrap();
-        assert_eq!((a.pid, a.keytime, a.syscall), (Some(5), Some(1), Some(10)));
+        let values = |a: &ControllerArgs| {
+            (
+                a.value_of(CollectorKind::Keytime),
+                a.value_of(CollectorKind::Syscall),
+            )
+        };
+        assert_eq!((a.pid, values(&a)), (Some(5), (Some(1), Some(10))));
         let a = controller(&["-a", "-k", "0", "-s", "50"]).unwrap();
-        assert_eq!((a.keytime, a.syscall), (Some(0), Some(50)));
+        assert_eq!(values(&a), (Some(0), Some(50)));
         assert_eq!(
             a.collectors(),
             [CollectorKind::Keytime, CollectorKind::Syscall]

@@ -5,8 +5,9 @@
 
 use std::io::{self, BufWriter, Write};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use crate::record::Record;
 use crate::sys;
 use crate::target::Target;
 
@@ -26,99 +27,6 @@ pub trait Sink {
     /// proc_image ends: complete what was written. Called once.
     fn finish(&mut self) -> anyhow::Result<()> {
         Ok(())
-    }
-}
-
-/// One line of output. `fields` are the collector-specific details, in the
-/// order they are printed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    /// CLOCK_MONOTONIC ns
-    pub ts_ns: u64,
-    pub collector: &'static str,
-    /// thread id
-    pub pid: u32,
-    pub tgid: u32,
-    pub comm: String,
-    pub event: &'static str,
-    pub fields: Vec<(&'static str, Value)>,
-}
-
-impl Record {
-    pub fn new(ts_ns: u64, collector: &'static str, event: &'static str) -> Self {
-        Record {
-            ts_ns,
-            collector,
-            pid: 0,
-            tgid: 0,
-            comm: String::new(),
-            event,
-            fields: Vec::new(),
-        }
-    }
-
-    pub fn task(mut self, pid: u32, tgid: u32, comm: impl Into<String>) -> Self {
-        self.pid = pid;
-        self.tgid = tgid;
-        self.comm = comm.into();
-        self
-    }
-
-    /// The task's cgroup (id and path), which records of the whole system carry.
-    pub fn cgroup(self, id: u64) -> Self {
-        self.field("cgroup_id", id)
-            .field("cgroup", crate::sys::cgroup_name(id))
-    }
-
-    pub fn field(mut self, name: &'static str, value: impl Into<Value>) -> Self {
-        self.fields.push((name, value.into()));
-        self
-    }
-
-    /// The fields of a typed record, in its declaration order (`#[derive(Serialize)]`).
-    pub fn fields_of(mut self, body: &impl serde::Serialize) -> Self {
-        if let Ok(Value::Object(map)) = serde_json::to_value(body) {
-            for (name, value) in map {
-                self.fields.push((intern(name), value));
-            }
-        }
-        self
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
-    }
-
-    pub fn to_json(&self) -> Value {
-        let mut obj = Map::new();
-        obj.insert("ts_ns".into(), self.ts_ns.into());
-        obj.insert("collector".into(), self.collector.into());
-        obj.insert("pid".into(), self.pid.into());
-        obj.insert("tgid".into(), self.tgid.into());
-        obj.insert("comm".into(), self.comm.clone().into());
-        obj.insert("event".into(), self.event.into());
-        for (name, value) in &self.fields {
-            obj.insert((*name).into(), value.clone());
-        }
-        Value::Object(obj)
-    }
-}
-
-/// A field name as `&'static str`: the names are a struct's own, a fixed
-/// set, so each is leaked once.
-fn intern(name: String) -> &'static str {
-    use std::collections::HashSet;
-    use std::sync::Mutex;
-    static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let mut names = NAMES.lock().unwrap();
-    let names = names.get_or_insert_with(HashSet::new);
-    match names.get(name.as_str()) {
-        Some(n) => n,
-        None => {
-            let n: &'static str = Box::leak(name.into_boxed_str());
-            names.insert(n);
-            n
-        }
     }
 }
 
@@ -284,9 +192,9 @@ const NOT_IN_TEXT: &[&str] = &["sequence_spans", "request_ns", "acquire_ns", "re
 
 pub fn format_text(rec: &Record, time: &str) -> String {
     let details: Vec<String> = rec
-        .fields
+        .details()
         .iter()
-        .filter(|(name, _)| !NOT_IN_TEXT.contains(name))
+        .filter(|(name, _)| !NOT_IN_TEXT.contains(&name.as_str()))
         .map(|(name, value)| {
             format!(
                 "{}={}",
@@ -301,7 +209,7 @@ pub fn format_text(rec: &Record, time: &str) -> String {
         rec.pid,
         rec.tgid,
         rec.comm,
-        rec.event,
+        rec.event(),
         details.join(" ")
     )
 }
@@ -337,12 +245,17 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    use crate::collectors::keytime::{Event, Exec, OffCpu};
+
     fn sample() -> Record {
-        Record::new(5, "keytime", "off_cpu")
-            .task(12, 10, "worker")
-            .field("cpu", 1)
-            .field("duration_ns", 200_000_000u64)
-            .field("reason", "sleep")
+        let off = OffCpu {
+            cpu: 1,
+            duration_ns: 200_000_000,
+            reason: "sleep",
+            blocked_in: None,
+            prev_state: 1,
+        };
+        Record::new(5, Event::OffCpu(off)).task(12, 10, "worker")
     }
 
     #[test]
@@ -360,7 +273,8 @@ mod tests {
                 "event",
                 "cpu",
                 "duration_ns",
-                "reason"
+                "reason",
+                "prev_state"
             ]
         );
         assert_eq!(v["duration_ns"], 200_000_000u64);
@@ -373,10 +287,16 @@ mod tests {
             line.starts_with("10:00:00.000001 keytime   12      10      worker           off_cpu")
         );
         assert!(
-            line.ends_with("cpu=1 duration=200.000ms reason=sleep\n"),
+            line.ends_with("cpu=1 duration=200.000ms reason=sleep prev_state=0x1\n"),
             "{line}"
         );
-        let argv = Record::new(0, "keytime", "execve").field("argv", vec!["a b", "c"]);
+        let exec = Exec {
+            filename: "/bin/x".into(),
+            argv: vec!["a b".into(), "c".into()],
+            old_pid: None,
+            argv_truncated: false,
+        };
+        let argv = Record::new(0, Event::Execve(exec));
         assert!(format_text(&argv, "t").contains("argv=[\"a b\",c]"));
     }
 

@@ -18,14 +18,14 @@
 //! are in time order (a late one is moved to the track's last timestamp).
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use crate::output::{Record, Sink};
+use crate::output::Sink;
+use crate::record::Record;
 
 pub struct TraceWriter {
     path: PathBuf,
@@ -45,7 +45,8 @@ pub struct TraceWriter {
     counters_named: HashSet<u32>,
 }
 
-fn us(ns: u64) -> f64 {
+/// ns as the trace's microseconds.
+pub fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
@@ -56,20 +57,6 @@ impl std::fmt::Display for Us {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{:03}", self.0 / 1000, self.0 % 1000)
     }
-}
-
-fn u64_of(rec: &Record, name: &str) -> u64 {
-    rec.get(name).and_then(Value::as_u64).unwrap_or(0)
-}
-
-fn args_of(rec: &Record, names: &[&str]) -> Value {
-    let mut m = Map::new();
-    for &n in names {
-        if let Some(v) = rec.get(n) {
-            m.insert(n.into(), v.clone());
-        }
-    }
-    Value::Object(m)
 }
 
 impl TraceWriter {
@@ -147,7 +134,7 @@ impl TraceWriter {
 
     /// A slice [end - dur, end] on the thread's track, clipped so it starts
     /// no earlier than the previous slice ended.
-    fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, arg_names: &[&str]) {
+    pub fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: &Value) {
         let end = rec.ts_ns;
         let key = (rec.tgid, rec.pid);
         let mut start = end.saturating_sub(dur_ns);
@@ -158,23 +145,16 @@ impl TraceWriter {
             return;
         }
         self.slice_end.insert(key, end);
-        // the hot path (every context switch): formatted directly, no Value
-        let mut ev = format!(
-            r#"{{"ph":"X","cat":"cpu","name":{},"pid":{},"tid":{},"ts":{},"dur":{},"args":{{"#,
+        // the hot path (every context switch): formatted directly
+        let ev = format!(
+            r#"{{"ph":"X","cat":"cpu","name":{},"pid":{},"tid":{},"ts":{},"dur":{},"args":{}}}"#,
             Value::from(name),
             rec.tgid,
             rec.pid,
             Us(start),
-            Us(end - start)
+            Us(end - start),
+            args
         );
-        let mut sep = "";
-        for &n in arg_names {
-            if let Some(v) = rec.get(n) {
-                let _ = write!(ev, "{sep}\"{n}\":{v}");
-                sep = ",";
-            }
-        }
-        ev.push_str("}}");
         self.event_text(&ev);
     }
 
@@ -185,15 +165,17 @@ impl TraceWriter {
         *last
     }
 
-    fn instant(&mut self, rec: &Record, args: Value) {
+    /// A thread-scoped instant named by the record's event.
+    pub fn instant(&mut self, rec: &Record, args: Value) {
         let ts = self.in_order(rec.tgid, rec.pid.to_string(), rec.ts_ns);
         self.event(
-            json!({"ph": "i", "s": "t", "cat": "lifecycle", "name": rec.event,
+            json!({"ph": "i", "s": "t", "cat": "lifecycle", "name": rec.event(),
                           "pid": rec.tgid, "tid": rec.pid, "ts": us(ts), "args": args}),
         );
     }
 
-    fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
+    /// A sample of a counter track of process `tgid`.
+    pub fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
         if !self.counters_named.contains(&tgid) && !self.process_names.contains_key(&tgid) {
             self.counters_named.insert(tgid);
             let pname = if tgid == 0 {
@@ -213,45 +195,31 @@ impl TraceWriter {
         );
     }
 
-    /// Lock wait and hold: async slices (they overlap the thread's CPU slices).
-    fn lock(&mut self, rec: &Record) {
-        let kind = rec
-            .get("lock_type")
-            .and_then(Value::as_str)
-            .unwrap_or("lock")
-            .to_string();
-        let (req, acq, rel) = (
-            u64_of(rec, "request_ns"),
-            u64_of(rec, "acquire_ns"),
-            u64_of(rec, "release_ns"),
-        );
-        let args = args_of(rec, &["lock_addr", "ret"]);
-        let phase = |w: &mut Self, name: String, start: u64, end: u64| {
-            if start == 0 || end < start {
-                return;
+    /// An async slice [start, end] of the record's thread (it may overlap
+    /// the thread's CPU slices); nothing when start is 0 or after end.
+    pub fn async_slice(
+        &mut self,
+        rec: &Record,
+        cat: &str,
+        name: &str,
+        start: u64,
+        end: u64,
+        args: &Value,
+    ) {
+        if start == 0 || end < start {
+            return;
+        }
+        self.async_ids += 1;
+        let id = self.async_ids;
+        let base = json!({"cat": cat, "name": name, "id": id, "pid": rec.tgid, "tid": rec.pid});
+        for (ph, ts) in [("b", start), ("e", end)] {
+            let mut ev = base.clone();
+            ev["ph"] = ph.into();
+            ev["ts"] = us(ts).into();
+            if ph == "b" {
+                ev["args"] = args.clone();
             }
-            w.async_ids += 1;
-            let id = w.async_ids;
-            let base =
-                json!({"cat": "lock", "name": name, "id": id, "pid": rec.tgid, "tid": rec.pid});
-            for (ph, ts) in [("b", start), ("e", end)] {
-                let mut ev = base.clone();
-                ev["ph"] = ph.into();
-                ev["ts"] = us(ts).into();
-                if ph == "b" {
-                    ev["args"] = args.clone();
-                }
-                w.event(ev);
-            }
-        };
-        let wait_name = if rec.event == "lock_failed" {
-            format!("{kind} failed")
-        } else {
-            format!("{kind} wait")
-        };
-        phase(self, wait_name, req, if acq > 0 { acq } else { rec.ts_ns });
-        if rec.event == "lock" {
-            phase(self, format!("{kind} hold"), acq, rel);
+            self.event(ev);
         }
     }
 
@@ -259,24 +227,15 @@ impl TraceWriter {
     /// the thread (they overlap its CPU slices). A sequence may repeat
     /// syscalls an earlier record had: only newer ones are written, and only
     /// those that returned.
-    fn syscalls(&mut self, rec: &Record) {
-        let (Some(Value::Array(names)), Some(Value::Array(spans))) =
-            (rec.get("sequence"), rec.get("sequence_spans"))
-        else {
-            return;
-        };
+    pub fn syscalls(&mut self, rec: &Record, names: &[String], spans: &[[u64; 2]]) {
         let key = (rec.tgid, rec.pid);
         let mut seen = self.syscall_seen.get(&key).copied().unwrap_or(0);
-        for (name, span) in names.iter().zip(spans) {
-            let (Some(enter), Some(dur)) = (span[0].as_u64(), span[1].as_u64()) else {
-                continue;
-            };
+        for (name, &[enter, dur]) in names.iter().zip(spans) {
             if dur == 0 || enter <= seen {
                 continue;
             }
             seen = enter;
             self.async_ids += 1;
-            let name = name.as_str().unwrap_or("syscall");
             for (ph, ts) in [("b", enter), ("e", enter + dur)] {
                 self.event(
                     json!({"ph": ph, "cat": "syscall", "name": name, "id": self.async_ids,
@@ -287,83 +246,20 @@ impl TraceWriter {
         self.syscall_seen.insert(key, seen);
     }
 
+    /// Records were lost: a global instant.
+    pub fn lost(&mut self, rec: &Record, args: Value) {
+        let ts = self.in_order(0, "lost".into(), rec.ts_ns);
+        self.event(
+            json!({"ph": "i", "s": "g", "cat": "proc_image", "name": "records lost",
+                          "pid": 0, "tid": 0, "ts": us(ts), "args": args}),
+        );
+    }
+
     /// Turn one record into trace events.
     pub fn add(&mut self, rec: &Record) {
         // records without a task (the tool's own, per-target figures) have no comm
         self.name_track(rec.tgid, rec.pid, &rec.comm);
-        match (rec.collector, rec.event) {
-            ("keytime", "fork" | "vfork" | "pthread_create") => {
-                self.instant(rec, args_of(rec, &["child_pid", "child_tgid", "clone_flags"]))
-            }
-            ("keytime", "execve") => self.instant(rec, args_of(rec, &["filename", "argv", "old_pid"])),
-            ("keytime", "exit") => self.instant(
-                rec,
-                args_of(rec, &["exit_code", "signal", "signal_name", "group_dead", "killed_by", "oom_kill"]),
-            ),
-            ("keytime", "execve_failed") => self.instant(rec, args_of(rec, &["filename", "argv", "error"])),
-            ("keytime", "child_exit") => self.instant(
-                rec,
-                args_of(rec, &["child_pid", "child_comm", "kind", "lifetime_ns", "exit_code", "signal"]),
-            ),
-            ("keytime", "on_cpu") => {
-                self.slice(rec, "on-CPU", u64_of(rec, "duration_ns"), &["cpu"])
-            }
-            ("keytime", "off_cpu") => {
-                let reason = rec.get("reason").and_then(Value::as_str).unwrap_or("other");
-                let name = format!("off-CPU: {reason}");
-                let args = ["cpu", "reason", "blocked_in", "prev_state"];
-                self.slice(rec, &name, u64_of(rec, "duration_ns"), &args)
-            }
-            ("keytime", "cpu_summary") => {
-                let pct = percent(u64_of(rec, "on_cpu_ns"), u64_of(rec, "interval_ns"));
-                self.counter(rec.tgid, "on-CPU %", rec.ts_ns, json!({rec.pid.to_string(): pct}));
-            }
-            ("syscall", "syscalls") => {
-                self.syscalls(rec);
-                let secs = u64_of(rec, "interval_ns").max(1) as f64 / 1e9;
-                let rate = u64_of(rec, "count") as f64 / secs;
-                self.counter(rec.tgid, "syscalls/s", rec.ts_ns, json!({rec.pid.to_string(): rate}));
-            }
-            ("syscall", "syscalls_total") => self.counter(
-                rec.tgid,
-                "syscall latency avg (us)",
-                rec.ts_ns,
-                json!({"target": us(u64_of(rec, "avg_ns")), "system": us(u64_of(rec, "sys_avg_ns"))}),
-            ),
-            ("schedule", "schedule") => self.counter(
-                rec.tgid,
-                "run-queue latency avg (us)",
-                rec.ts_ns,
-                json!({"target": us(u64_of(rec, "avg_ns")), "system": us(u64_of(rec, "sys_avg_ns"))}),
-            ),
-            ("resource", "resource_total") => {
-                let cpu = rec.get("cpu_pct").and_then(Value::as_f64).unwrap_or(0.0);
-                self.counter(rec.tgid, "CPU %", rec.ts_ns, json!({"cpu": cpu}));
-                self.counter(rec.tgid, "RSS (KiB)", rec.ts_ns, json!({"rss": u64_of(rec, "rss_kib")}));
-                let (r, w) = (
-                    rec.get("read_bps").and_then(Value::as_f64),
-                    rec.get("write_bps").and_then(Value::as_f64),
-                );
-                self.counter(
-                    rec.tgid,
-                    "I/O (bytes/s)",
-                    rec.ts_ns,
-                    json!({"read": r.unwrap_or(0.0), "write": w.unwrap_or(0.0)}),
-                );
-            }
-            ("resource", "resource") => {
-                let cpu = rec.get("cpu_pct").and_then(Value::as_f64).unwrap_or(0.0);
-                self.counter(rec.tgid, "CPU % by thread", rec.ts_ns, json!({rec.pid.to_string(): cpu}));
-            }
-            ("lock", "lock" | "lock_failed") => self.lock(rec),
-            ("proc_image", "lost") => {
-                let ts = self.in_order(0, "lost".into(), rec.ts_ns);
-                self.event(json!({"ph": "i", "s": "g", "cat": "proc_image", "name": "records lost",
-                                  "pid": 0, "tid": 0, "ts": us(ts),
-                                  "args": args_of(rec, &["lost_collector", "ringbuf_drops", "map_full", "no_task_state"])}));
-            }
-            _ => {}
-        }
+        rec.body.trace(rec, self);
     }
 
     /// Close the array and flush; later calls do nothing.
@@ -382,7 +278,8 @@ impl TraceWriter {
     }
 }
 
-fn percent(part: u64, whole: u64) -> f64 {
+/// `part` of `whole` in percent.
+pub fn percent(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
     } else {
@@ -435,34 +332,42 @@ mod tests {
         serde_json::from_str::<Vec<Value>>(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
     }
 
-    fn kt(ts: u64, event: &'static str) -> Record {
-        Record::new(ts, "keytime", event).task(11, 10, "work")
+    use crate::collectors::{keytime, lock, resource, syscall};
+
+    fn kt(ts: u64, event: keytime::Event) -> Record {
+        Record::new(ts, event).task(11, 10, "work")
+    }
+
+    fn on(duration_ns: u64) -> keytime::Event {
+        keytime::Event::OnCpu(keytime::OnCpu {
+            cpu: 0,
+            duration_ns,
+        })
     }
 
     #[test]
     fn slices_instants_and_names() {
         let buf = Buf::default();
         let mut w = TraceWriter::new(Path::new("t"), Box::new(buf.clone()));
-        w.add(
-            &kt(5_000, "on_cpu")
-                .field("cpu", 0)
-                .field("duration_ns", 4_000u64),
-        );
+        w.add(&kt(5_000, on(4_000)));
         // overlaps the previous slice by 1 us: clipped to start at its end
-        w.add(
-            &kt(9_000, "off_cpu")
-                .field("duration_ns", 5_000u64)
-                .field("reason", "sleep"),
-        );
+        let off = keytime::OffCpu {
+            duration_ns: 5_000,
+            reason: "sleep",
+            ..Default::default()
+        };
+        w.add(&kt(9_000, keytime::Event::OffCpu(off)));
         // entirely inside what was already drawn: dropped
-        w.add(&kt(8_000, "on_cpu").field("duration_ns", 1_000u64));
-        w.add(
-            &kt(6_000, "fork")
-                .field("child_pid", 12)
-                .field("child_tgid", 12),
-        );
-        w.add(&kt(9_500, "exit").field("exit_code", 0));
-        w.add(&Record::new(9_600, "keytime", "execve").task(11, 10, "newname"));
+        w.add(&kt(8_000, on(1_000)));
+        let child = keytime::Child {
+            child_pid: 12,
+            child_tgid: 12,
+            clone_flags: 0,
+        };
+        w.add(&kt(6_000, keytime::Event::Fork(child)));
+        w.add(&kt(9_500, keytime::Event::Exit(Default::default())));
+        let exec = keytime::Event::Execve(Default::default());
+        w.add(&Record::new(9_600, exec).task(11, 10, "newname"));
         w.close().unwrap();
         w.close().unwrap();
         let ev = events(&buf);
@@ -498,12 +403,14 @@ mod tests {
     fn sequence_syscalls_are_async_slices_written_once() {
         let buf = Buf::default();
         let rec = |ts: u64, names: &[&str], spans: &[[u64; 2]]| {
-            Record::new(ts, "syscall", "syscalls")
-                .task(11, 10, "work")
-                .field("interval_ns", 1_000_000u64)
-                .field("count", 3)
-                .field("sequence", names.to_vec())
-                .field("sequence_spans", spans.to_vec())
+            let t = syscall::Thread {
+                interval_ns: 1_000_000,
+                count: 3,
+                sequence: names.iter().map(|n| n.to_string()).collect(),
+                sequence_spans: spans.to_vec(),
+                ..Default::default()
+            };
+            Record::new(ts, syscall::Event::Syscalls(t)).task(11, 10, "work")
         };
         {
             let mut w = TraceWriter::new(Path::new("t"), Box::new(buf.clone()));
@@ -549,24 +456,24 @@ mod tests {
         let buf = Buf::default();
         {
             let mut w = TraceWriter::new(Path::new("t"), Box::new(buf.clone()));
-            w.add(
-                &Record::new(50_000, "lock", "lock")
-                    .task(11, 10, "work")
-                    .field("lock_type", "mutex")
-                    .field("lock_addr", "0x10")
-                    .field("request_ns", 10_000u64)
-                    .field("acquire_ns", 20_000u64)
-                    .field("release_ns", 45_000u64)
-                    .field("ret", 0),
-            );
-            w.add(
-                &Record::new(60_000, "resource", "resource_total")
-                    .task(10, 10, "work")
-                    .field("cpu_pct", 12.5)
-                    .field("rss_kib", 100)
-                    .field("read_bps", 1.0)
-                    .field("write_bps", 2.0),
-            );
+            let held = lock::Interval {
+                lock_type: "mutex",
+                lock_addr: 0x10,
+                request_ns: 10_000,
+                acquire_ns: 20_000,
+                release_ns: 45_000,
+                ..Default::default()
+            };
+            w.add(&Record::new(50_000, lock::Event::Lock(held)).task(11, 10, "work"));
+            let usage = resource::Usage {
+                cpu_pct: 12.5,
+                rss_kib: 100,
+                read_bps: 1,
+                write_bps: 2,
+                ..Default::default()
+            };
+            let total = resource::Event::ResourceTotal(resource::Total { usage, threads: 1 });
+            w.add(&Record::new(60_000, total).task(10, 10, "work"));
             // dropped without close: Drop closes the array
         }
         let ev = events(&buf);

@@ -8,25 +8,28 @@ use std::rc::Rc;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
-use serde_json::{Map, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use super::{
     attach_all, load_skel_variants, read_stats, Activation, Collector, CollectorKind, Decoder,
     LoadOptions,
 };
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, event_hdr, keytime_child_exit_event, keytime_clone_event,
-    keytime_config, keytime_cpu_event, keytime_exec_event, keytime_exec_failed_event,
-    keytime_exit_event, keytime_summary, keytime_summary_key, KEYTIME_ARGS_LEN, KEYTIME_CHILD_EXIT,
-    KEYTIME_EXECVE, KEYTIME_EXEC_FAILED, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER,
-    KEYTIME_LEVEL_ALL, KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK,
-    OFFCPU_REASON_COUNT,
+    self, c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_config,
+    keytime_cpu_event, keytime_exec_event, keytime_exec_failed_event, keytime_exit_event,
+    keytime_summary, keytime_summary_key, KEYTIME_ARGS_LEN, KEYTIME_CHILD_EXIT, KEYTIME_EXECVE,
+    KEYTIME_EXEC_FAILED, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_LEVEL_ALL,
+    KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
 use crate::kallsyms::Kallsyms;
 use crate::kernel_btf::{self, Variant};
-use crate::output::{Output, Record};
+use crate::metrics::{with_label, Fam, Updates};
+use crate::output::Output;
+use crate::record::{hex, Body, Record};
 use crate::sys;
 use crate::target::Target;
+use crate::trace::{self, TraceWriter};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/keytime.skel.rs"));
@@ -213,19 +216,15 @@ impl Keytime {
         }
         if shown < threads.len() {
             let rest = &threads[shown..];
-            out.emit(
-                &Record::new(now, NAME, "cpu_summary_rest")
-                    .field("interval_ns", interval_ns)
-                    .field("threads", rest.len())
-                    .field(
-                        "on_cpu_ns",
-                        rest.iter().map(|(_, s)| s.on_cpu_ns).sum::<u64>(),
-                    )
-                    .field(
-                        "switches",
-                        rest.iter().map(|(_, s)| s.switches_out).sum::<u64>(),
-                    ),
-            );
+            out.emit(&Record::new(
+                now,
+                Event::CpuSummaryRest(SummaryRest {
+                    interval_ns,
+                    threads: rest.len(),
+                    on_cpu_ns: rest.iter().map(|(_, s)| s.on_cpu_ns).sum::<u64>(),
+                    switches: rest.iter().map(|(_, s)| s.switches_out).sum::<u64>(),
+                }),
+            ));
         }
         Ok(())
     }
@@ -381,74 +380,68 @@ impl Collector for Keytime {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }
 
-fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
-    Record::new(hdr.ts_ns, NAME, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
+fn task_record(hdr: &event_hdr, event: Event) -> Record {
+    Record::new(hdr.ts_ns, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
 }
 
 pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;
-    let rec = match u32::from(hdr.kind) {
+    let event = match u32::from(hdr.kind) {
         kind @ (KEYTIME_FORK | KEYTIME_VFORK | KEYTIME_PTHREAD_CREATE | KEYTIME_KERNEL_WORKER) => {
             let e = decode::<keytime_clone_event>(data)?;
-            let event = match kind {
-                KEYTIME_FORK => "fork",
-                KEYTIME_VFORK => "vfork",
-                KEYTIME_KERNEL_WORKER => "kernel_worker",
-                _ => "pthread_create",
+            let child = Child {
+                child_pid: e.child_pid,
+                child_tgid: e.child_tgid,
+                clone_flags: e.clone_flags,
             };
-            task_record(hdr, event)
-                .field("child_pid", e.child_pid)
-                .field("child_tgid", e.child_tgid)
-                .field("clone_flags", format!("{:#x}", e.clone_flags))
+            match kind {
+                KEYTIME_FORK => Event::Fork(child),
+                KEYTIME_VFORK => Event::Vfork(child),
+                KEYTIME_KERNEL_WORKER => Event::KernelWorker(child),
+                _ => Event::PthreadCreate(child),
+            }
         }
         KEYTIME_EXECVE => {
             let e = decode::<keytime_exec_event>(data)?;
             let argv = argv_of(&e.args[..(e.args_len as usize).min(e.args.len())]);
-            let mut rec = task_record(hdr, "execve")
-                .field("filename", c_str(&e.filename))
-                .field("argv", argv);
-            if e.old_pid != hdr.pid {
-                rec = rec.field("old_pid", e.old_pid);
-            }
-            if e.args_truncated != 0 {
-                rec = rec.field("argv_truncated", true);
-            }
-            rec
+            Event::Execve(Exec {
+                filename: c_str(&e.filename),
+                argv,
+                old_pid: (e.old_pid != hdr.pid).then_some(e.old_pid),
+                argv_truncated: e.args_truncated != 0,
+            })
         }
         KEYTIME_EXIT => {
             let e = decode::<keytime_exit_event>(data)?;
             let status = e.exit_code;
             let signal = status & 0x7f;
-            let mut rec = task_record(hdr, "exit")
-                .field("exit_code", (status >> 8) & 0xff)
-                .field("signal", signal);
-            if signal != 0 {
-                rec = rec.field("signal_name", signal_name(signal));
-            }
-            if status & 0x80 != 0 {
-                rec = rec.field("core_dumped", true);
-            }
-            rec.field("group_dead", e.group_dead != 0)
-                .fields_of(&ExitCause::of(e))
+            Event::Exit(Exit {
+                exit_code: (status >> 8) & 0xff,
+                signal,
+                signal_name: (signal != 0).then(|| signal_name(signal)),
+                core_dumped: status & 0x80 != 0,
+                group_dead: e.group_dead != 0,
+                killed_by: killer_of(e),
+                oom_kill: e.oom_kill != 0,
+            })
         }
         KEYTIME_CHILD_EXIT => {
-            let e = decode::<keytime_child_exit_event>(data)?;
-            task_record(hdr, "child_exit").fields_of(&ChildExit::of(e))
+            Event::ChildExit(ChildExit::of(decode::<keytime_child_exit_event>(data)?))
         }
         KEYTIME_EXEC_FAILED => {
-            let e = decode::<keytime_exec_failed_event>(data)?;
-            task_record(hdr, "execve_failed").fields_of(&ExecFailed::of(e))
+            Event::ExecveFailed(ExecFailed::of(decode::<keytime_exec_failed_event>(data)?))
         }
         KEYTIME_ON_CPU => {
             let e = decode::<keytime_cpu_event>(data)?;
-            task_record(hdr, "on_cpu")
-                .field("cpu", hdr.cpu)
-                .field("duration_ns", e.duration_ns)
+            Event::OnCpu(OnCpu {
+                cpu: hdr.cpu,
+                duration_ns: e.duration_ns,
+            })
         }
         KEYTIME_OFF_CPU => {
             let e = decode::<keytime_cpu_event>(data)?;
@@ -460,18 +453,17 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
             } else {
                 (None, e.reason)
             };
-            let mut rec = task_record(hdr, "off_cpu")
-                .field("cpu", hdr.cpu)
-                .field("duration_ns", e.duration_ns)
-                .field("reason", reason_name(reason));
-            if let Some(f) = blocked_in {
-                rec = rec.field("blocked_in", f);
-            }
-            rec.field("prev_state", format!("{:#x}", e.prev_state))
+            Event::OffCpu(OffCpu {
+                cpu: hdr.cpu,
+                duration_ns: e.duration_ns,
+                reason: reason_name(reason),
+                blocked_in,
+                prev_state: e.prev_state.into(),
+            })
         }
         other => return Err(anyhow!("unknown keytime record kind {other}")),
     };
-    Ok(rec)
+    Ok(task_record(hdr, event))
 }
 
 /// NUL-separated strings as a list.
@@ -498,27 +490,14 @@ pub struct Killer {
     pub kernel: bool,
 }
 
-/// Who ended a thread: the `exit` record's `killed_by` and `oom_kill`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ExitCause {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub killed_by: Option<Killer>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oom_kill: Option<bool>,
-}
-
-impl ExitCause {
-    fn of(e: &keytime_exit_event) -> Self {
-        ExitCause {
-            killed_by: (e.killed != 0).then(|| Killer {
-                pid: e.killer_pid,
-                tgid: e.killer_tgid,
-                comm: c_str(&e.killer_comm),
-                kernel: e.killer_kernel != 0,
-            }),
-            oom_kill: (e.oom_kill != 0).then_some(true),
-        }
-    }
+/// The sender of the signal an `exit` died of, when its sending was seen.
+fn killer_of(e: &keytime_exit_event) -> Option<Killer> {
+    (e.killed != 0).then(|| Killer {
+        pid: e.killer_pid,
+        tgid: e.killer_tgid,
+        comm: c_str(&e.killer_comm),
+        kernel: e.killer_kernel != 0,
+    })
 }
 
 /// `child_exit`: a thread or process a target created has ended (the
@@ -621,32 +600,283 @@ fn summary_record(
     key: &keytime_summary_key,
     s: &keytime_summary,
 ) -> Record {
-    let mut reasons = Map::new();
-    for (i, &ns) in s.off_cpu_ns.iter().enumerate() {
-        if ns > 0 {
-            reasons.insert(reason_name(i as u32).into(), ns.into());
-        }
-    }
+    let by_reason = s
+        .off_cpu_ns
+        .iter()
+        .enumerate()
+        .filter(|(_, &ns)| ns > 0)
+        .map(|(i, &ns)| (reason_name(i as u32), ns))
+        .collect();
     let comm = match key.pid {
         0 => format!("swapper/{}", key.cpu),
         _ => c_str(&s.comm),
     };
-    let mut rec = Record::new(now, NAME, "cpu_summary")
-        .task(key.pid, s.tgid, comm)
-        .field("interval_ns", interval_ns)
-        .field("on_cpu_ns", s.on_cpu_ns)
-        .field("off_cpu_ns", s.off_cpu_ns.iter().sum::<u64>())
-        .field("switches", s.switches_out)
-        .field("preemptions", s.preemptions)
-        .field("off_cpu_by_reason_ns", Value::Object(reasons));
-    if s.carried_ns > 0 {
-        rec = rec.field("carried_ns", s.carried_ns);
-    }
-    if key.pid == 0 {
-        rec = rec.field("cpu", key.cpu);
-    }
+    let summary = Summary {
+        interval_ns,
+        on_cpu_ns: s.on_cpu_ns,
+        off_cpu_ns: s.off_cpu_ns.iter().sum::<u64>(),
+        switches: s.switches_out,
+        preemptions: s.preemptions,
+        off_cpu_by_reason_ns: ByReason(by_reason),
+        carried_ns: (s.carried_ns > 0).then_some(s.carried_ns),
+        cpu: (key.pid == 0).then_some(key.cpu),
+    };
     // the whole system: which container or service each thread is in
-    rec.cgroup(s.cgroup_id)
+    Record::new(now, Event::CpuSummary(summary))
+        .task(key.pid, s.tgid, comm)
+        .cgroup(s.cgroup_id)
+}
+
+// ---------------------------------------------------------------------
+// Records
+
+/// The keytime collector's records.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Fork(Child),
+    Vfork(Child),
+    PthreadCreate(Child),
+    /// io_uring and vhost workers the target started
+    KernelWorker(Child),
+    Execve(Exec),
+    /// an execve / execveat that returned an error
+    ExecveFailed(ExecFailed),
+    Exit(Exit),
+    /// a thread or process the target created has ended
+    ChildExit(ChildExit),
+    /// one on-CPU stretch, just ended
+    OnCpu(OnCpu),
+    /// one off-CPU stretch, just ended
+    OffCpu(OffCpu),
+    /// whole system: a thread's interval
+    CpuSummary(Summary),
+    /// whole system: the threads not listed (--top), summed
+    CpuSummaryRest(SummaryRest),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Child {
+    pub child_pid: u32,
+    pub child_tgid: u32,
+    #[serde(serialize_with = "hex")]
+    pub clone_flags: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Exec {
+    pub filename: String,
+    pub argv: Vec<String>,
+    /// the thread that exec'd, when not the leader (it goes on as the leader)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_pid: Option<u32>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub argv_truncated: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Exit {
+    pub exit_code: u32,
+    pub signal: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal_name: Option<String>,
+    #[serde(skip_serializing_if = "is_false")]
+    pub core_dumped: bool,
+    /// the last thread of its group
+    pub group_dead: bool,
+    /// ended by a signal whose sending was seen: who sent it
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<Killer>,
+    /// the OOM killer chose its process
+    #[serde(skip_serializing_if = "is_false")]
+    pub oom_kill: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OnCpu {
+    pub cpu: u16,
+    pub duration_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OffCpu {
+    pub cpu: u16,
+    pub duration_ns: u64,
+    pub reason: &'static str,
+    /// the kernel function it blocked in (stretches of 50 us and more)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_in: Option<String>,
+    /// the raw task state it left with
+    #[serde(serialize_with = "hex")]
+    pub prev_state: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub interval_ns: u64,
+    pub on_cpu_ns: u64,
+    pub off_cpu_ns: u64,
+    pub switches: u64,
+    pub preemptions: u64,
+    pub off_cpu_by_reason_ns: ByReason,
+    /// the part of a stretch before this interval that is counted in it
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carried_ns: Option<u64>,
+    /// the CPU of an idle task
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SummaryRest {
+    pub interval_ns: u64,
+    pub threads: usize,
+    pub on_cpu_ns: u64,
+    pub switches: u64,
+}
+
+/// Off-CPU ns by reason, reasons with time only; shown as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ByReason(pub Vec<(&'static str, u64)>);
+
+impl Serialize for ByReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().copied())
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Fork(_) => "fork",
+            Event::Vfork(_) => "vfork",
+            Event::PthreadCreate(_) => "pthread_create",
+            Event::KernelWorker(_) => "kernel_worker",
+            Event::Execve(_) => "execve",
+            Event::ExecveFailed(_) => "execve_failed",
+            Event::Exit(_) => "exit",
+            Event::ChildExit(_) => "child_exit",
+            Event::OnCpu(_) => "on_cpu",
+            Event::OffCpu(_) => "off_cpu",
+            Event::CpuSummary(_) => "cpu_summary",
+            Event::CpuSummaryRest(_) => "cpu_summary_rest",
+        }
+    }
+
+    pub fn metrics(&self, _rec: &Record, m: &mut Updates) {
+        match self {
+            Event::Fork(_)
+            | Event::Vfork(_)
+            | Event::PthreadCreate(_)
+            | Event::Execve(_)
+            | Event::ExecveFailed(_)
+            | Event::Exit(_)
+            | Event::ChildExit(_) => {
+                let labels = m.thread(1_000_000);
+                m.add(
+                    Fam::LifecycleEvents,
+                    with_label(labels, "event", self.name()),
+                    1.0,
+                );
+            }
+            Event::KernelWorker(_) => {}
+            Event::OnCpu(e) => {
+                let labels = m.thread(e.duration_ns);
+                m.add(Fam::OnCpu, labels, e.duration_ns as f64 / 1e9);
+            }
+            Event::OffCpu(e) => {
+                let labels = m.thread(0);
+                m.add(
+                    Fam::OffCpu,
+                    with_label(labels, "reason", e.reason),
+                    e.duration_ns as f64 / 1e9,
+                );
+            }
+            Event::CpuSummary(s) => {
+                let labels = m.thread(s.on_cpu_ns);
+                m.add(Fam::OnCpu, labels.clone(), s.on_cpu_ns as f64 / 1e9);
+                for &(reason, ns) in &s.off_cpu_by_reason_ns.0 {
+                    let l = with_label(labels.clone(), "reason", reason);
+                    m.add(Fam::OffCpu, l, ns as f64 / 1e9);
+                }
+            }
+            Event::CpuSummaryRest(r) => {
+                let labels = m.other_threads();
+                m.add(Fam::OnCpu, labels, r.on_cpu_ns as f64 / 1e9);
+            }
+        }
+    }
+
+    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+        match self {
+            Event::Fork(c) | Event::Vfork(c) | Event::PthreadCreate(c) => t.instant(
+                rec,
+                json!({"child_pid": c.child_pid, "child_tgid": c.child_tgid,
+                       "clone_flags": format!("{:#x}", c.clone_flags)}),
+            ),
+            Event::KernelWorker(_) => {}
+            Event::Execve(e) => {
+                let mut args = json!({"filename": e.filename, "argv": e.argv});
+                if let Some(old) = e.old_pid {
+                    args["old_pid"] = old.into();
+                }
+                t.instant(rec, args)
+            }
+            Event::Exit(e) => {
+                let mut args = json!({"exit_code": e.exit_code, "signal": e.signal});
+                if let Some(name) = &e.signal_name {
+                    args["signal_name"] = name.as_str().into();
+                }
+                args["group_dead"] = e.group_dead.into();
+                if let Some(k) = &e.killed_by {
+                    args["killed_by"] = json!(k);
+                }
+                if e.oom_kill {
+                    args["oom_kill"] = true.into();
+                }
+                t.instant(rec, args)
+            }
+            Event::ExecveFailed(e) => t.instant(
+                rec,
+                json!({"filename": e.filename, "argv": e.argv, "error": e.error}),
+            ),
+            Event::ChildExit(c) => t.instant(
+                rec,
+                json!({"child_pid": c.child_pid, "child_comm": c.child_comm, "kind": c.kind,
+                       "lifetime_ns": c.lifetime_ns, "exit_code": c.exit_code, "signal": c.signal}),
+            ),
+            Event::OnCpu(e) => t.slice(rec, "on-CPU", e.duration_ns, &json!({"cpu": e.cpu})),
+            Event::OffCpu(e) => {
+                let mut args = json!({"cpu": e.cpu, "reason": e.reason});
+                if let Some(f) = &e.blocked_in {
+                    args["blocked_in"] = f.as_str().into();
+                }
+                args["prev_state"] = format!("{:#x}", e.prev_state).into();
+                let name = format!("off-CPU: {}", e.reason);
+                t.slice(rec, &name, e.duration_ns, &args)
+            }
+            Event::CpuSummary(s) => {
+                let pct = trace::percent(s.on_cpu_ns, s.interval_ns);
+                t.counter(
+                    rec.tgid,
+                    "on-CPU %",
+                    rec.ts_ns,
+                    json!({rec.pid.to_string(): pct}),
+                );
+            }
+            Event::CpuSummaryRest(_) => {}
+        }
+    }
+}
+
+impl From<Event> for Body {
+    fn from(e: Event) -> Self {
+        Body::Keytime(e)
+    }
 }
 
 /// The names used in output for enum offcpu_reason.
@@ -677,6 +907,7 @@ fn signal_name(sig: u32) -> String {
 mod tests {
     use super::*;
     use crate::bpf_intf::{OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_PREEMPTED, OFFCPU_SLEEP};
+    use serde_json::Value;
 
     fn bytes<T: plain::Plain>(v: &T) -> Vec<u8> {
         // SAFETY: plain types have no padding-sensitive invariants
@@ -712,10 +943,10 @@ mod tests {
             };
             let r = decode_record(&bytes(&e), &OnceCell::new()).unwrap();
             assert_eq!(
-                (r.event, r.pid, r.tgid, r.comm.as_str()),
+                (r.event(), r.pid, r.tgid, r.comm.as_str()),
                 (name, 11, 10, "work")
             );
-            assert_eq!(r.get("child_pid"), Some(&Value::from(20)));
+            assert_eq!(r.get("child_pid"), Some(Value::from(20)));
         }
     }
 
@@ -731,8 +962,8 @@ mod tests {
         e.args[..args.len()].copy_from_slice(args);
         e.args_len = args.len() as u32;
         let r = decode_record(&bytes(&e), &OnceCell::new()).unwrap();
-        assert_eq!(r.get("filename"), Some(&Value::from("/bin/true")));
-        assert_eq!(r.get("argv"), Some(&serde_json::json!(["true", "-x", ""])));
+        assert_eq!(r.get("filename"), Some(Value::from("/bin/true")));
+        assert_eq!(r.get("argv"), Some(serde_json::json!(["true", "-x", ""])));
         assert_eq!(r.get("old_pid"), None);
 
         let x = keytime_exit_event {
@@ -744,15 +975,15 @@ mod tests {
         let r = decode_record(&bytes(&x), &OnceCell::new()).unwrap();
         assert_eq!(
             (r.get("exit_code"), r.get("signal")),
-            (Some(&Value::from(7)), Some(&Value::from(0)))
+            (Some(Value::from(7)), Some(Value::from(0)))
         );
         let killed = keytime_exit_event { exit_code: 9, ..x };
         let r = decode_record(&bytes(&killed), &OnceCell::new()).unwrap();
         assert_eq!(
             (r.get("exit_code"), r.get("signal")),
-            (Some(&Value::from(0)), Some(&Value::from(9)))
+            (Some(Value::from(0)), Some(Value::from(9)))
         );
-        assert_eq!(r.get("signal_name"), Some(&Value::from("Killed")));
+        assert_eq!(r.get("signal_name"), Some(Value::from("Killed")));
         assert_eq!((r.get("killed_by"), r.get("oom_kill")), (None, None));
 
         // killed by a known sender, chosen by the OOM killer
@@ -768,9 +999,9 @@ mod tests {
         let r = decode_record(&bytes(&oom), &OnceCell::new()).unwrap();
         assert_eq!(
             r.get("killed_by"),
-            Some(&serde_json::json!({"pid": 30, "tgid": 29, "comm": "hog", "kernel": true}))
+            Some(serde_json::json!({"pid": 30, "tgid": 29, "comm": "hog", "kernel": true}))
         );
-        assert_eq!(r.get("oom_kill"), Some(&Value::from(true)));
+        assert_eq!(r.get("oom_kill"), Some(Value::from(true)));
     }
 
     #[test]
@@ -787,7 +1018,7 @@ mod tests {
         c.child_comm[..2].copy_from_slice(b"sh");
         let r = decode_record(&bytes(&c), &OnceCell::new()).unwrap();
         assert_eq!(
-            (r.event, r.pid, r.comm.as_str()),
+            (r.event(), r.pid, r.comm.as_str()),
             ("child_exit", 11, "work")
         );
         assert_eq!(
@@ -808,19 +1039,19 @@ mod tests {
         f.args[..args.len()].copy_from_slice(args);
         f.args_len = args.len() as u32;
         let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
-        assert_eq!(r.event, "execve_failed");
-        assert_eq!(r.get("syscall"), Some(&Value::from("execve")));
-        assert_eq!(r.get("filename"), Some(&Value::from("/no/cmd")));
-        assert_eq!(r.get("argv"), Some(&serde_json::json!(["cmd", "-v"])));
+        assert_eq!(r.event(), "execve_failed");
+        assert_eq!(r.get("syscall"), Some(Value::from("execve")));
+        assert_eq!(r.get("filename"), Some(Value::from("/no/cmd")));
+        assert_eq!(r.get("argv"), Some(serde_json::json!(["cmd", "-v"])));
         assert_eq!(
             (r.get("ret"), r.get("error")),
-            (Some(&Value::from(-2)), Some(&Value::from("ENOENT")))
+            (Some(Value::from(-2)), Some(Value::from("ENOENT")))
         );
         // args_len past the buffer's reported part is cut, not trusted
         f.args_len = u32::MAX;
         f.execveat = 1;
         let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
-        assert_eq!(r.get("syscall"), Some(&Value::from("execveat")));
+        assert_eq!(r.get("syscall"), Some(Value::from("execveat")));
     }
 
     #[test]
@@ -840,18 +1071,15 @@ mod tests {
         ]);
         e.stack_len = 24;
         let r = decode_record(&bytes(&e), &ksyms).unwrap();
-        assert_eq!(
-            r.get("reason"),
-            Some(&Value::from(reason_name(OFFCPU_DISK)))
-        );
+        assert_eq!(r.get("reason"), Some(Value::from(reason_name(OFFCPU_DISK))));
         assert_eq!(
             r.get("blocked_in"),
-            Some(&Value::from("folio_wait_bit_common"))
+            Some(Value::from("folio_wait_bit_common"))
         );
         e.reason = OFFCPU_PREEMPTED;
         e.stack_len = 0;
         let r = decode_record(&bytes(&e), &ksyms).unwrap();
-        assert_eq!(r.get("reason"), Some(&Value::from("preempted")));
+        assert_eq!(r.get("reason"), Some(Value::from("preempted")));
         assert_eq!(r.get("blocked_in"), None);
         assert_eq!(reason_name(OFFCPU_OTHER), "other");
         assert_eq!(reason_name(99), "other");

@@ -3,10 +3,13 @@
 
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use crate::bpf_intf::{latency_stats, LAT_HIST_BUCKETS, LAT_SLOTS, LAT_SYSTEM, LAT_TARGET};
-use crate::output::Record;
+use crate::metrics::{Fam, Log2Hist, Updates};
+use crate::record::Record;
+use crate::trace::{self, TraceWriter};
 
 /// Last interval's figures, system and target.
 pub struct IntervalLatency {
@@ -72,38 +75,101 @@ pub fn avg_ns(s: &latency_stats) -> u64 {
     s.sum_ns.checked_div(s.count).unwrap_or(0)
 }
 
-/// The log2 histogram as `[{"le_ns": upper bound, "count": n}]`, non-empty
-/// buckets only; the last bucket is open (`le_ns: null`).
-pub fn hist_json(s: &latency_stats) -> Value {
-    let buckets: Vec<Value> = s
-        .hist
-        .iter()
-        .enumerate()
-        .filter(|(_, &n)| n > 0)
-        .map(|(i, &n)| {
-            let le = (i + 1 < LAT_HIST_BUCKETS as usize).then(|| 1u64 << (i + 1));
-            json!({"le_ns": le, "count": n})
-        })
-        .collect();
-    Value::Array(buckets)
+/// A log2 histogram of one interval, as BPF keeps it: bucket i counts
+/// latencies in [2^i, 2^(i+1)) ns, the last is open. Shown as
+/// `[{"le_ns": upper bound, "count": n}]`, non-empty buckets only, the open
+/// one with `le_ns: null`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Buckets(pub [u64; LAT_HIST_BUCKETS as usize]);
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets([0; LAT_HIST_BUCKETS as usize])
+    }
 }
 
-/// count, avg_ns, max_ns, min_ns, sum_ns of the target, then the same for
-/// the system as sys_*; histograms last (long). The sums and histograms
-/// fill the exporter's Prometheus histograms exactly.
-pub fn with_figures(rec: Record, l: &IntervalLatency) -> Record {
-    rec.field("count", l.target.count)
-        .field("avg_ns", avg_ns(&l.target))
-        .field("max_ns", l.target.max_ns)
-        .field("min_ns", l.target.min_ns)
-        .field("sum_ns", l.target.sum_ns)
-        .field("sys_count", l.system.count)
-        .field("sys_avg_ns", avg_ns(&l.system))
-        .field("sys_max_ns", l.system.max_ns)
-        .field("sys_min_ns", l.system.min_ns)
-        .field("sys_sum_ns", l.system.sum_ns)
-        .field("hist", hist_json(&l.target))
-        .field("sys_hist", hist_json(&l.system))
+impl Serialize for Buckets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Bucket {
+            le_ns: Option<u64>,
+            count: u64,
+        }
+        s.collect_seq(
+            self.0
+                .iter()
+                .enumerate()
+                .filter(|(_, &n)| n > 0)
+                .map(|(i, &count)| Bucket {
+                    le_ns: (i + 1 < LAT_HIST_BUCKETS as usize).then(|| 1u64 << (i + 1)),
+                    count,
+                }),
+        )
+    }
+}
+
+/// An interval's latency, target and whole system side by side: count,
+/// avg_ns, max_ns, min_ns, sum_ns of the target, the same for the system as
+/// sys_*, histograms last (long). The sums and histograms fill the
+/// exporter's Prometheus histograms exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    pub count: u64,
+    pub avg_ns: u64,
+    pub max_ns: u64,
+    pub min_ns: u64,
+    pub sum_ns: u64,
+    pub sys_count: u64,
+    pub sys_avg_ns: u64,
+    pub sys_max_ns: u64,
+    pub sys_min_ns: u64,
+    pub sys_sum_ns: u64,
+    pub hist: Buckets,
+    pub sys_hist: Buckets,
+}
+
+impl Figures {
+    pub fn of(l: &IntervalLatency) -> Self {
+        Figures {
+            count: l.target.count,
+            avg_ns: avg_ns(&l.target),
+            max_ns: l.target.max_ns,
+            min_ns: l.target.min_ns,
+            sum_ns: l.target.sum_ns,
+            sys_count: l.system.count,
+            sys_avg_ns: avg_ns(&l.system),
+            sys_max_ns: l.system.max_ns,
+            sys_min_ns: l.system.min_ns,
+            sys_sum_ns: l.system.sum_ns,
+            hist: Buckets(l.target.hist),
+            sys_hist: Buckets(l.system.hist),
+        }
+    }
+
+    /// Both histograms into `fam`, by scope.
+    pub fn metrics(&self, fam: Fam, m: &mut Updates) {
+        for (scope, hist, sum_ns) in [
+            ("target", &self.hist, self.sum_ns),
+            ("system", &self.sys_hist, self.sys_sum_ns),
+        ] {
+            let labels = vec![("target", m.target()), ("scope", scope.into())];
+            let h = Log2Hist {
+                buckets: hist.0,
+                sum_s: sum_ns as f64 / 1e9,
+            };
+            m.add_hist(fam, labels, h);
+        }
+    }
+
+    /// The averages as a counter track of the trace.
+    pub fn trace(&self, rec: &Record, name: &str, t: &mut TraceWriter) {
+        t.counter(
+            rec.tgid,
+            name,
+            rec.ts_ns,
+            json!({"target": trace::us(self.avg_ns), "system": trace::us(self.sys_avg_ns)}),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -145,7 +211,7 @@ mod tests {
     #[test]
     fn histogram_buckets_are_log2() {
         // 100 in [64,128) -> le 128; 300 in [256,512) -> le 512
-        let h = hist_json(&stats(&[100, 300, 300]));
+        let h = serde_json::to_value(Buckets(stats(&[100, 300, 300]).hist)).unwrap();
         assert_eq!(
             h,
             json!([{"le_ns": 128, "count": 1}, {"le_ns": 512, "count": 2}])

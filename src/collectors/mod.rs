@@ -3,8 +3,7 @@
 //!
 //! A collector is loaded and verified when proc_image starts but attaches
 //! its programs only when activated, so a waiting proc_image costs the
-//! traced system nothing. Adding a collector: its bpf/<name>.bpf.c, a line
-//! in build.rs, a variant here and a module implementing `Collector`.
+//! traced system nothing. Adding a collector: see `COLLECTORS`.
 
 pub mod keytime;
 pub mod latency;
@@ -22,9 +21,14 @@ use anyhow::{anyhow, Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
-use crate::bpf_intf::{collector_stats, PI_KEYTIME, PI_LOCK, PI_RESOURCE, PI_SCHEDULE, PI_SYSCALL};
+use crate::bpf_intf::{
+    collector_stats, KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_LIFECYCLE, PI_KEYTIME, PI_LOCK, PI_RESOURCE,
+    PI_SCHEDULE, PI_SYSCALL, SYSCALL_SEQ_DEFAULT, SYSCALL_SEQ_MAX,
+};
 use crate::kernel_btf::{self, Variant};
-use crate::output::{Output, Record};
+use crate::losses::Losses;
+use crate::output::Output;
+use crate::record::Record;
 use crate::target::Target;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -36,24 +40,118 @@ pub enum CollectorKind {
     Schedule,
 }
 
+/// A collector's option on controller's command line besides its flag.
+pub struct CollectorValue {
+    pub value_name: &'static str,
+    /// taken when the flag is given without a value
+    pub default: u32,
+    pub min: u32,
+    pub max: u32,
+}
+
+/// One row per collector: names, flags, bits, help and loader are derived
+/// from here. Adding a collector: its bpf/<name>.bpf.c (a line in
+/// build.rs), its module implementing `Collector`, a `CollectorKind`
+/// variant and one row here (in the variant's order), and its tests.
+pub struct CollectorInfo {
+    pub kind: CollectorKind,
+    pub name: &'static str,
+    /// its number in the control records (enum pi_collector)
+    pub index: u32,
+    /// its flag in proc_image and controller (and the long flag is `name`)
+    pub short: char,
+    /// proc_image --help: what loading it gives
+    pub about: &'static str,
+    /// controller --help: what activating it gives
+    pub controller_about: &'static str,
+    pub value: Option<CollectorValue>,
+    pub load: fn(&LoadOptions) -> Result<Box<dyn Collector>>,
+}
+
+pub const COLLECTORS: [CollectorInfo; 5] = [
+    CollectorInfo {
+        kind: CollectorKind::Keytime,
+        name: "keytime",
+        index: PI_KEYTIME,
+        short: 'k',
+        about: "Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals",
+        controller_about:
+            "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default)",
+        value: Some(CollectorValue {
+            value_name: "LEVEL",
+            default: KEYTIME_LEVEL_ALL,
+            min: KEYTIME_LEVEL_LIFECYCLE,
+            max: KEYTIME_LEVEL_ALL,
+        }),
+        load: |opts| Ok(Box::new(keytime::Keytime::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Lock,
+        name: "lock",
+        index: PI_LOCK,
+        short: 'l',
+        about: "Load lock: pthread mutex / rwlock / spinlock intervals",
+        controller_about:
+            "lock: pthread mutex/rwlock/spinlock intervals (a thread or process only)",
+        value: None,
+        load: |opts| Ok(Box::new(lock::Lock::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Resource,
+        name: "resource",
+        index: PI_RESOURCE,
+        short: 'r',
+        about: "Load resource: CPU %, memory, I/O rates",
+        controller_about: "resource: CPU %, RSS, read/write bytes per second",
+        value: None,
+        load: |opts| Ok(Box::new(resource::Resource::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Syscall,
+        name: "syscall",
+        index: PI_SYSCALL,
+        short: 's',
+        about: "Load syscall: sequence, top syscalls, latency",
+        controller_about: "syscall: last N syscalls per thread (default 10), top 3, latency",
+        value: Some(CollectorValue {
+            value_name: "N",
+            default: SYSCALL_SEQ_DEFAULT,
+            min: 1,
+            max: SYSCALL_SEQ_MAX,
+        }),
+        load: |opts| Ok(Box::new(syscall::Syscall::load(opts)?)),
+    },
+    CollectorInfo {
+        kind: CollectorKind::Schedule,
+        name: "schedule",
+        index: PI_SCHEDULE,
+        short: 'S',
+        about: "Load schedule: run-queue latency",
+        controller_about: "schedule: run-queue latency beside the whole system's",
+        value: None,
+        load: |opts| Ok(Box::new(schedule::Schedule::load(opts)?)),
+    },
+];
+
 impl CollectorKind {
-    pub const ALL: [CollectorKind; 5] = [
-        CollectorKind::Keytime,
-        CollectorKind::Lock,
-        CollectorKind::Resource,
-        CollectorKind::Syscall,
-        CollectorKind::Schedule,
-    ];
+    pub const ALL: [CollectorKind; COLLECTORS.len()] = {
+        let mut all = [CollectorKind::Keytime; COLLECTORS.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = COLLECTORS[i].kind;
+            i += 1;
+        }
+        all
+    };
+
+    /// Its row of `COLLECTORS`.
+    pub fn info(self) -> &'static CollectorInfo {
+        &COLLECTORS[self as usize]
+    }
 
     /// Its number in the control records (enum pi_collector).
     pub fn index(self) -> usize {
-        (match self {
-            CollectorKind::Keytime => PI_KEYTIME,
-            CollectorKind::Lock => PI_LOCK,
-            CollectorKind::Resource => PI_RESOURCE,
-            CollectorKind::Syscall => PI_SYSCALL,
-            CollectorKind::Schedule => PI_SCHEDULE,
-        }) as usize
+        self.info().index as usize
     }
 
     /// Its bit in the masks of the control records.
@@ -62,24 +160,12 @@ impl CollectorKind {
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            CollectorKind::Keytime => "keytime",
-            CollectorKind::Lock => "lock",
-            CollectorKind::Resource => "resource",
-            CollectorKind::Syscall => "syscall",
-            CollectorKind::Schedule => "schedule",
-        }
+        self.info().name
     }
 
     /// The flag that selects it, in both proc_image and controller.
-    pub fn flag(self) -> &'static str {
-        match self {
-            CollectorKind::Keytime => "-k",
-            CollectorKind::Lock => "-l",
-            CollectorKind::Resource => "-r",
-            CollectorKind::Syscall => "-s",
-            CollectorKind::Schedule => "-S",
-        }
+    pub fn flag(self) -> String {
+        format!("-{}", self.info().short)
     }
 
     pub fn from_mask(mask: u32) -> Vec<CollectorKind> {
@@ -220,6 +306,53 @@ fn grace_period_maps() -> Result<(MapHandle, MapHandle)> {
 /// record only proc_image itself acts on).
 pub type Decoder = Box<dyn FnMut(&[u8]) -> Result<Option<Record>>>;
 
+/// With PROC_IMAGE_CAPTURE_RAW=FILE, every ring-buffer record is also
+/// appended to FILE as it arrived (collector name, length, bytes): the
+/// input of the decoders' golden test, and of a bug report.
+pub fn capture_raw(kind: CollectorKind, mut decode: Decoder) -> Decoder {
+    let Some(path) = std::env::var_os("PROC_IMAGE_CAPTURE_RAW") else {
+        return decode;
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path);
+    let Ok(mut file) = file else {
+        eprintln!("proc_image: cannot open {}", path.to_string_lossy());
+        return decode;
+    };
+    Box::new(move |data| {
+        use std::io::Write;
+        let name = kind.name().as_bytes();
+        let mut frame = vec![name.len() as u8];
+        frame.extend_from_slice(name);
+        frame.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        frame.extend_from_slice(data);
+        let _ = file.write_all(&frame);
+        decode(data)
+    })
+}
+
+/// Reads what `capture_raw` wrote: (collector name, record bytes).
+pub fn read_captured(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut records = Vec::new();
+    let mut rest = bytes;
+    while let Some((&n, tail)) = rest.split_first() {
+        let n = n as usize;
+        if tail.len() < n + 4 {
+            break;
+        }
+        let name = String::from_utf8_lossy(&tail[..n]).into_owned();
+        let len = u32::from_le_bytes(tail[n..n + 4].try_into().unwrap()) as usize;
+        let Some(data) = tail.get(n + 4..n + 4 + len) else {
+            break;
+        };
+        records.push((name, data.to_vec()));
+        rest = &tail[n + 4 + len..];
+    }
+    records
+}
+
 pub trait Collector {
     fn kind(&self) -> CollectorKind;
 
@@ -274,7 +407,7 @@ pub trait Collector {
     }
 
     /// The per-CPU health counters, summed over CPUs.
-    fn stats(&self) -> Result<collector_stats>;
+    fn stats(&self) -> Result<Losses>;
 }
 
 /// A collector that did not load, and why, in one line.
@@ -294,15 +427,7 @@ pub fn load(
     let mut refused = Vec::new();
     for &kind in kinds {
         start_capture();
-        let result = (|| -> Result<Box<dyn Collector>> {
-            Ok(match kind {
-                CollectorKind::Keytime => Box::new(keytime::Keytime::load(opts)?),
-                CollectorKind::Lock => Box::new(lock::Lock::load(opts)?),
-                CollectorKind::Resource => Box::new(resource::Resource::load(opts)?),
-                CollectorKind::Syscall => Box::new(syscall::Syscall::load(opts)?),
-                CollectorKind::Schedule => Box::new(schedule::Schedule::load(opts)?),
-            })
-        })();
+        let result = (kind.info().load)(opts);
         let log = end_capture();
         match result {
             Ok(c) => loaded.push(c),
@@ -472,19 +597,16 @@ where
 }
 
 /// Sum a per-CPU `collector_stats` array over the CPUs.
-pub fn read_stats(map: &dyn MapCore) -> Result<collector_stats> {
+pub fn read_stats(map: &dyn MapCore) -> Result<Losses> {
     let per_cpu = map
         .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
         .context("read collector stats")?
         .unwrap_or_default();
-    let mut sum = collector_stats::default();
+    let mut sum = Losses::default();
     for bytes in per_cpu {
         let mut s = collector_stats::default();
         if plain::copy_from_bytes(&mut s, &bytes).is_ok() {
-            sum.events += s.events;
-            sum.ringbuf_drops += s.ringbuf_drops;
-            sum.map_full += s.map_full;
-            sum.no_task_state += s.no_task_state;
+            sum += Losses::from(s);
         }
     }
     Ok(sum)
@@ -567,6 +689,18 @@ pub fn hash_entries(map: &dyn MapCore) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_table_follows_the_kinds_and_its_flags_and_bits_differ() {
+        let mut flags = std::collections::HashSet::new();
+        let mut bits = 0u32;
+        for (i, c) in COLLECTORS.iter().enumerate() {
+            assert_eq!(c.kind as usize, i, "{} out of order", c.name);
+            assert!(flags.insert(c.short), "flag -{} twice", c.short);
+            assert_eq!(bits & c.kind.bit(), 0, "index {} twice", c.index);
+            bits |= c.kind.bit();
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -11,17 +11,20 @@ use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
+use serde::Serialize;
+use serde_json::json;
 
 use super::{
     attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
     MIN_RINGBUF,
 };
-use crate::bpf_intf::{
-    self, c_str, collector_stats, resource_config, resource_sample, RESOURCE_EXIT,
-};
-use crate::output::{Output, Record};
+use crate::bpf_intf::{self, c_str, resource_config, resource_sample, RESOURCE_EXIT};
+use crate::metrics::{labelled, Fam, Updates};
+use crate::output::Output;
+use crate::record::{Body, Record};
 use crate::sys;
 use crate::target::Target;
+use crate::trace::TraceWriter;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/resource.skel.rs"));
@@ -113,20 +116,161 @@ pub fn per_second(bytes: u64, interval_ns: u64) -> u64 {
 }
 
 impl Figures {
-    pub fn record(&self, event: &'static str, mem_total_kib: u64) -> Record {
+    fn usage(&self, mem_total_kib: u64) -> Usage {
         let window = self.window_ns;
-        Record::new(self.ts_ns, NAME, event)
-            .task(self.pid, self.tgid, self.comm.clone())
-            .field("interval_ns", window)
-            .field("cpu_pct", percent(self.delta.on_cpu_ns, window))
-            .field("rss_kib", self.rss_kib)
-            .field("mem_pct", percent(self.rss_kib, mem_total_kib))
-            .field("read_bps", per_second(self.delta.rchar, window))
-            .field("write_bps", per_second(self.delta.wchar, window))
-            .field("cpu_ns_total", self.total.on_cpu_ns)
-            .field("read_bytes_total", self.total.rchar)
-            .field("write_bytes_total", self.total.wchar)
-            .field("exited", self.exited)
+        Usage {
+            interval_ns: window,
+            cpu_pct: percent(self.delta.on_cpu_ns, window),
+            rss_kib: self.rss_kib,
+            mem_pct: percent(self.rss_kib, mem_total_kib),
+            read_bps: per_second(self.delta.rchar, window),
+            write_bps: per_second(self.delta.wchar, window),
+            cpu_ns_total: self.total.on_cpu_ns,
+            read_bytes_total: self.total.rchar,
+            write_bytes_total: self.total.wchar,
+            exited: self.exited,
+            cpu_ratio: ratio(self.delta.on_cpu_ns, window),
+            mem_ratio: ratio(self.rss_kib, mem_total_kib),
+        }
+    }
+
+    /// A thread's record.
+    pub fn record(&self, mem_total_kib: u64) -> Record {
+        Record::new(self.ts_ns, Event::Resource(self.usage(mem_total_kib))).task(
+            self.pid,
+            self.tgid,
+            self.comm.clone(),
+        )
+    }
+
+    /// A total's record, over `threads` threads.
+    pub fn total_record(&self, mem_total_kib: u64, threads: usize) -> Record {
+        let total = Total {
+            usage: self.usage(mem_total_kib),
+            threads,
+        };
+        Record::new(self.ts_ns, Event::ResourceTotal(total)).task(
+            self.pid,
+            self.tgid,
+            self.comm.clone(),
+        )
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    part as f64 / whole as f64
+}
+
+// ---------------------------------------------------------------------
+// Records
+
+/// The resource collector's records.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// One thread's interval.
+    Resource(Usage),
+    /// A process's (or the system's) interval.
+    ResourceTotal(Total),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub interval_ns: u64,
+    /// CPU time over the interval, in percent to 0.01 (100 = one CPU)
+    pub cpu_pct: f64,
+    pub rss_kib: u64,
+    /// RSS over the host's memory, in percent to 0.01
+    pub mem_pct: f64,
+    pub read_bps: u64,
+    pub write_bps: u64,
+    pub cpu_ns_total: u64,
+    pub read_bytes_total: u64,
+    pub write_bytes_total: u64,
+    pub exited: bool,
+    /// cpu_pct unrounded, as a ratio (the metrics')
+    #[serde(skip)]
+    pub cpu_ratio: f64,
+    #[serde(skip)]
+    pub mem_ratio: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Total {
+    #[serde(flatten)]
+    pub usage: Usage,
+    pub threads: usize,
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Resource(_) => "resource",
+            Event::ResourceTotal(_) => "resource_total",
+        }
+    }
+
+    pub fn metrics(&self, _rec: &Record, m: &mut Updates) {
+        match self {
+            Event::Resource(u) => {
+                let labels = m.thread(u.activity());
+                if labelled(&labels) {
+                    m.set(Fam::ThreadCpuUsage, labels, u.cpu_ratio);
+                }
+            }
+            Event::ResourceTotal(Total { usage: u, .. }) => {
+                let growth = m.growth([u.cpu_ns_total, u.read_bytes_total, u.write_bytes_total]);
+                let (labels, own) = match m.process(u.activity()) {
+                    Some(l) => (l, true),
+                    None => (m.other_processes(), false),
+                };
+                m.add(Fam::CpuSeconds, labels.clone(), growth[0] / 1e9);
+                m.add(Fam::IoRead, labels.clone(), growth[1]);
+                m.add(Fam::IoWrite, labels.clone(), growth[2]);
+                if own {
+                    m.set(Fam::CpuUsage, labels.clone(), u.cpu_ratio);
+                    m.set(Fam::MemoryRss, labels.clone(), u.rss_kib as f64 * 1024.0);
+                    m.set(Fam::MemoryUsage, labels, u.mem_ratio);
+                }
+            }
+        }
+    }
+
+    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+        match self {
+            Event::Resource(u) => t.counter(
+                rec.tgid,
+                "CPU % by thread",
+                rec.ts_ns,
+                json!({rec.pid.to_string(): u.cpu_pct}),
+            ),
+            Event::ResourceTotal(Total { usage: u, .. }) => {
+                t.counter(rec.tgid, "CPU %", rec.ts_ns, json!({"cpu": u.cpu_pct}));
+                t.counter(rec.tgid, "RSS (KiB)", rec.ts_ns, json!({"rss": u.rss_kib}));
+                t.counter(
+                    rec.tgid,
+                    "I/O (bytes/s)",
+                    rec.ts_ns,
+                    json!({"read": u.read_bps as f64, "write": u.write_bps as f64}),
+                );
+            }
+        }
+    }
+}
+
+impl Usage {
+    /// CPU ns in the interval: how busy, to rank threads for labels.
+    fn activity(&self) -> u64 {
+        (self.cpu_ratio * self.interval_ns as f64) as u64
+    }
+}
+
+impl From<Event> for Body {
+    fn from(e: Event) -> Self {
+        Body::Resource(e)
     }
 }
 
@@ -376,19 +520,15 @@ impl Resource {
         match target {
             Target::Thread { .. } | Target::Idle { .. } => {
                 for f in &figures {
-                    out.emit(&f.record("resource", mem));
+                    out.emit(&f.record(mem));
                 }
             }
             Target::Group { tgid, .. } => {
                 for f in &figures {
-                    out.emit(&f.record("resource", mem));
+                    out.emit(&f.record(mem));
                 }
                 let total = total_of(&figures, tgid, tgid, self.tracker.total, now, interval_ns);
-                out.emit(
-                    &total
-                        .record("resource_total", mem)
-                        .field("threads", figures.len()),
-                );
+                out.emit(&total.total_record(mem, figures.len()));
             }
             Target::System | Target::Cgroup { .. } => {
                 // only threads that did something, and at most `top` of them
@@ -396,7 +536,7 @@ impl Resource {
                     .iter()
                     .filter(|f| f.delta != Counters::default() || f.exited);
                 for f in active.take(self.top) {
-                    let rec = f.record("resource", mem);
+                    let rec = f.record(mem);
                     // the whole system: which container or service each thread is in
                     out.emit(&match target {
                         Target::System => rec.cgroup(f.cgroup_id),
@@ -404,11 +544,7 @@ impl Resource {
                     });
                 }
                 let total = total_of(&figures, 0, 0, self.tracker.total, now, interval_ns);
-                out.emit(
-                    &total
-                        .record("resource_total", mem)
-                        .field("threads", figures.len()),
-                );
+                out.emit(&total.total_record(mem, figures.len()));
             }
         }
         Ok(())
@@ -501,7 +637,7 @@ impl Collector for Resource {
         result
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }
@@ -612,10 +748,10 @@ mod tests {
                 wchar: 6
             }
         );
-        let rec = sum.record("resource_total", 1400);
-        assert_eq!(rec.get("cpu_pct"), Some(&serde_json::json!(1.3)));
-        assert_eq!(rec.get("mem_pct"), Some(&serde_json::json!(10.0)));
-        assert_eq!(rec.get("read_bps"), Some(&serde_json::json!(3_000_000)));
+        let rec = sum.total_record(1400, 2);
+        assert_eq!(rec.get("cpu_pct"), Some(serde_json::json!(1.3)));
+        assert_eq!(rec.get("mem_pct"), Some(serde_json::json!(10.0)));
+        assert_eq!(rec.get("read_bps"), Some(serde_json::json!(3_000_000)));
     }
 
     #[test]

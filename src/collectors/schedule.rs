@@ -4,17 +4,21 @@
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Link, MapHandle};
+use serde::Serialize;
 
-use super::latency;
+use super::latency::{self, Figures};
 use super::{
     attach_all, load_skel_variants, read_stats, wait_for_programs_in_flight, Activation, Collector,
     CollectorKind, LoadOptions, MIN_RINGBUF,
 };
-use crate::bpf_intf::{self, collector_stats, schedule_config};
+use crate::bpf_intf::{self, schedule_config};
 use crate::kernel_btf::{self, Variant};
-use crate::output::{Output, Record};
+use crate::metrics::{Fam, Updates};
+use crate::output::Output;
+use crate::record::{Body, Record};
 use crate::sys;
 use crate::target::Target;
+use crate::trace::TraceWriter;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/schedule.skel.rs"));
@@ -75,11 +79,57 @@ impl Schedule {
             Target::Group { tgid, .. } => (tgid, tgid),
             Target::System | Target::Idle { .. } | Target::Cgroup { .. } => (0, 0),
         };
-        let rec = Record::new(now, NAME, "schedule")
-            .task(pid, tgid, "")
-            .field("interval_ns", interval_ns);
-        out.emit(&latency::with_figures(rec, &lat));
+        let rec = Record::new(
+            now,
+            Event::Schedule(Box::new(Interval {
+                interval_ns,
+                latency: Figures::of(&lat),
+            })),
+        )
+        .task(pid, tgid, "");
+        out.emit(&rec);
         Ok(())
+    }
+}
+
+/// The schedule collector's records.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The target's run-queue latency in one interval, beside the system's.
+    Schedule(Box<Interval>),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Interval {
+    pub interval_ns: u64,
+    #[serde(flatten)]
+    pub latency: Figures,
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Schedule(_) => "schedule",
+        }
+    }
+
+    pub fn metrics(&self, m: &mut Updates) {
+        match self {
+            Event::Schedule(i) => i.latency.metrics(Fam::SchedLatency, m),
+        }
+    }
+
+    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+        match self {
+            Event::Schedule(i) => i.latency.trace(rec, "run-queue latency avg (us)", t),
+        }
+    }
+}
+
+impl From<Event> for Body {
+    fn from(e: Event) -> Self {
+        Body::Schedule(e)
     }
 }
 
@@ -152,7 +202,7 @@ impl Collector for Schedule {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }

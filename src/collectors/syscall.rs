@@ -7,21 +7,24 @@ use std::collections::HashMap;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Link, MapCore, MapHandle};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
-use super::latency::{self, IntervalLatency};
+use super::latency::{self, Figures, IntervalLatency};
 use super::{
     attach_all, hash_entries, load_skel, read_stats, wait_for_programs_in_flight, Activation,
     Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
 };
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, syscall_config, syscall_count, syscall_count_key,
-    syscall_slot, syscall_thread, syscall_thread_key, SYSCALL_ID_IA32, SYSCALL_SEQ_MAX,
-    SYSCALL_SEQ_RING,
+    self, c_str, decode, syscall_config, syscall_count, syscall_count_key, syscall_slot,
+    syscall_thread, syscall_thread_key, SYSCALL_ID_IA32, SYSCALL_SEQ_MAX, SYSCALL_SEQ_RING,
 };
-use crate::output::{Output, Record};
+use crate::metrics::{Fam, Updates};
+use crate::output::Output;
+use crate::record::{Body, Record};
 use crate::sys;
 use crate::target::Target;
+use crate::trace::TraceWriter;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/syscall.skel.rs"));
@@ -184,15 +187,14 @@ impl Syscall {
         if shown < threads.len() {
             // the threads not listed, summed: exporters count every syscall
             let rest = &threads[shown..];
-            out.emit(
-                &Record::new(now, NAME, "syscalls_rest")
-                    .field("interval_ns", interval_ns)
-                    .field("threads", rest.len())
-                    .field(
-                        "count",
-                        rest.iter().map(|(_, t)| t.slot[slot].count).sum::<u64>(),
-                    ),
-            );
+            out.emit(&Record::new(
+                now,
+                Event::SyscallsRest(Rest {
+                    interval_ns,
+                    threads: rest.len(),
+                    count: rest.iter().map(|(_, t)| t.slot[slot].count).sum::<u64>(),
+                }),
+            ));
         }
 
         let mut totals: Vec<(u32, u64)> = Vec::new();
@@ -207,20 +209,16 @@ impl Syscall {
             Target::Group { tgid, .. } => (tgid, tgid),
             Target::System | Target::Idle { .. } | Target::Cgroup { .. } => (0, 0),
         };
-        let rec = Record::new(now, NAME, "syscalls_total")
-            .task(pid, tgid, "")
-            .field("interval_ns", interval_ns)
-            .field("threads", threads.len());
-        out.emit(
-            &latency::with_figures(rec, &lat)
-                .field("top", top_json(&totals))
-                .field("by_name", by_name_json(&totals))
-                .field(
-                    "missed_threads",
-                    lat.target.count.saturating_sub(by_threads),
-                )
-                .field("missed_names", lat.target.count.saturating_sub(by_names)),
-        );
+        let total = Total {
+            interval_ns,
+            threads: threads.len(),
+            latency: Figures::of(&lat),
+            top: top_of(&totals),
+            by_name: by_name_of(&totals),
+            missed_threads: lat.target.count.saturating_sub(by_threads),
+            missed_names: lat.target.count.saturating_sub(by_names),
+        };
+        out.emit(&Record::new(now, Event::SyscallsTotal(Box::new(total))).task(pid, tgid, ""));
 
         // exited threads go, with their counts; so do counts of no thread
         // entry whose thread is gone
@@ -262,20 +260,21 @@ fn thread_record(
     seq_len: usize,
     lat: &IntervalLatency,
 ) -> Record {
-    Record::new(now, NAME, "syscalls")
-        .task(pid, t.tgid, c_str(&t.comm))
-        .field("interval_ns", interval_ns)
-        .field("count", s.count)
-        .field("sequence", sequence(t, seq_len))
-        .field("sequence_spans", sequence_spans(t, seq_len))
-        .field("top", top_json(counts))
-        .field("avg_ns", s.sum_ns.checked_div(s.count).unwrap_or(0))
-        .field("max_ns", s.max_ns)
-        .field("min_ns", s.min_ns)
-        .field("sys_count", lat.system.count)
-        .field("sys_avg_ns", latency::avg_ns(&lat.system))
-        .field("sys_max_ns", lat.system.max_ns)
-        .field("sys_min_ns", lat.system.min_ns)
+    let thread = Thread {
+        interval_ns,
+        count: s.count,
+        sequence: sequence(t, seq_len),
+        sequence_spans: sequence_spans(t, seq_len),
+        top: top_of(counts),
+        avg_ns: s.sum_ns.checked_div(s.count).unwrap_or(0),
+        max_ns: s.max_ns,
+        min_ns: s.min_ns,
+        sys_count: lat.system.count,
+        sys_avg_ns: latency::avg_ns(&lat.system),
+        sys_max_ns: lat.system.max_ns,
+        sys_min_ns: lat.system.min_ns,
+    };
+    Record::new(now, Event::Syscalls(thread)).task(pid, t.tgid, c_str(&t.comm))
 }
 
 /// The last `n` syscalls of a thread, oldest first, by name.
@@ -311,26 +310,142 @@ fn named(counts: &[(u32, u64)]) -> Vec<(String, u64)> {
 }
 
 /// The TOP most frequent syscalls, most frequent first (ties by name).
-pub fn top_json(counts: &[(u32, u64)]) -> Value {
-    let named = named(counts);
-    Value::Array(
-        named
-            .into_iter()
-            .take(TOP)
-            .map(|(name, count)| json!({"name": name, "count": count}))
-            .collect(),
-    )
+pub fn top_of(counts: &[(u32, u64)]) -> Vec<NameCount> {
+    named(counts)
+        .into_iter()
+        .take(TOP)
+        .map(|(name, count)| NameCount { name, count })
+        .collect()
 }
 
 /// Every syscall of the interval by name, most frequent first (the
 /// exporter counts them all, not only the top three).
-pub fn by_name_json(counts: &[(u32, u64)]) -> Value {
-    Value::Object(
-        named(counts)
-            .into_iter()
-            .map(|(k, n)| (k, n.into()))
-            .collect(),
-    )
+pub fn by_name_of(counts: &[(u32, u64)]) -> ByName {
+    ByName(named(counts))
+}
+
+// ---------------------------------------------------------------------
+// Records
+
+/// The syscall collector's records.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// One thread's interval.
+    Syscalls(Thread),
+    /// The threads not listed (--top), summed.
+    SyscallsRest(Rest),
+    /// The target's interval, its latency beside the system's.
+    SyscallsTotal(Box<Total>),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Thread {
+    pub interval_ns: u64,
+    pub count: u64,
+    /// the last N syscalls, oldest first
+    pub sequence: Vec<String>,
+    /// [enter_ns, duration_ns] of each of `sequence` (0: not returned)
+    pub sequence_spans: Vec<[u64; 2]>,
+    pub top: Vec<NameCount>,
+    pub avg_ns: u64,
+    pub max_ns: u64,
+    pub min_ns: u64,
+    pub sys_count: u64,
+    pub sys_avg_ns: u64,
+    pub sys_max_ns: u64,
+    pub sys_min_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Rest {
+    pub interval_ns: u64,
+    pub threads: usize,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Total {
+    pub interval_ns: u64,
+    pub threads: usize,
+    #[serde(flatten)]
+    pub latency: Figures,
+    pub top: Vec<NameCount>,
+    pub by_name: ByName,
+    /// syscalls timed but in no thread's entry (a map was full)
+    pub missed_threads: u64,
+    /// syscalls timed but in no name's entry (a map was full)
+    pub missed_names: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct NameCount {
+    pub name: String,
+    pub count: u64,
+}
+
+/// Counts by syscall name, most frequent first; shown as a JSON object.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ByName(pub Vec<(String, u64)>);
+
+impl Serialize for ByName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Syscalls(_) => "syscalls",
+            Event::SyscallsRest(_) => "syscalls_rest",
+            Event::SyscallsTotal(_) => "syscalls_total",
+        }
+    }
+
+    pub fn metrics(&self, _rec: &Record, m: &mut Updates) {
+        match self {
+            Event::Syscalls(t) => {
+                let labels = m.thread(t.count * 1000);
+                m.add(Fam::ThreadSyscalls, labels, t.count as f64);
+            }
+            Event::SyscallsRest(r) => {
+                let labels = m.other_threads();
+                m.add(Fam::ThreadSyscalls, labels, r.count as f64);
+            }
+            Event::SyscallsTotal(t) => {
+                for (name, n) in &t.by_name.0 {
+                    let labels = vec![("target", m.target()), ("syscall", name.clone())];
+                    m.add(Fam::Syscalls, labels, *n as f64);
+                }
+                t.latency.metrics(Fam::SyscallLatency, m);
+            }
+        }
+    }
+
+    pub fn trace(&self, rec: &Record, w: &mut TraceWriter) {
+        match self {
+            Event::Syscalls(t) => {
+                w.syscalls(rec, &t.sequence, &t.sequence_spans);
+                let secs = t.interval_ns.max(1) as f64 / 1e9;
+                let rate = t.count as f64 / secs;
+                w.counter(
+                    rec.tgid,
+                    "syscalls/s",
+                    rec.ts_ns,
+                    json!({rec.pid.to_string(): rate}),
+                );
+            }
+            Event::SyscallsRest(_) => {}
+            Event::SyscallsTotal(t) => t.latency.trace(rec, "syscall latency avg (us)", w),
+        }
+    }
+}
+
+impl From<Event> for Body {
+    fn from(e: Event) -> Self {
+        Body::Syscall(e)
+    }
 }
 
 impl Collector for Syscall {
@@ -390,7 +505,7 @@ impl Collector for Syscall {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }
@@ -418,12 +533,12 @@ mod tests {
             assert_eq!(syscall_name(252 | SYSCALL_ID_IA32), "exit_group");
             assert_eq!(syscall_name(5000 | SYSCALL_ID_IA32), "ia32_syscall_5000");
             // the same name from both tables counts once, summed
-            let by_name = by_name_json(&[(39, 2), (20 | SYSCALL_ID_IA32, 3), (20, 1)]);
-            assert_eq!(by_name, json!({"getpid": 5, "writev": 1}));
+            let by_name = by_name_of(&[(39, 2), (20 | SYSCALL_ID_IA32, 3), (20, 1)]);
             assert_eq!(
-                top_json(&[(39, 2), (20 | SYSCALL_ID_IA32, 3)])[0]["count"],
-                5
+                serde_json::to_value(by_name).unwrap(),
+                json!({"getpid": 5, "writev": 1})
             );
+            assert_eq!(top_of(&[(39, 2), (20 | SYSCALL_ID_IA32, 3)])[0].count, 5);
         }
     }
 
@@ -460,15 +575,9 @@ mod tests {
 
     #[test]
     fn top_three_by_count() {
-        let top = top_json(&[(39, 5), (1, 500), (110, 10_000), (0, 5)]);
-        let names: Vec<&str> = top
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v["name"].as_str().unwrap())
-            .collect();
-        assert_eq!(names.len(), 3);
-        assert_eq!(top[0]["count"], 10_000);
-        assert_eq!(top[1]["count"], 500);
+        let top = top_of(&[(39, 5), (1, 500), (110, 10_000), (0, 5)]);
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0].count, 10_000);
+        assert_eq!(top[1].count, 500);
     }
 }

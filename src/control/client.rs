@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bpf_intf::{
     c_str, control_answer, control_request, control_state, CONTROL_ACTIVATE, CONTROL_DEACTIVATE,
-    CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_ERROR, KEYTIME_LEVEL_ALL,
+    CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_ERROR, KEYTIME_LEVEL_ALL, SYSCALL_SEQ_DEFAULT,
 };
 use crate::cli::ControllerArgs;
 use crate::collectors::CollectorKind;
@@ -23,16 +23,33 @@ use crate::target::Target;
 /// answers well within this, except that an activation of lock right after
 /// another first waits for the old uprobes to go (~85 ms each).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_SYSCALL_SEQ_LEN: u32 = 10;
+/// How long a request waits for a proc_image that is still loading.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn run(args: &ControllerArgs) -> Result<String> {
     sys::require_root("controller")?;
     refuse_other_pid_namespace()?;
     let pin_dir = control::resolve_pin_dir(args.pin_dir.as_deref());
     let ctl = ControlMap::open(&pin_dir)?;
-    let state = ctl.read_state()?;
+    let mut state = ctl.read_state()?;
     if args.status {
         return Ok(status_text(&state));
+    }
+    // proc_image pins its control map first, then loads and verifies its
+    // collectors (seconds on a busy machine): a request waits for that
+    let loading_until = Instant::now() + LOAD_TIMEOUT;
+    while state.ready == 0 {
+        if Instant::now() > loading_until {
+            bail!(
+                "proc_image is still loading its collectors after {} s",
+                LOAD_TIMEOUT.as_secs()
+            );
+        }
+        sleep(Duration::from_millis(50));
+        state = ctl.read_state()?;
+        if !sys::task_alive(state.owner_pid, state.owner_start_ticks) {
+            bail!("proc_image (pid {}) ended while loading", state.owner_pid);
+        }
     }
     let mut req = control_request {
         hdr: control::header(),
@@ -55,8 +72,12 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
         req.command = CONTROL_ACTIVATE;
         req.collectors = CollectorKind::mask(&kinds);
         target.write_request(&mut req);
-        req.keytime_level = args.keytime.unwrap_or(KEYTIME_LEVEL_ALL);
-        req.syscall_seq_len = args.syscall.unwrap_or(DEFAULT_SYSCALL_SEQ_LEN);
+        req.keytime_level = args
+            .value_of(CollectorKind::Keytime)
+            .unwrap_or(KEYTIME_LEVEL_ALL);
+        req.syscall_seq_len = args
+            .value_of(CollectorKind::Syscall)
+            .unwrap_or(SYSCALL_SEQ_DEFAULT);
         req.interval_ms = args.interval.unwrap_or(0);
         if args.myproc {
             req.flags |= CONTROL_F_MYPROC;

@@ -205,16 +205,22 @@ fn respond<B>(req: &hyper::Request<B>, shared: &Arc<Mutex<Snapshot>>) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collectors::keytime::{Event, OnCpu};
     use crate::metrics::tests::{exporter, S};
-    use crate::output::Record;
+    use crate::record::Record;
 
     #[test]
     fn exposition_in_both_formats() {
         let mut e = exporter();
         e.apply(
-            &Record::new(S, "keytime", "on_cpu")
-                .task(11, 10, "a \"quoted\" comm")
-                .field("duration_ns", S),
+            &Record::new(
+                S,
+                Event::OnCpu(OnCpu {
+                    cpu: 0,
+                    duration_ns: S,
+                }),
+            )
+            .task(11, 10, "a \"quoted\" comm"),
             S,
         );
         let text = exposition(&e.shared, false).unwrap();

@@ -21,17 +21,23 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{Link, MapCore, MapHandle, UprobeOpts};
+use serde::Serialize;
+use serde_json::json;
 
 use super::{load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions};
 use crate::bpf_intf::{
-    self, c_str, collector_stats, decode, event_hdr, lock_config, lock_event, LOCK_ANCHORS,
-    LOCK_ANCHOR_EXIT, LOCK_COOKIE_PROBE_SHIFT, LOCK_COOKIE_SEQ_SHIFT, LOCK_EXEC, LOCK_FAILED,
-    LOCK_F_CONTENDED, LOCK_MUTEX, LOCK_NEW_THREAD, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY,
-    LOCK_RELEASED, LOCK_RWLOCK, LOCK_RWLOCK_READ, LOCK_RWLOCK_WRITE, LOCK_SPINLOCK, LOCK_UNMATCHED,
+    self, c_str, decode, event_hdr, lock_config, lock_event, LOCK_ANCHORS, LOCK_ANCHOR_EXIT,
+    LOCK_COOKIE_PROBE_SHIFT, LOCK_COOKIE_SEQ_SHIFT, LOCK_EXEC, LOCK_FAILED, LOCK_F_CONTENDED,
+    LOCK_MUTEX, LOCK_NEW_THREAD, LOCK_OP_LOCK, LOCK_OP_TIMED, LOCK_OP_TRY, LOCK_RELEASED,
+    LOCK_RWLOCK, LOCK_RWLOCK_READ, LOCK_RWLOCK_WRITE, LOCK_SPINLOCK, LOCK_UNMATCHED,
 };
-use crate::output::{Output, Record};
+use crate::losses::{Losses, Unprobed};
+use crate::metrics::{Fam, Updates};
+use crate::output::Output;
+use crate::record::{hex, Body, Record};
 use crate::sys;
 use crate::target::Target;
+use crate::trace::TraceWriter;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/lock.skel.rs"));
@@ -161,75 +167,208 @@ struct Shared {
     new_threads: Vec<u32>,
 }
 
-fn task_record(hdr: &event_hdr, event: &'static str) -> Record {
-    Record::new(hdr.ts_ns, NAME, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
+fn task_record(hdr: &event_hdr, event: Event) -> Record {
+    Record::new(hdr.ts_ns, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
 }
 
 /// A ring-buffer record as an output record; None for the ones only
 /// proc_image acts on (an anchor exited, a thread started: the probes move).
 pub fn lock_record(e: &lock_event) -> Result<Option<Record>> {
     let kind = u32::from(e.hdr.kind);
-    let addr = format!("{:#x}", e.lock_addr);
-    let wait = e.acquire_ns.saturating_sub(e.request_ns);
-    let contended = e.flags & LOCK_F_CONTENDED as u8 != 0;
     Ok(Some(match kind {
         LOCK_RELEASED | LOCK_FAILED => {
             let released = kind == LOCK_RELEASED;
-            let rec = task_record(&e.hdr, if released { "lock" } else { "lock_failed" })
-                .field("lock_type", type_name(e.lock_type))
-                .field("op", op_name(e.op))
-                .field("lock_addr", addr)
-                .field("request_ns", e.request_ns)
-                .field("acquire_ns", e.acquire_ns)
-                .field("release_ns", e.release_ns)
-                .field("wait_ns", wait)
-                .field(
-                    "hold_ns",
-                    if released {
-                        e.release_ns.saturating_sub(e.acquire_ns)
-                    } else {
-                        0
-                    },
-                )
-                .field("ret", e.ret)
-                .field("contended", contended);
-            if released {
-                rec
+            let interval = Interval {
+                lock_type: type_name(e.lock_type),
+                op: op_name(e.op),
+                lock_addr: e.lock_addr,
+                request_ns: e.request_ns,
+                acquire_ns: e.acquire_ns,
+                release_ns: e.release_ns,
+                wait_ns: e.acquire_ns.saturating_sub(e.request_ns),
+                hold_ns: if released {
+                    e.release_ns.saturating_sub(e.acquire_ns)
+                } else {
+                    0
+                },
+                ret: e.ret,
+                contended: e.flags & LOCK_F_CONTENDED as u8 != 0,
+            };
+            let event = if released {
+                Event::Lock(interval)
             } else {
-                rec.field("error", errno_name(e.ret))
-            }
+                Event::LockFailed(Failed {
+                    error: errno_name(e.ret),
+                    interval,
+                })
+            };
+            task_record(&e.hdr, event)
         }
-        LOCK_UNMATCHED => {
-            let rec = task_record(&e.hdr, "lock_unmatched")
-                .field("lock_type", type_name(e.lock_type))
-                .field("lock_addr", addr)
-                .field("release_ns", e.release_ns);
-            if u32::from(e.lock_type) == LOCK_RWLOCK_READ {
-                rec.field("readers_left", e.aux)
-            } else {
-                rec
-            }
-        }
-        LOCK_EXEC => task_record(&e.hdr, "exec").field("old_pid", e.aux),
+        LOCK_UNMATCHED => task_record(
+            &e.hdr,
+            Event::LockUnmatched(Unmatched {
+                lock_type: type_name(e.lock_type),
+                lock_addr: e.lock_addr,
+                release_ns: e.release_ns,
+                readers_left: (u32::from(e.lock_type) == LOCK_RWLOCK_READ).then_some(e.aux),
+            }),
+        ),
+        LOCK_EXEC => task_record(&e.hdr, Event::Exec { old_pid: e.aux }),
         LOCK_ANCHOR_EXIT | LOCK_NEW_THREAD => return Ok(None),
         other => bail!("unknown lock record kind {other}"),
     }))
 }
 
 fn summary_record(now: u64, interval_ns: u64, tgid: u32, addr: u64, s: &LockSummary) -> Record {
-    Record::new(now, NAME, "lock_summary")
-        .task(0, tgid, "")
-        .field("lock_type", s.lock_type)
-        .field("lock_addr", format!("{addr:#x}"))
-        .field("interval_ns", interval_ns)
-        .field("acquisitions", s.acquisitions)
-        .field("contended", s.contended)
-        .field("failed", s.failed)
-        .field("unmatched_releases", s.unmatched_releases)
-        .field("wait_total_ns", s.wait_total_ns)
-        .field("wait_max_ns", s.wait_max_ns)
-        .field("hold_total_ns", s.hold_total_ns)
-        .field("hold_max_ns", s.hold_max_ns)
+    let summary = Summary {
+        lock_type: s.lock_type,
+        lock_addr: addr,
+        interval_ns,
+        acquisitions: s.acquisitions,
+        contended: s.contended,
+        failed: s.failed,
+        unmatched_releases: s.unmatched_releases,
+        wait_total_ns: s.wait_total_ns,
+        wait_max_ns: s.wait_max_ns,
+        hold_total_ns: s.hold_total_ns,
+        hold_max_ns: s.hold_max_ns,
+    };
+    Record::new(now, Event::LockSummary(summary)).task(0, tgid, "")
+}
+
+/// The lock collector's records.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// One hold: request, acquisition, release.
+    Lock(Interval),
+    /// A lock call that failed (a busy trylock, a timeout, an error).
+    LockFailed(Failed),
+    /// A release of a lock this thread was not seen taking.
+    LockUnmatched(Unmatched),
+    /// The target exec'd.
+    Exec { old_pid: u32 },
+    /// Per lock and interval.
+    LockSummary(Summary),
+    /// After an exec, the new image has no C library to probe.
+    NoPthreadLibrary { reason: String },
+    /// After an exec, the probes are in the new image.
+    ProbesFollowExec {
+        library: String,
+        probes: usize,
+        reattached: bool,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Interval {
+    pub lock_type: &'static str,
+    pub op: &'static str,
+    #[serde(serialize_with = "hex")]
+    pub lock_addr: u64,
+    pub request_ns: u64,
+    pub acquire_ns: u64,
+    pub release_ns: u64,
+    pub wait_ns: u64,
+    pub hold_ns: u64,
+    pub ret: i32,
+    pub contended: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Failed {
+    #[serde(flatten)]
+    pub interval: Interval,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Unmatched {
+    pub lock_type: &'static str,
+    #[serde(serialize_with = "hex")]
+    pub lock_addr: u64,
+    pub release_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub readers_left: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Summary {
+    pub lock_type: &'static str,
+    #[serde(serialize_with = "hex")]
+    pub lock_addr: u64,
+    pub interval_ns: u64,
+    pub acquisitions: u64,
+    pub contended: u64,
+    pub failed: u64,
+    pub unmatched_releases: u64,
+    pub wait_total_ns: u64,
+    pub wait_max_ns: u64,
+    pub hold_total_ns: u64,
+    pub hold_max_ns: u64,
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Lock(_) => "lock",
+            Event::LockFailed(_) => "lock_failed",
+            Event::LockUnmatched(_) => "lock_unmatched",
+            Event::Exec { .. } => "exec",
+            Event::LockSummary(_) => "lock_summary",
+            Event::NoPthreadLibrary { .. } => "no_pthread_library",
+            Event::ProbesFollowExec { .. } => "probes_follow_exec",
+        }
+    }
+
+    pub fn metrics(&self, m: &mut Updates) {
+        match self {
+            Event::Lock(i) => {
+                let labels = vec![("target", m.target()), ("lock_type", i.lock_type.into())];
+                m.observe_ns(Fam::LockWait, labels.clone(), i.wait_ns);
+                m.observe_ns(Fam::LockHold, labels, i.hold_ns);
+            }
+            Event::LockFailed(f) => {
+                let labels = vec![
+                    ("target", m.target()),
+                    ("lock_type", f.interval.lock_type.into()),
+                ];
+                m.add(Fam::LockFailures, labels, 1.0);
+            }
+            _ => {}
+        }
+    }
+
+    /// Wait and hold as async slices (they overlap the thread's CPU slices).
+    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+        let (i, failed) = match self {
+            Event::Lock(i) => (i, false),
+            Event::LockFailed(f) => (&f.interval, true),
+            _ => return,
+        };
+        let args = json!({"lock_addr": format!("{:#x}", i.lock_addr), "ret": i.ret});
+        let wait_name = if failed {
+            format!("{} failed", i.lock_type)
+        } else {
+            format!("{} wait", i.lock_type)
+        };
+        let acquired = if i.acquire_ns > 0 {
+            i.acquire_ns
+        } else {
+            rec.ts_ns
+        };
+        t.async_slice(rec, "lock", &wait_name, i.request_ns, acquired, &args);
+        if !failed {
+            let hold_name = format!("{} hold", i.lock_type);
+            t.async_slice(rec, "lock", &hold_name, i.acquire_ns, i.release_ns, &args);
+        }
+    }
+}
+
+impl From<Event> for Body {
+    fn from(e: Event) -> Self {
+        Body::Lock(e)
+    }
 }
 
 // ---------------------------------------------------------------------
@@ -325,15 +464,14 @@ fn unarmed_record(tgid: u32, from: u64, to: u64, at_least: u64) -> Record {
         "proc_image: lock: no probed thread of {tgid} was alive for {} ms: lock calls in that time were not seen ({at_least} at least)",
         to.saturating_sub(from) / 1_000_000
     );
-    Record::new(to, "proc_image", "lost")
-        .task(0, tgid, "")
-        .field("lost_collector", NAME)
-        .field("ringbuf_drops", 0)
-        .field("map_full", 0)
-        .field("no_task_state", 0)
-        .field("unprobed_from_ns", from)
-        .field("unprobed_to_ns", to)
-        .field("unseen_lock_calls_at_least", at_least)
+    let unprobed = Unprobed {
+        unprobed_from_ns: from,
+        unprobed_to_ns: to,
+        unseen_lock_calls_at_least: at_least,
+    };
+    let mut rec = Losses::default().record_unprobed(to, NAME, unprobed);
+    rec.tgid = tgid;
+    rec
 }
 
 /// How many probed instructions lost their breakpoint in process `tgid`
@@ -808,9 +946,7 @@ impl Lock {
             let msg = no_library(tgid).to_string();
             eprintln!("proc_image: lock: after exec, {msg}; no lock probes left in it");
             out.emit(
-                &Record::new(now, NAME, "no_pthread_library")
-                    .task(tgid, tgid, "")
-                    .field("reason", msg),
+                &Record::new(now, Event::NoPthreadLibrary { reason: msg }).task(tgid, tgid, ""),
             );
             return Ok(());
         };
@@ -824,11 +960,15 @@ impl Lock {
                 .context("reattach the lock probes after exec")?;
         }
         out.emit(
-            &Record::new(now, NAME, "probes_follow_exec")
-                .task(tgid, tgid, "")
-                .field("library", lib.mapping.path.clone())
-                .field("probes", lib.probes.len())
-                .field("reattached", !same),
+            &Record::new(
+                now,
+                Event::ProbesFollowExec {
+                    library: lib.mapping.path.clone(),
+                    probes: lib.probes.len(),
+                    reattached: !same,
+                },
+            )
+            .task(tgid, tgid, ""),
         );
         Ok(())
     }
@@ -985,7 +1125,7 @@ impl Collector for Lock {
         Ok(())
     }
 
-    fn stats(&self) -> Result<collector_stats> {
+    fn stats(&self) -> Result<crate::losses::Losses> {
         read_stats(&self.skel.maps.stats)
     }
 }
@@ -1013,7 +1153,7 @@ mod tests {
         let mut e = event(LOCK_RELEASED, 100, 150, 1150, 0);
         e.flags = LOCK_F_CONTENDED as u8;
         let r = lock_record(&e).unwrap().unwrap();
-        assert_eq!(r.event, "lock");
+        assert_eq!(r.event(), "lock");
         assert_eq!(r.get("lock_addr").unwrap(), "0x7f001000");
         assert_eq!(r.get("wait_ns").unwrap(), 50);
         assert_eq!(r.get("hold_ns").unwrap(), 1000);
@@ -1023,7 +1163,7 @@ mod tests {
         let mut f = event(LOCK_FAILED, 100, 120, 0, libc::EBUSY);
         f.op = LOCK_OP_TRY as u8;
         let r = lock_record(&f).unwrap().unwrap();
-        assert_eq!(r.event, "lock_failed");
+        assert_eq!(r.event(), "lock_failed");
         assert_eq!(r.get("ret").unwrap(), 16);
         assert_eq!(r.get("error").unwrap(), "EBUSY");
         assert_eq!(r.get("hold_ns").unwrap(), 0);
@@ -1063,7 +1203,7 @@ mod tests {
             assert!(lock_record(&event(kind, 0, 0, 0, 0)).unwrap().is_none());
         }
         let exec = lock_record(&event(LOCK_EXEC, 0, 0, 0, 0)).unwrap();
-        assert_eq!(exec.unwrap().event, "exec");
+        assert_eq!(exec.unwrap().event(), "exec");
     }
 
     #[test]

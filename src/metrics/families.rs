@@ -1,0 +1,81 @@
+//! Every metric family: name, unit, type and help.
+
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+/// Every metric family: its name (after `proc_image_`, before the unit
+/// suffix), unit, type and help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fam {
+    LifecycleEvents,
+    OnCpu,
+    OffCpu,
+    ThreadSyscalls,
+    Syscalls,
+    SyscallLatency,
+    SchedLatency,
+    CpuUsage,
+    ThreadCpuUsage,
+    CpuSeconds,
+    MemoryRss,
+    MemoryUsage,
+    IoRead,
+    IoWrite,
+    LockWait,
+    LockHold,
+    LockFailures,
+    Records,
+    RingbufDrops,
+    LostEvents,
+    CollectorLoaded,
+    CollectorActive,
+    TargetInfo,
+    Series,
+    BuildInfo,
+}
+
+pub(super) struct Desc {
+    pub(super) name: &'static str,
+    pub(super) unit: Option<Unit>,
+    pub(super) kind: MetricType,
+    pub(super) help: &'static str,
+}
+
+impl Fam {
+    pub(super) fn desc(self) -> Desc {
+        use MetricType::{Counter, Gauge, Histogram};
+        let d = |name, unit, kind, help| Desc {
+            name,
+            unit,
+            kind,
+            help,
+        };
+        match self {
+            Fam::LifecycleEvents => d("lifecycle_events", None, Counter, "fork, vfork, pthread_create, execve, execve_failed, exit and child_exit events, by thread (pid = the thread that made the call or exited; for child_exit, the child's creator)"),
+            Fam::OnCpu => d("on_cpu", Some(Unit::Seconds), Counter, "Time on CPU, by thread"),
+            Fam::OffCpu => d("off_cpu", Some(Unit::Seconds), Counter, "Time off CPU, by thread and reason"),
+            Fam::ThreadSyscalls => d("thread_syscalls", None, Counter, "System calls, by thread"),
+            Fam::Syscalls => d("syscalls", None, Counter, "System calls of the target, by syscall name"),
+            Fam::SyscallLatency => d("syscall_latency", Some(Unit::Seconds), Histogram, "System call latency, of the target (scope=target) and of every task (scope=system)"),
+            Fam::SchedLatency => d("sched_latency", Some(Unit::Seconds), Histogram, "Run-queue latency (runnable to running), of the target (scope=target) and of every task (scope=system)"),
+            Fam::CpuUsage => d("cpu_usage", Some(Unit::Other("ratio".into())), Gauge, "CPU used by a process in the last interval, in CPUs (1 = one CPU busy)"),
+            Fam::ThreadCpuUsage => d("thread_cpu_usage", Some(Unit::Other("ratio".into())), Gauge, "CPU used by a thread in the last interval, in CPUs"),
+            Fam::CpuSeconds => d("cpu", Some(Unit::Seconds), Counter, "CPU time of a process"),
+            Fam::MemoryRss => d("memory_rss", Some(Unit::Bytes), Gauge, "Resident set size of a process"),
+            Fam::MemoryUsage => d("memory_usage", Some(Unit::Other("ratio".into())), Gauge, "Resident set size of a process over the memory of the host"),
+            Fam::IoRead => d("io_read", Some(Unit::Bytes), Counter, "Bytes read by a process from storage"),
+            Fam::IoWrite => d("io_write", Some(Unit::Bytes), Counter, "Bytes written by a process to storage"),
+            Fam::LockWait => d("lock_wait", Some(Unit::Seconds), Histogram, "Time from requesting a user-space lock to getting it, by lock type"),
+            Fam::LockHold => d("lock_hold", Some(Unit::Seconds), Histogram, "Time a user-space lock was held, by lock type"),
+            Fam::LockFailures => d("lock_failures", None, Counter, "Lock calls that failed (trylock busy, timeout, error), by lock type"),
+            Fam::Records => d("records", None, Counter, "Records produced, by collector"),
+            Fam::RingbufDrops => d("ringbuf_drops", None, Counter, "Records the kernel side could not send because the ring buffer was full, by collector"),
+            Fam::LostEvents => d("lost_events", None, Counter, "Events the kernel side could not account, by collector and reason (map_full, no_task_state)"),
+            Fam::CollectorLoaded => d("collector_loaded", None, Gauge, "1 for each collector this proc_image loaded, 0 for one the kernel refused"),
+            Fam::CollectorActive => d("collector_active", None, Gauge, "1 for each collector currently collecting"),
+            Fam::TargetInfo => d("target_info", None, Gauge, "1 for the current target, 0 for recent ones"),
+            Fam::Series => d("metric_series", None, Gauge, "Series this exporter serves (bounded by --metrics-top)"),
+            Fam::BuildInfo => d("build_info", None, Gauge, "proc_image's version"),
+        }
+    }
+}

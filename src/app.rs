@@ -21,7 +21,7 @@ use crate::collectors::{self, Activation, Collector, CollectorKind, LoadOptions}
 use crate::control::{self, ControlMap};
 use crate::losses::Losses;
 use crate::output::{Format, Output, Sink};
-use crate::record::{ProcImageEvent, Record};
+use crate::record::{value_of, Event, Record};
 use crate::sys;
 use crate::target::Target;
 
@@ -460,7 +460,7 @@ impl App {
             }
             // the liveness check follows a thread that became its group's leader
             if let Some(moved) = c.moved_target() {
-                let moved_to = ProcImageEvent::TargetMoved {
+                let moved_to = AppEvent::TargetMoved {
                     from: run.act.target.to_string(),
                     to: moved.to_string(),
                 };
@@ -577,7 +577,7 @@ impl App {
         self.report_losses();
         if let Some(target) = gone {
             eprintln!("proc_image: {target} has exited; collection stopped, still loaded (controller -a to trace again)");
-            let gone = ProcImageEvent::TargetGone {
+            let gone = AppEvent::TargetGone {
                 target: target.to_string(),
             };
             let rec = Record::new(sys::monotonic_ns(), gone);
@@ -611,6 +611,33 @@ impl App {
             self.output.borrow().records(),
             lost.join("; ")
         );
+    }
+}
+
+/// proc_image's own records about its targets.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum AppEvent {
+    /// The target exited; collection stopped.
+    TargetGone { target: String },
+    /// A non-leader thread traced alone exec'd: it goes on as the leader.
+    TargetMoved { from: String, to: String },
+}
+
+impl Event for AppEvent {
+    fn collector(&self) -> &'static str {
+        "proc_image"
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            AppEvent::TargetGone { .. } => "target_gone",
+            AppEvent::TargetMoved { .. } => "target_moved",
+        }
+    }
+
+    fn to_value(&self) -> serde_json::Value {
+        value_of(self)
     }
 }
 

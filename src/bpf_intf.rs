@@ -45,6 +45,21 @@ plain_types!(
     control_answer,
 );
 
+/// The name of an enum lock_type value, as records and metrics say it.
+pub fn lock_type_name(t: u8) -> &'static str {
+    match u32::from(t) {
+        LOCK_MUTEX => "mutex",
+        LOCK_RWLOCK_READ => "rwlock_read",
+        LOCK_RWLOCK_WRITE => "rwlock_write",
+        LOCK_SPINLOCK => "spinlock",
+        LOCK_RWLOCK => "rwlock",
+        _ => "unknown",
+    }
+}
+
+/// The types a lock hold is reported as (`lock_type_name` of a held lock).
+pub const LOCK_HELD_TYPES: [&str; 4] = ["mutex", "rwlock_read", "rwlock_write", "spinlock"];
+
 /// Decode a record of type `T` from the front of `data` (ring buffer samples
 /// are 8-byte aligned). A short or misaligned record is an error, not a panic.
 pub fn decode<T: plain::Plain>(data: &[u8]) -> anyhow::Result<&T> {

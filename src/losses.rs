@@ -9,9 +9,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::bpf_intf::collector_stats;
-use crate::metrics::{Fam, Updates};
-use crate::record::{ProcImageEvent, Record};
-use crate::trace::TraceWriter;
+use crate::record::families::Fam;
+use crate::record::{value_of, Event, MetricsOut, Record, TraceOut};
 
 /// Counts since the collector was loaded (or, from `since`, over a span).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -44,18 +43,12 @@ impl Losses {
 
     /// The `lost` record that says them (metrics and the trace count it).
     pub fn record(&self, now: u64, collector: &'static str) -> Record {
-        Record::new(
-            now,
-            ProcImageEvent::Lost(self.lost_record_body(collector, None)),
-        )
+        Record::new(now, self.lost_record_body(collector, None))
     }
 
     /// A `lost` record for a window in which probes were not armed.
     pub fn record_unprobed(&self, now: u64, collector: &'static str, u: Unprobed) -> Record {
-        Record::new(
-            now,
-            ProcImageEvent::Lost(self.lost_record_body(collector, Some(u))),
-        )
+        Record::new(now, self.lost_record_body(collector, Some(u)))
     }
 
     fn lost_record_body(&self, collector: &'static str, unprobed: Option<Unprobed>) -> Lost {
@@ -79,6 +72,7 @@ impl Losses {
 
 /// The `lost` record: what one collector lost since the last one.
 #[derive(Debug, Clone, Default, Serialize)]
+#[serde(tag = "event", rename = "lost")]
 pub struct Lost {
     pub lost_collector: &'static str,
     pub ringbuf_drops: u64,
@@ -97,8 +91,20 @@ pub struct Unprobed {
     pub unseen_lock_calls_at_least: u64,
 }
 
-impl Lost {
-    pub fn metrics(&self, m: &mut Updates) {
+impl Event for Lost {
+    fn collector(&self) -> &'static str {
+        "proc_image"
+    }
+
+    fn name(&self) -> &'static str {
+        "lost"
+    }
+
+    fn to_value(&self) -> serde_json::Value {
+        value_of(self)
+    }
+
+    fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {
         let c = self.lost_collector;
         m.add(
             Fam::RingbufDrops,
@@ -115,7 +121,7 @@ impl Lost {
     }
 
     /// A global instant on the trace.
-    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+    fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         t.lost(
             rec,
             json!({"lost_collector": self.lost_collector,

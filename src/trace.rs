@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
 use crate::output::Sink;
-use crate::record::Record;
+use crate::record::{Record, TraceOut};
 
 pub struct TraceWriter {
     path: PathBuf,
@@ -134,7 +134,7 @@ impl TraceWriter {
 
     /// A slice [end - dur, end] on the thread's track, clipped so it starts
     /// no earlier than the previous slice ended.
-    pub fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: &Value) {
+    fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: &Value) {
         let end = rec.ts_ns;
         let key = (rec.tgid, rec.pid);
         let mut start = end.saturating_sub(dur_ns);
@@ -166,7 +166,7 @@ impl TraceWriter {
     }
 
     /// A thread-scoped instant named by the record's event.
-    pub fn instant(&mut self, rec: &Record, args: Value) {
+    fn instant(&mut self, rec: &Record, args: Value) {
         let ts = self.in_order(rec.tgid, rec.pid.to_string(), rec.ts_ns);
         self.event(
             json!({"ph": "i", "s": "t", "cat": "lifecycle", "name": rec.event(),
@@ -175,7 +175,7 @@ impl TraceWriter {
     }
 
     /// A sample of a counter track of process `tgid`.
-    pub fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
+    fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
         if !self.counters_named.contains(&tgid) && !self.process_names.contains_key(&tgid) {
             self.counters_named.insert(tgid);
             let pname = if tgid == 0 {
@@ -197,7 +197,7 @@ impl TraceWriter {
 
     /// An async slice [start, end] of the record's thread (it may overlap
     /// the thread's CPU slices); nothing when start is 0 or after end.
-    pub fn async_slice(
+    fn async_slice(
         &mut self,
         rec: &Record,
         cat: &str,
@@ -227,7 +227,7 @@ impl TraceWriter {
     /// the thread (they overlap its CPU slices). A sequence may repeat
     /// syscalls an earlier record had: only newer ones are written, and only
     /// those that returned.
-    pub fn syscalls(&mut self, rec: &Record, names: &[String], spans: &[[u64; 2]]) {
+    fn syscalls(&mut self, rec: &Record, names: &[String], spans: &[[u64; 2]]) {
         let key = (rec.tgid, rec.pid);
         let mut seen = self.syscall_seen.get(&key).copied().unwrap_or(0);
         for (name, &[enter, dur]) in names.iter().zip(spans) {
@@ -247,7 +247,7 @@ impl TraceWriter {
     }
 
     /// Records were lost: a global instant.
-    pub fn lost(&mut self, rec: &Record, args: Value) {
+    fn lost(&mut self, rec: &Record, args: Value) {
         let ts = self.in_order(0, "lost".into(), rec.ts_ns);
         self.event(
             json!({"ph": "i", "s": "g", "cat": "proc_image", "name": "records lost",
@@ -275,6 +275,40 @@ impl TraceWriter {
             None => flushed,
         }
         .with_context(|| format!("--trace-out: write {}", self.path.display()))
+    }
+}
+
+impl TraceOut for TraceWriter {
+    fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: &Value) {
+        TraceWriter::slice(self, rec, name, dur_ns, args)
+    }
+
+    fn instant(&mut self, rec: &Record, args: Value) {
+        TraceWriter::instant(self, rec, args)
+    }
+
+    fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
+        TraceWriter::counter(self, tgid, name, ts_ns, args)
+    }
+
+    fn async_slice(
+        &mut self,
+        rec: &Record,
+        cat: &str,
+        name: &str,
+        start: u64,
+        end: u64,
+        args: &Value,
+    ) {
+        TraceWriter::async_slice(self, rec, cat, name, start, end, args)
+    }
+
+    fn syscalls(&mut self, rec: &Record, names: &[String], spans: &[[u64; 2]]) {
+        TraceWriter::syscalls(self, rec, names, spans)
+    }
+
+    fn lost(&mut self, rec: &Record, args: Value) {
+        TraceWriter::lost(self, rec, args)
     }
 }
 

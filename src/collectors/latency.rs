@@ -7,9 +7,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::bpf_intf::{latency_stats, LAT_HIST_BUCKETS, LAT_SLOTS, LAT_SYSTEM, LAT_TARGET};
-use crate::metrics::{Fam, Log2Hist, Updates};
-use crate::record::Record;
-use crate::trace::{self, TraceWriter};
+use crate::record::families::Fam;
+use crate::record::histogram::Log2Hist;
+use crate::record::{MetricsOut, Record, TraceOut};
+use crate::trace;
 
 /// Last interval's figures, system and target.
 pub struct IntervalLatency {
@@ -147,7 +148,7 @@ impl Figures {
     }
 
     /// Both histograms into `fam`, by scope.
-    pub fn metrics(&self, fam: Fam, m: &mut Updates) {
+    pub fn metrics(&self, fam: Fam, m: &mut dyn MetricsOut) {
         for (scope, hist, sum_ns) in [
             ("target", &self.hist, self.sum_ns),
             ("system", &self.sys_hist, self.sys_sum_ns),
@@ -162,7 +163,7 @@ impl Figures {
     }
 
     /// The averages as a counter track of the trace.
-    pub fn trace(&self, rec: &Record, name: &str, t: &mut TraceWriter) {
+    pub fn trace(&self, rec: &Record, name: &str, t: &mut dyn TraceOut) {
         t.counter(
             rec.tgid,
             name,

@@ -5,6 +5,7 @@
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Link, MapHandle};
 use serde::Serialize;
+use serde_json::Value;
 
 use super::latency::{self, Figures};
 use super::{
@@ -13,12 +14,11 @@ use super::{
 };
 use crate::bpf_intf::{self, schedule_config};
 use crate::kernel_btf::{self, Variant};
-use crate::metrics::{Fam, Updates};
 use crate::output::Output;
-use crate::record::{Body, Record};
+use crate::record::families::Fam;
+use crate::record::{self, value_of, MetricsOut, Record, TraceOut};
 use crate::sys;
 use crate::target::Target;
-use crate::trace::TraceWriter;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/schedule.skel.rs"));
@@ -107,29 +107,31 @@ pub struct Interval {
     pub latency: Figures,
 }
 
-impl Event {
-    pub fn name(&self) -> &'static str {
+impl record::Event for Event {
+    fn collector(&self) -> &'static str {
+        "schedule"
+    }
+
+    fn to_value(&self) -> Value {
+        value_of(self)
+    }
+
+    fn name(&self) -> &'static str {
         match self {
             Event::Schedule(_) => "schedule",
         }
     }
 
-    pub fn metrics(&self, m: &mut Updates) {
+    fn metrics(&self, _rec: &Record, m: &mut dyn MetricsOut) {
         match self {
             Event::Schedule(i) => i.latency.metrics(Fam::SchedLatency, m),
         }
     }
 
-    pub fn trace(&self, rec: &Record, t: &mut TraceWriter) {
+    fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         match self {
             Event::Schedule(i) => i.latency.trace(rec, "run-queue latency avg (us)", t),
         }
-    }
-}
-
-impl From<Event> for Body {
-    fn from(e: Event) -> Self {
-        Body::Schedule(e)
     }
 }
 

@@ -16,27 +16,23 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::bpf_intf::LAT_HIST_BUCKETS;
 use crate::output::Sink;
 use crate::record::Record;
 use crate::sys;
 use crate::target::Target;
 
 mod bounded;
-mod families;
-mod histogram;
 mod http;
 mod snapshot;
 #[cfg(test)]
 mod tests;
 mod updates;
 
+pub use crate::record::families::{labelled, with_label, Fam, Labels, OTHER};
+pub use crate::record::histogram::Log2Hist;
 pub use bounded::Bounded;
-pub use families::Fam;
-pub use histogram::Log2Hist;
 pub use http::{exposition, parse_addr, start, OPENMETRICS_TYPE};
-pub use snapshot::{Labels, Snapshot, Val};
-pub use updates::{labelled, with_label, Updates};
+pub use snapshot::{Snapshot, Val};
 
 /// How long the series of a thread that exited (or left the top N), or of
 /// an earlier target, stay exported: long enough for a scraper to see
@@ -44,8 +40,6 @@ pub use updates::{labelled, with_label, Updates};
 pub const LINGER_NS: u64 = 60_000_000_000;
 /// How often the labelled set is re-ranked and old series are removed.
 const REBALANCE_NS: u64 = 1_000_000_000;
-const BUCKETS: usize = LAT_HIST_BUCKETS as usize;
-const OTHER: &str = "other";
 
 /// The record -> metrics mapping, with the bounded label sets. Lives on the
 /// main thread; `shared` is what scrapes read.
@@ -222,6 +216,14 @@ impl Exporter {
                             vec![("target", label.clone()), ("scope", scope.into())],
                             now,
                         );
+                    }
+                }
+            }
+            if collectors.contains(&"lock") {
+                for lock_type in crate::bpf_intf::LOCK_HELD_TYPES {
+                    for fam in [Fam::LockWait, Fam::LockHold] {
+                        let l = vec![("target", label.clone()), ("lock_type", lock_type.into())];
+                        s.hist(fam, l, now);
                     }
                 }
             }

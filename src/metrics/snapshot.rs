@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use super::{Fam, Log2Hist};
+use crate::record::families::{Fam, Labels};
+use crate::record::histogram::Log2Hist;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val {
     Num(f64),
     Hist(Box<Log2Hist>),
 }
-
-pub type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug, Clone)]
 pub(super) struct Series {

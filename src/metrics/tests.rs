@@ -6,6 +6,7 @@ use crate::collectors::{keytime, lock, resource, schedule, syscall};
 use crate::losses::Losses;
 
 pub(super) const S: u64 = 1_000_000_000;
+const BUCKETS: usize = crate::bpf_intf::LAT_HIST_BUCKETS as usize;
 
 fn num(e: &Exporter, fam: Fam, labels: &[(&'static str, &str)]) -> Option<f64> {
     match e.shared.lock().unwrap().get(fam, labels) {

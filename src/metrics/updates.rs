@@ -1,9 +1,12 @@
 //! What a record adds to the metrics. Each collector's module says it for
-//! its own records (`Body::metrics`) through `Updates`, which knows the
-//! labels: the target, the bounded thread and process sets, the cgroup.
+//! its own records (`Event::metrics`) through `Updates`, the exporter's
+//! `MetricsOut`, which knows the labels: the target, the bounded thread and
+//! process sets, the cgroup.
 
-use super::{Exporter, Fam, Labels, Log2Hist, OTHER, REBALANCE_NS};
-use crate::record::Record;
+use super::{Exporter, REBALANCE_NS};
+use crate::record::families::{Fam, Labels, OTHER};
+use crate::record::histogram::Log2Hist;
+use crate::record::{MetricsOut, Record};
 
 pub(super) enum Update {
     Add(f64),
@@ -13,7 +16,7 @@ pub(super) enum Update {
 }
 
 /// The updates one record makes, with the labels they go under.
-pub struct Updates<'a> {
+pub(super) struct Updates<'a> {
     exp: &'a mut Exporter,
     pid: u32,
     tgid: u32,
@@ -22,31 +25,25 @@ pub struct Updates<'a> {
     list: Vec<(Fam, Labels, Update)>,
 }
 
-impl Updates<'_> {
-    /// The current target's label ("system", "pid:42", ...).
-    pub fn target(&self) -> String {
+impl MetricsOut for Updates<'_> {
+    fn target(&self) -> String {
         self.exp.target()
     }
 
-    /// target, tgid, pid, comm of the record's thread, or the "other"
-    /// aggregate when it is not among the busiest (`activity` ranks it).
-    pub fn thread(&mut self, activity: u64) -> Labels {
+    fn thread(&mut self, activity: u64) -> Labels {
         self.exp
             .thread_labels(self.pid, self.tgid, self.comm, activity)
     }
 
-    /// The series the threads not labelled of their own sum into.
-    pub fn other_threads(&self) -> Labels {
+    fn other_threads(&self) -> Labels {
         self.exp.other_labels()
     }
 
-    /// target, tgid, comm of the record's process, if it is among the busiest.
-    pub fn process(&mut self, activity: u64) -> Option<Labels> {
+    fn process(&mut self, activity: u64) -> Option<Labels> {
         self.exp.proc_labels(self.tgid, self.comm, activity)
     }
 
-    /// The series the processes not labelled of their own sum into.
-    pub fn other_processes(&self) -> Labels {
+    fn other_processes(&self) -> Labels {
         vec![
             ("target", self.target()),
             ("tgid", OTHER.into()),
@@ -54,51 +51,38 @@ impl Updates<'_> {
         ]
     }
 
-    /// A counter's growth, from a process's cumulative totals: what they
-    /// grew since its last record (all of them after a restart).
-    pub fn growth<const N: usize>(&mut self, totals: [u64; N]) -> [f64; N] {
+    fn growth(&mut self, totals: &[u64]) -> Vec<f64> {
         let last = self
             .exp
             .last_totals
             .insert(self.tgid, (totals.to_vec(), self.now))
             .map(|(t, _)| t)
             .unwrap_or_default();
-        let mut growth = [0.0; N];
-        for (i, g) in growth.iter_mut().enumerate() {
-            let before = last.get(i).copied().unwrap_or(0);
-            *g = totals[i].checked_sub(before).unwrap_or(totals[i]) as f64;
-        }
-        growth
+        totals
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| {
+                let before = last.get(i).copied().unwrap_or(0);
+                t.checked_sub(before).unwrap_or(t) as f64
+            })
+            .collect()
     }
 
-    pub fn add(&mut self, fam: Fam, labels: Labels, v: f64) {
+    fn add(&mut self, fam: Fam, labels: Labels, v: f64) {
         self.list.push((fam, labels, Update::Add(v)));
     }
 
-    pub fn set(&mut self, fam: Fam, labels: Labels, v: f64) {
+    fn set(&mut self, fam: Fam, labels: Labels, v: f64) {
         self.list.push((fam, labels, Update::Set(v)));
     }
 
-    /// One observation of a histogram family.
-    pub fn observe_ns(&mut self, fam: Fam, labels: Labels, ns: u64) {
+    fn observe_ns(&mut self, fam: Fam, labels: Labels, ns: u64) {
         self.list.push((fam, labels, Update::Observe(ns)));
     }
 
-    /// A whole interval's histogram, added to the family's.
-    pub fn add_hist(&mut self, fam: Fam, labels: Labels, hist: Log2Hist) {
+    fn add_hist(&mut self, fam: Fam, labels: Labels, hist: Log2Hist) {
         self.list.push((fam, labels, Update::Hist(Box::new(hist))));
     }
-}
-
-/// Whether thread labels name a thread of its own (not the "other" sum).
-pub fn labelled(labels: &Labels) -> bool {
-    labels.iter().any(|(k, v)| *k == "pid" && v != OTHER)
-}
-
-/// `labels` with one more.
-pub fn with_label(mut labels: Labels, k: &'static str, v: &str) -> Labels {
-    labels.push((k, v.to_string()));
-    labels
 }
 
 impl Exporter {

@@ -1,6 +1,8 @@
 //! The log2 histogram of the BPF side, as a Prometheus histogram.
 
-use super::BUCKETS;
+use crate::bpf_intf::LAT_HIST_BUCKETS;
+
+const BUCKETS: usize = LAT_HIST_BUCKETS as usize;
 
 /// A log2 latency histogram, the layout the BPF side keeps: bucket i counts
 /// latencies in [2^i, 2^(i+1)) ns, the last bucket is open.

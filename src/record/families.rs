@@ -1,4 +1,5 @@
-//! Every metric family: name, unit, type and help.
+//! Every metric family (name, unit, type and help) and the labels a
+//! series is named by.
 
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
@@ -34,15 +35,15 @@ pub enum Fam {
     BuildInfo,
 }
 
-pub(super) struct Desc {
-    pub(super) name: &'static str,
-    pub(super) unit: Option<Unit>,
-    pub(super) kind: MetricType,
-    pub(super) help: &'static str,
+pub(crate) struct Desc {
+    pub(crate) name: &'static str,
+    pub(crate) unit: Option<Unit>,
+    pub(crate) kind: MetricType,
+    pub(crate) help: &'static str,
 }
 
 impl Fam {
-    pub(super) fn desc(self) -> Desc {
+    pub(crate) fn desc(self) -> Desc {
         use MetricType::{Counter, Gauge, Histogram};
         let d = |name, unit, kind, help| Desc {
             name,
@@ -78,4 +79,21 @@ impl Fam {
             Fam::BuildInfo => d("build_info", None, Gauge, "proc_image's version"),
         }
     }
+}
+
+/// A series' labels, in order.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// The label value of what is summed, not labelled of its own.
+pub const OTHER: &str = "other";
+
+/// `labels` with one more.
+pub fn with_label(mut labels: Labels, k: &'static str, v: &str) -> Labels {
+    labels.push((k, v.to_string()));
+    labels
+}
+
+/// Whether thread labels name a thread of its own (not the "other" sum).
+pub fn labelled(labels: &Labels) -> bool {
+    labels.iter().any(|(k, v)| *k == "pid" && v != OTHER)
 }

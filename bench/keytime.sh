@@ -4,6 +4,8 @@
 #   (b) proc_image -a loaded but deactivated (the pre-attach promise: ~1.00x)
 #   (c) keytime active on another process
 #   (d) keytime active on the workload
+#   (e) keytime active on the whole system (every fork is a child to mark,
+#       every exit a child_exit)
 #   (f) no-op BPF programs on keytime's hooks: the floor, the hooks' own price
 # Usage: sudo bench/keytime.sh   (REPS=N runs per figure, median taken)
 source "$(dirname "$0")/lib.sh"
@@ -12,7 +14,7 @@ declare -A N=([bench-syscalls]=2000000 [bench-pipe]=100000 [bench-forks]=2000)
 sleep 1000 &
 OTHER_PID=$!
 
-for mode in bench-syscalls bench-pipe bench-forks; do
+for mode in ${MODES:-bench-syscalls bench-pipe bench-forks}; do
 	n=${N[$mode]}
 	a=$(measure "$mode" "$n")
 	floor_start keytime
@@ -24,12 +26,16 @@ for mode in bench-syscalls bench-pipe bench-forks; do
 	c=$(measure "$mode" "$n")
 	"$CTL" -d >/dev/null
 	d=$(measure "$mode" "$n" -k)
+	"$CTL" -a -k >/dev/null
+	e=$(measure "$mode" "$n")
+	"$CTL" -d >/dev/null
 	pi_stop
 	echo "$mode ($n ops, median of $REPS)"
 	row "(a) no proc_image" "$a" "$a"
 	row "(b) proc_image -a loaded, deactivated" "$a" "$b"
 	row "(c) keytime active on another process" "$a" "$c"
 	row "(d) keytime active on the workload" "$a" "$d"
+	row "(e) keytime active on the whole system" "$a" "$e"
 	row "(f) floor: no-op programs on keytime's hooks" "$a" "$f"
 	awk -v a="$a" -v c="$c" -v d="$d" -v f="$f" 'BEGIN { fl = f - a
 		if (fl < a / 100) { print "  the floor is within the noise (these hooks are not on this path)"; exit }

@@ -8,6 +8,13 @@
  * sched_process_exit the exit status. sched_switch gives every on-CPU and
  * off-CPU interval and why the task left the CPU.
  *
+ * A target's children are marked in task storage when created, so their
+ * ends are reported (child_exit) whether they are targets or not. A failed
+ * exec returns from the syscall, unlike a successful one: the per-syscall
+ * tracepoints of execve / execveat (which run for those syscalls only)
+ * catch it. The last signal sent to a target process and an OOM kill are
+ * kept in its leader's task storage, for its threads' exit records.
+ *
  * Targeted modes stream one record per on/off-CPU stretch. TARGET_SYSTEM
  * would flood, so there stretches are summed per thread into
  * summary_a/summary_b, which proc_image swaps and drains every reporting
@@ -76,6 +83,62 @@ struct {
 	__type(key, int);
 	__type(value, struct group_state);
 } group_states SEC(".maps");
+
+
+/* A target's child, marked at its creation (freed with the task). */
+struct child_state {
+	__u32 generation;   /* cfg.target.generation at the creation */
+	__u8 kind;          /* KEYTIME_FORK, ... */
+	__u8 _pad[3];
+	__u32 parent_pid;   /* the creator, as it was then: it may end first */
+	__u32 parent_tgid;
+	__u8 parent_comm[PI_COMM_LEN];
+	__u64 parent_cgroup;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct child_state);
+} children SEC(".maps");
+
+/*
+ * What may end a target process, on its group leader (which outlives its
+ * threads until reaped): the last signal generated for it, and an OOM kill.
+ */
+struct exit_cause {
+	__u32 generation;
+	__u32 sig;
+	__u32 sender_pid;
+	__u32 sender_tgid;
+	__u8 sender_comm[PI_COMM_LEN];
+	__u8 sender_kernel;
+	__u8 oom;
+	__u8 _pad[6];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct exit_cause);
+} exit_causes SEC(".maps");
+
+/* An exec in progress of a target thread, by pid: its arguments, read if it fails. */
+struct exec_call {
+	__u64 filename;  /* user pointers */
+	__u64 argv;
+	__u32 generation;
+	__u32 execveat;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct exec_call);
+} exec_calls SEC(".maps");
 
 #define SUMMARY_MAX_THREADS 32768
 
@@ -213,6 +276,25 @@ static __always_inline void start_new_task(struct task_struct *task, __u64 now)
 	st->runtime_base = 0;
 }
 
+/* `task` was created by a target: its end will be a child_exit record. */
+static __always_inline void mark_child(struct task_struct *task, struct task_struct *parent,
+				       __u8 kind)
+{
+	struct child_state *c;
+
+	c = bpf_task_storage_get(&children, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c) {
+		STAT_INC(no_task_state);
+		return;
+	}
+	c->generation = cfg.target.generation;
+	c->kind = kind;
+	c->parent_pid = parent->pid;
+	c->parent_tgid = parent->tgid;
+	bpf_probe_read_kernel_str(c->parent_comm, sizeof(c->parent_comm), parent->comm);
+	c->parent_cgroup = cgroup_id_of(parent);
+}
+
 SEC("tp_btf/task_newtask")
 int BPF_PROG(handle__task_newtask, struct task_struct *task, __u64 clone_flags)
 {
@@ -235,6 +317,7 @@ int BPF_PROG(handle__task_newtask, struct task_struct *task, __u64 clone_flags)
 	else
 		kind = KEYTIME_FORK;
 
+	mark_child(task, parent, kind);
 	e = reserve_record(sizeof(*e));
 	if (!e)
 		return 0;
@@ -287,9 +370,48 @@ int BPF_PROG(handle__sched_process_exec, struct task_struct *task, pid_t old_pid
 	return 0;
 }
 
+/* A marked child of a target has ended (it need not be a target itself). */
+static __always_inline void report_child_exit(struct task_struct *task, __u64 now)
+{
+	struct keytime_child_exit_event *e;
+	struct child_state *c;
+	__u64 born;
+
+	c = bpf_task_storage_get(&children, task, 0, 0);
+	if (!c || c->generation != cfg.target.generation)
+		return;
+	e = reserve_record(sizeof(*e));
+	if (!e)
+		return;
+	/* the record is the creator's, as fork's was */
+	e->hdr.ts_ns = now;
+	e->hdr.pid = c->parent_pid;
+	e->hdr.tgid = c->parent_tgid;
+	__builtin_memcpy(e->hdr.comm, c->parent_comm, sizeof(e->hdr.comm));
+	e->hdr.collector = PI_KEYTIME;
+	e->hdr.kind = KEYTIME_CHILD_EXIT;
+	e->hdr.cpu = bpf_get_smp_processor_id();
+	e->hdr._pad = 0;
+	e->hdr.cgroup_id = c->parent_cgroup;
+	/* task->start_time: CLOCK_MONOTONIC at the creation, bpf_ktime_get_ns's clock */
+	born = task->start_time;
+	e->lifetime_ns = now > born ? now - born : 0;
+	e->child_pid = task->pid;
+	e->child_tgid = task->tgid;
+	bpf_probe_read_kernel_str(e->child_comm, sizeof(e->child_comm), task->comm);
+	e->exit_code = task->exit_code;
+	e->kind = c->kind;
+	e->_pad[0] = e->_pad[1] = e->_pad[2] = 0;
+	submit_record(e);
+	/* said once, even if the storage outlives this exit */
+	c->generation = 0;
+}
+
 static __always_inline int report_exit(struct task_struct *task, bool group_dead)
 {
 	struct keytime_exit_event *e;
+	struct exit_cause *why;
+	__u32 sig = task->exit_code & 0x7f;
 
 	e = reserve_record(sizeof(*e));
 	if (!e)
@@ -297,6 +419,26 @@ static __always_inline int report_exit(struct task_struct *task, bool group_dead
 	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_EXIT, bpf_ktime_get_ns());
 	e->exit_code = task->exit_code;
 	e->group_dead = group_dead;
+	e->oom_kill = 0;
+	e->killed = 0;
+	e->killer_kernel = 0;
+	e->killer_pid = 0;
+	e->killer_tgid = 0;
+	__builtin_memset(e->killer_comm, 0, sizeof(e->killer_comm));
+	why = bpf_task_storage_get(&exit_causes, task->group_leader, 0, 0);
+	if (why && why->generation == cfg.target.generation) {
+		e->oom_kill = why->oom;
+		/* the signal it died of is the last one of its number sent to it */
+		if (sig && why->sig == sig) {
+			e->killed = 1;
+			e->killer_kernel = why->sender_kernel;
+			e->killer_pid = why->sender_pid;
+			e->killer_tgid = why->sender_tgid;
+			__builtin_memcpy(e->killer_comm, why->sender_comm, sizeof(e->killer_comm));
+		}
+	}
+	if (cfg.oom_from_mm && BPF_CORE_READ(task, signal, oom_mm))
+		e->oom_kill = 1;
 	submit_record(e);
 	return 0;
 }
@@ -305,6 +447,7 @@ static __always_inline int report_exit(struct task_struct *task, bool group_dead
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle__sched_process_exit, struct task_struct *task, bool group_dead)
 {
+	report_child_exit(task, bpf_ktime_get_ns());
 	if (!is_target(&cfg.target, task))
 		return 0;
 	return report_exit(task, group_dead);
@@ -322,6 +465,7 @@ int BPF_PROG(handle__sched_process_exit_compat, struct task_struct *task)
 	struct group_state *g;
 	bool dead;
 
+	report_child_exit(task, bpf_ktime_get_ns());
 	if (!is_target(&cfg.target, task))
 		return 0;
 	dead = BPF_CORE_READ(task, signal, live.counter) == 0;
@@ -334,6 +478,218 @@ int BPF_PROG(handle__sched_process_exit_compat, struct task_struct *task)
 			STAT_INC(no_task_state); /* may then be said twice */
 	}
 	return report_exit(task, dead);
+}
+
+/* ---------------------------------------------------------------- */
+/* Who ended it: signals and OOM kills of a target process */
+
+/* A signal or OOM kill for `task` ends the target, or its process, if it is fatal. */
+static __always_inline bool ends_target(struct task_struct *task)
+{
+	/* -p: a fatal signal to any thread of its process ends it too */
+	if (cfg.target.mode == TARGET_THREAD)
+		return task->tgid == cfg.target.tgid;
+	return is_target(&cfg.target, task);
+}
+
+static __always_inline struct exit_cause *exit_cause_of(struct task_struct *task)
+{
+	struct exit_cause *why;
+
+	why = bpf_task_storage_get(&exit_causes, task->group_leader, 0,
+				   BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!why) {
+		STAT_INC(no_task_state);
+		return NULL;
+	}
+	if (why->generation != cfg.target.generation) {
+		__builtin_memset(why, 0, sizeof(*why));
+		why->generation = cfg.target.generation;
+	}
+	return why;
+}
+
+/* include/linux/signal.h, include/uapi/asm-generic/siginfo.h: macros, so not in vmlinux.h */
+#define SEND_SIG_PRIV 1
+#define SI_USER 0
+#define SI_KERNEL 0x80
+#define TRACE_SIGNAL_DELIVERED 0
+#define TRACE_SIGNAL_LOSE_INFO 4
+
+/*
+ * Every signal that is queued for a target process (most are not fatal;
+ * the exit tells which was, by its number). The sender is the task it is
+ * generated in: kill(2)'s caller, or for one the kernel raises (a fault,
+ * the OOM killer) the task the kernel was running for.
+ */
+SEC("tp_btf/signal_generate")
+int BPF_PROG(handle__signal_generate, int sig, struct kernel_siginfo *info,
+	     struct task_struct *task, int group, int result)
+{
+	struct task_struct *sender = bpf_get_current_task_btf();
+	struct exit_cause *why;
+	int code = SI_USER;
+
+	if (result != TRACE_SIGNAL_DELIVERED && result != TRACE_SIGNAL_LOSE_INFO)
+		return 0;
+	if (!ends_target(task))
+		return 0;
+	why = exit_cause_of(task);
+	if (!why)
+		return 0;
+	/* SEND_SIG_NOINFO (0) is kill(2)-like; SEND_SIG_PRIV (1) the kernel's */
+	if ((unsigned long)info == SEND_SIG_PRIV)
+		code = SI_KERNEL;
+	else if ((unsigned long)info > SEND_SIG_PRIV)
+		code = BPF_CORE_READ(info, si_code);
+	why->sig = sig;
+	why->sender_pid = sender->pid;
+	why->sender_tgid = sender->tgid;
+	bpf_probe_read_kernel_str(why->sender_comm, sizeof(why->sender_comm), sender->comm);
+	/* si_code > 0 or SI_KERNEL: raised by the kernel; <= 0: sent by a task */
+	why->sender_kernel = code > 0;
+	return 0;
+}
+
+/* The OOM killer chose `task`'s process. */
+SEC("tp_btf/mark_victim")
+int BPF_PROG(handle__mark_victim, struct task_struct *task, __u32 uid)
+{
+	struct exit_cause *why;
+
+	if (!ends_target(task))
+		return 0;
+	why = exit_cause_of(task);
+	if (why)
+		why->oom = 1;
+	return 0;
+}
+
+/*
+ * Older kernels pass only the victim's pid: not attached; the exit reads
+ * signal->oom_mm instead (cfg.oom_from_mm).
+ */
+SEC("tp_btf/mark_victim")
+int BPF_PROG(handle__mark_victim_compat, int pid)
+{
+	return 0;
+}
+
+/* ---------------------------------------------------------------- */
+/* Failed execs */
+
+/* A target thread enters execve / execveat: keep where its arguments are. */
+static __always_inline int exec_enter(__u64 filename, __u64 argv, __u32 at)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct exec_call call = {
+		.filename = filename,
+		.argv = argv,
+		.generation = cfg.target.generation,
+		.execveat = at,
+	};
+	__u32 pid = task->pid;
+
+	if (!is_target(&cfg.target, task))
+		return 0;
+	if (bpf_map_update_elem(&exec_calls, &pid, &call, BPF_ANY))
+		STAT_INC(map_full);
+	return 0;
+}
+
+/*
+ * The exec returned: 0 is a new image (sched_process_exec reported it),
+ * an error leaves the caller's memory as it was, so its arguments are read
+ * now, only for the failures.
+ */
+static __always_inline int exec_exit(long ret)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct keytime_exec_failed_event *e;
+	const char *const *argv;
+	struct exec_call *call;
+	__u32 pid = task->pid;
+	__u64 len = 0, off;
+	const char *arg;
+	long n;
+	int i;
+
+	call = bpf_map_lookup_elem(&exec_calls, &pid);
+	if (!call)
+		return 0;
+	if (ret >= 0 || call->generation != cfg.target.generation)
+		goto done;
+	e = reserve_record(sizeof(*e));
+	if (!e)
+		goto done;
+	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_EXEC_FAILED, bpf_ktime_get_ns());
+	e->ret = ret;
+	e->execveat = call->execveat;
+	e->args_truncated = 0;
+	__builtin_memset(e->_pad, 0, sizeof(e->_pad));
+	if (bpf_probe_read_user_str(e->filename, sizeof(e->filename), (void *)call->filename) < 0)
+		e->filename[0] = 0;
+	argv = (const char *const *)call->argv;
+	for (i = 0; i < KEYTIME_MAX_ARGS; i++) {
+		arg = NULL;
+		if (!argv || bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) || !arg)
+			break;
+		if (len >= KEYTIME_ARGS_LEN) {
+			e->args_truncated = 1;
+			break;
+		}
+		/*
+		 * Masked where the verifier sees it (clang would drop a mask it
+		 * can prove idle): older verifiers walk paths the check above
+		 * rules out, and refuse an unbounded offset there.
+		 */
+		off = len;
+		asm volatile("" : "+r"(off));
+		off &= KEYTIME_ARGS_LEN - 1;
+		n = bpf_probe_read_user_str(&e->args[off], KEYTIME_ARG_PIECE, arg);
+		if (n <= 0)
+			break;
+		if (n == KEYTIME_ARG_PIECE)
+			e->args_truncated = 1; /* perhaps cut */
+		len += n;
+	}
+	if (i == KEYTIME_MAX_ARGS)
+		e->args_truncated = 1;
+	if (len > KEYTIME_ARGS_LEN) {
+		len = KEYTIME_ARGS_LEN;
+		e->args_truncated = 1;
+	}
+	e->args_len = len;
+	submit_record(e);
+done:
+	bpf_map_delete_elem(&exec_calls, &pid);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_execve")
+int handle__sys_enter_execve(struct trace_event_raw_sys_enter *ctx)
+{
+	/* (filename, argv, envp) */
+	return exec_enter(ctx->args[0], ctx->args[1], 0);
+}
+
+SEC("tracepoint/syscalls/sys_enter_execveat")
+int handle__sys_enter_execveat(struct trace_event_raw_sys_enter *ctx)
+{
+	/* (dirfd, filename, argv, envp, flags) */
+	return exec_enter(ctx->args[1], ctx->args[2], 1);
+}
+
+SEC("tracepoint/syscalls/sys_exit_execve")
+int handle__sys_exit_execve(struct trace_event_raw_sys_exit *ctx)
+{
+	return exec_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_execveat")
+int handle__sys_exit_execveat(struct trace_event_raw_sys_exit *ctx)
+{
+	return exec_exit(ctx->ret);
 }
 
 /* ---------------------------------------------------------------- */

@@ -101,6 +101,10 @@ enum keytime_kind {
 	KEYTIME_OFF_CPU = 7,
 	/* a thread the kernel made for the process (io_uring worker, vhost): hdr is the parent */
 	KEYTIME_KERNEL_WORKER = 8,
+	/* a child a target created has ended: hdr is the parent as it was at the creation */
+	KEYTIME_CHILD_EXIT = 9,
+	/* an execve / execveat of a target that returned an error */
+	KEYTIME_EXEC_FAILED = 10,
 };
 
 /* keytime levels (controller -k LEVEL) */
@@ -162,6 +166,12 @@ struct keytime_config {
 	 * then a part of a stretch before the close can still go into it.
 	 */
 	__u32 closing_open;
+	/*
+	 * oom:mark_victim passes only a pid (older kernels): an exit reads
+	 * signal->oom_mm, which mark_oom_victim() sets just before it, instead.
+	 */
+	__u32 oom_from_mm;
+	__u32 _pad;
 };
 
 /* fork, vfork, pthread_create, kernel_worker: hdr is the parent */
@@ -186,7 +196,42 @@ struct keytime_exit_event {
 	struct event_hdr hdr;
 	__u32 exit_code;  /* task->exit_code: wait(2) status */
 	__u8 group_dead;  /* the last thread of the group */
+	__u8 oom_kill;    /* the OOM killer chose the process (oom:mark_victim) */
+	/* killed by a signal whose sending was seen (signal:signal_generate): killer_* are set */
+	__u8 killed;
+	__u8 killer_kernel; /* the kernel raised it (a fault, the OOM killer), not kill(2) / tgkill(2) */
+	__u32 killer_pid;   /* the task the signal was generated in */
+	__u32 killer_tgid;
+	__u8 killer_comm[PI_COMM_LEN];
+};
+
+/* child_exit: a task a target created (hdr: its creator), ended */
+struct keytime_child_exit_event {
+	struct event_hdr hdr;
+	__u64 lifetime_ns; /* from its creation (task->start_time) to its exit */
+	__u32 child_pid;
+	__u32 child_tgid;
+	__u8 child_comm[PI_COMM_LEN]; /* at its exit (after any exec) */
+	__u32 exit_code;  /* wait(2) status */
+	__u8 kind;        /* KEYTIME_FORK, _VFORK, _PTHREAD_CREATE, _KERNEL_WORKER */
 	__u8 _pad[3];
+};
+
+/* argv pieces of a failed exec: each read whole up to this, the last cut */
+#define KEYTIME_ARG_PIECE 256
+#define KEYTIME_MAX_ARGS 32
+
+/* execve_failed */
+struct keytime_exec_failed_event {
+	struct event_hdr hdr;
+	__s32 ret;       /* -errno */
+	__u32 args_len;  /* bytes used in args (at most KEYTIME_ARGS_LEN): NUL-separated argv */
+	__u8 args_truncated;
+	__u8 execveat;   /* 1: execveat(2), 0: execve(2) */
+	__u8 _pad[6];
+	__u8 filename[KEYTIME_FILENAME_LEN];
+	/* a piece's worth of slack: every read is in bounds for the verifier */
+	__u8 args[KEYTIME_ARGS_LEN + KEYTIME_ARG_PIECE];
 };
 
 /* on_cpu, off_cpu: one interval that has just ended */

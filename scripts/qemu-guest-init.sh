@@ -50,6 +50,9 @@ start() {
 	exec 3>/tmp/go
 	# the shell forked for it has become the workload
 	while [ "$(readlink /proc/$WPID/exe)" != /bin/proc_image_workload ]; do sleep 0.05; done
+	# and is asleep (in its read of the fifo), not still starting up: a
+	# syscall it makes after the activation below would be counted
+	while [ "$(cut -d' ' -f3 /proc/$WPID/stat)" != S ]; do sleep 0.05; done
 	echo "{\"phase\":\"$name\",\"pid\":$WPID}" >>$O/phases
 }
 go() { echo go >&3; exec 3>&-; }
@@ -79,6 +82,24 @@ start lifecycle lifecycle --forks 3 --vforks 2 --threads 4 --sleep-ms 200 --exit
 ctl -a -P $WPID -k
 go
 finish_phase lifecycle
+
+log "keytime: failed execs"
+start exec_fail exec-fail
+ctl -a -P $WPID -k 0
+go
+finish_phase exec_fail
+
+log "keytime: an OOM kill"
+mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup
+echo +memory >/sys/fs/cgroup/cgroup.subtree_control
+mkdir /sys/fs/cgroup/oom
+echo 33554432 >/sys/fs/cgroup/oom/memory.max
+start oom oom
+echo $WPID >/sys/fs/cgroup/oom/cgroup.procs
+ctl -a -P $WPID -k 0
+go
+finish_phase oom
+rmdir /sys/fs/cgroup/oom
 
 log "syscall: known syscalls"
 # one long interval: the exact counts do not depend on where intervals end

@@ -21,6 +21,8 @@ plain_types!(
     keytime_clone_event,
     keytime_exec_event,
     keytime_exit_event,
+    keytime_child_exit_event,
+    keytime_exec_failed_event,
     keytime_cpu_event,
     keytime_summary_key,
     keytime_summary,

@@ -53,6 +53,8 @@ pub struct Features {
     pub process_exit_group_dead: bool,
     /// The bpf_loop helper (5.17+).
     pub bpf_loop: bool,
+    /// oom:mark_victim passes the victim task (older kernels pass only its pid).
+    pub mark_victim_task: bool,
     /// The older forms were forced (PROC_IMAGE_FORCE_COMPAT=1).
     pub forced: bool,
 }
@@ -77,6 +79,8 @@ impl Features {
             sched_switch_prev_state: args("sched_switch") >= 4,
             // (struct task_struct *p, bool group_dead)
             process_exit_group_dead: args("sched_process_exit") >= 2,
+            // (struct task_struct *task, uid_t uid)
+            mark_victim_task: args("mark_victim") >= 2,
             bpf_loop: btf
                 .as_ref()
                 .is_some_and(|b| has_enum_value(b, "bpf_func_id", "BPF_FUNC_loop")),

@@ -207,10 +207,14 @@ impl Target {
         match *self {
             Target::System => f.mode = TARGET_SYSTEM,
             Target::Thread {
-                pid, start_ticks, ..
+                pid,
+                tgid,
+                start_ticks,
             } => {
                 f.mode = TARGET_THREAD;
                 f.pid = pid;
+                // keytime: a fatal signal to any thread of its process ends it
+                f.tgid = tgid;
                 f.start_ticks = start_ticks;
             }
             Target::Group { tgid, start_ticks } => {

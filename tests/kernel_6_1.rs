@@ -66,6 +66,32 @@ fn keytime_lifecycle_is_exact_on_6_1() {
     assert_eq!(child_pids("vfork"), ids(&children["vforks"]));
     assert_eq!(child_pids("pthread_create"), ids(&children["threads"]));
 
+    // one child_exit per child (none of the processes is a target), with its status
+    let mut ends: Vec<(u64, String, u64)> = of(&recs, "keytime", "child_exit", pid)
+        .iter()
+        .map(|r| {
+            (
+                u64_of(r, "child_pid"),
+                r["kind"].to_string(),
+                u64_of(r, "exit_code"),
+            )
+        })
+        .collect();
+    ends.sort();
+    let mut want = Vec::new();
+    for (kind, list) in [
+        ("fork", "forks"),
+        ("vfork", "vforks"),
+        ("pthread_create", "threads"),
+    ] {
+        for (i, c) in children[list].as_array().unwrap().iter().enumerate() {
+            let code = if kind == "fork" { 10 + i as u64 } else { 0 };
+            want.push((c.as_u64().unwrap(), format!("\"{kind}\""), code));
+        }
+    }
+    want.sort();
+    assert_eq!(ends, want);
+
     let execs = of(&recs, "keytime", "execve", pid);
     assert_eq!(execs.len(), 1, "{execs:?}");
     assert_eq!(execs[0]["filename"], exec["filename"]);
@@ -121,6 +147,59 @@ fn keytime_lifecycle_is_exact_on_6_1() {
         busy * 100 >= spun * 95,
         "on-CPU {busy} ns over a spin of {spun} ns of CPU"
     );
+}
+
+/// A missing path, then busybox sh's PATH search past two directories
+/// without the program: three ENOENTs from the execve exit tracepoint.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn keytime_failed_execs_on_6_1() {
+    need_root();
+    let Some(g) = guest("6.1") else { return };
+    let (pid, exit) = g.phase("exec_fail");
+    assert_eq!(exit, Some(4));
+    let recs = g.records();
+    let truth = g.truth("exec_fail.truth", "exec_fail");
+    let dirs: Vec<&str> = truth["path"].as_str().unwrap().split(':').collect();
+    let failed: Vec<(String, String)> = of(&recs, "keytime", "execve_failed", pid)
+        .iter()
+        .map(|r| {
+            (
+                r["filename"].as_str().unwrap().into(),
+                r["error"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let enoent = |f: String| (f, "ENOENT".to_string());
+    assert_eq!(
+        failed,
+        vec![
+            enoent(truth["missing"].as_str().unwrap().into()),
+            enoent(format!("{}/proc_image_workload", dirs[0])),
+            enoent(format!("{}/proc_image_workload", dirs[1])),
+        ]
+    );
+    assert_eq!(of(&recs, "keytime", "execve", pid).len(), 2);
+}
+
+/// A workload in a 32 MiB memory cgroup, OOM-killed: its exit says so.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn keytime_oom_kill_on_6_1() {
+    need_root();
+    let Some(g) = guest("6.1") else { return };
+    let (pid, exit) = g.phase("oom");
+    assert_eq!(
+        exit,
+        Some(128 + 9),
+        "the shell's status of a SIGKILLed workload"
+    );
+    let recs = g.records();
+    let exits = of(&recs, "keytime", "exit", pid);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    assert_eq!(exits[0]["signal"], 9, "{exits:?}");
+    assert_eq!(exits[0]["oom_kill"], true, "{exits:?}");
+    assert_eq!(exits[0]["killed_by"]["kernel"], true, "{exits:?}");
 }
 
 /// The syscall records of a `syscalls` workload run: exactly `getppid`

@@ -14,6 +14,56 @@ fn events<'a>(recs: &'a [Value], event: &str, tgid: u64) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The lifecycle workload's `children`: one `child_exit` each, of the right
+/// kind and status (fork children exit 10 + i, the others 0), from `pid`.
+#[track_caller]
+fn check_child_exits(recs: &[Value], pid: u64, children: &Value) {
+    let exits = events(recs, "child_exit", pid);
+    let mut want: Vec<(u64, &str, u64)> = Vec::new();
+    for (i, c) in ids_in_order(&children["forks"]).into_iter().enumerate() {
+        want.push((c, "fork", 10 + i as u64));
+    }
+    for c in ids_in_order(&children["vforks"]) {
+        want.push((c, "vfork", 0));
+    }
+    for c in ids_in_order(&children["threads"]) {
+        want.push((c, "pthread_create", 0));
+    }
+    want.sort();
+    let mut got: Vec<(u64, &str, u64)> = exits
+        .iter()
+        .map(|r| {
+            (
+                u64_of(r, "child_pid"),
+                r["kind"].as_str().unwrap_or("?"),
+                u64_of(r, "exit_code"),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, want, "child_exit records: {exits:?}");
+    for r in &exits {
+        assert_eq!(
+            (r["pid"].as_u64(), r["signal"].as_u64()),
+            (Some(pid), Some(0)),
+            "{r}"
+        );
+        let thread = r["kind"] == "pthread_create";
+        assert_eq!(r["child_tgid"] == pid, thread, "{r}");
+        // each thread sleeps 20 ms before it returns
+        assert!(!thread || u64_of(r, "lifetime_ns") >= 20_000_000, "{r}");
+        assert!(u64_of(r, "lifetime_ns") > 0, "{r}");
+    }
+}
+
+fn ids_in_order(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
 /// PROC_IMAGE_FORCE_COMPAT=1: the older program forms (kernel_btf.rs).
 const COMPAT: &[(&str, &str)] = &[("PROC_IMAGE_FORCE_COMPAT", "1")];
 
@@ -111,6 +161,9 @@ fn lifecycle(env: &[(&str, &str)]) {
         );
         assert_eq!(r["pid"], pid);
     }
+
+    // every child's end, though no fork or vfork child is a target
+    check_child_exits(&recs, pid, &children);
 
     // the exec of a known binary with known argv
     let execs = events(&recs, "execve", pid);
@@ -256,6 +309,8 @@ fn one_thread_only() {
         "only the one thread is traced"
     );
     assert_eq!(events(&recs, "pthread_create", pid).len(), 2);
+    // its fork child and both threads end: none is a target, each is reported
+    check_child_exits(&recs, pid, &w.truth("children"));
     assert!(recs.iter().any(|r| r["event"] == "target_gone"));
 }
 
@@ -336,6 +391,7 @@ fn whole_system_streams_lifecycle_and_summarizes_cpu() {
     let recs = pi.finish();
     assert_eq!(events(&recs, "fork", pid).len(), 2);
     assert_eq!(events(&recs, "vfork", pid).len(), 1);
+    check_child_exits(&recs, pid, &w.truth("children"));
     assert!(
         recs.iter()
             .all(|r| r["event"] != "on_cpu" && r["event"] != "off_cpu"),
@@ -631,10 +687,21 @@ fn io_uring_workers_are_kernel_workers() {
         pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
             && r["pid"] == pid)
     );
+    // the SQPOLL thread ends with the ring, as the process exits
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "child_exit"
+            && r["tgid"] == pid
+            && r["kind"] == "kernel_worker"),
+        "{}",
+        pi.stderr_text()
+    );
     let recs = pi.finish();
     let workers = events(&recs, "kernel_worker", pid);
     assert_eq!(workers.len(), 1, "the SQPOLL thread: {recs:?}");
     assert_eq!(workers[0]["child_tgid"], pid);
+    let ends = events(&recs, "child_exit", pid);
+    assert_eq!(ends.len(), 1, "{ends:?}");
+    assert_eq!(ends[0]["child_pid"], workers[0]["child_pid"]);
     assert!(events(&recs, "pthread_create", pid).is_empty());
 }
 
@@ -731,4 +798,264 @@ fn stretches_in_progress_count_from_the_activation() {
         "the state it slept in at the activation: {r}"
     );
     assert!(u64_of(&r, "ts_ns") >= u64_of(&slept, "end_ns") - 20_000_000);
+}
+
+/// --cgroup: the children of a process in the cgroup, each reported when it ends.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn child_exits_in_a_cgroup() {
+    need_root();
+    let mount = proc_image::sys::cgroup2_mount().expect("a cgroup v2 hierarchy");
+    let rel = format!("pi_test_child_exit_{}", std::process::id());
+    let cg = TestCgroup(mount.join(&rel));
+    std::fs::create_dir_all(&cg.0).expect("create a cgroup");
+    let pi = ProcImage::start("child_exit_cgroup", &["-k"]);
+    let mut w = Workload::start(&[
+        "lifecycle",
+        "--forks",
+        "3",
+        "--vforks",
+        "2",
+        "--threads",
+        "4",
+        "--sleep-ms",
+        "10",
+        "--exit-code",
+        "7",
+    ]);
+    let pid = w.pid() as u64;
+    std::fs::write(cg.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    pi.control_ok(&["-a", "--cgroup", &rel, "-k", "0"]);
+    w.go();
+    assert_eq!(w.wait().code(), Some(7));
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid
+            && r["group_dead"] == true),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    check_child_exits(&recs, pid, &w.truth("children"));
+}
+
+/// A failed exec of a missing path, then `sh -c` whose PATH has two
+/// directories without the program before the right one: three
+/// `execve_failed` ENOENTs, exactly, and the two execs that succeed only as
+/// `execve`.
+fn failed_execs(test: &str, target: &str) {
+    need_root();
+    let pi = ProcImage::start(test, &["-k"]);
+    let mut w = Workload::start(&["exec-fail"]);
+    let pid = w.pid() as u64;
+    match target {
+        "-P" => pi.control_ok(&["-a", "-P", &pid.to_string(), "-k", "0"]),
+        _ => pi.control_ok(&["-a", "-k", "0"]),
+    };
+    w.go();
+    assert_eq!(w.wait().code(), Some(4));
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    let truth = w.truth("exec_fail");
+    let missing = truth["missing"].as_str().unwrap();
+    let _ = std::fs::remove_dir_all(std::path::Path::new(missing).parent().unwrap());
+    assert_eq!(truth["errno"], libc::ENOENT);
+    let dirs: Vec<&str> = truth["path"].as_str().unwrap().split(':').collect();
+
+    let failed = events(&recs, "execve_failed", pid);
+    let got: Vec<(&str, &str, i64)> = failed
+        .iter()
+        .map(|r| {
+            (
+                r["filename"].as_str().unwrap(),
+                r["error"].as_str().unwrap(),
+                r["ret"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let in_dir = |d: &str| format!("{d}/proc_image_workload");
+    let (a, b) = (in_dir(dirs[0]), in_dir(dirs[1]));
+    let want = vec![
+        (missing, "ENOENT", -2),
+        (a.as_str(), "ENOENT", -2),
+        (b.as_str(), "ENOENT", -2),
+    ];
+    assert_eq!(got, want, "{failed:?}");
+    assert_eq!(
+        failed[0]["argv"],
+        serde_json::json!(["no_such_program", "--flag"])
+    );
+    assert_eq!(
+        failed[1]["argv"],
+        serde_json::json!(["proc_image_workload", "exit", "4"])
+    );
+    assert!(failed
+        .iter()
+        .all(|r| r["syscall"] == "execve" && r["pid"] == pid));
+    // the two that succeed: the shell, then the program in the third directory
+    let ok: Vec<&str> = events(&recs, "execve", pid)
+        .iter()
+        .map(|r| r["filename"].as_str().unwrap())
+        .collect();
+    assert_eq!(ok, vec!["/bin/sh".to_string(), in_dir(dirs[2])], "{recs:?}");
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn failed_execs_and_a_path_search_are_counted_exactly() {
+    failed_execs("exec_failed", "-P");
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn failed_execs_in_whole_system_mode() {
+    failed_execs("exec_failed_system", "");
+}
+
+/// `kill -9` from a helper process whose pid is known: every thread's exit
+/// names it, with -P and with -p of a thread that is not the leader.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn a_kill_names_its_sender() {
+    need_root();
+    let pi = ProcImage::start("killed_by", &["-k"]);
+    for per_thread in [false, true] {
+        let mut w = Workload::start(&["sched", "--busy-threads", "1", "--secs", "60"]);
+        let pid = w.pid() as u64;
+        let threads = w.wait_truth("threads", Duration::from_secs(5));
+        let sleeper = threads["sleeper"].as_u64().unwrap();
+        if per_thread {
+            pi.control_ok(&["-a", "-p", &sleeper.to_string(), "-k", "0"]);
+        } else {
+            pi.control_ok(&["-a", "-P", &pid.to_string(), "-k", "0"]);
+        }
+        // a signal it survives, from this test, comes first
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        let mut kill = std::process::Command::new("/usr/bin/kill")
+            .args(["-9", &pid.to_string()])
+            .spawn()
+            .expect("run kill");
+        let killer = kill.id() as u64;
+        assert!(kill.wait().unwrap().success());
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&w.wait()),
+            Some(9)
+        );
+        assert!(
+            pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+                && r["pid"] == sleeper),
+            "{}",
+            pi.stderr_text()
+        );
+        let recs = pi.records();
+        let exits = events(&recs, "exit", pid);
+        // -P: the leader and its two threads; -p: the one thread
+        assert_eq!(exits.len(), if per_thread { 1 } else { 3 }, "{exits:?}");
+        for r in exits {
+            assert_eq!(
+                (r["signal"].as_u64(), r["exit_code"].as_u64()),
+                (Some(9), Some(0)),
+                "{r}"
+            );
+            assert_eq!(
+                r["killed_by"],
+                serde_json::json!({"pid": killer, "tgid": killer, "comm": "kill"}),
+                "{r}"
+            );
+            assert!(r.get("oom_kill").is_none(), "{r}");
+        }
+    }
+    pi.finish();
+}
+
+/// Where the OOM test can limit memory: cgroup v2 with the memory
+/// controller, else cgroup v1's memory hierarchy (hybrid hosts, such as
+/// the one these tests were written on).
+fn memory_cgroup_root() -> Option<(std::path::PathBuf, &'static str)> {
+    if let Some(root) = proc_image::sys::cgroup2_mount() {
+        let on = |f: &str| {
+            std::fs::read_to_string(root.join(f))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "memory"))
+        };
+        if on("cgroup.controllers") && on("cgroup.subtree_control") {
+            return Some((root, "memory.max"));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "memory"))
+        .map(|f| (std::path::PathBuf::from(f[1]), "memory.limit_in_bytes"))
+}
+
+/// A cgroup of this test's own, removed when dropped (after the workload
+/// in it is gone).
+struct TestCgroup(std::path::PathBuf);
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = wait_until(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
+        });
+    }
+}
+
+fn oom_killed(test: &str, env: &[(&str, &str)]) {
+    need_root();
+    let Some((root, limit)) = memory_cgroup_root() else {
+        panic!("no memory cgroup (v2 memory controller or v1 memory hierarchy): the OOM kill cannot be tested");
+    };
+    let pi = start(test, &["-k"], env);
+    let mut w = Workload::start(&["oom"]);
+    let pid = w.pid() as u64;
+    let cg = TestCgroup(root.join(format!("pi_test_{test}_{}", std::process::id())));
+    std::fs::create_dir_all(&cg.0).expect("create a memory cgroup");
+    std::fs::write(cg.0.join(limit), "67108864").expect("limit the cgroup's memory to 64 MiB");
+    // no swap to fall back on (v2; v1 here has none configured)
+    let _ = std::fs::write(cg.0.join("memory.swap.max"), "0");
+    std::fs::write(cg.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-k", "0"]);
+    w.go();
+    let status = w.wait();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the workload was not OOM-killed: {status:?}"
+    );
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid),
+        "{}",
+        pi.stderr_text()
+    );
+    let recs = pi.finish();
+    let exits = events(&recs, "exit", pid);
+    assert_eq!(exits.len(), 1, "{exits:?}");
+    let r = exits[0];
+    assert_eq!(
+        (r["signal"].as_u64(), r["oom_kill"].as_bool()),
+        (Some(9), Some(true)),
+        "{r}"
+    );
+    // the kernel sent it, in the task whose allocation hit the limit: the workload's own
+    assert_eq!(r["killed_by"]["kernel"], true, "{r}");
+    assert_eq!(r["killed_by"]["tgid"], pid, "{r}");
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn an_oom_kill_is_said() {
+    oom_killed("oom", &[]);
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn an_oom_kill_is_said_with_the_older_program_forms() {
+    oom_killed("oom_compat", COMPAT);
 }

@@ -105,7 +105,15 @@ fn trace_of_a_known_workload() {
     let exec = w.truth("exec");
 
     // the lifecycle instants are exactly the records' lifecycle events...
-    let lifecycle = ["fork", "vfork", "pthread_create", "execve", "exit"];
+    let lifecycle = [
+        "fork",
+        "vfork",
+        "pthread_create",
+        "execve",
+        "execve_failed",
+        "exit",
+        "child_exit",
+    ];
     let mut from_trace: Vec<(String, u64, u64, u64)> = events
         .iter()
         .filter(|e| e["ph"] == "i" && e["cat"] == "lifecycle")

@@ -48,6 +48,8 @@ pub struct Keytime {
     exit_newer: bool,
     /// the task pass has bpf_loop for the idle tasks (5.17+)
     pass_newer: bool,
+    /// oom:mark_victim passes the task (else exits read signal->oom_mm)
+    oom_newer: bool,
     links: Vec<Link>,
     /// the activation's target, as userspace last knew it
     target: Option<Target>,
@@ -81,17 +83,23 @@ impl Keytime {
             older: "handle__iter_task_compat",
             use_newer: features.bpf_loop,
         };
+        let oom = Variant {
+            newer: "handle__mark_victim",
+            older: "handle__mark_victim_compat",
+            use_newer: features.mark_victim_task,
+        };
         let skel = load_skel_variants(
             KeytimeSkelBuilder::default(),
             NAME,
             opts.ringbuf_bytes,
-            &[switch, exit, pass],
+            &[switch, exit, pass, oom],
         )?;
         Ok(Keytime {
             skel,
             switch_newer: switch.use_newer,
             exit_newer: exit.use_newer,
             pass_newer: pass.use_newer,
+            oom_newer: oom.use_newer,
             links: Vec::new(),
             target: None,
             summarizing: false,
@@ -239,6 +247,8 @@ impl Collector for Keytime {
                 .try_into()
                 .unwrap_or(u32::MAX),
             closing_open: 0,
+            oom_from_mm: u32::from(!self.oom_newer),
+            _pad: 0,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         self.target = Some(act.target);
@@ -265,7 +275,16 @@ impl Collector for Keytime {
                     &p.handle__sched_process_exit_compat
                 },
             ),
+            ("keytime/signal_generate", &p.handle__signal_generate),
+            ("keytime/sys_enter_execve", &p.handle__sys_enter_execve),
+            ("keytime/sys_exit_execve", &p.handle__sys_exit_execve),
+            ("keytime/sys_enter_execveat", &p.handle__sys_enter_execveat),
+            ("keytime/sys_exit_execveat", &p.handle__sys_exit_execveat),
         ];
+        // the older mark_victim names no task: exits read signal->oom_mm instead
+        if self.oom_newer {
+            progs.push(("keytime/mark_victim", &p.handle__mark_victim));
+        }
         // level 0 asks for lifecycle points only: leave sched_switch unhooked
         let switches = act.keytime_level >= KEYTIME_LEVEL_ALL;
         if switches {

@@ -59,7 +59,7 @@ impl Fam {
             help,
         };
         match self {
-            Fam::LifecycleEvents => d("lifecycle_events", None, Counter, "fork, vfork, pthread_create, execve and exit events, by thread (pid = the thread that made the call or exited)"),
+            Fam::LifecycleEvents => d("lifecycle_events", None, Counter, "fork, vfork, pthread_create, execve, execve_failed, exit and child_exit events, by thread (pid = the thread that made the call or exited; for child_exit, the child's creator)"),
             Fam::OnCpu => d("on_cpu", Some(Unit::Seconds), Counter, "Time on CPU, by thread"),
             Fam::OffCpu => d("off_cpu", Some(Unit::Seconds), Counter, "Time off CPU, by thread and reason"),
             Fam::ThreadSyscalls => d("thread_syscalls", None, Counter, "System calls, by thread"),

@@ -120,6 +120,14 @@
 //!       waits for a line on stdin, then sets up an io_uring with a
 //!       submission-queue polling thread (a thread the kernel makes for the
 //!       process), prints whether it could, and exits after 300 ms
+//!   proc_image_workload exec-fail
+//!       waits for a line on stdin, execve()s a path that does not exist
+//!       (ENOENT), then execs `/bin/sh -c 'exec proc_image_workload exit 4'`
+//!       with PATH = two empty directories, then this binary's: a shell's
+//!       PATH search (dash tries each directory: two more ENOENTs)
+//!   proc_image_workload oom
+//!       waits for a line on stdin, then allocates and touches memory 1 MiB
+//!       at a time (up to 8 GiB): run it in a memory-limited cgroup
 //!   proc_image_workload noop-hooks syscalls|sched|resource|keytime
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup, or keytime's hooks) until stdin closes:
@@ -222,6 +230,8 @@ fn main() {
         "exit-group" => exit_group(num("--threads", 4)),
         "exec-thread" => exec_thread(),
         "io-uring" => io_uring(),
+        "exec-fail" => exec_fail(),
+        "oom" => oom(),
         "lock-anchors-go" => lock_anchors_go(num("--pairs", 100)),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "ref-hooks" => ref_hooks(args.get(1).map(String::as_str).unwrap_or("")),
@@ -2013,4 +2023,64 @@ fn sched_classes(secs: u64, cpu: u64) {
     let mut byte = 0u8;
     // SAFETY: as above
     unsafe { libc::read(park_rd, (&mut byte as *mut u8).cast(), 1) };
+}
+
+/// Failed execs of known paths, then a shell's PATH search that succeeds.
+fn exec_fail() {
+    use std::ffi::CString;
+    wait_go();
+    let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
+    let bin_dir = exe.parent().unwrap_or_else(|| die("exe has no directory"));
+    let base = std::env::temp_dir().join(format!("pi_exec_fail_{}", std::process::id()));
+    let dirs = [base.join("a"), base.join("b")];
+    for d in &dirs {
+        std::fs::create_dir_all(d).unwrap_or_else(|e| die(&format!("mkdir: {e}")));
+    }
+    let missing = base.join("no_such_program");
+    let cstr = |s: &str| CString::new(s).unwrap();
+    let exec = |path: &CString, argv: &[CString], env: &[CString]| -> i32 {
+        let mut av: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        av.push(std::ptr::null());
+        let mut ev: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
+        ev.push(std::ptr::null());
+        // SAFETY: NUL-terminated strings and arrays that outlive the call
+        unsafe { libc::execve(path.as_ptr(), av.as_ptr(), ev.as_ptr()) };
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    };
+    let missing_s = missing.to_string_lossy().into_owned();
+    let errno = exec(
+        &cstr(&missing_s),
+        &[cstr("no_such_program"), cstr("--flag")],
+        &[],
+    );
+    let path = format!(
+        "{}:{}:{}",
+        dirs[0].display(),
+        dirs[1].display(),
+        bin_dir.display()
+    );
+    let script = "exec proc_image_workload exit 4";
+    say(
+        json!({"event": "exec_fail", "missing": missing_s, "errno": errno,
+               "path": path, "script": script}),
+    );
+    let _ = std::fs::remove_dir_all(&base);
+    let err = exec(
+        &cstr("/bin/sh"),
+        &[cstr("sh"), cstr("-c"), cstr(script)],
+        &[cstr(&format!("PATH={path}"))],
+    );
+    die(&format!("exec /bin/sh: errno {err}"));
+}
+
+/// Allocate and touch memory until the OOM killer ends it.
+fn oom() {
+    say(json!({"event": "ready", "pid": std::process::id()}));
+    wait_go();
+    let mut hog: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..8192 {
+        hog.push(vec![1u8; 1 << 20]);
+        std::hint::black_box(&hog);
+    }
+    say(json!({"event": "survived"}));
 }

@@ -8,10 +8,11 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::bpf_intf::{
-    c_str, decode, event_hdr, keytime_clone_event, keytime_cpu_event, keytime_exec_event,
-    keytime_exit_event, keytime_summary, keytime_summary_key, KEYTIME_EXECVE, KEYTIME_EXIT,
-    KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE,
-    KEYTIME_VFORK, OFFCPU_REASON_COUNT,
+    c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_cpu_event,
+    keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
+    keytime_summary_key, KEYTIME_ARGS_LEN, KEYTIME_CHILD_EXIT, KEYTIME_EXECVE, KEYTIME_EXEC_FAILED,
+    KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_OFF_CPU, KEYTIME_ON_CPU,
+    KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
 use crate::kallsyms::Kallsyms;
 use crate::record::families::{with_label, Fam};
@@ -41,16 +42,7 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
         }
         KEYTIME_EXECVE => {
             let e = decode::<keytime_exec_event>(data)?;
-            let args = &e.args[..(e.args_len as usize).min(e.args.len())];
-            let argv: Vec<String> = args
-                .split(|&b| b == 0)
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>();
-            // the area ends with a NUL, which leaves one empty piece
-            let argv = match argv.split_last() {
-                Some((last, rest)) if last.is_empty() => rest.to_vec(),
-                _ => argv,
-            };
+            let argv = argv_of(&e.args[..(e.args_len as usize).min(e.args.len())]);
             Event::Execve(Exec {
                 filename: c_str(&e.filename),
                 argv,
@@ -68,7 +60,15 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
                 signal_name: (signal != 0).then(|| signal_name(signal)),
                 core_dumped: status & 0x80 != 0,
                 group_dead: e.group_dead != 0,
+                killed_by: killer_of(e),
+                oom_kill: e.oom_kill != 0,
             })
+        }
+        KEYTIME_CHILD_EXIT => {
+            Event::ChildExit(ChildExit::of(decode::<keytime_child_exit_event>(data)?))
+        }
+        KEYTIME_EXEC_FAILED => {
+            Event::ExecveFailed(ExecFailed::of(decode::<keytime_exec_failed_event>(data)?))
         }
         KEYTIME_ON_CPU => {
             let e = decode::<keytime_cpu_event>(data)?;
@@ -98,6 +98,134 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
         other => return Err(anyhow!("unknown keytime record kind {other}")),
     };
     Ok(task_record(hdr, event))
+}
+
+/// NUL-separated strings as a list.
+fn argv_of(args: &[u8]) -> Vec<String> {
+    let argv: Vec<String> = args
+        .split(|&b| b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect::<Vec<_>>();
+    // the area ends with a NUL, which leaves one empty piece
+    match argv.split_last() {
+        Some((last, rest)) if last.is_empty() => rest.to_vec(),
+        _ => argv,
+    }
+}
+
+/// The task a fatal signal was generated in.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Killer {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    /// the kernel raised it (a fault, the OOM killer): `pid` is the task it ran for
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kernel: bool,
+}
+
+/// The sender of the signal an `exit` died of, when its sending was seen.
+fn killer_of(e: &keytime_exit_event) -> Option<Killer> {
+    (e.killed != 0).then(|| Killer {
+        pid: e.killer_pid,
+        tgid: e.killer_tgid,
+        comm: c_str(&e.killer_comm),
+        kernel: e.killer_kernel != 0,
+    })
+}
+
+/// `child_exit`: a thread or process a target created has ended (the
+/// record's pid/tgid/comm are its creator's, as at the creation).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChildExit {
+    pub child_pid: u32,
+    pub child_tgid: u32,
+    pub child_comm: String,
+    /// fork, vfork, pthread_create or kernel_worker
+    pub kind: &'static str,
+    pub lifetime_ns: u64,
+    pub exit_code: u32,
+    pub signal: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core_dumped: Option<bool>,
+}
+
+impl ChildExit {
+    fn of(e: &keytime_child_exit_event) -> Self {
+        ChildExit {
+            child_pid: e.child_pid,
+            child_tgid: e.child_tgid,
+            child_comm: c_str(&e.child_comm),
+            kind: match u32::from(e.kind) {
+                KEYTIME_FORK => "fork",
+                KEYTIME_VFORK => "vfork",
+                KEYTIME_KERNEL_WORKER => "kernel_worker",
+                _ => "pthread_create",
+            },
+            lifetime_ns: e.lifetime_ns,
+            exit_code: (e.exit_code >> 8) & 0xff,
+            signal: e.exit_code & 0x7f,
+            core_dumped: (e.exit_code & 0x80 != 0).then_some(true),
+        }
+    }
+}
+
+/// `execve_failed`: an execve / execveat of a target that returned an error.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ExecFailed {
+    /// execve or execveat
+    pub syscall: &'static str,
+    pub filename: String,
+    pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv_truncated: Option<bool>,
+    pub ret: i32,
+    pub error: String,
+}
+
+impl ExecFailed {
+    fn of(e: &keytime_exec_failed_event) -> Self {
+        let len = (e.args_len as usize).min(KEYTIME_ARGS_LEN as usize);
+        ExecFailed {
+            syscall: if e.execveat != 0 {
+                "execveat"
+            } else {
+                "execve"
+            },
+            filename: c_str(&e.filename),
+            argv: argv_of(&e.args[..len]),
+            argv_truncated: (e.args_truncated != 0).then_some(true),
+            ret: e.ret,
+            error: exec_errno_name(-e.ret),
+        }
+    }
+}
+
+/// The name of an errno execve(2) returns.
+fn exec_errno_name(e: i32) -> String {
+    let name = match e {
+        libc::ENOENT => "ENOENT",
+        libc::EACCES => "EACCES",
+        libc::ENOEXEC => "ENOEXEC",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::E2BIG => "E2BIG",
+        libc::ENOMEM => "ENOMEM",
+        libc::EFAULT => "EFAULT",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EPERM => "EPERM",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::EIO => "EIO",
+        libc::ELIBBAD => "ELIBBAD",
+        libc::EAGAIN => "EAGAIN",
+        libc::EBADF => "EBADF",
+        other => return format!("errno {other}"),
+    };
+    name.into()
 }
 
 pub(super) fn summary_record(
@@ -146,7 +274,11 @@ pub enum Event {
     /// io_uring and vhost workers the target started
     KernelWorker(Child),
     Execve(Exec),
+    /// an execve / execveat that returned an error
+    ExecveFailed(ExecFailed),
     Exit(Exit),
+    /// a thread or process the target created has ended
+    ChildExit(ChildExit),
     /// one on-CPU stretch, just ended
     OnCpu(OnCpu),
     /// one off-CPU stretch, just ended
@@ -186,6 +318,12 @@ pub struct Exit {
     pub core_dumped: bool,
     /// the last thread of its group
     pub group_dead: bool,
+    /// ended by a signal whose sending was seen: who sent it
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<Killer>,
+    /// the OOM killer chose its process
+    #[serde(skip_serializing_if = "is_false")]
+    pub oom_kill: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -261,7 +399,9 @@ impl record::Event for Event {
             Event::PthreadCreate(_) => "pthread_create",
             Event::KernelWorker(_) => "kernel_worker",
             Event::Execve(_) => "execve",
+            Event::ExecveFailed(_) => "execve_failed",
             Event::Exit(_) => "exit",
+            Event::ChildExit(_) => "child_exit",
             Event::OnCpu(_) => "on_cpu",
             Event::OffCpu(_) => "off_cpu",
             Event::CpuSummary(_) => "cpu_summary",
@@ -275,7 +415,9 @@ impl record::Event for Event {
             | Event::Vfork(_)
             | Event::PthreadCreate(_)
             | Event::Execve(_)
-            | Event::Exit(_) => {
+            | Event::ExecveFailed(_)
+            | Event::Exit(_)
+            | Event::ChildExit(_) => {
                 let labels = m.thread(1_000_000);
                 m.add(
                     Fam::LifecycleEvents,
@@ -332,8 +474,23 @@ impl record::Event for Event {
                     args["signal_name"] = name.as_str().into();
                 }
                 args["group_dead"] = e.group_dead.into();
+                if let Some(k) = &e.killed_by {
+                    args["killed_by"] = json!(k);
+                }
+                if e.oom_kill {
+                    args["oom_kill"] = true.into();
+                }
                 t.instant(rec, args)
             }
+            Event::ExecveFailed(e) => t.instant(
+                rec,
+                json!({"filename": e.filename, "argv": e.argv, "error": e.error}),
+            ),
+            Event::ChildExit(c) => t.instant(
+                rec,
+                json!({"child_pid": c.child_pid, "child_comm": c.child_comm, "kind": c.kind,
+                       "lifetime_ns": c.lifetime_ns, "exit_code": c.exit_code, "signal": c.signal}),
+            ),
             Event::OnCpu(e) => t.slice(rec, "on-CPU", e.duration_ns, &json!({"cpu": e.cpu})),
             Event::OffCpu(e) => {
                 let mut args = json!({"cpu": e.cpu, "reason": e.reason});
@@ -449,7 +606,7 @@ mod tests {
             hdr: hdr(KEYTIME_EXIT),
             exit_code: 7 << 8,
             group_dead: 1,
-            _pad: [0; 3],
+            ..Default::default()
         };
         let r = decode_record(&bytes(&x), &OnceCell::new()).unwrap();
         assert_eq!(
@@ -463,6 +620,74 @@ mod tests {
             (Some(Value::from(0)), Some(Value::from(9)))
         );
         assert_eq!(r.get("signal_name"), Some(Value::from("Killed")));
+        assert_eq!((r.get("killed_by"), r.get("oom_kill")), (None, None));
+
+        // killed by a known sender, chosen by the OOM killer
+        let mut oom = keytime_exit_event {
+            killed: 1,
+            killer_kernel: 1,
+            killer_pid: 30,
+            killer_tgid: 29,
+            oom_kill: 1,
+            ..killed
+        };
+        oom.killer_comm[..3].copy_from_slice(b"hog");
+        let r = decode_record(&bytes(&oom), &OnceCell::new()).unwrap();
+        assert_eq!(
+            r.get("killed_by"),
+            Some(serde_json::json!({"pid": 30, "tgid": 29, "comm": "hog", "kernel": true}))
+        );
+        assert_eq!(r.get("oom_kill"), Some(Value::from(true)));
+    }
+
+    #[test]
+    fn child_exit_and_failed_exec() {
+        let mut c = keytime_child_exit_event {
+            hdr: hdr(KEYTIME_CHILD_EXIT),
+            lifetime_ns: 1234,
+            child_pid: 20,
+            child_tgid: 20,
+            exit_code: 11 << 8,
+            kind: KEYTIME_VFORK as u8,
+            ..Default::default()
+        };
+        c.child_comm[..2].copy_from_slice(b"sh");
+        let r = decode_record(&bytes(&c), &OnceCell::new()).unwrap();
+        assert_eq!(
+            (r.event(), r.pid, r.comm.as_str()),
+            ("child_exit", 11, "work")
+        );
+        assert_eq!(
+            r.to_json(),
+            serde_json::json!({"ts_ns": 42, "collector": "keytime", "pid": 11, "tgid": 10,
+                "comm": "work", "event": "child_exit", "child_pid": 20, "child_tgid": 20,
+                "child_comm": "sh", "kind": "vfork", "lifetime_ns": 1234, "exit_code": 11,
+                "signal": 0})
+        );
+
+        let mut f = keytime_exec_failed_event {
+            hdr: hdr(KEYTIME_EXEC_FAILED),
+            ret: -libc::ENOENT,
+            ..Default::default()
+        };
+        f.filename[..7].copy_from_slice(b"/no/cmd");
+        let args = b"cmd\0-v\0";
+        f.args[..args.len()].copy_from_slice(args);
+        f.args_len = args.len() as u32;
+        let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
+        assert_eq!(r.event(), "execve_failed");
+        assert_eq!(r.get("syscall"), Some(Value::from("execve")));
+        assert_eq!(r.get("filename"), Some(Value::from("/no/cmd")));
+        assert_eq!(r.get("argv"), Some(serde_json::json!(["cmd", "-v"])));
+        assert_eq!(
+            (r.get("ret"), r.get("error")),
+            (Some(Value::from(-2)), Some(Value::from("ENOENT")))
+        );
+        // args_len past the buffer's reported part is cut, not trusted
+        f.args_len = u32::MAX;
+        f.execveat = 1;
+        let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
+        assert_eq!(r.get("syscall"), Some(Value::from("execveat")));
     }
 
     #[test]

@@ -1548,8 +1548,8 @@ fn lock_anchors_go(pairs: u64) {
         libc::pthread_mutex_lock(l.mutex.get());
         tx.send(gettid()).unwrap();
         // long enough for proc_image to move the probes and let the
-        // first two sets go (~85 ms per uprobe)
-        std::thread::sleep(Duration::from_secs(2));
+        // first two sets go (~85 ms per uprobe; seconds on a loaded host)
+        std::thread::sleep(Duration::from_secs(5));
         libc::pthread_mutex_unlock(l.mutex.get());
     });
     let holder = rx.recv().unwrap();

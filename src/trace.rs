@@ -134,6 +134,37 @@ impl TraceWriter {
         }
     }
 
+    /// A timestamp no earlier than the last one of track `key`.
+    fn in_order(&mut self, tgid: u32, key: String, ts: u64) -> u64 {
+        let last = self.last_ts.entry((tgid, key)).or_insert(0);
+        *last = (*last).max(ts);
+        *last
+    }
+
+    /// Turn one record into trace events.
+    pub fn add(&mut self, rec: &Record) {
+        // records without a task (the tool's own, per-target figures) have no comm
+        self.name_track(rec.tgid, rec.pid, &rec.comm);
+        rec.body.trace(rec, self);
+    }
+
+    /// Close the array and flush; later calls do nothing.
+    pub fn close(&mut self) -> Result<()> {
+        if self.out.is_none() {
+            return Ok(());
+        }
+        self.write_raw("\n]\n");
+        let mut out = self.out.take().expect("checked above");
+        let flushed = out.flush();
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => flushed,
+        }
+        .with_context(|| format!("--trace-out: write {}", self.path.display()))
+    }
+}
+
+impl TraceOut for TraceWriter {
     /// A slice [end - dur, end] on the thread's track, clipped so it starts
     /// no earlier than the previous slice ended.
     fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: &Value) {
@@ -206,13 +237,6 @@ impl TraceWriter {
     /// Name a thread's track seen only as another's partner (a waker).
     fn name_thread(&mut self, tgid: u32, pid: u32, comm: &str) {
         self.name_track(tgid, pid, comm);
-    }
-
-    /// A timestamp no earlier than the last one of track `key`.
-    fn in_order(&mut self, tgid: u32, key: String, ts: u64) -> u64 {
-        let last = self.last_ts.entry((tgid, key)).or_insert(0);
-        *last = (*last).max(ts);
-        *last
     }
 
     /// A thread-scoped instant named by the record's event.
@@ -303,84 +327,6 @@ impl TraceWriter {
             json!({"ph": "i", "s": "g", "cat": "proc_image", "name": "records lost",
                           "pid": 0, "tid": 0, "ts": us(ts), "args": args}),
         );
-    }
-
-    /// Turn one record into trace events.
-    pub fn add(&mut self, rec: &Record) {
-        // records without a task (the tool's own, per-target figures) have no comm
-        self.name_track(rec.tgid, rec.pid, &rec.comm);
-        rec.body.trace(rec, self);
-    }
-
-    /// Close the array and flush; later calls do nothing.
-    pub fn close(&mut self) -> Result<()> {
-        if self.out.is_none() {
-            return Ok(());
-        }
-        self.write_raw("\n]\n");
-        let mut out = self.out.take().expect("checked above");
-        let flushed = out.flush();
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => flushed,
-        }
-        .with_context(|| format!("--trace-out: write {}", self.path.display()))
-    }
-}
-
-impl TraceOut for TraceWriter {
-    fn slice(&mut self, rec: &Record, name: &str, dur_ns: u64, args: &Value) {
-        TraceWriter::slice(self, rec, name, dur_ns, args)
-    }
-
-    fn instant(&mut self, rec: &Record, args: Value) {
-        TraceWriter::instant(self, rec, args)
-    }
-
-    fn counter(&mut self, tgid: u32, name: &str, ts_ns: u64, args: Value) {
-        TraceWriter::counter(self, tgid, name, ts_ns, args)
-    }
-
-    fn async_slice(
-        &mut self,
-        rec: &Record,
-        cat: &str,
-        name: &str,
-        start: u64,
-        end: u64,
-        args: &Value,
-    ) {
-        TraceWriter::async_slice(self, rec, cat, name, start, end, args)
-    }
-
-    fn syscalls(&mut self, rec: &Record, names: &[String], spans: &[[u64; 2]]) {
-        TraceWriter::syscalls(self, rec, names, spans)
-    }
-
-    fn lost(&mut self, rec: &Record, args: Value) {
-        TraceWriter::lost(self, rec, args)
-    }
-
-    fn slice_between(
-        &mut self,
-        thread: (u32, u32),
-        name: &str,
-        span: (u64, u64),
-        args: &Value,
-    ) -> bool {
-        TraceWriter::slice_between(self, thread, name, span, args)
-    }
-
-    fn flow(&mut self, ph: &str, id: u64, thread: (u32, u32), name: &str, ts_ns: u64) {
-        TraceWriter::flow(self, ph, id, thread, name, ts_ns)
-    }
-
-    fn next_id(&mut self) -> u64 {
-        TraceWriter::next_id(self)
-    }
-
-    fn name_thread(&mut self, tgid: u32, pid: u32, comm: &str) {
-        TraceWriter::name_thread(self, tgid, pid, comm)
     }
 }
 

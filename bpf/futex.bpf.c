@@ -12,8 +12,8 @@
  *
  * Who woke a waiter: sched_waking runs in the waker's context. It counts
  * only when the waker is inside a futex wake syscall of its own (a flag in
- * its task storage between that syscall's entry and exit), the woken task
- * inside a futex wait, and the wakeup does not come from an interrupt,
+ * its task storage between that syscall's entry and exit) for the futex the
+ * woken task waits on, and the wakeup does not come from an interrupt,
  * where `current` is whatever it interrupted (a timeout's hrtimer).
  *
  * Per-interval figures go into the slot of the interval's parity (futex_addr_key
@@ -456,6 +456,13 @@ int BPF_PROG(handle__sched_waking, struct task_struct *p)
 		return 0;
 	t = bpf_task_storage_get(&tasks, p, 0, 0);
 	if (!t || !t->in_wait || !t->of_target || t->generation != cfg.target.generation)
+		return 0;
+	/*
+	 * The wake is for the futex the woken thread waits on (futex_waitv
+	 * waits on several: not checked). An interrupt's wakeup that came in
+	 * while `current` was inside a wake of another futex is not this wake.
+	 */
+	if (!t->waitv && t->uaddr != w->uaddr && t->uaddr != w->uaddr2)
 		return 0;
 	t->waker_pid = cur->pid;
 	t->waker_tgid = cur->tgid;

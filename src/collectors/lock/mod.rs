@@ -896,6 +896,36 @@ mod tests {
     }
 
     #[test]
+    fn a_lock_summary_says_its_type_once_then_its_figures() {
+        let figures = LockSummary {
+            lock_type: "mutex",
+            acquisitions: 4,
+            hold_max_ns: 9,
+            ..Default::default()
+        };
+        let r = summary_record(1, 2, 3, 0x10, &figures);
+        let keys: Vec<String> = r.details().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "lock_type",
+                "lock_addr",
+                "interval_ns",
+                "acquisitions",
+                "contended",
+                "failed",
+                "unmatched_releases",
+                "wait_total_ns",
+                "wait_max_ns",
+                "hold_total_ns",
+                "hold_max_ns"
+            ]
+        );
+        assert_eq!(r.get("lock_addr"), Some(serde_json::json!("0x10")));
+        assert_eq!(r.get("hold_max_ns"), Some(serde_json::json!(9)));
+    }
+
+    #[test]
     fn an_exiting_thread_is_not_live() {
         let stat = |state: &str, flags: u64| {
             format!("12 (a (b) c) {state} 1 12 12 0 -1 {flags} 0 0 0 0 0 0")

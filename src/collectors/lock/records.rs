@@ -40,9 +40,11 @@ pub fn errno_name(e: i32) -> String {
     }
 }
 
-/// One lock's figures over an interval.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One lock's figures over an interval (its type is said once, by the
+/// `lock_summary` record that carries them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LockSummary {
+    #[serde(skip)]
     pub lock_type: &'static str,
     pub acquisitions: u64,
     /// attempts that found the lock held: acquisitions that had to wait for
@@ -152,14 +154,7 @@ pub(super) fn summary_record(
         lock_type: s.lock_type,
         lock_addr: addr,
         interval_ns,
-        acquisitions: s.acquisitions,
-        contended: s.contended,
-        failed: s.failed,
-        unmatched_releases: s.unmatched_releases,
-        wait_total_ns: s.wait_total_ns,
-        wait_max_ns: s.wait_max_ns,
-        hold_total_ns: s.hold_total_ns,
-        hold_max_ns: s.hold_max_ns,
+        figures: s.clone(),
     };
     Record::new(now, Event::LockSummary(summary)).task(0, tgid, "")
 }
@@ -226,14 +221,8 @@ pub struct Summary {
     #[serde(serialize_with = "hex")]
     pub lock_addr: u64,
     pub interval_ns: u64,
-    pub acquisitions: u64,
-    pub contended: u64,
-    pub failed: u64,
-    pub unmatched_releases: u64,
-    pub wait_total_ns: u64,
-    pub wait_max_ns: u64,
-    pub hold_total_ns: u64,
-    pub hold_max_ns: u64,
+    #[serde(flatten)]
+    pub figures: LockSummary,
 }
 
 impl record::Event for Event {

@@ -168,6 +168,10 @@ pub struct ControllerArgs {
     /// (the per-address summaries count every wait) [default: 0]
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
     pub futex_min_us: Option<u32>,
+    /// keytime -k 2: off-CPU stacks only for stretches of at least US
+    /// microseconds [default: 1000]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
+    pub stack_min_us: Option<u32>,
     /// Reporting interval in milliseconds (default: proc_image's --interval)
     #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub interval: Option<u32>,
@@ -198,6 +202,9 @@ impl ControllerArgs {
                 "error: --futex-min-us goes with -M (or a bare -a, which activates futex too) (see --help)"
                     .into(),
             );
+        }
+        if self.stack_min_us.is_some() && self.value_of(CollectorKind::Keytime) != Some(2) {
+            return Err("error: --stack-min-us goes with -k 2 (see --help)".into());
         }
         if !self.activate && !self.deactivate && !self.collectors().is_empty() {
             return Err("error: the collector flags go only with -a or -d (see --help)".into());

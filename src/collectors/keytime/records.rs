@@ -7,6 +7,7 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 use serde_json::json;
 
+use super::stacks::{kernel_frames, Frame, UserSyms};
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_cpu_event,
     keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
@@ -14,6 +15,7 @@ use crate::bpf_intf::{
     KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_OFF_CPU, KEYTIME_ON_CPU,
     KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
+use crate::bpf_intf::{keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, OFFCPU_PREEMPTED};
 use crate::kallsyms::Kallsyms;
 use crate::record::families::{with_label, Fam};
 use crate::record::{self, hex, write_json_of, MetricsOut, Record, TraceOut};
@@ -24,6 +26,16 @@ fn task_record(hdr: &event_hdr, event: Event) -> Record {
 }
 
 pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
+    decode_record_with(data, ksyms, None)
+}
+
+/// `decode_record`, naming level 2's user frames with `users` (without
+/// it they stay addresses).
+pub fn decode_record_with(
+    data: &[u8],
+    ksyms: &OnceCell<Kallsyms>,
+    users: Option<&UserSyms>,
+) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;
     let event = match u32::from(hdr.kind) {
         kind @ (KEYTIME_FORK | KEYTIME_VFORK | KEYTIME_PTHREAD_CREATE | KEYTIME_KERNEL_WORKER) => {
@@ -93,6 +105,36 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
                 reason: reason_name(reason),
                 blocked_in,
                 prev_state: e.prev_state.into(),
+                stack: None,
+            })
+        }
+        KEYTIME_OFF_CPU_STACK => {
+            let e = decode::<keytime_offcpu_stack_event>(data)?;
+            let kframes = (e.kstack_len as usize / 8).min(e.kstack.len());
+            let uframes = (e.ustack_len as usize / 8).min(e.ustack.len());
+            let ks = ksyms.get_or_init(Kallsyms::load);
+            // blocked_in as at level 1: not for preemptions, from 50 us
+            let (blocked_in, reason) = if kframes > 0
+                && e.reason != OFFCPU_PREEMPTED
+                && e.duration_ns >= super::STACK_MIN_NS
+            {
+                ks.explain(&e.kstack[..kframes], e.reason)
+            } else {
+                (None, e.reason)
+            };
+            let mut stack = kernel_frames(ks, &e.kstack[..kframes]);
+            let user = &e.ustack[..uframes];
+            match users {
+                Some(u) => stack.extend(u.frames(hdr.tgid, user)),
+                None => stack.extend(user.iter().map(|&a| Frame::unknown(a, ""))),
+            }
+            Event::OffCpu(OffCpu {
+                cpu: hdr.cpu,
+                duration_ns: e.duration_ns,
+                reason: reason_name(reason),
+                blocked_in,
+                prev_state: e.prev_state.into(),
+                stack: Some(stack),
             })
         }
         other => return Err(anyhow!("unknown keytime record kind {other}")),
@@ -343,6 +385,10 @@ pub struct OffCpu {
     /// the raw task state it left with
     #[serde(serialize_with = "hex")]
     pub prev_state: u64,
+    /// level 2, stretches from --stack-min-us: kernel then user frames,
+    /// innermost first
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Vec<Frame>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -98,6 +98,9 @@ fn open_sinks(args: &ProcImageArgs) -> Result<Vec<Box<dyn Sink>>> {
     if let Some(path) = &args.trace_out {
         sinks.push(Box::new(crate::trace::TraceWriter::create(path)?));
     }
+    if let Some(path) = &args.folded {
+        sinks.push(Box::new(crate::folded::FoldedWriter::create(path)?));
+    }
     Ok(sinks)
 }
 

@@ -66,6 +66,11 @@ pub struct ProcImageArgs {
     /// Write the trace as Chrome Trace Event JSON to FILE (ui.perfetto.dev, chrome://tracing)
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
+    /// Write keytime -k 2's off-CPU stacks in folded form to FILE
+    /// (flamegraph.pl, inferno, speedscope), weighted by off-CPU ns: when
+    /// keytime is deactivated and when proc_image ends
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
     /// Count each BPF program's runs and run time (the kernel's BPF stats,
     /// on while proc_image runs): in controller --status, the exit summary
     /// and the metrics proc_image_bpf_runs_total and

@@ -48,7 +48,13 @@ fn first_user(r: &Value) -> Option<(&str, &str)> {
 
 /// Run the workload for `secs` under keytime with these controller flags.
 fn run(test: &str, secs: &str, flags: &[&str]) -> (Vec<Value>, Workload) {
-    let pi = ProcImage::start(test, &["-k"]);
+    let (pi, w) = run_with(test, &["-k"], secs, flags);
+    (pi.finish(), w)
+}
+
+/// `run`, with these proc_image arguments, leaving proc_image running.
+fn run_with(test: &str, pi_args: &[&str], secs: &str, flags: &[&str]) -> (ProcImage, Workload) {
+    let pi = ProcImage::start(test, pi_args);
     let mut w = Workload::start(&["offcpu", "--secs", secs]);
     w.wait_truth("ready", Duration::from_secs(10));
     let pid = w.pid().to_string();
@@ -62,13 +68,30 @@ fn run(test: &str, secs: &str, flags: &[&str]) -> (Vec<Value>, Workload) {
     pi.wait_for(Duration::from_secs(20), |r| {
         r["event"] == "exit" && r["tgid"] == tgid && r["group_dead"] == true
     });
-    (pi.finish(), w)
+    (pi, w)
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn level2_stacks_name_where_threads_block() {
     need_root();
-    let (recs, w) = run("offcpu_level2", "4", &["-k", "2"]);
+    let dir = std::env::temp_dir().join("proc_image_offcpu_level2");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let folded = dir.join("off.folded");
+    let folded_arg = folded.to_str().unwrap();
+    let (pi, w) = run_with(
+        "offcpu_level2",
+        &["-k", "--folded", folded_arg],
+        "4",
+        &["-k", "2"],
+    );
+    // the target's exit ended the activation: the file is written already
+    let written = wait_until(Duration::from_secs(10), || {
+        std::fs::metadata(&folded).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(written, "--folded not written at the deactivation");
+    let recs = pi.finish();
     let sleeper = u64_of(&w.truth("sleeper"), "tid");
     let reader = u64_of(&w.truth("reader"), "tid");
     let slept = u64_of(&w.truth("slept"), "count");
@@ -122,9 +145,86 @@ fn level2_stacks_name_where_threads_block() {
             assert!(!f["fn"].as_str().unwrap().is_empty(), "{r}");
         }
     }
+
+    // --folded: the same stacks, root first, weighted by their off-CPU ns
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(&folded).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&folded).unwrap();
+    let lines: Vec<(&str, u64)> = text
+        .lines()
+        .map(|l| {
+            let (stack, ns) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l:?}"));
+            (stack, ns.parse().unwrap_or_else(|_| panic!("{l:?}")))
+        })
+        .collect();
+    let weight_of = |kfn: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|(s, _)| s.split(';').any(|f| f.contains(kfn) && f.ends_with("_[k]")))
+            .map(|(_, ns)| ns)
+            .sum()
+    };
+    let ns_of = |rs: &[&Value]| rs.iter().map(|r| u64_of(r, "duration_ns")).sum::<u64>();
+    // every thread's (the main thread sleeps between its writes too)
+    let tgid = u64::from(w.pid());
+    let all = |kfn: &str| -> Vec<&Value> {
+        recs.iter()
+            .filter(|r| r["event"] == "off_cpu" && r["tgid"] == tgid)
+            .filter(|r| kernel_fns(r).iter().any(|f| f.contains(kfn)))
+            .collect()
+    };
+    assert_eq!(
+        weight_of("hrtimer_nanosleep"),
+        ns_of(&all("hrtimer_nanosleep"))
+    );
+    assert_eq!(weight_of("pipe_read"), ns_of(&all("pipe_read")));
+    // each slept at least 20 ms
+    assert!(ns_of(&sleeps) >= sleeps.len() as u64 * 20_000_000);
+    for (stack, _) in lines
+        .iter()
+        .filter(|(s, _)| s.contains("hrtimer_nanosleep"))
+    {
+        let f: Vec<&str> = stack.split(';').collect();
+        assert_eq!(
+            f[0], "proc_image_work",
+            "the thread's comm is the root: {stack}"
+        );
+        // user frames before kernel frames, the syscall entry first of these
+        let k = f.iter().position(|x| x.ends_with("_[k]")).unwrap();
+        assert!(f[k].starts_with("entry_SYSCALL"), "{stack}");
+        assert!(f[k..].iter().all(|x| x.ends_with("_[k]")), "{stack}");
+        assert!(f[k - 1].contains("nanosleep"), "{stack}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn folded_refuses_a_symlink() {
+    need_root();
+    let dir = std::env::temp_dir().join("proc_image_offcpu_symlink");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(dir.join("victim"), &link).unwrap();
+    let out = std::process::Command::new(PROC_IMAGE)
+        .args(["-k", "--folded", link.to_str().unwrap(), "--pin-dir"])
+        .arg(pin_dir("offcpu_symlink"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("symbolic link") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!dir.join("victim").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn stack_min_us_and_level1_leave_stacks_out() {
     need_root();
     // 20 ms blocks, under a 50 ms threshold: no stacks, the same records

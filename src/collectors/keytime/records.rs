@@ -142,6 +142,26 @@ pub fn decode_record_with(
     Ok(task_record(hdr, event))
 }
 
+/// A stack as one folded line's frames: the thread's comm at the root, then
+/// the user frames and the kernel frames, outermost first.
+fn folded_stack(comm: &str, stack: &[Frame]) -> String {
+    let (kernel, user): (Vec<&Frame>, Vec<&Frame>) =
+        stack.iter().partition(|f| f.module == "kernel");
+    let mut parts = vec![crate::folded::element(comm, false)];
+    parts.extend(
+        user.iter()
+            .rev()
+            .map(|f| crate::folded::element(&f.func, false)),
+    );
+    parts.extend(
+        kernel
+            .iter()
+            .rev()
+            .map(|f| crate::folded::element(&f.func, true)),
+    );
+    parts.join(";")
+}
+
 /// NUL-separated strings as a list.
 fn argv_of(args: &[u8]) -> Vec<String> {
     let argv: Vec<String> = args
@@ -499,6 +519,17 @@ impl record::Event for Event {
         }
     }
 
+    fn folded(&self, rec: &Record) -> Option<(String, u64)> {
+        match self {
+            Event::OffCpu(OffCpu {
+                stack: Some(stack),
+                duration_ns,
+                ..
+            }) if !stack.is_empty() => Some((folded_stack(&rec.comm, stack), *duration_ns)),
+            _ => None,
+        }
+    }
+
     fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         match self {
             Event::Fork(c) | Event::Vfork(c) | Event::PthreadCreate(c) => t.instant(
@@ -588,8 +619,45 @@ fn signal_name(sig: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf_intf::{OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_PREEMPTED, OFFCPU_SLEEP};
+    use crate::bpf_intf::{OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_SLEEP};
     use serde_json::Value;
+
+    #[test]
+    fn level2_record_decodes_to_a_folded_stack() {
+        let ksyms = OnceCell::new();
+        let _ = ksyms.set(Kallsyms::parse(
+            "ffffffff81000000 T hrtimer_nanosleep\nffffffff81001000 T do_syscall_64\n",
+        ));
+        let mut e = keytime_offcpu_stack_event {
+            hdr: hdr(KEYTIME_OFF_CPU_STACK),
+            duration_ns: 2_000_000,
+            reason: OFFCPU_SLEEP,
+            prev_state: 1,
+            kstack_len: 16,
+            ustack_len: 8,
+            kstack: [0; 32],
+            ustack: [0; 32],
+        };
+        e.kstack[0] = 0xffffffff81000010;
+        e.kstack[1] = 0xffffffff81001020;
+        e.ustack[0] = 0x1234;
+        let r = decode_record(&bytes(&e), &ksyms).unwrap();
+        assert_eq!(r.get("blocked_in"), Some("hrtimer_nanosleep".into()));
+        let stack = r.get("stack").unwrap();
+        assert_eq!(stack[0]["fn"], "hrtimer_nanosleep");
+        assert_eq!(stack[0]["offset"], 0x10);
+        assert_eq!(stack[1]["module"], "kernel");
+        // without a symbolizer, a user frame stays its address
+        assert_eq!(stack[2]["fn"], "0x1234");
+        let r = r.task(11, 10, "a;b");
+        assert_eq!(
+            r.body.folded(&r),
+            Some((
+                "a:b;0x1234;do_syscall_64_[k];hrtimer_nanosleep_[k]".into(),
+                2_000_000
+            ))
+        );
+    }
 
     fn bytes<T: plain::Plain>(v: &T) -> Vec<u8> {
         // SAFETY: plain types have no padding-sensitive invariants

@@ -575,6 +575,14 @@ impl record::Event for Event {
                     args["blocked_in"] = f.as_str().into();
                 }
                 args["prev_state"] = format!("{:#x}", e.prev_state).into();
+                if let Some(stack) = &e.stack {
+                    // innermost first, as in the record
+                    let frames: Vec<String> = stack
+                        .iter()
+                        .map(|f| format!("{} ({})", f.func, f.module))
+                        .collect();
+                    args["stack"] = frames.into();
+                }
                 let name = format!("off-CPU: {}", e.reason);
                 t.slice(rec, &name, e.duration_ns, &args)
             }

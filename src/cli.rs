@@ -195,10 +195,11 @@ impl ControllerArgs {
             || self.time.is_some()
             || self.interval.is_some()
             || self.myproc
-            || self.futex_min_us.is_some();
+            || self.futex_min_us.is_some()
+            || self.stack_min_us.is_some();
         if !self.activate && with_activation {
             return Err(
-                "error: -p, -P, -c, --cgroup, -t, -i, -m and --futex-min-us go only with -a (see --help)".into(),
+                "error: -p, -P, -c, --cgroup, -t, -i, -m, --futex-min-us and --stack-min-us go only with -a (see --help)".into(),
             );
         }
         let futex = self.collectors().contains(&CollectorKind::Futex);
@@ -460,7 +461,9 @@ mod tests {
             (&["-a", "-s", "0"], "0 is not in 1..=50"),
             (&["-a", "-s", "51"], "51 is not in 1..=50"),
             (&["-a", "-s", "abc"], "invalid value"),
-            (&["-a", "-k", "2"], "2 is not in 0..=1"),
+            (&["-a", "-k", "3"], "3 is not in 0..=2"),
+            (&["-a", "-k", "1", "--stack-min-us", "5"], "goes with -k 2"),
+            (&["-d", "--stack-min-us", "5"], "only with -a"),
             (&["-a", "-d"], "cannot be used with"),
             (&["-d", "-p", "4"], "only with -a"),
             (&["-f", "-k"], "only with -a or -d"),

@@ -98,8 +98,11 @@ fn open_sinks(args: &ProcImageArgs) -> Result<Vec<Box<dyn Sink>>> {
     if let Some(path) = &args.trace_out {
         sinks.push(Box::new(crate::trace::TraceWriter::create(path)?));
     }
-    if let Some(path) = &args.folded {
-        sinks.push(Box::new(crate::folded::FoldedWriter::create(path)?));
+    if args.folded.is_some() || args.flamegraph.is_some() {
+        sinks.push(Box::new(crate::folded::FoldedWriter::create(
+            args.folded.as_deref(),
+            args.flamegraph.as_deref(),
+        )?));
     }
     Ok(sinks)
 }

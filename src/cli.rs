@@ -71,6 +71,10 @@ pub struct ProcImageArgs {
     /// keytime is deactivated and when proc_image ends
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
+    /// Render the same stacks as an off-CPU flame graph (SVG) to FILE, at
+    /// the same times
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
     /// Count each BPF program's runs and run time (the kernel's BPF stats,
     /// on while proc_image runs): in controller --status, the exit summary
     /// and the metrics proc_image_bpf_runs_total and

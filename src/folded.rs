@@ -3,7 +3,8 @@
 //! and speedscope load them. Stacks are summed over the whole run; the file
 //! is written again at each deactivation of keytime and when proc_image
 //! ends, every time as a new private file (a symlink put there meanwhile is
-//! refused).
+//! refused). `--flamegraph FILE.svg` renders the same stacks as an
+//! off-CPU flame graph with inferno, at the same times.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -15,7 +16,10 @@ use crate::output::Sink;
 use crate::record::Record;
 
 pub struct FoldedWriter {
-    path: PathBuf,
+    /// --folded
+    path: Option<PathBuf>,
+    /// --flamegraph
+    svg: Option<PathBuf>,
     /// folded stack -> off-CPU ns
     stacks: BTreeMap<String, u64>,
     /// stacks added since the file was last written
@@ -23,11 +27,17 @@ pub struct FoldedWriter {
 }
 
 impl FoldedWriter {
-    /// Create the file now, so that a bad path fails at start.
-    pub fn create(path: &Path) -> Result<Self> {
-        crate::sys::create_private_file(path, "--folded")?;
+    /// Create the files now, so that a bad path fails at start.
+    pub fn create(path: Option<&Path>, svg: Option<&Path>) -> Result<Self> {
+        if let Some(p) = path {
+            crate::sys::create_private_file(p, "--folded")?;
+        }
+        if let Some(p) = svg {
+            crate::sys::create_private_file(p, "--flamegraph")?;
+        }
         Ok(FoldedWriter {
-            path: path.to_owned(),
+            path: path.map(Path::to_owned),
+            svg: svg.map(Path::to_owned),
             stacks: BTreeMap::new(),
             dirty: false,
         })
@@ -47,13 +57,36 @@ impl FoldedWriter {
     }
 
     fn write(&mut self) -> Result<()> {
-        let file = crate::sys::create_private_file(&self.path, "--folded")?;
-        let mut out = BufWriter::new(file);
-        for line in self.lines() {
-            writeln!(out, "{line}")?;
+        if let Some(path) = &self.path {
+            let file = crate::sys::create_private_file(path, "--folded")?;
+            let mut out = BufWriter::new(file);
+            for line in self.lines() {
+                writeln!(out, "{line}")?;
+            }
+            out.flush()
+                .with_context(|| format!("--folded: cannot write {}", path.display()))?;
         }
-        out.flush()
-            .with_context(|| format!("--folded: cannot write {}", self.path.display()))?;
+        if let Some(path) = &self.svg {
+            let file = crate::sys::create_private_file(path, "--flamegraph")?;
+            let mut out = BufWriter::new(file);
+            let lines: Vec<String> = self.lines().collect();
+            let mut opts = inferno::flamegraph::Options::default();
+            opts.title = "Off-CPU time".into();
+            opts.count_name = "ns".into();
+            opts.colors =
+                inferno::flamegraph::Palette::Basic(inferno::flamegraph::color::BasicPalette::Io);
+            // no stacks: inferno still writes an SVG that says so
+            let drawn = inferno::flamegraph::from_lines(
+                &mut opts,
+                lines.iter().map(String::as_str),
+                &mut out,
+            );
+            if !lines.is_empty() {
+                drawn.with_context(|| format!("--flamegraph: cannot write {}", path.display()))?;
+            }
+            out.flush()
+                .with_context(|| format!("--flamegraph: cannot write {}", path.display()))?;
+        }
         self.dirty = false;
         Ok(())
     }

@@ -80,9 +80,16 @@ fn level2_stacks_name_where_threads_block() {
     std::fs::create_dir_all(&dir).unwrap();
     let folded = dir.join("off.folded");
     let folded_arg = folded.to_str().unwrap();
+    let svg = dir.join("off.svg");
     let (pi, w) = run_with(
         "offcpu_level2",
-        &["-k", "--folded", folded_arg],
+        &[
+            "-k",
+            "--folded",
+            folded_arg,
+            "--flamegraph",
+            svg.to_str().unwrap(),
+        ],
         "4",
         &["-k", "2"],
     );
@@ -195,6 +202,15 @@ fn level2_stacks_name_where_threads_block() {
         assert!(f[k].starts_with("entry_SYSCALL"), "{stack}");
         assert!(f[k..].iter().all(|x| x.ends_with("_[k]")), "{stack}");
         assert!(f[k - 1].contains("nanosleep"), "{stack}");
+    }
+    // --flamegraph: an SVG with those frames, 0600
+    let meta = std::fs::symlink_metadata(&svg).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<?xml") && svg_text.trim_end().ends_with("</svg>"));
+    // (inferno colors by the _[k] mark and drops it from the name)
+    for name in ["hrtimer_nanosleep", "pipe_read", "proc_image_work"] {
+        assert!(svg_text.contains(name), "{name} not in the flame graph");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

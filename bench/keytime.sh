@@ -7,6 +7,8 @@
 #   (e) keytime active on the whole system (every fork is a child to mark,
 #       every exit a child_exit)
 #   (f) no-op BPF programs on keytime's hooks: the floor, the hooks' own price
+#   (g) keytime -k 2 on the workload: (d) plus the user stack taken at every
+#       switch-out (the stretches here are too short to emit stacks)
 # Usage: sudo bench/keytime.sh   (REPS=N runs per figure, median taken)
 source "$(dirname "$0")/lib.sh"
 
@@ -26,6 +28,7 @@ for mode in ${MODES:-bench-syscalls bench-pipe bench-forks}; do
 	c=$(measure "$mode" "$n")
 	"$CTL" -d >/dev/null
 	d=$(measure "$mode" "$n" -k)
+	g=$(measure "$mode" "$n" -k 2)
 	"$CTL" -a -k >/dev/null
 	e=$(measure "$mode" "$n")
 	"$CTL" -d >/dev/null
@@ -37,6 +40,7 @@ for mode in ${MODES:-bench-syscalls bench-pipe bench-forks}; do
 	row "(d) keytime active on the workload" "$a" "$d"
 	row "(e) keytime active on the whole system" "$a" "$e"
 	row "(f) floor: no-op programs on keytime's hooks" "$a" "$f"
+	row "(g) keytime -k 2 on the workload" "$a" "$g"
 	awk -v a="$a" -v c="$c" -v d="$d" -v f="$f" 'BEGIN { fl = f - a
 		if (fl < a / 100) { print "  the floor is within the noise (these hooks are not on this path)"; exit }
 		printf "  overhead over (a) as a multiple of the floor'"'"'s: on workload %.2fx, other process %.2fx\n", (d - a) / fl, (c - a) / fl }'

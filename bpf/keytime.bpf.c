@@ -29,6 +29,10 @@
 /* Written by proc_image at activation (struct keytime_config). */
 struct keytime_config cfg;
 
+#ifndef PF_KTHREAD
+#define PF_KTHREAD 0x00200000
+#endif
+
 /*
  * Per-task stretch bookkeeping, freed with the task. Stamps are taken and
  * moved with atomic exchanges: the close pass (handle__iter_task, on
@@ -50,6 +54,24 @@ struct {
 	__type(key, int);
 	__type(value, struct cpu_state);
 } cpu_states SEC(".maps");
+
+/*
+ * Level 2: the user stack a target thread left the CPU with. Only the task
+ * itself can walk its user stack, so it is taken at every switch-out and
+ * kept until the switch-in decides (by the stretch's length) to emit it.
+ */
+struct user_stack {
+	__u32 generation; /* cfg.target.generation it was taken under */
+	__u32 len;        /* bytes used in ips; 0 = none */
+	__u64 ips[KEYTIME_USTACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct user_stack);
+} user_stacks SEC(".maps");
 
 /*
  * The idle tasks (pid 0, one per CPU) are kept by CPU: the close pass
@@ -726,13 +748,66 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 	submit_record(e);
 }
 
-static __always_inline void switch_out(struct task_struct *prev, bool preempt,
+/*
+ * Level 2, stretch long enough: off_cpu with the kernel stack the task is
+ * switching back in from and the user stack kept at its switch-out.
+ */
+static __always_inline void emit_offcpu_stacks(struct task_struct *task, __u64 now,
+					       __u64 duration, struct cpu_state *st)
+{
+	struct keytime_offcpu_stack_event *e;
+	struct user_stack *us;
+	long n;
+
+	e = reserve_record(sizeof(*e));
+	if (!e)
+		return; /* counted as a drop */
+	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_OFF_CPU_STACK, now);
+	e->duration_ns = duration;
+	e->reason = st->reason;
+	e->prev_state = st->prev_state;
+	e->kstack_len = 0;
+	e->ustack_len = 0;
+	n = bpf_get_task_stack(task, e->kstack, sizeof(e->kstack), 0);
+	if (n > 0)
+		e->kstack_len = n;
+	us = bpf_task_storage_get(&user_stacks, task, 0, 0);
+	if (us && us->generation == cfg.target.generation && us->len > 0 &&
+	    us->len <= sizeof(us->ips)) {
+		__builtin_memcpy(e->ustack, us->ips, sizeof(e->ustack));
+		e->ustack_len = us->len;
+	}
+	submit_record(e);
+}
+
+/* Level 2: keep the user stack `prev` (current) leaves the CPU with. */
+static __always_inline void keep_user_stack(void *ctx, struct task_struct *prev)
+{
+	struct user_stack *us;
+	long n;
+
+	us = bpf_task_storage_get(&user_stacks, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!us)
+		return;
+	us->generation = cfg.target.generation;
+	us->len = 0;
+	/* a kernel thread has no user stack */
+	if (prev->flags & PF_KTHREAD)
+		return;
+	n = bpf_get_stack(ctx, us->ips, sizeof(us->ips), BPF_F_USER_STACK);
+	if (n > 0)
+		us->len = n;
+}
+
+static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
 				       __u32 prev_state, __u64 now)
 {
 	struct cpu_state *st = task_cpu_state(prev, true, now);
 
 	if (!st)
 		return;
+	if (cfg.level >= KEYTIME_LEVEL_STACKS)
+		keep_user_stack(ctx, prev);
 	if (st->on_since)
 		emit_interval(prev, KEYTIME_ON_CPU, now, now - st->on_since, st);
 	st->on_since = 0;
@@ -748,8 +823,14 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
 
 	if (!st)
 		return;
-	if (st->off_since)
-		emit_interval(next, KEYTIME_OFF_CPU, now, now - st->off_since, st);
+	if (st->off_since) {
+		__u64 duration = now - st->off_since;
+
+		if (cfg.level >= KEYTIME_LEVEL_STACKS && duration >= cfg.offcpu_stack_min_ns)
+			emit_offcpu_stacks(next, now, duration, st);
+		else
+			emit_interval(next, KEYTIME_OFF_CPU, now, duration, st);
+	}
 	st->off_since = 0;
 	st->on_since = now;
 }
@@ -929,7 +1010,7 @@ static __always_inline void summarize_in(struct task_struct *next, __u64 now)
 	st->on_since = now;
 }
 
-static __always_inline void on_switch(bool preempt, struct task_struct *prev,
+static __always_inline void on_switch(void *ctx, bool preempt, struct task_struct *prev,
 				      struct task_struct *next, __u32 prev_state)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -940,7 +1021,7 @@ static __always_inline void on_switch(bool preempt, struct task_struct *prev,
 		return;
 	}
 	if (is_target(&cfg.target, prev))
-		switch_out(prev, preempt, prev_state, now);
+		switch_out(ctx, prev, preempt, prev_state, now);
 	if (is_target(&cfg.target, next))
 		switch_in(next, now);
 }
@@ -949,7 +1030,7 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	on_switch(preempt, prev, next, prev_state);
+	on_switch(ctx, preempt, prev, next, prev_state);
 	return 0;
 }
 
@@ -961,7 +1042,7 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(handle__sched_switch_compat, bool preempt, struct task_struct *prev,
 	     struct task_struct *next)
 {
-	on_switch(preempt, prev, next, task_state_now(prev));
+	on_switch(ctx, preempt, prev, next, task_state_now(prev));
 	return 0;
 }
 

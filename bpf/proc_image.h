@@ -105,12 +105,15 @@ enum keytime_kind {
 	KEYTIME_CHILD_EXIT = 9,
 	/* an execve / execveat of a target that returned an error */
 	KEYTIME_EXEC_FAILED = 10,
+	/* off_cpu at level 2 of a stretch >= stack_min_us: with its kernel and user stacks */
+	KEYTIME_OFF_CPU_STACK = 11,
 };
 
 /* keytime levels (controller -k LEVEL) */
 enum keytime_level {
 	KEYTIME_LEVEL_LIFECYCLE = 0, /* fork/vfork/pthread_create/execve/exit */
 	KEYTIME_LEVEL_ALL = 1,       /* ... and every on-CPU / off-CPU interval */
+	KEYTIME_LEVEL_STACKS = 2,    /* ... and long off-CPU stretches' kernel and user stacks */
 };
 
 /*
@@ -134,6 +137,9 @@ enum offcpu_reason {
 };
 
 #define KEYTIME_STACK_DEPTH 16
+/* level 2 stacks: frames kept of each, innermost first */
+#define KEYTIME_KSTACK_DEPTH 32
+#define KEYTIME_USTACK_DEPTH 32
 #define KEYTIME_FILENAME_LEN 256
 #define KEYTIME_ARGS_LEN 1024
 
@@ -172,6 +178,8 @@ struct keytime_config {
 	 */
 	__u32 oom_from_mm;
 	__u32 _pad;
+	/* level 2: off-CPU stretches at least this long carry both stacks */
+	__u64 offcpu_stack_min_ns;
 };
 
 /* fork, vfork, pthread_create, kernel_worker: hdr is the parent */
@@ -243,6 +251,22 @@ struct keytime_cpu_event {
 	__u32 stack_len;   /* off_cpu: bytes used in kstack */
 	__u32 _pad;
 	__u64 kstack[KEYTIME_STACK_DEPTH];
+};
+
+/*
+ * off_cpu with stacks (level 2): the user stack is the frame-pointer walk
+ * taken at the switch-out (only the task itself can read it), the kernel
+ * stack the one it is switching back in from.
+ */
+struct keytime_offcpu_stack_event {
+	struct event_hdr hdr;
+	__u64 duration_ns;
+	__u32 reason;      /* enum offcpu_reason */
+	__u32 prev_state;
+	__u32 kstack_len;  /* bytes used in kstack */
+	__u32 ustack_len;  /* bytes used in ustack */
+	__u64 kstack[KEYTIME_KSTACK_DEPTH];
+	__u64 ustack[KEYTIME_USTACK_DEPTH];
 };
 
 /*
@@ -647,7 +671,7 @@ struct futex_part {
  * The version changes whenever a layout here changes.
  */
 #define CONTROL_MAGIC 0x474d4950 /* "PIMG" */
-#define CONTROL_VERSION 4
+#define CONTROL_VERSION 5
 #define CONTROL_SLOT_SIZE 1024  /* a request */
 #define CONTROL_STATE_SIZE 4096 /* the state: it lists the BPF programs' stats */
 #define CONTROL_MESSAGE_LEN 256
@@ -741,7 +765,7 @@ struct control_request {
 	/* deactivate: only these activations (0: whatever is active) */
 	__u32 activation_ids[PI_COLLECTOR_COUNT];
 	__u32 futex_min_us;  /* futex: futex_wait records only for waits this long */
-	__u32 _pad;
+	__u32 stack_min_us;  /* keytime level 2: stacks only for off-CPU stretches this long */
 };
 _Static_assert(sizeof(struct control_request) <= CONTROL_SLOT_SIZE, "control_request size");
 

@@ -15,10 +15,13 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features flamegraph -- -D warnings
 echo "== cargo test (unit and BPF integration tests, as root)"
 # the BPF tests are #[ignore = "needs root"] (shown as ignored, not passed,
 # when someone runs plain `cargo test`); as root they all run
+# with --flamegraph's renderer, so that its SVG is tested too (a test build
+# is not distributed; the default build leaves inferno out, see README)
 case " $* " in
-*" -- "*) cargo test --locked --no-fail-fast "$@" --include-ignored ;;
-*) cargo test --locked --no-fail-fast "$@" -- --include-ignored ;;
+*" -- "*) cargo test --locked --no-fail-fast --features flamegraph "$@" --include-ignored ;;
+*) cargo test --locked --no-fail-fast --features flamegraph "$@" -- --include-ignored ;;
 esac

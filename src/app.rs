@@ -98,6 +98,12 @@ fn open_sinks(args: &ProcImageArgs) -> Result<Vec<Box<dyn Sink>>> {
     if let Some(path) = &args.trace_out {
         sinks.push(Box::new(crate::trace::TraceWriter::create(path)?));
     }
+    if args.folded.is_some() || args.flamegraph.is_some() {
+        sinks.push(Box::new(crate::folded::FoldedWriter::create(
+            args.folded.as_deref(),
+            args.flamegraph.as_deref(),
+        )?));
+    }
     Ok(sinks)
 }
 
@@ -379,6 +385,7 @@ impl App {
             keytime_level: req.keytime_level,
             syscall_seq_len: req.syscall_seq_len,
             futex_min_us: req.futex_min_us,
+            stack_min_us: req.stack_min_us,
             interval_ms: if req.interval_ms > 0 {
                 req.interval_ms
             } else {

@@ -24,6 +24,7 @@ plain_types!(
     keytime_child_exit_event,
     keytime_exec_failed_event,
     keytime_cpu_event,
+    keytime_offcpu_stack_event,
     keytime_summary_key,
     keytime_summary,
     latency_stats,

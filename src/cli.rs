@@ -66,6 +66,15 @@ pub struct ProcImageArgs {
     /// Write the trace as Chrome Trace Event JSON to FILE (ui.perfetto.dev, chrome://tracing)
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
+    /// Write keytime -k 2's off-CPU stacks in folded form to FILE
+    /// (flamegraph.pl, inferno, speedscope), weighted by off-CPU ns: when
+    /// keytime is deactivated and when proc_image ends
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+    /// Render the same stacks as an off-CPU flame graph (SVG) to FILE, at
+    /// the same times
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
     /// Count each BPF program's runs and run time (the kernel's BPF stats,
     /// on while proc_image runs): in controller --status, the exit summary
     /// and the metrics proc_image_bpf_runs_total and
@@ -168,6 +177,10 @@ pub struct ControllerArgs {
     /// (the per-address summaries count every wait) [default: 0]
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
     pub futex_min_us: Option<u32>,
+    /// keytime -k 2: off-CPU stacks only for stretches of at least US
+    /// microseconds [default: 1000]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
+    pub stack_min_us: Option<u32>,
     /// Reporting interval in milliseconds (default: proc_image's --interval)
     #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub interval: Option<u32>,
@@ -186,10 +199,11 @@ impl ControllerArgs {
             || self.time.is_some()
             || self.interval.is_some()
             || self.myproc
-            || self.futex_min_us.is_some();
+            || self.futex_min_us.is_some()
+            || self.stack_min_us.is_some();
         if !self.activate && with_activation {
             return Err(
-                "error: -p, -P, -c, --cgroup, -t, -i, -m and --futex-min-us go only with -a (see --help)".into(),
+                "error: -p, -P, -c, --cgroup, -t, -i, -m, --futex-min-us and --stack-min-us go only with -a (see --help)".into(),
             );
         }
         let futex = self.collectors().contains(&CollectorKind::Futex);
@@ -198,6 +212,9 @@ impl ControllerArgs {
                 "error: --futex-min-us goes with -M (or a bare -a, which activates futex too) (see --help)"
                     .into(),
             );
+        }
+        if self.stack_min_us.is_some() && self.value_of(CollectorKind::Keytime) != Some(2) {
+            return Err("error: --stack-min-us goes with -k 2 (see --help)".into());
         }
         if !self.activate && !self.deactivate && !self.collectors().is_empty() {
             return Err("error: the collector flags go only with -a or -d (see --help)".into());
@@ -448,7 +465,9 @@ mod tests {
             (&["-a", "-s", "0"], "0 is not in 1..=50"),
             (&["-a", "-s", "51"], "51 is not in 1..=50"),
             (&["-a", "-s", "abc"], "invalid value"),
-            (&["-a", "-k", "2"], "2 is not in 0..=1"),
+            (&["-a", "-k", "3"], "3 is not in 0..=2"),
+            (&["-a", "-k", "1", "--stack-min-us", "5"], "goes with -k 2"),
+            (&["-d", "--stack-min-us", "5"], "only with -a"),
             (&["-a", "-d"], "cannot be used with"),
             (&["-d", "-p", "4"], "only with -a"),
             (&["-f", "-k"], "only with -a or -d"),

@@ -43,6 +43,13 @@ impl Kallsyms {
         i.checked_sub(1).map(|i| &*self.syms[i].1)
     }
 
+    /// The function containing `addr` and how far into it `addr` is.
+    pub fn resolve_with_offset(&self, addr: u64) -> Option<(&str, u64)> {
+        let i = self.syms.partition_point(|(a, _)| *a <= addr);
+        i.checked_sub(1)
+            .map(|i| (&*self.syms[i].1, addr - self.syms[i].0))
+    }
+
     /// What a kernel stack taken at sched_switch says about why the task
     /// is off the CPU: the first frame below the scheduler and tracing
     /// machinery, and a refined reason (disk or lock) when the stack shows one.

@@ -7,6 +7,7 @@ pub mod bpf_stats;
 pub mod cli;
 pub mod collectors;
 pub mod control;
+pub mod folded;
 pub mod kallsyms;
 pub mod kernel_btf;
 pub mod losses;

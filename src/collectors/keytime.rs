@@ -15,7 +15,7 @@ use super::{
 };
 use crate::bpf_intf::{
     self, decode, event_hdr, keytime_config, keytime_summary, keytime_summary_key,
-    KEYTIME_LEVEL_ALL,
+    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_STACKS,
 };
 use crate::kallsyms::Kallsyms;
 use crate::kernel_btf::{self, Variant};
@@ -26,6 +26,7 @@ use crate::target::Target;
 
 mod records;
 pub use records::*;
+pub mod stacks;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/keytime.skel.rs"));
@@ -63,6 +64,8 @@ pub struct Keytime {
     ksyms: Rc<OnceCell<Kallsyms>>,
     /// the activation traces the whole system (its records name cgroups)
     whole_system: Rc<std::cell::Cell<bool>>,
+    /// level 2: user frames named, cached per process and address
+    users: Rc<stacks::UserSyms>,
 }
 
 impl Keytime {
@@ -107,6 +110,7 @@ impl Keytime {
             interval_start_ns: 0,
             ksyms: Rc::new(OnceCell::new()),
             whole_system: Rc::default(),
+            users: Rc::default(),
         })
     }
 
@@ -249,6 +253,7 @@ impl Collector for Keytime {
             closing_open: 0,
             oom_from_mm: u32::from(!self.oom_newer),
             _pad: 0,
+            offcpu_stack_min_ns: u64::from(act.stack_min_us) * 1000,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         self.target = Some(act.target);
@@ -334,14 +339,19 @@ impl Collector for Keytime {
     }
 
     fn describe(&self, act: &Activation) -> String {
-        let what = if act.keytime_level >= KEYTIME_LEVEL_ALL {
+        let what = if act.keytime_level >= KEYTIME_LEVEL_STACKS && !act.target.is_system() {
+            format!(
+                "lifecycle events, every on/off-CPU interval, off-CPU stacks from {} us",
+                act.stack_min_us
+            )
+        } else if act.keytime_level >= KEYTIME_LEVEL_ALL {
             if act.target.is_system() {
-                "lifecycle events, on/off-CPU summed per thread per interval"
+                "lifecycle events, on/off-CPU summed per thread per interval".into()
             } else {
-                "lifecycle events and every on/off-CPU interval"
+                "lifecycle events and every on/off-CPU interval".into()
             }
         } else {
-            "lifecycle events only (level 0)"
+            "lifecycle events only (level 0)".into()
         };
         format!("keytime on {}: {what}", act.target)
     }
@@ -353,8 +363,9 @@ impl Collector for Keytime {
     fn decoder(&self) -> Decoder {
         let ksyms = self.ksyms.clone();
         let whole_system = self.whole_system.clone();
+        let users = self.users.clone();
         Box::new(move |data| {
-            let rec = decode_record(data, &ksyms)?;
+            let rec = decode_record_with(data, &ksyms, Some(&users))?;
             // the whole system: which container or service each thread is in
             Ok(Some(match whole_system.get() {
                 true => rec.cgroup(decode::<event_hdr>(data)?.cgroup_id),

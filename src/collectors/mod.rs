@@ -25,8 +25,8 @@ use anyhow::{anyhow, Result};
 use libbpf_rs::MapHandle;
 
 use crate::bpf_intf::{
-    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_LIFECYCLE, PI_FUTEX, PI_KEYTIME, PI_LOCK, PI_RESOURCE,
-    PI_SCHEDULE, PI_SYSCALL, SYSCALL_SEQ_DEFAULT, SYSCALL_SEQ_MAX,
+    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_LIFECYCLE, KEYTIME_LEVEL_STACKS, PI_FUTEX, PI_KEYTIME,
+    PI_LOCK, PI_RESOURCE, PI_SCHEDULE, PI_SYSCALL, SYSCALL_SEQ_DEFAULT, SYSCALL_SEQ_MAX,
 };
 use crate::losses::Losses;
 use crate::output::Output;
@@ -87,12 +87,12 @@ pub const COLLECTORS: [CollectorInfo; 6] = [
         load_short_aliases: &[],
         about: "Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals",
         controller_about:
-            "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default)",
+            "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default), 2 = also off-CPU stacks (--stack-min-us)",
         value: Some(CollectorValue {
             value_name: "LEVEL",
             default: KEYTIME_LEVEL_ALL,
             min: KEYTIME_LEVEL_LIFECYCLE,
-            max: KEYTIME_LEVEL_ALL,
+            max: KEYTIME_LEVEL_STACKS,
         }),
         load: |opts| Ok(Box::new(keytime::Keytime::load(opts)?)),
     },
@@ -246,6 +246,8 @@ pub struct Activation {
     pub interval_ms: u32,
     /// futex: futex_wait records only for waits at least this long
     pub futex_min_us: u32,
+    /// keytime level 2: off-CPU stacks only for stretches at least this long
+    pub stack_min_us: u32,
     /// Never traced as part of the whole system: proc_image's own thread
     /// group, unless controller -m asked for it (then 0).
     pub exclude_tgid: u32,

@@ -25,6 +25,8 @@ use crate::target::Target;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request waits for a proc_image that is still loading.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// keytime -k 2: off-CPU stretches shorter than this carry no stacks.
+const DEFAULT_STACK_MIN_US: u32 = 1000;
 
 pub fn run(args: &ControllerArgs) -> Result<String> {
     sys::require_root("controller")?;
@@ -80,6 +82,7 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
             .unwrap_or(SYSCALL_SEQ_DEFAULT);
         req.interval_ms = args.interval.unwrap_or(0);
         req.futex_min_us = args.futex_min_us.unwrap_or(0);
+        req.stack_min_us = args.stack_min_us.unwrap_or(DEFAULT_STACK_MIN_US);
         if args.myproc {
             req.flags |= CONTROL_F_MYPROC;
         }

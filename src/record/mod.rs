@@ -38,6 +38,11 @@ pub trait Event: Debug {
     fn metrics(&self, _rec: &Record, _m: &mut dyn MetricsOut) {}
     /// What it draws in the trace.
     fn trace(&self, _rec: &Record, _t: &mut dyn TraceOut) {}
+    /// An off-CPU stack in folded form (root first, `;`-separated) and
+    /// its weight in ns, for --folded.
+    fn folded(&self, _rec: &Record) -> Option<(String, u64)> {
+        None
+    }
 }
 
 /// What a record may add to the metrics (the exporter implements it). The

@@ -226,6 +226,7 @@ fn main() {
         ),
         "lock-robust" => lock_robust(),
         "futex" => futex_workload(&args),
+        "offcpu" => offcpu(num("--secs", 4)),
         "steady" => steady(num("--busy-secs", 5), num("--sleep-secs", 10)),
         "exit-group" => exit_group(num("--threads", 4)),
         "exec-thread" => exec_thread(),
@@ -1631,6 +1632,58 @@ fn steady(busy_secs: u64, sleep_secs: u64) {
     });
     let _ = spinner.join();
     let _ = sleeper.join();
+}
+
+/// Threads that block in named functions of their own for `secs`: one
+/// sleeps 20 ms at a time in `offcpu_nanosleep_here`, one reads a pipe in
+/// `offcpu_pipe_read_here` that the main thread writes every 20 ms.
+fn offcpu(secs: u64) {
+    say(json!({"event": "ready", "pid": std::process::id()}));
+    wait_go();
+    let end = Instant::now() + Duration::from_secs(secs);
+    let sleeper = std::thread::spawn(move || {
+        say(json!({"event": "sleeper", "tid": unsafe { libc::gettid() }}));
+        let mut n = 0u64;
+        while Instant::now() < end {
+            offcpu_nanosleep_here(20);
+            n += 1;
+        }
+        say(json!({"event": "slept", "count": n}));
+    });
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    let reader = std::thread::spawn(move || {
+        say(json!({"event": "reader", "tid": unsafe { libc::gettid() }}));
+        let mut n = 0u64;
+        while offcpu_pipe_read_here(fds[0]) > 0 {
+            n += 1;
+        }
+        say(json!({"event": "read", "count": n}));
+    });
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+    }
+    unsafe { libc::close(fds[1]) };
+    let _ = sleeper.join();
+    let _ = reader.join();
+}
+
+#[inline(never)]
+fn offcpu_nanosleep_here(ms: i64) {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: ms * 1_000_000,
+    };
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}
+
+#[inline(never)]
+fn offcpu_pipe_read_here(fd: i32) -> isize {
+    let mut b = [0u8; 1];
+    unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) }
 }
 
 /// exit_group() while `threads` threads spin on the CPUs.

@@ -7,6 +7,7 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 use serde_json::json;
 
+use super::stacks::{kernel_frames, Frame, UserSyms};
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_cpu_event,
     keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
@@ -14,6 +15,7 @@ use crate::bpf_intf::{
     KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_OFF_CPU, KEYTIME_ON_CPU,
     KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
+use crate::bpf_intf::{keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, OFFCPU_PREEMPTED};
 use crate::kallsyms::Kallsyms;
 use crate::record::families::{with_label, Fam};
 use crate::record::{self, hex, write_json_of, MetricsOut, Record, TraceOut};
@@ -24,6 +26,16 @@ fn task_record(hdr: &event_hdr, event: Event) -> Record {
 }
 
 pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
+    decode_record_with(data, ksyms, None)
+}
+
+/// `decode_record`, naming level 2's user frames with `users` (without
+/// it they stay addresses).
+pub fn decode_record_with(
+    data: &[u8],
+    ksyms: &OnceCell<Kallsyms>,
+    users: Option<&UserSyms>,
+) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;
     let event = match u32::from(hdr.kind) {
         kind @ (KEYTIME_FORK | KEYTIME_VFORK | KEYTIME_PTHREAD_CREATE | KEYTIME_KERNEL_WORKER) => {
@@ -93,11 +105,61 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
                 reason: reason_name(reason),
                 blocked_in,
                 prev_state: e.prev_state.into(),
+                stack: None,
+            })
+        }
+        KEYTIME_OFF_CPU_STACK => {
+            let e = decode::<keytime_offcpu_stack_event>(data)?;
+            let kframes = (e.kstack_len as usize / 8).min(e.kstack.len());
+            let uframes = (e.ustack_len as usize / 8).min(e.ustack.len());
+            let ks = ksyms.get_or_init(Kallsyms::load);
+            // blocked_in as at level 1: not for preemptions, from 50 us
+            let (blocked_in, reason) = if kframes > 0
+                && e.reason != OFFCPU_PREEMPTED
+                && e.duration_ns >= super::STACK_MIN_NS
+            {
+                ks.explain(&e.kstack[..kframes], e.reason)
+            } else {
+                (None, e.reason)
+            };
+            let mut stack = kernel_frames(ks, &e.kstack[..kframes]);
+            let user = &e.ustack[..uframes];
+            match users {
+                Some(u) => stack.extend(u.frames(hdr.tgid, user)),
+                None => stack.extend(user.iter().map(|&a| Frame::unknown(a, ""))),
+            }
+            Event::OffCpu(OffCpu {
+                cpu: hdr.cpu,
+                duration_ns: e.duration_ns,
+                reason: reason_name(reason),
+                blocked_in,
+                prev_state: e.prev_state.into(),
+                stack: Some(stack),
             })
         }
         other => return Err(anyhow!("unknown keytime record kind {other}")),
     };
     Ok(task_record(hdr, event))
+}
+
+/// A stack as one folded line's frames: the thread's comm at the root, then
+/// the user frames and the kernel frames, outermost first.
+fn folded_stack(comm: &str, stack: &[Frame]) -> String {
+    let (kernel, user): (Vec<&Frame>, Vec<&Frame>) =
+        stack.iter().partition(|f| f.module == "kernel");
+    let mut parts = vec![crate::folded::element(comm, false)];
+    parts.extend(
+        user.iter()
+            .rev()
+            .map(|f| crate::folded::element(&f.func, false)),
+    );
+    parts.extend(
+        kernel
+            .iter()
+            .rev()
+            .map(|f| crate::folded::element(&f.func, true)),
+    );
+    parts.join(";")
 }
 
 /// NUL-separated strings as a list.
@@ -343,6 +405,10 @@ pub struct OffCpu {
     /// the raw task state it left with
     #[serde(serialize_with = "hex")]
     pub prev_state: u64,
+    /// level 2, stretches from --stack-min-us: kernel then user frames,
+    /// innermost first
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Vec<Frame>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -453,6 +519,17 @@ impl record::Event for Event {
         }
     }
 
+    fn folded(&self, rec: &Record) -> Option<(String, u64)> {
+        match self {
+            Event::OffCpu(OffCpu {
+                stack: Some(stack),
+                duration_ns,
+                ..
+            }) if !stack.is_empty() => Some((folded_stack(&rec.comm, stack), *duration_ns)),
+            _ => None,
+        }
+    }
+
     fn trace(&self, rec: &Record, t: &mut dyn TraceOut) {
         match self {
             Event::Fork(c) | Event::Vfork(c) | Event::PthreadCreate(c) => t.instant(
@@ -498,6 +575,14 @@ impl record::Event for Event {
                     args["blocked_in"] = f.as_str().into();
                 }
                 args["prev_state"] = format!("{:#x}", e.prev_state).into();
+                if let Some(stack) = &e.stack {
+                    // innermost first, as in the record
+                    let frames: Vec<String> = stack
+                        .iter()
+                        .map(|f| format!("{} ({})", f.func, f.module))
+                        .collect();
+                    args["stack"] = frames.into();
+                }
                 let name = format!("off-CPU: {}", e.reason);
                 t.slice(rec, &name, e.duration_ns, &args)
             }
@@ -542,8 +627,45 @@ fn signal_name(sig: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf_intf::{OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_PREEMPTED, OFFCPU_SLEEP};
+    use crate::bpf_intf::{OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_SLEEP};
     use serde_json::Value;
+
+    #[test]
+    fn level2_record_decodes_to_a_folded_stack() {
+        let ksyms = OnceCell::new();
+        let _ = ksyms.set(Kallsyms::parse(
+            "ffffffff81000000 T hrtimer_nanosleep\nffffffff81001000 T do_syscall_64\n",
+        ));
+        let mut e = keytime_offcpu_stack_event {
+            hdr: hdr(KEYTIME_OFF_CPU_STACK),
+            duration_ns: 2_000_000,
+            reason: OFFCPU_SLEEP,
+            prev_state: 1,
+            kstack_len: 16,
+            ustack_len: 8,
+            kstack: [0; 32],
+            ustack: [0; 32],
+        };
+        e.kstack[0] = 0xffffffff81000010;
+        e.kstack[1] = 0xffffffff81001020;
+        e.ustack[0] = 0x1234;
+        let r = decode_record(&bytes(&e), &ksyms).unwrap();
+        assert_eq!(r.get("blocked_in"), Some("hrtimer_nanosleep".into()));
+        let stack = r.get("stack").unwrap();
+        assert_eq!(stack[0]["fn"], "hrtimer_nanosleep");
+        assert_eq!(stack[0]["offset"], 0x10);
+        assert_eq!(stack[1]["module"], "kernel");
+        // without a symbolizer, a user frame stays its address
+        assert_eq!(stack[2]["fn"], "0x1234");
+        let r = r.task(11, 10, "a;b");
+        assert_eq!(
+            r.body.folded(&r),
+            Some((
+                "a:b;0x1234;do_syscall_64_[k];hrtimer_nanosleep_[k]".into(),
+                2_000_000
+            ))
+        );
+    }
 
     fn bytes<T: plain::Plain>(v: &T) -> Vec<u8> {
         // SAFETY: plain types have no padding-sensitive invariants

@@ -1,0 +1,275 @@
+//! keytime -k 2: off-CPU stacks, end to end. The `offcpu` workload has one
+//! thread that sleeps in `offcpu_nanosleep_here` and one that reads a pipe
+//! in `offcpu_pipe_read_here`, 20 ms at a time, over several reporting
+//! intervals (default interval), and says how often each blocked.
+//!
+//! User stacks are the frame-pointer walk: the workload and Debian's glibc
+//! have no frame pointers, so the walk from inside the libc wrapper names
+//! the wrapper (the saved instruction pointer) and then whatever the frame
+//! pointer register happens to lead to; the workload's own function is not
+//! asserted (DWARF unwinding is a later step, see README).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The workload's off_cpu records of thread `tid`.
+fn off_cpu_of(recs: &[Value], tid: u64) -> Vec<&Value> {
+    recs.iter()
+        .filter(|r| r["collector"] == "keytime" && r["event"] == "off_cpu" && r["pid"] == tid)
+        .collect()
+}
+
+fn frames(r: &Value) -> &[Value] {
+    r["stack"].as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+/// Kernel function names of a record's stack, innermost first.
+fn kernel_fns(r: &Value) -> Vec<&str> {
+    frames(r)
+        .iter()
+        .filter(|f| f["module"] == "kernel")
+        .filter_map(|f| f["fn"].as_str())
+        .collect()
+}
+
+/// The innermost user frame: (function, module).
+fn first_user(r: &Value) -> Option<(&str, &str)> {
+    frames(r).iter().find(|f| f["module"] != "kernel").map(|f| {
+        (
+            f["fn"].as_str().unwrap_or(""),
+            f["module"].as_str().unwrap_or(""),
+        )
+    })
+}
+
+/// Run the workload for `secs` under keytime with these controller flags.
+fn run(test: &str, secs: &str, flags: &[&str]) -> (Vec<Value>, Workload) {
+    let (pi, w) = run_with(test, &["-k"], secs, flags);
+    (pi.finish(), w)
+}
+
+/// `run`, with these proc_image arguments, leaving proc_image running.
+fn run_with(test: &str, pi_args: &[&str], secs: &str, flags: &[&str]) -> (ProcImage, Workload) {
+    let pi = ProcImage::start(test, pi_args);
+    let mut w = Workload::start(&["offcpu", "--secs", secs]);
+    w.wait_truth("ready", Duration::from_secs(10));
+    let pid = w.pid().to_string();
+    let mut args = vec!["-a", "-P", &pid];
+    args.extend_from_slice(flags);
+    pi.control_ok(&args);
+    w.go();
+    assert!(w.wait().success());
+    let tgid = u64::from(w.pid());
+    // the exit reaches proc_image after the last off_cpu records
+    pi.wait_for(Duration::from_secs(20), |r| {
+        r["event"] == "exit" && r["tgid"] == tgid && r["group_dead"] == true
+    });
+    (pi, w)
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn level2_stacks_name_where_threads_block() {
+    need_root();
+    let dir = std::env::temp_dir().join("proc_image_offcpu_level2");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let folded = dir.join("off.folded");
+    let folded_arg = folded.to_str().unwrap();
+    let svg = dir.join("off.svg");
+    let (pi, w) = run_with(
+        "offcpu_level2",
+        &[
+            "-k",
+            "--folded",
+            folded_arg,
+            "--flamegraph",
+            svg.to_str().unwrap(),
+        ],
+        "4",
+        &["-k", "2"],
+    );
+    // the target's exit ended the activation: the file is written already
+    let written = wait_until(Duration::from_secs(10), || {
+        std::fs::metadata(&folded).is_ok_and(|m| m.len() > 0)
+    });
+    assert!(written, "--folded not written at the deactivation");
+    let recs = pi.finish();
+    let sleeper = u64_of(&w.truth("sleeper"), "tid");
+    let reader = u64_of(&w.truth("reader"), "tid");
+    let slept = u64_of(&w.truth("slept"), "count");
+    let read = u64_of(&w.truth("read"), "count");
+    assert!(
+        slept > 50 && read > 50,
+        "workload blocked {slept} / {read} times"
+    );
+
+    // a stack exactly for the stretches of 1 ms (the default) and longer
+    for tid in [sleeper, reader] {
+        for r in off_cpu_of(&recs, tid) {
+            let long = u64_of(r, "duration_ns") >= 1_000_000;
+            assert_eq!(r.get("stack").is_some(), long, "{r}");
+        }
+    }
+
+    let with = |tid: u64, kernel_fn: &str| -> Vec<&Value> {
+        off_cpu_of(&recs, tid)
+            .into_iter()
+            .filter(|r| kernel_fns(r).iter().any(|f| f.contains(kernel_fn)))
+            .collect()
+    };
+    // the sleeps: hrtimer_nanosleep in the kernel, the libc wrapper first in user space
+    let sleeps = with(sleeper, "hrtimer_nanosleep");
+    assert!(
+        sleeps.len() as u64 >= slept / 2,
+        "{} of {slept} sleeps have hrtimer_nanosleep in their stack",
+        sleeps.len()
+    );
+    for r in &sleeps {
+        let (f, module) = first_user(r).unwrap_or_else(|| panic!("no user frame: {r}"));
+        assert!(f.contains("nanosleep") && module.contains("libc"), "{r}");
+        assert!(u64_of(r, "duration_ns") >= 1_000_000);
+    }
+    // the pipe reads: pipe_read in the kernel, libc's read first in user space
+    let reads = with(reader, "pipe_read");
+    assert!(
+        reads.len() as u64 >= read / 2,
+        "{} of {read} reads have pipe_read in their stack",
+        reads.len()
+    );
+    for r in &reads {
+        assert!(kernel_fns(r).iter().any(|f| f.contains("vfs_read")), "{r}");
+        let (f, module) = first_user(r).unwrap_or_else(|| panic!("no user frame: {r}"));
+        assert!(f.contains("read") && module.contains("libc"), "{r}");
+    }
+    // every frame is named: kernel frames from kallsyms, user ones with an offset
+    for r in sleeps.iter().chain(&reads) {
+        for f in frames(r) {
+            assert!(!f["fn"].as_str().unwrap().is_empty(), "{r}");
+        }
+    }
+
+    // --folded: the same stacks, root first, weighted by their off-CPU ns
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(&folded).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let text = std::fs::read_to_string(&folded).unwrap();
+    let lines: Vec<(&str, u64)> = text
+        .lines()
+        .map(|l| {
+            let (stack, ns) = l.rsplit_once(' ').unwrap_or_else(|| panic!("{l:?}"));
+            (stack, ns.parse().unwrap_or_else(|_| panic!("{l:?}")))
+        })
+        .collect();
+    let weight_of = |kfn: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|(s, _)| s.split(';').any(|f| f.contains(kfn) && f.ends_with("_[k]")))
+            .map(|(_, ns)| ns)
+            .sum()
+    };
+    let ns_of = |rs: &[&Value]| rs.iter().map(|r| u64_of(r, "duration_ns")).sum::<u64>();
+    // every thread's (the main thread sleeps between its writes too)
+    let tgid = u64::from(w.pid());
+    let all = |kfn: &str| -> Vec<&Value> {
+        recs.iter()
+            .filter(|r| r["event"] == "off_cpu" && r["tgid"] == tgid)
+            .filter(|r| kernel_fns(r).iter().any(|f| f.contains(kfn)))
+            .collect()
+    };
+    assert_eq!(
+        weight_of("hrtimer_nanosleep"),
+        ns_of(&all("hrtimer_nanosleep"))
+    );
+    assert_eq!(weight_of("pipe_read"), ns_of(&all("pipe_read")));
+    // each slept at least 20 ms
+    assert!(ns_of(&sleeps) >= sleeps.len() as u64 * 20_000_000);
+    for (stack, _) in lines
+        .iter()
+        .filter(|(s, _)| s.contains("hrtimer_nanosleep"))
+    {
+        let f: Vec<&str> = stack.split(';').collect();
+        assert_eq!(
+            f[0], "proc_image_work",
+            "the thread's comm is the root: {stack}"
+        );
+        // user frames before kernel frames, the syscall entry first of these
+        let k = f.iter().position(|x| x.ends_with("_[k]")).unwrap();
+        assert!(f[k].starts_with("entry_SYSCALL"), "{stack}");
+        assert!(f[k..].iter().all(|x| x.ends_with("_[k]")), "{stack}");
+        assert!(f[k - 1].contains("nanosleep"), "{stack}");
+    }
+    // --flamegraph: an SVG with those frames, 0600
+    let meta = std::fs::symlink_metadata(&svg).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let svg_text = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg_text.starts_with("<?xml") && svg_text.trim_end().ends_with("</svg>"));
+    // (inferno colors by the _[k] mark and drops it from the name)
+    for name in ["hrtimer_nanosleep", "pipe_read", "proc_image_work"] {
+        assert!(svg_text.contains(name), "{name} not in the flame graph");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn folded_refuses_a_symlink() {
+    need_root();
+    let dir = std::env::temp_dir().join("proc_image_offcpu_symlink");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("link");
+    std::os::unix::fs::symlink(dir.join("victim"), &link).unwrap();
+    let out = std::process::Command::new(PROC_IMAGE)
+        .args(["-k", "--folded", link.to_str().unwrap(), "--pin-dir"])
+        .arg(pin_dir("offcpu_symlink"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("symbolic link") && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(!dir.join("victim").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn stack_min_us_and_level1_leave_stacks_out() {
+    need_root();
+    // 20 ms blocks, under a 50 ms threshold: no stacks, the same records
+    let (recs, w) = run("offcpu_min", "3", &["-k", "2", "--stack-min-us", "50000"]);
+    let sleeper = u64_of(&w.truth("sleeper"), "tid");
+    let offs = off_cpu_of(&recs, sleeper);
+    assert!(offs.len() > 20, "{} off_cpu records", offs.len());
+    for r in &offs {
+        let long = u64_of(r, "duration_ns") >= 50_000_000;
+        assert_eq!(r.get("stack").is_some(), long, "{r}");
+    }
+    // blocked_in stays as at level 1
+    assert!(offs
+        .iter()
+        .any(|r| r["blocked_in"] == "hrtimer_nanosleep" && r.get("stack").is_none()));
+
+    let (recs, w) = run("offcpu_level1", "2", &["-k", "1"]);
+    let sleeper = u64_of(&w.truth("sleeper"), "tid");
+    let offs = off_cpu_of(&recs, sleeper);
+    assert!(offs.len() > 20 && offs.iter().all(|r| r.get("stack").is_none()));
+}
+
+#[test]
+fn stack_min_us_needs_level2() {
+    let out = std::process::Command::new(CONTROLLER)
+        .args(["-a", "-k", "1", "--stack-min-us", "10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--stack-min-us goes with -k 2"), "{err}");
+}

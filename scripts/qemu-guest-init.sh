@@ -59,7 +59,8 @@ go() { echo go >&3; exec 3>&-; }
 ctl() {
 	echo "\$ controller $*" >>$O/controller
 	CTL_OK=1
-	/bin/controller "$@" >>$O/controller 2>&1 || { echo "exit $?" >>$O/controller; CTL_OK=0; }
+	timeout 120 /bin/controller "$@" >>$O/controller 2>&1 || { echo "exit $?" >>$O/controller; CTL_OK=0; }
+	[ "$CTL_OK" = 1 ] || log "controller $* failed: $(tail -1 $O/controller)"
 }
 finish_phase() { # NAME: the workload's exit status, then its target_gone
 	wait $WPID
@@ -141,16 +142,34 @@ echo "{\"phase\":\"sched\",\"pid\":$WPID}" >>$O/phases
 wait_for $O/sched.truth '"event":"threads"' 1 30
 busy=$(sed -n 's/.*"busy":\[\([0-9]*\).*/\1/p' $O/sched.truth)
 sleeper=$(sed -n 's/.*"sleeper":\([0-9]*\).*/\1/p' $O/sched.truth)
+log "schedule: the busy thread"
 ctl -a -p "$busy" -S
 sleep 2
+log "schedule: the sleeper"
 ctl -a -p "$sleeper" -S
 sleep 2
+log "schedule: deactivate"
 ctl -d
 kill $WPID
 wait $WPID
 
+log "status, end"
 ctl --status
 ctl -f
+# bounded: a proc_image that does not end must not keep the results in here
+i=0
+while kill -0 $PI 2>/dev/null && [ $i -lt $((600 * ${SLOW:-1})) ]; do
+	i=$((i + 1))
+	sleep 0.1
+done
+if kill -0 $PI 2>/dev/null; then
+	log "proc_image did not end; its threads' kernel stacks:"
+	for t in /proc/$PI/task/*; do
+		log "$(cat $t/comm) $(cat $t/stack 2>/dev/null | tr '\n' ' ')"
+	done
+	tail -5 $O/proc_image.err >/dev/console
+	kill -9 $PI
+fi
 wait $PI
 echo "{\"phase\":\"proc_image\",\"exit\":$?}" >>$O/phases
 log "done"

@@ -66,7 +66,7 @@ fn bad_controller_input_changes_nothing() {
         (&["-a", "-s", "0"], "not in 1..=50"),
         (&["-a", "-s", "51"], "not in 1..=50"),
         (&["-a", "-s", "abc"], "invalid value"),
-        (&["-a", "-k", "2"], "not in 0..=1"),
+        (&["-a", "-k", "3"], "not in 0..=2"),
         (&["-a", "-d"], "cannot be used with"),
         (&["-d", "-p", "4"], "only with -a"),
         (&["-f", "-k"], "only with -a or -d"),

@@ -56,14 +56,20 @@ struct {
 } cpu_states SEC(".maps");
 
 /*
- * Level 2: the user stack a target thread left the CPU with. Only the task
- * itself can walk its user stack, so it is taken at every switch-out and
- * kept until the switch-in decides (by the stretch's length) to emit it.
+ * Level 2: the record of a target thread's last switch-out, built in place.
+ * Only the task itself can read its user stack, so its user registers and
+ * the top of its stack are copied at every switch-out; the switch-in adds
+ * the kernel stack and sends the record if the stretch was long enough.
  */
+struct offcpu_stack_record {
+	struct keytime_offcpu_stack_event ev;
+	__u8 ustack[KEYTIME_USTACK_PAGES * 4096];
+};
+
 struct user_stack {
+	struct offcpu_stack_record rec;
 	__u32 generation; /* cfg.target.generation it was taken under */
-	__u32 len;        /* bytes used in ips; 0 = none */
-	__u64 ips[KEYTIME_USTACK_DEPTH];
+	__u32 _pad;
 };
 
 struct {
@@ -750,53 +756,88 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 
 /*
  * Level 2, stretch long enough: off_cpu with the kernel stack the task is
- * switching back in from and the user stack kept at its switch-out.
+ * switching back in from and the user stack copied at its switch-out.
  */
 static __always_inline void emit_offcpu_stacks(struct task_struct *task, __u64 now,
 					       __u64 duration, struct cpu_state *st)
 {
 	struct keytime_offcpu_stack_event *e;
 	struct user_stack *us;
+	__u32 bytes;
 	long n;
 
-	e = reserve_record(sizeof(*e));
-	if (!e)
-		return; /* counted as a drop */
+	us = bpf_task_storage_get(&user_stacks, task, 0, 0);
+	if (!us || us->generation != cfg.target.generation) {
+		/* no switch-out seen under this activation: level 1's record */
+		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st);
+		return;
+	}
+	e = &us->rec.ev;
 	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_OFF_CPU_STACK, now);
 	e->duration_ns = duration;
 	e->reason = st->reason;
 	e->prev_state = st->prev_state;
 	e->kstack_len = 0;
-	e->ustack_len = 0;
 	n = bpf_get_task_stack(task, e->kstack, sizeof(e->kstack), 0);
 	if (n > 0)
 		e->kstack_len = n;
-	us = bpf_task_storage_get(&user_stacks, task, 0, 0);
-	if (us && us->generation == cfg.target.generation && us->len > 0 &&
-	    us->len <= sizeof(us->ips)) {
-		__builtin_memcpy(e->ustack, us->ips, sizeof(e->ustack));
-		e->ustack_len = us->len;
-	}
-	submit_record(e);
+	bytes = e->ustack_bytes;
+	if (bytes > KEYTIME_USTACK_PAGES * 4096)
+		bytes = KEYTIME_USTACK_PAGES * 4096;
+	output_record(&us->rec, sizeof(*e) + bytes);
 }
 
-/* Level 2: keep the user stack `prev` (current) leaves the CPU with. */
-static __always_inline void keep_user_stack(void *ctx, struct task_struct *prev)
+/*
+ * Copy the top of the user stack: whole pages from the one sp is in, up to
+ * KEYTIME_USTACK_BYTES past sp (a read must not cross into an unmapped
+ * page above the stack's top, and constant-size reads at constant offsets
+ * are what the verifier can bound). Returns the pages copied.
+ */
+static __always_inline __u32 copy_user_stack(__u8 *to, __u64 sp)
 {
+	__u64 base = sp & ~4095ULL, need = (sp & 4095) + KEYTIME_USTACK_BYTES;
+	__u32 pages = 0;
+
+#pragma unroll
+	for (int i = 0; i < KEYTIME_USTACK_PAGES; i++) {
+		if ((__u64)i * 4096 >= need)
+			break;
+		if (bpf_probe_read_user(to + i * 4096, 4096, (void *)(base + i * 4096)))
+			break;
+		pages++;
+	}
+	return pages;
+}
+
+/* Level 2: keep the user registers and stack `prev` (current) leaves the CPU with. */
+static __always_inline void keep_user_stack(struct task_struct *prev)
+{
+	struct keytime_offcpu_stack_event *e;
 	struct user_stack *us;
-	long n;
+	struct pt_regs *regs;
 
 	us = bpf_task_storage_get(&user_stacks, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!us)
 		return;
 	us->generation = cfg.target.generation;
-	us->len = 0;
+	e = &us->rec.ev;
+	e->ustack_bytes = 0;
+	e->ustack_start = 0;
+	__builtin_memset(&e->regs, 0, sizeof(e->regs));
 	/* a kernel thread has no user stack */
 	if (prev->flags & PF_KTHREAD)
 		return;
-	n = bpf_get_stack(ctx, us->ips, sizeof(us->ips), BPF_F_USER_STACK);
-	if (n > 0)
-		us->len = n;
+	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
+	if (!regs)
+		return;
+	e->regs.ip = PT_REGS_IP_CORE(regs);
+	e->regs.sp = PT_REGS_SP_CORE(regs);
+	e->regs.fp = PT_REGS_FP_CORE(regs);
+#if defined(__TARGET_ARCH_arm64)
+	e->regs.lr = BPF_CORE_READ(regs, regs[30]);
+#endif
+	e->ustack_bytes = copy_user_stack(us->rec.ustack, e->regs.sp) * 4096;
+	e->ustack_start = e->ustack_bytes ? e->regs.sp & 4095 : 0;
 }
 
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
@@ -807,7 +848,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 	if (!st)
 		return;
 	if (cfg.level >= KEYTIME_LEVEL_STACKS)
-		keep_user_stack(ctx, prev);
+		keep_user_stack(prev);
 	if (st->on_since)
 		emit_interval(prev, KEYTIME_ON_CPU, now, now - st->on_since, st);
 	st->on_since = 0;

@@ -139,7 +139,6 @@ enum offcpu_reason {
 #define KEYTIME_STACK_DEPTH 16
 /* level 2 stacks: frames kept of each, innermost first */
 #define KEYTIME_KSTACK_DEPTH 32
-#define KEYTIME_USTACK_DEPTH 32
 #define KEYTIME_FILENAME_LEN 256
 #define KEYTIME_ARGS_LEN 1024
 
@@ -254,19 +253,36 @@ struct keytime_cpu_event {
 };
 
 /*
- * off_cpu with stacks (level 2): the user stack is the frame-pointer walk
- * taken at the switch-out (only the task itself can read it), the kernel
- * stack the one it is switching back in from.
+ * off_cpu with stacks (level 2). The kernel stack is the one the task is
+ * switching back in from. Only the task itself can read its user stack, so
+ * at every switch-out its user registers and the top of its user stack
+ * (from sp up, KEYTIME_USTACK_BYTES at most) are copied; proc_image unwinds
+ * them with the binaries' .eh_frame (a C library without frame pointers
+ * included), as perf --call-graph dwarf does. The record is followed by
+ * ustack_bytes bytes of that copy: whole pages, from the one sp is in, so
+ * the stack proper starts ustack_start bytes in.
  */
+#define KEYTIME_USTACK_BYTES 8192 /* at least this much past sp, where mapped */
+#define KEYTIME_USTACK_PAGES 3    /* (sp's offset in its page + 8192) / 4096, rounded up */
+
+struct user_regs_sample {
+	__u64 ip;
+	__u64 sp;
+	__u64 fp; /* rbp; x29 on arm64 */
+	__u64 lr; /* arm64: x30; 0 on x86_64 */
+};
+
 struct keytime_offcpu_stack_event {
 	struct event_hdr hdr;
 	__u64 duration_ns;
-	__u32 reason;      /* enum offcpu_reason */
+	__u32 reason;       /* enum offcpu_reason */
 	__u32 prev_state;
-	__u32 kstack_len;  /* bytes used in kstack */
-	__u32 ustack_len;  /* bytes used in ustack */
+	__u32 kstack_len;   /* bytes used in kstack */
+	__u32 ustack_bytes; /* bytes of user stack pages that follow the record */
+	__u32 ustack_start; /* where sp is in them */
+	__u32 _pad;
 	__u64 kstack[KEYTIME_KSTACK_DEPTH];
-	__u64 ustack[KEYTIME_USTACK_DEPTH];
+	struct user_regs_sample regs; /* all 0: no user context (a kernel thread) */
 };
 
 /*

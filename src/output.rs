@@ -263,6 +263,7 @@ mod tests {
             blocked_in: None,
             prev_state: 1,
             stack: None,
+            unwind: None,
         };
         Record::new(5, Event::OffCpu(off)).task(12, 10, "worker")
     }

@@ -27,6 +27,7 @@ use crate::target::Target;
 mod records;
 pub use records::*;
 pub mod stacks;
+pub mod unwind;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/keytime.skel.rs"));
@@ -65,7 +66,7 @@ pub struct Keytime {
     /// the activation traces the whole system (its records name cgroups)
     whole_system: Rc<std::cell::Cell<bool>>,
     /// level 2: user frames named, cached per process and address
-    users: Rc<stacks::UserSyms>,
+    users: Rc<stacks::UserStacks>,
 }
 
 impl Keytime {
@@ -313,6 +314,14 @@ impl Collector for Keytime {
         }
         self.summarizing = act.target.is_system() && switches;
         self.whole_system.set(act.target.is_system());
+        if act.keytime_level >= bpf_intf::KEYTIME_LEVEL_STACKS {
+            // read the target's mappings while it lives: its stacks are
+            // unwound even if it has ended when they are decoded
+            match act.target {
+                Target::Thread { tgid, .. } | Target::Group { tgid, .. } => self.users.watch(tgid),
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -366,6 +375,7 @@ impl Collector for Keytime {
         let users = self.users.clone();
         Box::new(move |data| {
             let rec = decode_record_with(data, &ksyms, Some(&users))?;
+            users.follow(&rec);
             // the whole system: which container or service each thread is in
             Ok(Some(match whole_system.get() {
                 true => rec.cgroup(decode::<event_hdr>(data)?.cgroup_id),

@@ -7,7 +7,7 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use super::stacks::{kernel_frames, Frame, UserSyms};
+use super::stacks::{kernel_frames, Frame, UserStacks};
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_cpu_event,
     keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
@@ -15,7 +15,9 @@ use crate::bpf_intf::{
     KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_OFF_CPU, KEYTIME_ON_CPU,
     KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
-use crate::bpf_intf::{keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, OFFCPU_PREEMPTED};
+use crate::bpf_intf::{
+    keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, KEYTIME_USTACK_PAGES, OFFCPU_PREEMPTED,
+};
 use crate::kallsyms::Kallsyms;
 use crate::record::families::{with_label, Fam};
 use crate::record::{self, hex, write_json_of, MetricsOut, Record, TraceOut};
@@ -34,7 +36,7 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
 pub fn decode_record_with(
     data: &[u8],
     ksyms: &OnceCell<Kallsyms>,
-    users: Option<&UserSyms>,
+    users: Option<&UserStacks>,
 ) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;
     let event = match u32::from(hdr.kind) {
@@ -106,12 +108,12 @@ pub fn decode_record_with(
                 blocked_in,
                 prev_state: e.prev_state.into(),
                 stack: None,
+                unwind: None,
             })
         }
         KEYTIME_OFF_CPU_STACK => {
             let e = decode::<keytime_offcpu_stack_event>(data)?;
             let kframes = (e.kstack_len as usize / 8).min(e.kstack.len());
-            let uframes = (e.ustack_len as usize / 8).min(e.ustack.len());
             let ks = ksyms.get_or_init(Kallsyms::load);
             // blocked_in as at level 1: not for preemptions, from 50 us
             let (blocked_in, reason) = if kframes > 0
@@ -123,10 +125,20 @@ pub fn decode_record_with(
                 (None, e.reason)
             };
             let mut stack = kernel_frames(ks, &e.kstack[..kframes]);
-            let user = &e.ustack[..uframes];
+            // the copied user stack follows the record
+            let pages = std::mem::size_of::<keytime_offcpu_stack_event>();
+            let from = pages + e.ustack_start as usize;
+            let to = pages + (e.ustack_bytes as usize).min(KEYTIME_USTACK_PAGES as usize * 4096);
+            let copied = data.get(from..to).unwrap_or(&[]);
+            let mut unwind = None;
             match users {
-                Some(u) => stack.extend(u.frames(hdr.tgid, user)),
-                None => stack.extend(user.iter().map(|&a| Frame::unknown(a, ""))),
+                Some(u) => {
+                    let (frames, outcome) = u.frames(hdr.tgid, &e.regs, copied);
+                    stack.extend(frames);
+                    unwind = outcome.failure();
+                }
+                None if e.regs.ip != 0 => stack.push(Frame::unknown(e.regs.ip, "")),
+                None => {}
             }
             Event::OffCpu(OffCpu {
                 cpu: hdr.cpu,
@@ -135,6 +147,7 @@ pub fn decode_record_with(
                 blocked_in,
                 prev_state: e.prev_state.into(),
                 stack: Some(stack),
+                unwind,
             })
         }
         other => return Err(anyhow!("unknown keytime record kind {other}")),
@@ -409,6 +422,10 @@ pub struct OffCpu {
     /// innermost first
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<Vec<Frame>>,
+    /// level 2: why the user stack ends early (no_stack, no_mappings,
+    /// truncated); absent when it was unwound to its outermost frame
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -503,6 +520,19 @@ impl record::Event for Event {
                     with_label(labels, "reason", e.reason),
                     e.duration_ns as f64 / 1e9,
                 );
+                if let Some(stack) = &e.stack {
+                    let target = vec![("target", m.target())];
+                    m.add(Fam::OffcpuStacks, target.clone(), 1.0);
+                    if let Some(why) = e.unwind {
+                        m.add(
+                            Fam::StackUnwindFailures,
+                            with_label(target.clone(), "reason", why),
+                            1.0,
+                        );
+                    }
+                    let unnamed = stack.iter().filter(|f| f.func.starts_with("0x")).count();
+                    m.add(Fam::StackUnnamedFrames, target, unnamed as f64);
+                }
             }
             Event::CpuSummary(s) => {
                 let labels = m.thread(s.on_cpu_ns);

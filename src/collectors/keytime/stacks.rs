@@ -1,14 +1,18 @@
 //! Level 2 off-CPU stacks, symbolized: kernel frames from kallsyms, user
-//! frames with blazesym from the process's own ELF files (read through
-//! /proc/PID/map_files, so deleted binaries and containers work).
+//! frames with blazesym from the ELF files the process maps (opened through
+//! /proc/PID/map_files and kept open, so deleted binaries, containers and
+//! processes that have ended are named).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use blazesym::symbolize::source::{Process, Source};
+use blazesym::symbolize::source::{Elf, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use serde::Serialize;
 
+use super::unwind::{ElfImage, Unwinding, Unwound, UserFrame};
+use crate::bpf_intf::user_regs_sample;
 use crate::kallsyms::Kallsyms;
 
 /// One frame of a stack.
@@ -96,20 +100,13 @@ impl UserSyms {
                 .unwrap_or_default();
             for (i, &addr) in missing.iter().enumerate() {
                 let frame = match named.get(i) {
-                    Some(Symbolized::Sym(sym)) => Frame {
-                        func: sym.name.to_string(),
-                        module: sym
-                            .module
+                    Some(Symbolized::Sym(sym)) => frame_of(
+                        sym,
+                        sym.module
                             .as_deref()
                             .map(|m| m.to_string_lossy().into_owned())
                             .unwrap_or_default(),
-                        offset: sym.offset as u64,
-                        file: sym
-                            .code_info
-                            .as_ref()
-                            .map(|c| c.file.to_string_lossy().into_owned()),
-                        line: sym.code_info.as_ref().and_then(|c| c.line),
-                    },
+                    ),
                     _ => Frame::unknown(addr, ""),
                 };
                 cache.insert((tgid, addr), frame);
@@ -124,5 +121,92 @@ impl UserSyms {
                     .unwrap_or_else(|| Frame::unknown(*a, ""))
             })
             .collect()
+    }
+}
+
+/// A symbol as blazesym gives it, as a frame of `module`.
+fn frame_of(sym: &blazesym::symbolize::Sym, module: String) -> Frame {
+    Frame {
+        func: sym.name.to_string(),
+        module,
+        offset: sym.offset as u64,
+        file: sym
+            .code_info
+            .as_ref()
+            .map(|c| c.file.to_string_lossy().into_owned()),
+        line: sym.code_info.as_ref().and_then(|c| c.line),
+    }
+}
+
+/// User stacks from the copied registers and stack bytes: unwound, then
+/// named from the files mapped, cached per (file, address in the file).
+#[derive(Default)]
+pub struct UserStacks {
+    unwinding: RefCell<Unwinding>,
+    symbolizer: Symbolizer,
+    named: RefCell<HashMap<(usize, u64), Frame>>,
+}
+
+impl UserStacks {
+    /// Read the mappings of a process now, while it lives (at activation).
+    pub fn watch(&self, tgid: u32) {
+        self.unwinding.borrow_mut().read_process(tgid);
+    }
+
+    /// Follow the lifecycle of the processes whose stacks are unwound: an
+    /// exec replaces the mappings, the end of a process lets them go first.
+    pub fn follow(&self, rec: &crate::record::Record) {
+        let mut unwinding = self.unwinding.borrow_mut();
+        if !unwinding.knows(rec.tgid) {
+            return;
+        }
+        match rec.body.name() {
+            "execve" => {
+                unwinding.read_process(rec.tgid);
+            }
+            "exit" if rec.get("group_dead") == Some(true.into()) => {
+                unwinding.process_ended(rec.tgid)
+            }
+            _ => {}
+        }
+    }
+
+    /// The frames of one copied stack, innermost first, and how the unwinding ended.
+    pub fn frames(
+        &self,
+        tgid: u32,
+        regs: &user_regs_sample,
+        stack: &[u8],
+    ) -> (Vec<Frame>, Unwound) {
+        let (frames, outcome) = self.unwinding.borrow_mut().unwind(tgid, regs, stack);
+        (frames.iter().map(|f| self.name(f)).collect(), outcome)
+    }
+
+    fn name(&self, f: &UserFrame) -> Frame {
+        let Some((image, svma)) = &f.at else {
+            return Frame::unknown(f.addr, "");
+        };
+        let key = (Arc::as_ptr(image) as usize, *svma);
+        if let Some(frame) = self.named.borrow().get(&key) {
+            return frame.clone();
+        }
+        let frame = self.symbolize(image, *svma, f.addr);
+        let mut named = self.named.borrow_mut();
+        if named.len() >= CACHE_MAX {
+            named.clear();
+        }
+        named.insert(key, frame.clone());
+        frame
+    }
+
+    fn symbolize(&self, image: &ElfImage, svma: u64, addr: u64) -> Frame {
+        let src = Source::Elf(Elf::new(&image.fd_path));
+        match self
+            .symbolizer
+            .symbolize_single(&src, Input::VirtOffset(svma))
+        {
+            Ok(Symbolized::Sym(sym)) => frame_of(&sym, image.path.clone()),
+            _ => Frame::unknown(addr, &image.path),
+        }
     }
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::bpf_intf::{OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_SLEEP};
+use crate::bpf_intf::{user_regs_sample, OFFCPU_DISK, OFFCPU_OTHER, OFFCPU_SLEEP};
 use serde_json::Value;
 
 #[test]
@@ -14,13 +14,19 @@ fn level2_record_decodes_to_a_folded_stack() {
         reason: OFFCPU_SLEEP,
         prev_state: 1,
         kstack_len: 16,
-        ustack_len: 8,
+        ustack_bytes: 0,
+        ustack_start: 0,
+        _pad: 0,
         kstack: [0; 32],
-        ustack: [0; 32],
+        regs: user_regs_sample {
+            ip: 0x1234,
+            sp: 0x7ffc0000,
+            fp: 0,
+            lr: 0,
+        },
     };
     e.kstack[0] = 0xffffffff81000010;
     e.kstack[1] = 0xffffffff81001020;
-    e.ustack[0] = 0x1234;
     let r = decode_record(&bytes(&e), &ksyms).unwrap();
     assert_eq!(r.get("blocked_in"), Some("hrtimer_nanosleep".into()));
     let stack = r.get("stack").unwrap();

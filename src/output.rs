@@ -231,6 +231,18 @@ fn text_value(name: &str, value: &Value) -> String {
         },
         Value::String(s) if s.is_empty() || s.contains(char::is_whitespace) => format!("{s:?}"),
         Value::String(s) => s.clone(),
+        // a stack: its functions, innermost first, without spaces
+        Value::Array(frames) if frames.first().is_some_and(|f| f.get("fn").is_some()) => frames
+            .iter()
+            .map(|f| {
+                f["fn"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .split_whitespace()
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("<"),
         Value::Array(items) => {
             let parts: Vec<String> = items.iter().map(|v| text_value("", v)).collect();
             format!("[{}]", parts.join(","))
@@ -288,6 +300,32 @@ mod tests {
             ]
         );
         assert_eq!(v["duration_ns"], 200_000_000u64);
+    }
+
+    #[test]
+    fn a_stack_is_one_word_in_text() {
+        let frame = |f: &str, m: &str| crate::collectors::keytime::stacks::Frame {
+            func: f.into(),
+            module: m.into(),
+            offset: 4,
+            file: None,
+            line: None,
+        };
+        let off = OffCpu {
+            cpu: 1,
+            duration_ns: 2_000_000,
+            reason: "sleep",
+            blocked_in: None,
+            prev_state: 1,
+            stack: Some(vec![
+                frame("pipe_read", "kernel"),
+                frame("<T as Read>::read", "/bin/x"),
+            ]),
+            unwind: None,
+        };
+        let rec = Record::new(5, Event::OffCpu(off)).task(12, 10, "worker");
+        let line = format_text(&rec, "t");
+        assert!(line.contains(" stack=pipe_read<<TasRead>::read"), "{line}");
     }
 
     #[test]

@@ -3,11 +3,10 @@
 //! in `offcpu_pipe_read_here`, 20 ms at a time, over several reporting
 //! intervals (default interval), and says how often each blocked.
 //!
-//! User stacks are the frame-pointer walk: the workload and Debian's glibc
-//! have no frame pointers, so the walk from inside the libc wrapper names
-//! the wrapper (the saved instruction pointer) and then whatever the frame
-//! pointer register happens to lead to; the workload's own function is not
-//! asserted (DWARF unwinding is a later step, see README).
+//! The workload and Debian's glibc are built without frame pointers (the
+//! distribution's and cargo's defaults): the user stacks are right only if
+//! they are unwound with .eh_frame through the libc wrapper to the
+//! workload's own function and its caller.
 
 mod common;
 
@@ -34,6 +33,38 @@ fn kernel_fns(r: &Value) -> Vec<&str> {
         .filter(|f| f["module"] == "kernel")
         .filter_map(|f| f["fn"].as_str())
         .collect()
+}
+
+/// The user frames' (function, module), innermost first.
+fn user_frames(r: &Value) -> Vec<(&str, &str)> {
+    frames(r)
+        .iter()
+        .filter(|f| f["module"] != "kernel")
+        .map(|f| {
+            (
+                f["fn"].as_str().unwrap_or(""),
+                f["module"].as_str().unwrap_or(""),
+            )
+        })
+        .collect()
+}
+
+/// The user stack has `func` (in the workload's binary) and, right after
+/// it, its caller, named, in the workload's binary too.
+#[track_caller]
+fn has_function_and_caller(r: &Value, func: &str) {
+    let user = user_frames(r);
+    let at = user
+        .iter()
+        .position(|(f, _)| f.ends_with(func))
+        .unwrap_or_else(|| panic!("no {func} in the user stack: {r}"));
+    assert!(user[at].1.ends_with("proc_image_workload"), "{r}");
+    let (caller, module) = user.get(at + 1).unwrap_or_else(|| panic!("no caller: {r}"));
+    assert!(
+        caller.contains("proc_image_workload::") && module.ends_with("proc_image_workload"),
+        "the caller of {func} is not named: {r}"
+    );
+    assert!(r.get("unwind").is_none(), "{r}");
 }
 
 /// The innermost user frame: (function, module).
@@ -133,6 +164,7 @@ fn level2_stacks_name_where_threads_block() {
         let (f, module) = first_user(r).unwrap_or_else(|| panic!("no user frame: {r}"));
         assert!(f.contains("nanosleep") && module.contains("libc"), "{r}");
         assert!(u64_of(r, "duration_ns") >= 1_000_000);
+        has_function_and_caller(r, "offcpu_nanosleep_here");
     }
     // the pipe reads: pipe_read in the kernel, libc's read first in user space
     let reads = with(reader, "pipe_read");
@@ -145,6 +177,7 @@ fn level2_stacks_name_where_threads_block() {
         assert!(kernel_fns(r).iter().any(|f| f.contains("vfs_read")), "{r}");
         let (f, module) = first_user(r).unwrap_or_else(|| panic!("no user frame: {r}"));
         assert!(f.contains("read") && module.contains("libc"), "{r}");
+        has_function_and_caller(r, "offcpu_pipe_read_here");
     }
     // every frame is named: kernel frames from kallsyms, user ones with an offset
     for r in sleeps.iter().chain(&reads) {
@@ -202,6 +235,11 @@ fn level2_stacks_name_where_threads_block() {
         assert!(f[k].starts_with("entry_SYSCALL"), "{stack}");
         assert!(f[k..].iter().all(|x| x.ends_with("_[k]")), "{stack}");
         assert!(f[k - 1].contains("nanosleep"), "{stack}");
+        assert!(
+            f.iter().any(|x| x.ends_with("offcpu_nanosleep_here"))
+                || f.iter().any(|x| x.ends_with("::sleep")),
+            "{stack}"
+        );
     }
     // --flamegraph: an SVG with those frames, 0600
     let meta = std::fs::symlink_metadata(&svg).unwrap();
@@ -209,7 +247,13 @@ fn level2_stacks_name_where_threads_block() {
     let svg_text = std::fs::read_to_string(&svg).unwrap();
     assert!(svg_text.starts_with("<?xml") && svg_text.trim_end().ends_with("</svg>"));
     // (inferno colors by the _[k] mark and drops it from the name)
-    for name in ["hrtimer_nanosleep", "pipe_read", "proc_image_work"] {
+    for name in [
+        "hrtimer_nanosleep",
+        "pipe_read",
+        "proc_image_work",
+        "offcpu_nanosleep_here",
+        "offcpu_pipe_read_here",
+    ] {
         assert!(svg_text.contains(name), "{name} not in the flame graph");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -272,4 +316,40 @@ fn stack_min_us_needs_level2() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--stack-min-us goes with -k 2"), "{err}");
+}
+
+/// The records of a process that has ended before proc_image decodes them
+/// still get named frames: proc_image is stopped (SIGSTOP) while the
+/// workload blocks, exits and is reaped, so every record waits in the ring
+/// buffer until the process is gone.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn stacks_of_a_process_that_has_ended_are_named() {
+    need_root();
+    let pi = ProcImage::start("offcpu_ended", &["-k"]);
+    let mut w = Workload::start(&["offcpu", "--secs", "1"]);
+    w.wait_truth("ready", Duration::from_secs(10));
+    let pid = w.pid().to_string();
+    pi.control_ok(&["-a", "-P", &pid, "-k", "2"]);
+    let pi_pid = pi.child.id() as i32;
+    unsafe { libc::kill(pi_pid, libc::SIGSTOP) };
+    w.go();
+    let done = w.wait().success();
+    let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    unsafe { libc::kill(pi_pid, libc::SIGCONT) };
+    assert!(done && gone, "the workload should have ended");
+    let tgid = u64::from(w.pid());
+    pi.wait_for(Duration::from_secs(20), |r| {
+        r["event"] == "exit" && r["tgid"] == tgid && r["group_dead"] == true
+    });
+    let recs = pi.finish();
+    let sleeper = u64_of(&w.truth("sleeper"), "tid");
+    let sleeps: Vec<&Value> = off_cpu_of(&recs, sleeper)
+        .into_iter()
+        .filter(|r| r.get("stack").is_some())
+        .collect();
+    assert!(sleeps.len() > 20, "{} sleeps with stacks", sleeps.len());
+    for r in &sleeps {
+        has_function_and_caller(r, "offcpu_nanosleep_here");
+    }
 }

@@ -314,7 +314,9 @@ impl Collector for Keytime {
         }
         self.summarizing = act.target.is_system() && switches;
         self.whole_system.set(act.target.is_system());
-        if act.keytime_level >= bpf_intf::KEYTIME_LEVEL_STACKS {
+        let stacks = act.keytime_level >= bpf_intf::KEYTIME_LEVEL_STACKS && !act.target.is_system();
+        self.users.set_active(stacks);
+        if stacks {
             // read the target's mappings while it lives: its stacks are
             // unwound even if it has ended when they are decoded
             match act.target {

@@ -103,6 +103,42 @@ fn keytime_records_become_counters() {
 }
 
 #[test]
+fn offcpu_stacks_and_their_failures_are_counted() {
+    let mut e = exporter();
+    let frame = |f: &str| keytime::stacks::Frame {
+        func: f.into(),
+        module: "m".into(),
+        offset: 0,
+        file: None,
+        line: None,
+    };
+    let off = |stack: Option<Vec<keytime::stacks::Frame>>, unwind| {
+        let o = keytime::OffCpu {
+            duration_ns: 2_000_000,
+            reason: "sleep",
+            stack,
+            unwind,
+            ..Default::default()
+        };
+        Record::new(S, keytime::Event::OffCpu(o)).task(11, 10, "work")
+    };
+    e.apply(&off(Some(vec![frame("a"), frame("0x1234")]), None), S);
+    e.apply(&off(Some(vec![frame("0x99")]), Some("truncated")), S);
+    e.apply(&off(None, None), S);
+    let target = [("target", "tgid:10")];
+    assert_eq!(num(&e, Fam::OffcpuStacks, &target), Some(2.0));
+    assert_eq!(
+        num(
+            &e,
+            Fam::StackUnwindFailures,
+            &[("target", "tgid:10"), ("reason", "truncated")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(num(&e, Fam::StackUnnamedFrames, &target), Some(2.0));
+}
+
+#[test]
 fn latency_histograms_are_filled_exactly_from_log2_buckets() {
     let mut e = exporter();
     // 3 latencies in [64,128) ns, 1 in [1024,2048), 2 in the open bucket

@@ -253,6 +253,14 @@ fn main() {
             libc::getppid();
         }),
         "bench-pipe" => bench_pipe(count()),
+        // one op = a 1 ms nanosleep: every stretch long enough for -k 2's stacks
+        "bench-sleep" => bench(count(), || unsafe {
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 1_000_000,
+            };
+            libc::nanosleep(&ts, std::ptr::null_mut());
+        }),
         "bench-mutex" => {
             let m = Locks::new();
             bench(count(), || unsafe {

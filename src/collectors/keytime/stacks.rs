@@ -143,11 +143,17 @@ fn frame_of(sym: &blazesym::symbolize::Sym, module: String) -> Frame {
 #[derive(Default)]
 pub struct UserStacks {
     unwinding: RefCell<Unwinding>,
+    active: std::cell::Cell<bool>,
     symbolizer: Symbolizer,
     named: RefCell<HashMap<(usize, u64), Frame>>,
 }
 
 impl UserStacks {
+    /// Level 2 is active (or not): exec records are followed only then.
+    pub fn set_active(&self, on: bool) {
+        self.active.set(on);
+    }
+
     /// Read the mappings of a process now, while it lives (at activation).
     pub fn watch(&self, tgid: u32) {
         self.unwinding.borrow_mut().read_process(tgid);
@@ -157,11 +163,10 @@ impl UserStacks {
     /// exec replaces the mappings, the end of a process lets them go first.
     pub fn follow(&self, rec: &crate::record::Record) {
         let mut unwinding = self.unwinding.borrow_mut();
-        if !unwinding.knows(rec.tgid) {
-            return;
-        }
         match rec.body.name() {
-            "execve" => {
+            // a process that execs in the target (a cgroup's new process)
+            // is read at once: it may be gone when its stacks are decoded
+            "execve" if self.active.get() => {
                 unwinding.read_process(rec.tgid);
             }
             "exit" if rec.get("group_dead") == Some(true.into()) => {

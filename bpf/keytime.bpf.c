@@ -74,6 +74,31 @@ struct {
 } user_stacks SEC(".maps");
 
 /*
+ * Level 2: who last woke a target thread from task context, and the
+ * waker's stacks then, on the woken thread until its switch-in says
+ * whether its stretch is long enough to be emitted with stacks.
+ */
+struct waker_slot {
+	__u32 generation; /* cfg.target.generation it was taken under */
+	__u32 pid;        /* 0 = none (or said already) */
+	__u32 tgid;
+	__u32 kstack_len; /* bytes used in kstack */
+	__u32 ustack_len; /* bytes used in ustack */
+	__u32 _pad;
+	__u64 wake_ns;
+	__u8 comm[PI_COMM_LEN];
+	__u64 kstack[KEYTIME_WAKER_KSTACK_DEPTH];
+	__u64 ustack[KEYTIME_WAKER_USTACK_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct waker_slot);
+} wakers SEC(".maps");
+
+/*
  * The idle tasks (pid 0, one per CPU) are kept by CPU: the close pass
  * walks the CPUs for them, since the task iterator does not visit them.
  */
@@ -799,6 +824,99 @@ static __always_inline void keep_user_stack(void *ctx, struct task_struct *prev)
 		us->len = n;
 }
 
+/* ---------------------------------------------------------------- */
+/* Level 2: who woke a target thread (handle__sched_waking, attached at level 2 only) */
+
+/*
+ * The waker's user stack, taken in its own context at the wakeup: the
+ * frame-pointer walk. The one place that says how a waker's user stack is
+ * taken.
+ */
+static __always_inline long waker_user_stack(void *ctx, struct task_struct *waker, __u64 *ips,
+					     __u32 size)
+{
+	/* a kernel thread has no user stack */
+	if (waker->flags & PF_KTHREAD)
+		return 0;
+	return bpf_get_stack(ctx, ips, size, BPF_F_USER_STACK);
+}
+
+/*
+ * A target thread is being woken: worth the waker's stacks only if its
+ * stretch is long enough for stacks already (one that crosses the
+ * threshold between its wakeup and its switch-in goes without a waker).
+ */
+static __always_inline void *wakeup_wanted(struct task_struct *cur, struct task_struct *p)
+{
+	struct cpu_state *st;
+
+	if (cfg.level < KEYTIME_LEVEL_STACKS || cfg.target.mode == TARGET_SYSTEM)
+		return NULL;
+	if (!is_target(&cfg.target, p))
+		return NULL;
+	st = bpf_task_storage_get(&cpu_states, p, 0, 0);
+	if (!st || st->generation != cfg.target.generation || !st->off_since)
+		return NULL;
+	if (bpf_ktime_get_ns() - st->off_since < cfg.offcpu_stack_min_ns)
+		return NULL;
+	return st;
+}
+
+static __always_inline void wakeup_seen(void *ctx, void *state, struct task_struct *cur,
+					struct task_struct *p)
+{
+	struct waker_slot *w;
+	long n;
+
+	w = bpf_task_storage_get(&wakers, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!w) {
+		STAT_INC(no_task_state);
+		return;
+	}
+	w->generation = cfg.target.generation;
+	w->wake_ns = bpf_ktime_get_ns();
+	w->pid = cur->pid;
+	w->tgid = cur->tgid;
+	bpf_probe_read_kernel_str(w->comm, sizeof(w->comm), cur->comm);
+	n = bpf_get_stack(ctx, w->kstack, sizeof(w->kstack), 0);
+	w->kstack_len = n > 0 ? n : 0;
+	n = waker_user_stack(ctx, cur, w->ustack, sizeof(w->ustack));
+	w->ustack_len = n > 0 ? n : 0;
+}
+
+#include "waker.bpf.h"
+
+/*
+ * The waker of the stretch `task` is switching back in from, if it was
+ * woken from task context during it: sent just before the stretch's
+ * KEYTIME_OFF_CPU_STACK record (same CPU, so the ring keeps the order).
+ */
+static __always_inline void emit_waker(struct task_struct *task, __u64 now,
+				       struct cpu_state *st)
+{
+	struct keytime_waker_event *e;
+	struct waker_slot *w;
+
+	w = bpf_task_storage_get(&wakers, task, 0, 0);
+	if (!w || !w->pid || w->generation != cfg.target.generation ||
+	    w->wake_ns < st->off_since)
+		return;
+	e = reserve_record(sizeof(*e));
+	if (!e)
+		return; /* counted as a drop */
+	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_WAKER, now);
+	e->wake_ns = w->wake_ns;
+	e->waker_pid = w->pid;
+	e->waker_tgid = w->tgid;
+	__builtin_memcpy(e->waker_comm, w->comm, sizeof(e->waker_comm));
+	e->kstack_len = w->kstack_len;
+	e->ustack_len = w->ustack_len;
+	__builtin_memcpy(e->kstack, w->kstack, sizeof(e->kstack));
+	__builtin_memcpy(e->ustack, w->ustack, sizeof(e->ustack));
+	w->pid = 0; /* said once */
+	submit_record(e);
+}
+
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
 				       __u32 prev_state, __u64 now)
 {
@@ -826,9 +944,10 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
 	if (st->off_since) {
 		__u64 duration = now - st->off_since;
 
-		if (cfg.level >= KEYTIME_LEVEL_STACKS && duration >= cfg.offcpu_stack_min_ns)
+		if (cfg.level >= KEYTIME_LEVEL_STACKS && duration >= cfg.offcpu_stack_min_ns) {
+			emit_waker(next, now, st);
 			emit_offcpu_stacks(next, now, duration, st);
-		else
+		} else
 			emit_interval(next, KEYTIME_OFF_CPU, now, duration, st);
 	}
 	st->off_since = 0;

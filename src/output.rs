@@ -262,7 +262,7 @@ mod tests {
             reason: "sleep",
             blocked_in: None,
             prev_state: 1,
-            stack: None,
+            ..Default::default()
         };
         Record::new(5, Event::OffCpu(off)).task(12, 10, "worker")
     }

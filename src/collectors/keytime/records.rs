@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::stacks::{kernel_frames, Frame, UserSyms};
+use super::wakers::{folded_waker, trace_wakeup, Wakers, WokenBy};
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_cpu_event,
     keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
@@ -26,15 +27,17 @@ fn task_record(hdr: &event_hdr, event: Event) -> Record {
 }
 
 pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
-    decode_record_with(data, ksyms, None)
+    decode_record_with(data, ksyms, None, None)
 }
 
 /// `decode_record`, naming level 2's user frames with `users` (without
-/// it they stay addresses).
+/// it they stay addresses), and giving an off_cpu record with stacks the
+/// waker kept for it in `wakers`.
 pub fn decode_record_with(
     data: &[u8],
     ksyms: &OnceCell<Kallsyms>,
     users: Option<&UserSyms>,
+    wakers: Option<&mut Wakers>,
 ) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;
     let event = match u32::from(hdr.kind) {
@@ -106,6 +109,8 @@ pub fn decode_record_with(
                 blocked_in,
                 prev_state: e.prev_state.into(),
                 stack: None,
+                woken_by: None,
+                wake_latency_ns: None,
             })
         }
         KEYTIME_OFF_CPU_STACK => {
@@ -128,6 +133,7 @@ pub fn decode_record_with(
                 Some(u) => stack.extend(u.frames(hdr.tgid, user)),
                 None => stack.extend(user.iter().map(|&a| Frame::unknown(a, ""))),
             }
+            let wake = wakers.and_then(|w| w.take(hdr.pid, hdr.ts_ns));
             Event::OffCpu(OffCpu {
                 cpu: hdr.cpu,
                 duration_ns: e.duration_ns,
@@ -135,6 +141,8 @@ pub fn decode_record_with(
                 blocked_in,
                 prev_state: e.prev_state.into(),
                 stack: Some(stack),
+                wake_latency_ns: wake.as_ref().map(|w| hdr.ts_ns.saturating_sub(w.wake_ns)),
+                woken_by: wake.map(|w| w.by),
             })
         }
         other => return Err(anyhow!("unknown keytime record kind {other}")),
@@ -409,6 +417,13 @@ pub struct OffCpu {
     /// innermost first
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack: Option<Vec<Frame>>,
+    /// level 2, with `stack`: the thread that woke it, from task context
+    /// (a wakeup from an interrupt, a timer's, names no thread)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub woken_by: Option<WokenBy>,
+    /// from the wakeup to the switch-in (waiting for a CPU)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wake_latency_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -524,8 +539,16 @@ impl record::Event for Event {
             Event::OffCpu(OffCpu {
                 stack: Some(stack),
                 duration_ns,
+                woken_by,
                 ..
-            }) if !stack.is_empty() => Some((folded_stack(&rec.comm, stack), *duration_ns)),
+            }) if !stack.is_empty() => {
+                let mut line = folded_stack(&rec.comm, stack);
+                // woken by a thread: offwaketime's form, the waker on top
+                if let Some(by) = woken_by {
+                    folded_waker(&mut line, by);
+                }
+                Some((line, *duration_ns))
+            }
             _ => None,
         }
     }
@@ -583,8 +606,15 @@ impl record::Event for Event {
                         .collect();
                     args["stack"] = frames.into();
                 }
+                if let Some(k) = &e.woken_by {
+                    args["woken_by"] = json!({"pid": k.pid, "tgid": k.tgid, "comm": k.comm});
+                }
                 let name = format!("off-CPU: {}", e.reason);
-                t.slice(rec, &name, e.duration_ns, &args)
+                t.slice(rec, &name, e.duration_ns, &args);
+                if let (Some(k), Some(lat)) = (&e.woken_by, e.wake_latency_ns) {
+                    let wake = rec.ts_ns.saturating_sub(lat);
+                    trace_wakeup(rec, k, wake, t);
+                }
             }
             Event::CpuSummary(s) => {
                 let pct = trace::percent(s.on_cpu_ns, s.interval_ns);

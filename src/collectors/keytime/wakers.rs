@@ -1,0 +1,133 @@
+//! Level 2: who woke a target thread. BPF sends the waker (a
+//! KEYTIME_WAKER record, bpf/waker.bpf.h's rule: from task context only)
+//! just before the off_cpu record with stacks of the stretch the wakeup
+//! ended, on the same CPU; the two are joined here by thread and time.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use anyhow::Result;
+use serde::Serialize;
+use serde_json::json;
+
+use super::stacks::{kernel_frames, Frame, UserSyms};
+use crate::bpf_intf::{c_str, decode, keytime_waker_event};
+use crate::kallsyms::Kallsyms;
+use crate::record::{Record, TraceOut};
+
+/// The thread that woke an off-CPU stretch, and where it was then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WokenBy {
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: String,
+    /// the waker's kernel then user frames at the wakeup, innermost first
+    pub stack: Vec<Frame>,
+}
+
+/// A waker, and when: the wakee's off_cpu record says the rest.
+#[derive(Debug, Clone)]
+pub struct Wakeup {
+    pub by: WokenBy,
+    /// CLOCK_MONOTONIC ns
+    pub wake_ns: u64,
+}
+
+/// Pending wakers beyond this many (their off_cpu records lost) are dropped.
+const PENDING_MAX: usize = 4096;
+
+/// Wakers waiting for their stretch's off_cpu record, by woken thread.
+#[derive(Default)]
+pub struct Wakers {
+    /// tid -> (the stretch's end, its waker)
+    pending: HashMap<u32, (u64, Wakeup)>,
+}
+
+impl Wakers {
+    /// Keep a KEYTIME_WAKER record for the off_cpu record that follows it.
+    pub fn keep(&mut self, data: &[u8], ksyms: &Kallsyms, users: Option<&UserSyms>) -> Result<()> {
+        let e = decode::<keytime_waker_event>(data)?;
+        let kframes = (e.kstack_len as usize / 8).min(e.kstack.len());
+        let uframes = (e.ustack_len as usize / 8).min(e.ustack.len());
+        let mut stack = kernel_frames(ksyms, &e.kstack[..kframes]);
+        // from try_to_wake_up on: the tracepoint's and the program's frames say nothing
+        let tracing = stack
+            .iter()
+            .take_while(|f| is_tracing_frame(&f.func))
+            .count();
+        stack.drain(..tracing);
+        let user = &e.ustack[..uframes];
+        match users {
+            Some(u) => stack.extend(u.frames(e.waker_tgid, user)),
+            None => stack.extend(user.iter().map(|&a| Frame::unknown(a, ""))),
+        }
+        if self.pending.len() >= PENDING_MAX {
+            self.pending.clear();
+        }
+        let by = WokenBy {
+            pid: e.waker_pid,
+            tgid: e.waker_tgid,
+            comm: c_str(&e.waker_comm),
+            stack,
+        };
+        let wake = Wakeup {
+            by,
+            wake_ns: e.wake_ns,
+        };
+        self.pending.insert(e.hdr.pid, (e.hdr.ts_ns, wake));
+        Ok(())
+    }
+
+    /// The waker of thread `tid`'s stretch that ended at `end_ns`, if one was sent.
+    pub fn take(&mut self, tid: u32, end_ns: u64) -> Option<Wakeup> {
+        match self.pending.remove(&tid) {
+            Some((end, w)) if end == end_ns => Some(w),
+            // its own off_cpu record was lost: not this stretch's
+            _ => None,
+        }
+    }
+}
+
+/// A frame of the tracepoint machinery or of a BPF program.
+fn is_tracing_frame(func: &str) -> bool {
+    [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "__traceiter_",
+        "bpf_dispatcher",
+    ]
+    .iter()
+    .any(|p| func.starts_with(p))
+}
+
+/// The waker part of an offwaketime folded line: `--`, the waker's kernel
+/// then user frames innermost first (upside down on top of the wakee's
+/// stack, so the two meet at the separator), the waker's comm last.
+pub fn folded_waker(line: &mut String, by: &WokenBy) {
+    line.push_str(";--");
+    for f in &by.stack {
+        let kernel = f.module == "kernel";
+        let _ = write!(line, ";{}", crate::folded::element(&f.func, kernel));
+    }
+    let _ = write!(line, ";{}", crate::folded::element(&by.comm, false));
+}
+
+/// A flow arrow from the waker's thread at the wakeup to the end of the
+/// wakee's off-CPU slice (`rec`), anchored on the waker's track by a 1 ns
+/// `wakeup` slice that nests in whatever slice that track has then.
+pub fn trace_wakeup(rec: &Record, w: &WokenBy, wake_ns: u64, t: &mut dyn TraceOut) {
+    let end = rec.ts_ns;
+    t.name_thread(w.tgid, w.pid, &w.comm);
+    let args = json!({"woke": rec.pid, "woke_comm": rec.comm});
+    t.mark((w.tgid, w.pid), "wakeup", wake_ns, &args);
+    let id = t.next_id();
+    t.flow("s", id, (w.tgid, w.pid), "wakeup", wake_ns);
+    t.flow(
+        "f",
+        id,
+        (rec.tgid, rec.pid),
+        "wakeup",
+        end.saturating_sub(1),
+    );
+}

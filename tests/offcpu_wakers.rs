@@ -259,15 +259,54 @@ fn a_timer_interrupt_over_a_spinning_user_task_names_no_waker() {
     assert_woken_by(&reads, main, "pipe_write", 1);
 }
 
+/// The names of the BPF programs proc_image (`pid`) has attached: its
+/// link fds' programs (fdinfo), named by bpftool.
+fn attached_programs(pid: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let info = std::fs::read_to_string(fd.unwrap().path()).unwrap_or_default();
+        if !info.contains("link_type:") {
+            continue;
+        }
+        let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("prog_id:"))
+            .map(str::trim)
+        else {
+            continue;
+        };
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "prog", "show", "id", id])
+            .output()
+            .expect("bpftool (scripts/setup.sh installs it)");
+        let prog: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(name) = prog["name"].as_str() {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
 #[test]
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
-fn level1_names_no_waker() {
+fn only_level2_hooks_wakeups() {
     need_root();
-    let pi = ProcImage::start("offcpu_wakers_level1", &["-k"]);
+    let pi = ProcImage::start("offcpu_wakers_levels", &["-k"]);
     let mut w = Workload::start(&["offcpu", "--secs", "2"]);
     w.wait_truth("ready", Duration::from_secs(10));
     let pid = w.pid().to_string();
+    let waking = |names: &[String]| names.iter().any(|n| n.starts_with("handle__sched_w"));
+    for level in ["0", "1"] {
+        pi.control_ok(&["-a", "-P", &pid, "-k", level]);
+        let names = attached_programs(pi.child.id());
+        assert!(names.iter().any(|n| n.starts_with("handle__task_n")), "{names:?}");
+        assert!(!waking(&names), "-k {level}: {names:?}");
+    }
+    pi.control_ok(&["-a", "-P", &pid, "-k", "2"]);
+    assert!(waking(&attached_programs(pi.child.id())));
+    // and back to level 1 in the same run: the program is detached again
     pi.control_ok(&["-a", "-P", &pid, "-k", "1"]);
+    assert!(!waking(&attached_programs(pi.child.id())));
     w.go();
     assert!(w.wait().success());
     let tgid = u64::from(w.pid());

@@ -299,7 +299,10 @@ fn only_level2_hooks_wakeups() {
     for level in ["0", "1"] {
         pi.control_ok(&["-a", "-P", &pid, "-k", level]);
         let names = attached_programs(pi.child.id());
-        assert!(names.iter().any(|n| n.starts_with("handle__task_n")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("handle__task_n")),
+            "{names:?}"
+        );
         assert!(!waking(&names), "-k {level}: {names:?}");
     }
     pi.control_ok(&["-a", "-P", &pid, "-k", "2"]);

@@ -346,7 +346,7 @@ impl Collector for Keytime {
     fn describe(&self, act: &Activation) -> String {
         let what = if act.keytime_level >= KEYTIME_LEVEL_STACKS && !act.target.is_system() {
             format!(
-                "lifecycle events, every on/off-CPU interval, off-CPU stacks from {} us",
+                "lifecycle events, every on/off-CPU interval, off-CPU stacks and their wakers from {} us",
                 act.stack_min_us
             )
         } else if act.keytime_level >= KEYTIME_LEVEL_ALL {

@@ -84,7 +84,11 @@ static __always_inline bool waker_in_task_context(struct task_struct *cur)
 	}
 	if (sp - base >= size)
 		return false; /* on the IRQ stack (or an exception stack) */
-	regs = (struct pt_regs *)bpf_task_pt_regs(cur);
+	/* bpf_task_pt_regs() is 5.15+; before, no FRED padding at the top either */
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_task_pt_regs))
+		regs = (struct pt_regs *)bpf_task_pt_regs(cur);
+	else
+		regs = (struct pt_regs *)(base + size) - 1;
 	if (!regs)
 		return false;
 	return BPF_CORE_READ(regs, orig_ax) != (unsigned long)-1;

@@ -131,3 +131,121 @@ pub fn trace_wakeup(rec: &Record, w: &WokenBy, wake_ns: u64, t: &mut dyn TraceOu
         end.saturating_sub(1),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::OnceCell;
+
+    use super::*;
+    use crate::bpf_intf::{
+        event_hdr, keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, KEYTIME_WAKER, OFFCPU_SLEEP,
+    };
+    use crate::collectors::keytime::decode_record_with;
+
+    fn bytes<T: plain::Plain>(v: &T) -> Vec<u8> {
+        // SAFETY: plain types have no padding-sensitive invariants
+        unsafe { plain::as_bytes(v) }.to_vec()
+    }
+
+    fn hdr(kind: u32, ts_ns: u64) -> event_hdr {
+        let mut h = event_hdr {
+            ts_ns,
+            pid: 11,
+            tgid: 10,
+            kind: kind as u8,
+            ..Default::default()
+        };
+        h.comm[..4].copy_from_slice(b"read");
+        h
+    }
+
+    fn ksyms() -> OnceCell<Kallsyms> {
+        let k = OnceCell::new();
+        let _ = k.set(Kallsyms::parse(
+            "ffffffff81000000 T bpf_trace_run1\nffffffff81001000 T try_to_wake_up\n\
+             ffffffff81002000 T pipe_write\nffffffff81003000 T pipe_read\n",
+        ));
+        k
+    }
+
+    fn waker(ts_ns: u64) -> keytime_waker_event {
+        let mut w = keytime_waker_event {
+            hdr: hdr(KEYTIME_WAKER, ts_ns),
+            wake_ns: ts_ns - 30_000,
+            waker_pid: 10,
+            waker_tgid: 10,
+            kstack_len: 24,
+            ustack_len: 8,
+            ..Default::default()
+        };
+        w.waker_comm[..5].copy_from_slice(b"write");
+        w.kstack[..3].copy_from_slice(&[
+            0xffffffff81000010,
+            0xffffffff81001010,
+            0xffffffff81002010,
+        ]);
+        w.ustack[0] = 0x5555;
+        w
+    }
+
+    fn off_cpu(ts_ns: u64) -> Vec<u8> {
+        let mut e = keytime_offcpu_stack_event {
+            hdr: hdr(KEYTIME_OFF_CPU_STACK, ts_ns),
+            duration_ns: 20_000_000,
+            reason: OFFCPU_SLEEP,
+            kstack_len: 8,
+            ustack_len: 8,
+            ..Default::default()
+        };
+        e.kstack[0] = 0xffffffff81003010;
+        e.ustack[0] = 0x4444;
+        bytes(&e)
+    }
+
+    #[test]
+    fn a_waker_joins_its_stretch_and_folds_on_top_of_it() {
+        let k = ksyms();
+        let mut wakers = Wakers::default();
+        wakers
+            .keep(&bytes(&waker(1_000_000)), k.get().unwrap(), None)
+            .unwrap();
+        let rec = decode_record_with(&off_cpu(1_000_000), &k, None, Some(&mut wakers)).unwrap();
+        let v = rec.to_json();
+        assert_eq!(v["woken_by"]["pid"], 10);
+        assert_eq!(v["woken_by"]["comm"], "write");
+        assert_eq!(v["wake_latency_ns"], 30_000);
+        // the tracepoint's frames are left out: try_to_wake_up first
+        let stack = v["woken_by"]["stack"].as_array().unwrap();
+        assert_eq!(stack[0]["fn"], "try_to_wake_up");
+        assert_eq!(stack[1]["fn"], "pipe_write");
+        assert_eq!(stack[2]["fn"], "0x5555");
+        assert_eq!(
+            rec.body.folded(&rec),
+            Some((
+                "read;0x4444;pipe_read_[k];--;try_to_wake_up_[k];pipe_write_[k];0x5555;write"
+                    .into(),
+                20_000_000
+            ))
+        );
+        // taken once
+        let again = decode_record_with(&off_cpu(1_000_000), &k, None, Some(&mut wakers)).unwrap();
+        assert!(again.to_json().get("woken_by").is_none());
+    }
+
+    #[test]
+    fn a_waker_is_not_given_to_another_stretch() {
+        let k = ksyms();
+        let mut wakers = Wakers::default();
+        wakers
+            .keep(&bytes(&waker(1_000_000)), k.get().unwrap(), None)
+            .unwrap();
+        // its own record was lost: the next stretch of the thread ends later
+        let rec = decode_record_with(&off_cpu(5_000_000), &k, None, Some(&mut wakers)).unwrap();
+        let v = rec.to_json();
+        assert!(v.get("woken_by").is_none() && v.get("wake_latency_ns").is_none());
+        assert_eq!(
+            rec.body.folded(&rec).unwrap().0,
+            "read;0x4444;pipe_read_[k]"
+        );
+    }
+}

@@ -1646,7 +1646,7 @@ fn steady(busy_secs: u64, sleep_secs: u64) {
 /// the timer interrupt finds a user task running there.
 fn offcpu(secs: u64, spin: bool) {
     say(json!({"event": "ready", "pid": std::process::id()}));
-    wait_go();
+    offcpu_wait_go();
     say(json!({"event": "waker", "tid": unsafe { libc::gettid() }}));
     let end = Instant::now() + Duration::from_secs(secs);
     // when the sleeper last went to sleep (monotonic ns)
@@ -1710,6 +1710,31 @@ fn offcpu(secs: u64, spin: bool) {
     let _ = locker.join();
     if let Some(s) = spinner {
         let _ = s.join();
+    }
+}
+
+/// Wait for "go" by polling stdin every ms: a read blocked on it would be
+/// woken by the test's write, and naming that waker makes proc_image
+/// symbolize the test binary's (large, debug) user frames on its main loop
+/// at the start of the run. The pause is poll()'s, not a nanosleep: the
+/// first stretch after the activation has no user stack (it began before),
+/// and tests/offcpu.rs wants one on every nanosleep.
+fn offcpu_wait_go() {
+    // SAFETY: fcntl on our own stdin; a plain byte buffer for read
+    unsafe {
+        let flags = libc::fcntl(0, libc::F_GETFL);
+        libc::fcntl(0, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut b = [0u8; 16];
+    loop {
+        let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), b.len()) };
+        if n == 0 || (n > 0 && b[..n as usize].contains(&b'\n')) {
+            return;
+        }
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+            die("read stdin");
+        }
+        unsafe { libc::poll(std::ptr::null_mut(), 0, 1) };
     }
 }
 

@@ -1,12 +1,14 @@
 //! keytime -k 2: who woke a thread that was off the CPU (`woken_by`), end
 //! to end. The `offcpu` workload's main thread ends the waits of two
 //! threads ~20 ms at a time: a pipe read (its write) and a pthread mutex
-//! (its unlock); a timer ends a third thread's nanosleeps. Over several
+//! (its unlock); a timer ends a third thread's nanosleeps; a child process
+//! (`--peer`, not a target) writes a pipe a fourth thread reads. Over several
 //! reporting intervals (the default, 1 s), the off_cpu records with stacks
-//! must name the main thread for the first two and nobody for the third,
-//! even when the timer interrupt finds a user task spinning on that CPU
+//! must name the main thread for the first two, nobody for the third (even
+//! when the timer interrupt finds a user task spinning on that CPU
 //! (`--spin`: on x86_64 an interrupt from user mode stays on that task's
-//! stack, the case bpf/waker.bpf.h's task-context rule must catch).
+//! stack, the case bpf/waker.bpf.h's task-context rule must catch) and
+//! the child for the fourth.
 //!
 //! The waker's user frames are not asserted by name: they are the
 //! frame-pointer walk, which Debian's glibc (no frame pointers) cuts short.
@@ -103,7 +105,7 @@ fn wakers_are_named_for_pipe_and_mutex_and_not_for_timers() {
     let trace = dir.join("wake.json");
     let (recs, w) = run(
         "offcpu_wakers",
-        &["offcpu", "--secs", "4"],
+        &["offcpu", "--secs", "4", "--peer"],
         &[
             "--folded",
             folded.to_str().unwrap(),
@@ -139,6 +141,31 @@ fn wakers_are_named_for_pipe_and_mutex_and_not_for_timers() {
         locks.len()
     );
     assert_woken_by(&locks, main, "futex_wake", 0);
+    // a waker in another process (not a target): its pid, tgid and comm
+    let peer = u64_of(&w.truth("peer"), "pid");
+    let peer_reader = u64_of(&w.truth("peer_reader"), "tid");
+    let peer_read = u64_of(&w.truth("peer_read"), "count");
+    let peer_reads = blocked_in(&off_cpu_with_stack(&recs, peer_reader), "pipe_read");
+    assert!(
+        peer_read > 50 && peer_reads.len() as u64 >= peer_read / 2,
+        "{} of {peer_read} peer reads blocked",
+        peer_reads.len()
+    );
+    for r in &peer_reads {
+        let by = &r["woken_by"];
+        assert_eq!(
+            (&by["pid"], &by["tgid"]),
+            (&peer.into(), &peer.into()),
+            "{r}"
+        );
+        assert_eq!(by["comm"], "offcpu_peer", "{r}");
+        let k = kernel_fns(&by["stack"]);
+        assert!(
+            k.iter()
+                .any(|f| f.contains("pipe_write") || f.contains("pipe_release")),
+            "{r}"
+        );
+    }
     // the nanosleeps (the sleeper's, the locker's pauses): a timer, nobody
     let mut sleeps = blocked_in(&off_cpu_with_stack(&recs, sleeper), "hrtimer_nanosleep");
     assert!(sleeps.len() > 50, "{} sleeps", sleeps.len());

@@ -226,7 +226,11 @@ fn main() {
         ),
         "lock-robust" => lock_robust(),
         "futex" => futex_workload(&args),
-        "offcpu" => offcpu(num("--secs", 4), args.iter().any(|a| a == "--spin")),
+        "offcpu" => offcpu(
+            num("--secs", 4),
+            args.iter().any(|a| a == "--spin"),
+            args.iter().any(|a| a == "--peer"),
+        ),
         "steady" => steady(num("--busy-secs", 5), num("--sleep-secs", 10)),
         "exit-group" => exit_group(num("--threads", 4)),
         "exec-thread" => exec_thread(),
@@ -1643,12 +1647,16 @@ fn steady(busy_secs: u64, sleep_secs: u64) {
 /// thread holds ~20 ms at a time. The main thread wakes the reader and the
 /// locker (`waker`); a timer wakes the sleeper. `--spin`: a thread on the
 /// sleeper's CPU spins in user space around each of its wakeups, so that
-/// the timer interrupt finds a user task running there.
-fn offcpu(secs: u64, spin: bool) {
+/// the timer interrupt finds a user task running there. `--peer`: a child
+/// process (`offcpu_peer`) writes a second pipe every 20 ms, which a fourth
+/// thread reads in `offcpu_peer_read_here`: a waker in another process.
+fn offcpu(secs: u64, spin: bool, peer: bool) {
     say(json!({"event": "ready", "pid": std::process::id()}));
     offcpu_wait_go();
     say(json!({"event": "waker", "tid": unsafe { libc::gettid() }}));
     let end = Instant::now() + Duration::from_secs(secs);
+    // forked before any other thread exists
+    let peer = peer.then(|| offcpu_fork_peer(secs));
     // when the sleeper last went to sleep (monotonic ns)
     let asleep = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let asleep_s = asleep.clone();
@@ -1705,6 +1713,11 @@ fn offcpu(secs: u64, spin: bool) {
     unsafe { libc::pthread_mutex_unlock(m.0.get()) };
     unsafe { libc::close(fds[1]) };
     say(json!({"event": "held", "count": held}));
+    if let Some((child, reader)) = peer {
+        let _ = reader.join();
+        let mut status = 0;
+        unsafe { libc::waitpid(child, &mut status, 0) };
+    }
     let _ = sleeper.join();
     let _ = reader.join();
     let _ = locker.join();
@@ -1736,6 +1749,53 @@ fn offcpu_wait_go() {
         }
         unsafe { libc::poll(std::ptr::null_mut(), 0, 1) };
     }
+}
+
+/// The `--peer` child process, writing a pipe every 20 ms for `secs`, and
+/// the thread of ours that reads it.
+fn offcpu_fork_peer(secs: u64) -> (libc::pid_t, std::thread::JoinHandle<()>) {
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    let rounds = secs * 50;
+    // SAFETY: the child only makes syscalls (no allocation) and _exits
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, c"offcpu_peer".as_ptr());
+            libc::close(fds[0]);
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            for _ in 0..rounds {
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::write(fds[1], b"p".as_ptr().cast(), 1);
+            }
+            libc::_exit(0);
+        }
+    }
+    if child < 0 {
+        die("fork");
+    }
+    unsafe { libc::close(fds[1]) };
+    say(json!({"event": "peer", "pid": child, "comm": "offcpu_peer"}));
+    let reader = std::thread::spawn(move || {
+        say(json!({"event": "peer_reader", "tid": unsafe { libc::gettid() }}));
+        let mut n = 0u64;
+        while offcpu_peer_read_here(fds[0]) > 0 {
+            n += 1;
+        }
+        say(json!({"event": "peer_read", "count": n}));
+    });
+    (child, reader)
+}
+
+#[inline(never)]
+fn offcpu_peer_read_here(fd: i32) -> isize {
+    let mut b = [0u8; 1];
+    unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) }
 }
 
 /// A pthread mutex shared by the `offcpu` threads.

@@ -14,7 +14,8 @@
  * only when the waker is inside a futex wake syscall of its own (a flag in
  * its task storage between that syscall's entry and exit) for the futex the
  * woken task waits on, and the wakeup does not come from an interrupt,
- * where `current` is whatever it interrupted (a timeout's hrtimer).
+ * where `current` is whatever it interrupted (a timeout's hrtimer): the
+ * shared tracker's rule, bpf/waker.bpf.h.
  *
  * Per-interval figures go into the slot of the interval's parity (futex_addr_key
  * .slot); proc_image bumps the interval, waits for the programs in flight
@@ -39,11 +40,6 @@ struct futex_config cfg;
 #define FUTEX_CMP_REQUEUE_PI 12
 #define FUTEX_LOCK_PI2 13
 #define FUTEX_CMD_MASK 127 /* without FUTEX_PRIVATE_FLAG and FUTEX_CLOCK_REALTIME */
-
-/* preempt_count bits (include/linux/preempt.h): serving an interrupt */
-#define PC_SOFTIRQ_OFFSET 0x00000100
-#define PC_HARDIRQ_MASK 0x000f0000
-#define PC_NMI_MASK 0x00f00000
 
 #define MAX_FUTEXES 16384    /* addresses x 2 slots */
 #define MAX_PARTS 32768      /* (address, thread, role) x 2 slots */
@@ -99,24 +95,6 @@ struct {
 	__type(key, struct futex_addr_key);
 	__type(value, __s64);
 } waiting SEC(".maps");
-
-/*
- * Is this program running for an interrupt rather than for `current`? arm64
- * keeps the preempt count in the task; x86 keeps it in a per-CPU variable
- * that a program can reach only as a kernel symbol, which kernels without
- * KALLSYMS_ALL do not resolve: there, see the return check in wait_exit.
- */
-static __always_inline bool in_irq_context(void)
-{
-#if defined(__TARGET_ARCH_arm64)
-	struct task_struct *cur = bpf_get_current_task_btf();
-	__u64 pc = BPF_CORE_READ(cur, thread_info.preempt_count);
-
-	return pc & (PC_NMI_MASK | PC_HARDIRQ_MASK | PC_SOFTIRQ_OFFSET);
-#else
-	return false;
-#endif
-}
 
 /* The interval, read once per program run (the compiler may not re-read it). */
 static __always_inline __u32 this_interval(void)
@@ -440,33 +418,39 @@ int handle__exit_futex_requeue(struct trace_event_raw_sys_exit *ctx)
 }
 
 /*
- * The waker's side. Runs for every wakeup in the system: the cheap checks
- * (is `current` in a futex wake at all) come first.
+ * The waker's side (bpf/waker.bpf.h runs it for every wakeup in the
+ * system, from task context only): the cheap checks (is `current` in a
+ * futex wake at all) come first.
  */
-SEC("tp_btf/sched_waking")
-int BPF_PROG(handle__sched_waking, struct task_struct *p)
+static __always_inline void *wakeup_wanted(struct task_struct *cur, struct task_struct *p)
 {
-	struct task_struct *cur = bpf_get_current_task_btf();
 	struct futex_task *w, *t;
 
 	w = bpf_task_storage_get(&tasks, cur, 0, 0);
 	if (!w || !w->in_wake || w->generation != cfg.target.generation)
-		return 0;
-	if (in_irq_context())
-		return 0;
+		return NULL;
 	t = bpf_task_storage_get(&tasks, p, 0, 0);
 	if (!t || !t->in_wait || !t->of_target || t->generation != cfg.target.generation)
-		return 0;
+		return NULL;
 	/*
 	 * The wake is for the futex the woken thread waits on (futex_waitv
 	 * waits on several: not checked). An interrupt's wakeup that came in
 	 * while `current` was inside a wake of another futex is not this wake.
 	 */
 	if (!t->waitv && t->uaddr != w->uaddr && t->uaddr != w->uaddr2)
-		return 0;
+		return NULL;
+	return t;
+}
+
+static __always_inline void wakeup_seen(void *ctx, void *state, struct task_struct *cur,
+					struct task_struct *p)
+{
+	struct futex_task *t = state;
+
 	t->waker_pid = cur->pid;
 	t->waker_tgid = cur->tgid;
 	bpf_probe_read_kernel_str(t->waker_comm, sizeof(t->waker_comm), cur->comm);
 	t->wake_ns = bpf_ktime_get_ns();
-	return 0;
 }
+
+#include "waker.bpf.h"

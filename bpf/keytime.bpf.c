@@ -80,6 +80,25 @@ struct {
 } user_stacks SEC(".maps");
 
 /*
+ * Level 2: who last woke a target thread from task context, and the
+ * waker's stacks then, on the woken thread until its switch-in says
+ * whether its stretch is long enough to be emitted with stacks.
+ */
+struct waker_slot {
+	struct keytime_waker_event ev; /* built in place, sent as is */
+	__u8 ustack[KEYTIME_USTACK_PAGES * 4096];
+	__u32 generation; /* cfg.target.generation it was taken under */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct waker_slot);
+} wakers SEC(".maps");
+
+/*
  * The idle tasks (pid 0, one per CPU) are kept by CPU: the close pass
  * walks the CPUs for them, since the task iterator does not visit them.
  */
@@ -809,35 +828,122 @@ static __always_inline __u32 copy_user_stack(__u8 *to, __u64 sp)
 	return pages;
 }
 
+/*
+ * The user registers and the top of the user stack of `task`, which must
+ * be `current` (only a task can read its own user memory). A kernel
+ * thread has neither: all 0.
+ */
+static __always_inline void copy_user_context(struct task_struct *task,
+					      struct user_regs_sample *r, __u8 *pages,
+					      __u32 *bytes, __u32 *start)
+{
+	struct pt_regs *regs;
+
+	*bytes = 0;
+	*start = 0;
+	__builtin_memset(r, 0, sizeof(*r));
+	if (task->flags & PF_KTHREAD)
+		return;
+	regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return;
+	r->ip = PT_REGS_IP_CORE(regs);
+	r->sp = PT_REGS_SP_CORE(regs);
+	r->fp = PT_REGS_FP_CORE(regs);
+#if defined(__TARGET_ARCH_arm64)
+	r->lr = BPF_CORE_READ(regs, regs[30]);
+#endif
+	*bytes = copy_user_stack(pages, r->sp) * 4096;
+	*start = *bytes ? r->sp & 4095 : 0;
+}
+
 /* Level 2: keep the user registers and stack `prev` (current) leaves the CPU with. */
 static __always_inline void keep_user_stack(struct task_struct *prev)
 {
 	struct keytime_offcpu_stack_event *e;
 	struct user_stack *us;
-	struct pt_regs *regs;
 
 	us = bpf_task_storage_get(&user_stacks, prev, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!us)
 		return;
 	us->generation = cfg.target.generation;
 	e = &us->rec.ev;
-	e->ustack_bytes = 0;
-	e->ustack_start = 0;
-	__builtin_memset(&e->regs, 0, sizeof(e->regs));
-	/* a kernel thread has no user stack */
-	if (prev->flags & PF_KTHREAD)
+	copy_user_context(prev, &e->regs, us->rec.ustack, &e->ustack_bytes, &e->ustack_start);
+}
+
+/* ---------------------------------------------------------------- */
+/* Level 2: who woke a target thread (handle__sched_waking, attached at level 2 only) */
+
+/*
+ * A target thread is being woken: worth the waker's stacks only if its
+ * stretch is long enough for stacks already (one that crosses the
+ * threshold between its wakeup and its switch-in goes without a waker).
+ */
+static __always_inline void *wakeup_wanted(struct task_struct *cur, struct task_struct *p)
+{
+	struct cpu_state *st;
+
+	if (cfg.level < KEYTIME_LEVEL_STACKS || cfg.target.mode == TARGET_SYSTEM)
+		return NULL;
+	if (!is_target(&cfg.target, p))
+		return NULL;
+	st = bpf_task_storage_get(&cpu_states, p, 0, 0);
+	if (!st || st->generation != cfg.target.generation || !st->off_since)
+		return NULL;
+	if (bpf_ktime_get_ns() - st->off_since < cfg.offcpu_stack_min_ns)
+		return NULL;
+	return st;
+}
+
+static __always_inline void wakeup_seen(void *ctx, void *state, struct task_struct *cur,
+					struct task_struct *p)
+{
+	struct keytime_waker_event *e;
+	struct waker_slot *w;
+	long n;
+
+	w = bpf_task_storage_get(&wakers, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!w) {
+		STAT_INC(no_task_state);
 		return;
-	regs = (struct pt_regs *)bpf_task_pt_regs(prev);
-	if (!regs)
+	}
+	w->generation = cfg.target.generation;
+	e = &w->ev;
+	e->wake_ns = bpf_ktime_get_ns();
+	e->waker_pid = cur->pid;
+	e->waker_tgid = cur->tgid;
+	bpf_probe_read_kernel_str(e->waker_comm, sizeof(e->waker_comm), cur->comm);
+	n = bpf_get_stack(ctx, e->kstack, sizeof(e->kstack), 0);
+	e->kstack_len = n > 0 ? n : 0;
+	/* the waker is `current`: its user stack is copied as at a switch-out */
+	copy_user_context(cur, &e->regs, w->ustack, &e->ustack_bytes, &e->ustack_start);
+}
+
+#include "waker.bpf.h"
+
+/*
+ * The waker of the stretch `task` is switching back in from, if it was
+ * woken from task context during it: sent just before the stretch's
+ * KEYTIME_OFF_CPU_STACK record (same CPU, so the ring keeps the order).
+ */
+static __always_inline void emit_waker(struct task_struct *task, __u64 now,
+				       struct cpu_state *st)
+{
+	struct keytime_waker_event *e;
+	struct waker_slot *w;
+	__u32 bytes;
+
+	w = bpf_task_storage_get(&wakers, task, 0, 0);
+	if (!w || !w->ev.waker_pid || w->generation != cfg.target.generation ||
+	    w->ev.wake_ns < st->off_since)
 		return;
-	e->regs.ip = PT_REGS_IP_CORE(regs);
-	e->regs.sp = PT_REGS_SP_CORE(regs);
-	e->regs.fp = PT_REGS_FP_CORE(regs);
-#if defined(__TARGET_ARCH_arm64)
-	e->regs.lr = BPF_CORE_READ(regs, regs[30]);
-#endif
-	e->ustack_bytes = copy_user_stack(us->rec.ustack, e->regs.sp) * 4096;
-	e->ustack_start = e->ustack_bytes ? e->regs.sp & 4095 : 0;
+	e = &w->ev;
+	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_WAKER, now);
+	bytes = e->ustack_bytes;
+	if (bytes > KEYTIME_USTACK_PAGES * 4096)
+		bytes = KEYTIME_USTACK_PAGES * 4096;
+	output_record(w, sizeof(*e) + bytes);
+	e->waker_pid = 0; /* said once */
 }
 
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
@@ -867,9 +973,10 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
 	if (st->off_since) {
 		__u64 duration = now - st->off_since;
 
-		if (cfg.level >= KEYTIME_LEVEL_STACKS && duration >= cfg.offcpu_stack_min_ns)
+		if (cfg.level >= KEYTIME_LEVEL_STACKS && duration >= cfg.offcpu_stack_min_ns) {
+			emit_waker(next, now, st);
 			emit_offcpu_stacks(next, now, duration, st);
-		else
+		} else
 			emit_interval(next, KEYTIME_OFF_CPU, now, duration, st);
 	}
 	st->off_since = 0;

@@ -107,6 +107,11 @@ enum keytime_kind {
 	KEYTIME_EXEC_FAILED = 10,
 	/* off_cpu at level 2 of a stretch >= stack_min_us: with its kernel and user stacks */
 	KEYTIME_OFF_CPU_STACK = 11,
+	/*
+	 * level 2: who woke the thread (struct keytime_waker_event), sent just
+	 * before the KEYTIME_OFF_CPU_STACK record of the stretch it ended
+	 */
+	KEYTIME_WAKER = 12,
 };
 
 /* keytime levels (controller -k LEVEL) */
@@ -283,6 +288,31 @@ struct keytime_offcpu_stack_event {
 	__u32 _pad;
 	__u64 kstack[KEYTIME_KSTACK_DEPTH];
 	struct user_regs_sample regs; /* all 0: no user context (a kernel thread) */
+};
+
+/* level 2: frames kept of a waker's kernel stack, innermost first */
+#define KEYTIME_WAKER_KSTACK_DEPTH 32
+
+/*
+ * Who woke a target thread from task context (bpf/waker.bpf.h): hdr is the
+ * woken thread, at the end of its stretch (the same ts_ns as the
+ * KEYTIME_OFF_CPU_STACK record that follows it); the stacks are the
+ * waker's at the wakeup, its user stack copied as at a switch-out (regs,
+ * then ustack_bytes bytes of stack pages following the record, sp at
+ * ustack_start in them).
+ */
+struct keytime_waker_event {
+	struct event_hdr hdr;
+	__u64 wake_ns;     /* when it was woken (CLOCK_MONOTONIC ns) */
+	__u32 waker_pid;
+	__u32 waker_tgid;
+	__u8 waker_comm[PI_COMM_LEN];
+	__u32 kstack_len;   /* bytes used in kstack */
+	__u32 ustack_bytes; /* bytes of user stack pages that follow the record */
+	__u32 ustack_start; /* where sp is in them */
+	__u32 _pad;
+	__u64 kstack[KEYTIME_WAKER_KSTACK_DEPTH];
+	struct user_regs_sample regs; /* all 0: a kernel thread */
 };
 
 /*

@@ -25,6 +25,7 @@ plain_types!(
     keytime_exec_failed_event,
     keytime_cpu_event,
     keytime_offcpu_stack_event,
+    keytime_waker_event,
     keytime_summary_key,
     keytime_summary,
     latency_stats,

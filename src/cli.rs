@@ -67,8 +67,9 @@ pub struct ProcImageArgs {
     #[arg(long, value_name = "FILE")]
     pub trace_out: Option<PathBuf>,
     /// Write keytime -k 2's off-CPU stacks in folded form to FILE
-    /// (flamegraph.pl, inferno, speedscope), weighted by off-CPU ns: when
-    /// keytime is deactivated and when proc_image ends
+    /// (flamegraph.pl, inferno, speedscope), weighted by off-CPU ns, a
+    /// stretch woken by a thread as offwaketime does (its stack, `--`, the
+    /// waker's): when keytime is deactivated and when proc_image ends
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
     /// Render the same stacks as an off-CPU flame graph (SVG) to FILE, at

@@ -274,8 +274,7 @@ mod tests {
             reason: "sleep",
             blocked_in: None,
             prev_state: 1,
-            stack: None,
-            unwind: None,
+            ..Default::default()
         };
         Record::new(5, Event::OffCpu(off)).task(12, 10, "worker")
     }
@@ -321,7 +320,7 @@ mod tests {
                 frame("pipe_read", "kernel"),
                 frame("<T as Read>::read", "/bin/x"),
             ]),
-            unwind: None,
+            ..Default::default()
         };
         let rec = Record::new(5, Event::OffCpu(off)).task(12, 10, "worker");
         let line = format_text(&rec, "t");

@@ -239,6 +239,16 @@ impl TraceOut for TraceWriter {
         self.name_track(tgid, pid, comm);
     }
 
+    /// A 1 ns slice at `ts_ns`, nested in the track's slice then.
+    fn mark(&mut self, (tgid, pid): (u32, u32), name: &str, ts_ns: u64, args: &Value) {
+        let ev = format!(
+            r#"{{"ph":"X","cat":"cpu","name":{},"pid":{tgid},"tid":{pid},"ts":{},"dur":0.001,"args":{args}}}"#,
+            Value::from(name),
+            Us(ts_ns)
+        );
+        self.event_text(&ev);
+    }
+
     /// A thread-scoped instant named by the record's event.
     fn instant(&mut self, rec: &Record, args: Value) {
         let ts = self.in_order(rec.tgid, rec.pid.to_string(), rec.ts_ns);

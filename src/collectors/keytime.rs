@@ -15,7 +15,7 @@ use super::{
 };
 use crate::bpf_intf::{
     self, decode, event_hdr, keytime_config, keytime_summary, keytime_summary_key,
-    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_STACKS,
+    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_STACKS, KEYTIME_WAKER,
 };
 use crate::kallsyms::Kallsyms;
 use crate::kernel_btf::{self, Variant};
@@ -28,6 +28,7 @@ mod records;
 pub use records::*;
 pub mod stacks;
 pub mod unwind;
+pub mod wakers;
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/keytime.skel.rs"));
@@ -293,6 +294,10 @@ impl Collector for Keytime {
         }
         // level 0 asks for lifecycle points only: leave sched_switch unhooked
         let switches = act.keytime_level >= KEYTIME_LEVEL_ALL;
+        // level 2 names wakers: every wakeup in the system runs this (never at 0 or 1)
+        if act.keytime_level >= KEYTIME_LEVEL_STACKS && !act.target.is_system() {
+            progs.push(("keytime/sched_waking", &p.handle__sched_waking));
+        }
         if switches {
             progs.push((
                 "keytime/sched_switch",
@@ -352,7 +357,7 @@ impl Collector for Keytime {
     fn describe(&self, act: &Activation) -> String {
         let what = if act.keytime_level >= KEYTIME_LEVEL_STACKS && !act.target.is_system() {
             format!(
-                "lifecycle events, every on/off-CPU interval, off-CPU stacks from {} us",
+                "lifecycle events, every on/off-CPU interval, off-CPU stacks and their wakers from {} us",
                 act.stack_min_us
             )
         } else if act.keytime_level >= KEYTIME_LEVEL_ALL {
@@ -375,8 +380,14 @@ impl Collector for Keytime {
         let ksyms = self.ksyms.clone();
         let whole_system = self.whole_system.clone();
         let users = self.users.clone();
+        let mut wakers = wakers::Wakers::default();
         Box::new(move |data| {
-            let rec = decode_record_with(data, &ksyms, Some(&users))?;
+            // a waker waits for its stretch's off_cpu record, next from its CPU
+            if u32::from(decode::<event_hdr>(data)?.kind) == KEYTIME_WAKER {
+                wakers.keep(data, ksyms.get_or_init(Kallsyms::load), Some(&users))?;
+                return Ok(None);
+            }
+            let rec = decode_record_with(data, &ksyms, Some(&users), Some(&mut wakers))?;
             users.follow(&rec);
             // the whole system: which container or service each thread is in
             Ok(Some(match whole_system.get() {

@@ -87,7 +87,7 @@ pub const COLLECTORS: [CollectorInfo; 6] = [
         load_short_aliases: &[],
         about: "Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals",
         controller_about:
-            "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default), 2 = also off-CPU stacks (--stack-min-us)",
+            "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default), 2 = also off-CPU stacks and who woke them (--stack-min-us)",
         value: Some(CollectorValue {
             value_name: "LEVEL",
             default: KEYTIME_LEVEL_ALL,

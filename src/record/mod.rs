@@ -113,6 +113,10 @@ pub trait TraceOut {
     fn next_id(&mut self) -> u64;
     /// Name a thread's track seen only as another's partner (a waker).
     fn name_thread(&mut self, tgid: u32, pid: u32, comm: &str);
+    /// A 1 ns slice at `ts_ns` on thread (tgid, pid)'s track that nests in
+    /// whatever slice the track has then (neither clipped nor clipping):
+    /// where a flow from that thread starts.
+    fn mark(&mut self, thread: (u32, u32), name: &str, ts_ns: u64, args: &Value);
 }
 
 #[derive(Debug)]

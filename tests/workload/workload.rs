@@ -226,7 +226,11 @@ fn main() {
         ),
         "lock-robust" => lock_robust(),
         "futex" => futex_workload(&args),
-        "offcpu" => offcpu(num("--secs", 4)),
+        "offcpu" => offcpu(
+            num("--secs", 4),
+            args.iter().any(|a| a == "--spin"),
+            args.iter().any(|a| a == "--peer"),
+        ),
         "steady" => steady(num("--busy-secs", 5), num("--sleep-secs", 10)),
         "exit-group" => exit_group(num("--threads", 4)),
         "exec-thread" => exec_thread(),
@@ -1642,21 +1646,42 @@ fn steady(busy_secs: u64, sleep_secs: u64) {
     let _ = sleeper.join();
 }
 
-/// Threads that block in named functions of their own for `secs`: one
-/// sleeps 20 ms at a time in `offcpu_nanosleep_here`, one reads a pipe in
-/// `offcpu_pipe_read_here` that the main thread writes every 20 ms.
-fn offcpu(secs: u64) {
+/// Threads that block in named functions of their own for `secs`, each
+/// called from a named caller of its own: one sleeps 20 ms at a time in
+/// `offcpu_nanosleep_here` (from `offcpu_sleeper_loop`), one reads a pipe
+/// in `offcpu_pipe_read_here` (from `offcpu_reader_loop`) that the main
+/// thread writes every ~20 ms, one takes a pthread mutex in
+/// `offcpu_mutex_lock_here` (from `offcpu_locker_loop`) that the main
+/// thread holds ~20 ms at a time. The main thread wakes the reader and the
+/// locker (`waker`); a timer wakes the sleeper. `--spin`: a thread on the
+/// sleeper's CPU spins in user space around each of its wakeups, so that
+/// the timer interrupt finds a user task running there. `--peer`: a child
+/// process (`offcpu_peer`) writes a second pipe every 20 ms, which a fourth
+/// thread reads in `offcpu_peer_read_here`: a waker in another process.
+fn offcpu(secs: u64, spin: bool, peer: bool) {
     say(json!({"event": "ready", "pid": std::process::id()}));
-    wait_go();
+    offcpu_wait_go();
+    say(json!({"event": "waker", "tid": unsafe { libc::gettid() }}));
     let end = Instant::now() + Duration::from_secs(secs);
+    // forked before any other thread exists
+    let peer = peer.then(|| offcpu_fork_peer(secs));
+    // when the sleeper last went to sleep (monotonic ns)
+    let asleep = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let asleep_s = asleep.clone();
     let sleeper = std::thread::spawn(move || {
-        say(json!({"event": "sleeper", "tid": unsafe { libc::gettid() }}));
-        let mut n = 0u64;
-        while Instant::now() < end {
-            offcpu_nanosleep_here(20);
-            n += 1;
+        if spin {
+            pin_to_cpu(0);
         }
+        say(json!({"event": "sleeper", "tid": unsafe { libc::gettid() }}));
+        let n = offcpu_sleeper_loop(end, &asleep_s);
         say(json!({"event": "slept", "count": n}));
+    });
+    let spinner = spin.then(|| {
+        std::thread::spawn(move || {
+            pin_to_cpu(0);
+            say(json!({"event": "spinner", "tid": unsafe { libc::gettid() }}));
+            offcpu_spin_around_wakeups(end, &asleep);
+        })
     });
     let mut fds = [0i32; 2];
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -1664,19 +1689,181 @@ fn offcpu(secs: u64) {
     }
     let reader = std::thread::spawn(move || {
         say(json!({"event": "reader", "tid": unsafe { libc::gettid() }}));
-        let mut n = 0u64;
-        while offcpu_pipe_read_here(fds[0]) > 0 {
-            n += 1;
-        }
+        let n = offcpu_reader_loop(fds[0]);
         say(json!({"event": "read", "count": n}));
     });
+    // a plain (non-PI, non-robust) process-private mutex, as most programs use
+    let mutex = Box::leak(Box::new(OffcpuMutex(std::cell::UnsafeCell::new(
+        libc::PTHREAD_MUTEX_INITIALIZER,
+    ))));
+    let m: &'static OffcpuMutex = mutex;
+    // held by the main thread from the start, so the locker's first lock waits
+    unsafe { libc::pthread_mutex_lock(m.0.get()) };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done_l = done.clone();
+    let locker = std::thread::spawn(move || {
+        say(json!({"event": "locker", "tid": unsafe { libc::gettid() }}));
+        let n = offcpu_locker_loop(m, &done_l);
+        say(json!({"event": "locked", "count": n}));
+    });
+    let mut held = 0u64;
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(20));
+        // ends the locker's wait and the reader's, ~20 ms each
+        unsafe { libc::pthread_mutex_unlock(m.0.get()) };
         unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
+        held += 1;
+        // let the locker have it, then hold it again
+        std::thread::sleep(Duration::from_millis(2));
+        unsafe { libc::pthread_mutex_lock(m.0.get()) };
     }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    unsafe { libc::pthread_mutex_unlock(m.0.get()) };
     unsafe { libc::close(fds[1]) };
+    say(json!({"event": "held", "count": held}));
+    if let Some((child, reader)) = peer {
+        let _ = reader.join();
+        let mut status = 0;
+        unsafe { libc::waitpid(child, &mut status, 0) };
+    }
     let _ = sleeper.join();
     let _ = reader.join();
+    let _ = locker.join();
+    if let Some(s) = spinner {
+        let _ = s.join();
+    }
+}
+
+/// Wait for "go" by polling stdin every ms: a read blocked on it would be
+/// woken by the test's write, and naming that waker makes proc_image
+/// symbolize the test binary's (large, debug) user frames on its main loop
+/// at the start of the run. The pause is poll()'s, not a nanosleep: the
+/// first stretch after the activation has no user stack (it began before),
+/// and tests/offcpu.rs wants one on every nanosleep.
+fn offcpu_wait_go() {
+    // SAFETY: fcntl on our own stdin; a plain byte buffer for read
+    unsafe {
+        let flags = libc::fcntl(0, libc::F_GETFL);
+        libc::fcntl(0, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    }
+    let mut b = [0u8; 16];
+    loop {
+        let n = unsafe { libc::read(0, b.as_mut_ptr().cast(), b.len()) };
+        if n == 0 || (n > 0 && b[..n as usize].contains(&b'\n')) {
+            return;
+        }
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+            die("read stdin");
+        }
+        unsafe { libc::poll(std::ptr::null_mut(), 0, 1) };
+    }
+}
+
+/// The `--peer` child process, writing a pipe every 20 ms for `secs`, and
+/// the thread of ours that reads it.
+fn offcpu_fork_peer(secs: u64) -> (libc::pid_t, std::thread::JoinHandle<()>) {
+    let mut fds = [0i32; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        die("pipe");
+    }
+    let rounds = secs * 50;
+    // SAFETY: the child only makes syscalls (no allocation) and _exits
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        unsafe {
+            libc::prctl(libc::PR_SET_NAME, c"offcpu_peer".as_ptr());
+            libc::close(fds[0]);
+            let ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            for _ in 0..rounds {
+                libc::nanosleep(&ts, std::ptr::null_mut());
+                libc::write(fds[1], b"p".as_ptr().cast(), 1);
+            }
+            libc::_exit(0);
+        }
+    }
+    if child < 0 {
+        die("fork");
+    }
+    unsafe { libc::close(fds[1]) };
+    say(json!({"event": "peer", "pid": child, "comm": "offcpu_peer"}));
+    let reader = std::thread::spawn(move || {
+        say(json!({"event": "peer_reader", "tid": unsafe { libc::gettid() }}));
+        let mut n = 0u64;
+        while offcpu_peer_read_here(fds[0]) > 0 {
+            n += 1;
+        }
+        say(json!({"event": "peer_read", "count": n}));
+    });
+    (child, reader)
+}
+
+#[inline(never)]
+fn offcpu_peer_read_here(fd: i32) -> isize {
+    let mut b = [0u8; 1];
+    unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) }
+}
+
+/// A pthread mutex shared by the `offcpu` threads.
+struct OffcpuMutex(std::cell::UnsafeCell<libc::pthread_mutex_t>);
+// SAFETY: a pthread mutex is made to be used from several threads at once.
+unsafe impl Sync for OffcpuMutex {}
+
+#[inline(never)]
+fn offcpu_sleeper_loop(end: Instant, asleep: &std::sync::atomic::AtomicU64) -> u64 {
+    let mut n = 0u64;
+    while Instant::now() < end {
+        asleep.store(monotonic_ns(), std::sync::atomic::Ordering::SeqCst);
+        offcpu_nanosleep_here(20);
+        n += 1;
+    }
+    std::hint::black_box(n)
+}
+
+#[inline(never)]
+fn offcpu_reader_loop(fd: i32) -> u64 {
+    let mut n = 0u64;
+    while offcpu_pipe_read_here(fd) > 0 {
+        n += 1;
+    }
+    std::hint::black_box(n)
+}
+
+/// Take the mutex (it waits for the main thread), give it back, and come
+/// back after the main thread has it again.
+#[inline(never)]
+fn offcpu_locker_loop(m: &OffcpuMutex, done: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut n = 0u64;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        offcpu_mutex_lock_here(m);
+        unsafe { libc::pthread_mutex_unlock(m.0.get()) };
+        n += 1;
+        std::thread::sleep(Duration::from_millis(6));
+    }
+    std::hint::black_box(n)
+}
+
+/// Spin in user space from 3 ms before to 3 ms after each expected wakeup
+/// of the sleeper (its 20 ms sleeps), sleeping in between.
+#[inline(never)]
+fn offcpu_spin_around_wakeups(end: Instant, asleep: &std::sync::atomic::AtomicU64) {
+    while Instant::now() < end {
+        let since = asleep.load(std::sync::atomic::Ordering::SeqCst);
+        let wake = since + 20_000_000;
+        let now = monotonic_ns();
+        if since == 0 || now > wake + 3_000_000 {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        if now + 3_000_000 < wake {
+            std::thread::sleep(Duration::from_nanos(wake - 3_000_000 - now));
+        }
+        while monotonic_ns() < wake + 3_000_000 {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 #[inline(never)]
@@ -1692,6 +1879,11 @@ fn offcpu_nanosleep_here(ms: i64) {
 fn offcpu_pipe_read_here(fd: i32) -> isize {
     let mut b = [0u8; 1];
     unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) }
+}
+
+#[inline(never)]
+fn offcpu_mutex_lock_here(m: &OffcpuMutex) {
+    unsafe { libc::pthread_mutex_lock(m.0.get()) };
 }
 
 /// exit_group() while `threads` threads spin on the CPUs.

@@ -7,7 +7,8 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use super::stacks::{kernel_frames, Frame, UserStacks};
+use super::stacks::{copied_stack, kernel_frames, Frame, UserStacks};
+use super::wakers::{folded_waker, trace_wakeup, Wakers, WokenBy};
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_cpu_event,
     keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
@@ -15,9 +16,7 @@ use crate::bpf_intf::{
     KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_OFF_CPU, KEYTIME_ON_CPU,
     KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
-use crate::bpf_intf::{
-    keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, KEYTIME_USTACK_PAGES, OFFCPU_PREEMPTED,
-};
+use crate::bpf_intf::{keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, OFFCPU_PREEMPTED};
 use crate::kallsyms::Kallsyms;
 use crate::record::families::{with_label, Fam};
 use crate::record::{self, hex, write_json_of, MetricsOut, Record, TraceOut};
@@ -28,15 +27,17 @@ fn task_record(hdr: &event_hdr, event: Event) -> Record {
 }
 
 pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
-    decode_record_with(data, ksyms, None)
+    decode_record_with(data, ksyms, None, None)
 }
 
 /// `decode_record`, naming level 2's user frames with `users` (without
-/// it they stay addresses).
+/// it they stay addresses), and giving an off_cpu record with stacks the
+/// waker kept for it in `wakers`.
 pub fn decode_record_with(
     data: &[u8],
     ksyms: &OnceCell<Kallsyms>,
     users: Option<&UserStacks>,
+    wakers: Option<&mut Wakers>,
 ) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;
     let event = match u32::from(hdr.kind) {
@@ -109,6 +110,8 @@ pub fn decode_record_with(
                 prev_state: e.prev_state.into(),
                 stack: None,
                 unwind: None,
+                woken_by: None,
+                wake_latency_ns: None,
             })
         }
         KEYTIME_OFF_CPU_STACK => {
@@ -126,10 +129,8 @@ pub fn decode_record_with(
             };
             let mut stack = kernel_frames(ks, &e.kstack[..kframes]);
             // the copied user stack follows the record
-            let pages = std::mem::size_of::<keytime_offcpu_stack_event>();
-            let from = pages + e.ustack_start as usize;
-            let to = pages + (e.ustack_bytes as usize).min(KEYTIME_USTACK_PAGES as usize * 4096);
-            let copied = data.get(from..to).unwrap_or(&[]);
+            let copied =
+                copied_stack::<keytime_offcpu_stack_event>(data, e.ustack_start, e.ustack_bytes);
             let mut unwind = None;
             match users {
                 Some(u) => {
@@ -140,6 +141,7 @@ pub fn decode_record_with(
                 None if e.regs.ip != 0 => stack.push(Frame::unknown(e.regs.ip, "")),
                 None => {}
             }
+            let wake = wakers.and_then(|w| w.take(hdr.pid, hdr.ts_ns));
             Event::OffCpu(OffCpu {
                 cpu: hdr.cpu,
                 duration_ns: e.duration_ns,
@@ -148,6 +150,8 @@ pub fn decode_record_with(
                 prev_state: e.prev_state.into(),
                 stack: Some(stack),
                 unwind,
+                wake_latency_ns: wake.as_ref().map(|w| hdr.ts_ns.saturating_sub(w.wake_ns)),
+                woken_by: wake.map(|w| w.by),
             })
         }
         other => return Err(anyhow!("unknown keytime record kind {other}")),
@@ -426,6 +430,13 @@ pub struct OffCpu {
     /// truncated); absent when it was unwound to its outermost frame
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwind: Option<&'static str>,
+    /// level 2, with `stack`: the thread that woke it, from task context
+    /// (a wakeup from an interrupt, a timer's, names no thread)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub woken_by: Option<WokenBy>,
+    /// from the wakeup to the switch-in (waiting for a CPU)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wake_latency_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -554,8 +565,16 @@ impl record::Event for Event {
             Event::OffCpu(OffCpu {
                 stack: Some(stack),
                 duration_ns,
+                woken_by,
                 ..
-            }) if !stack.is_empty() => Some((folded_stack(&rec.comm, stack), *duration_ns)),
+            }) if !stack.is_empty() => {
+                let mut line = folded_stack(&rec.comm, stack);
+                // woken by a thread: offwaketime's form, the waker on top
+                if let Some(by) = woken_by {
+                    folded_waker(&mut line, by);
+                }
+                Some((line, *duration_ns))
+            }
             _ => None,
         }
     }
@@ -613,8 +632,15 @@ impl record::Event for Event {
                         .collect();
                     args["stack"] = frames.into();
                 }
+                if let Some(k) = &e.woken_by {
+                    args["woken_by"] = json!({"pid": k.pid, "tgid": k.tgid, "comm": k.comm});
+                }
                 let name = format!("off-CPU: {}", e.reason);
-                t.slice(rec, &name, e.duration_ns, &args)
+                t.slice(rec, &name, e.duration_ns, &args);
+                if let (Some(k), Some(lat)) = (&e.woken_by, e.wake_latency_ns) {
+                    let wake = rec.ts_ns.saturating_sub(lat);
+                    trace_wakeup(rec, k, wake, t);
+                }
             }
             Event::CpuSummary(s) => {
                 let pct = trace::percent(s.on_cpu_ns, s.interval_ns);

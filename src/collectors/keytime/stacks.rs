@@ -43,6 +43,16 @@ impl Frame {
     }
 }
 
+/// The user stack a record of type `T` carries after itself: `bytes` of
+/// whole pages, the stack proper (from sp) `start` bytes in.
+pub fn copied_stack<T>(data: &[u8], start: u32, bytes: u32) -> &[u8] {
+    let pages = std::mem::size_of::<T>();
+    let max = crate::bpf_intf::KEYTIME_USTACK_PAGES as usize * 4096;
+    let from = pages + start as usize;
+    let to = pages + (bytes as usize).min(max);
+    data.get(from..to).unwrap_or(&[])
+}
+
 /// Kernel frames named from kallsyms.
 pub fn kernel_frames(ksyms: &Kallsyms, addrs: &[u64]) -> Vec<Frame> {
     addrs

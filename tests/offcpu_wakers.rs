@@ -93,7 +93,8 @@ fn assert_woken_by(recs: &[&Value], waker: u64, waker_fn: &str, others: usize) {
             .filter_map(|f| f["fn"].as_str())
             .collect();
         assert!(
-            user.iter().any(|f| f.starts_with("proc_image_workload::offcpu")),
+            user.iter()
+                .any(|f| f.starts_with("proc_image_workload::offcpu")),
             "the waker's user stack does not reach the workload's function: {r}"
         );
         // woken during the stretch, switched in after

@@ -2,9 +2,10 @@
 //! off-CPU interval of the target with the reason it left the CPU.
 //! BPF side: bpf/keytime.bpf.c.
 
-use std::cell::OnceCell;
+use std::cell::RefCell;
 use std::io::Read;
 use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
@@ -15,7 +16,7 @@ use super::{
 };
 use crate::bpf_intf::{
     self, decode, event_hdr, keytime_config, keytime_summary, keytime_summary_key,
-    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_STACKS, KEYTIME_WAKER,
+    KEYTIME_LEVEL_ALL, KEYTIME_LEVEL_STACKS, KEYTIME_OFF_CPU_STACK, KEYTIME_WAKER,
 };
 use crate::kallsyms::Kallsyms;
 use crate::kernel_btf::{self, Variant};
@@ -26,6 +27,7 @@ use crate::target::Target;
 
 mod records;
 pub use records::*;
+mod namer;
 pub mod stacks;
 pub mod unwind;
 pub mod wakers;
@@ -63,11 +65,11 @@ pub struct Keytime {
     /// summaries since this time (CLOCK_MONOTONIC ns)
     interval_start_ns: u64,
     /// read on the first off-CPU stack, not at start: it costs ~10 MB
-    ksyms: Rc<OnceCell<Kallsyms>>,
+    ksyms: Arc<OnceLock<Kallsyms>>,
     /// the activation traces the whole system (its records name cgroups)
     whole_system: Rc<std::cell::Cell<bool>>,
-    /// level 2: user frames named, cached per process and address
-    users: Rc<stacks::UserStacks>,
+    /// level 2: stack records unwound and named off the main loop
+    namer: Rc<RefCell<namer::StackNamer>>,
 }
 
 impl Keytime {
@@ -99,6 +101,7 @@ impl Keytime {
             opts.ringbuf_bytes,
             &[switch, exit, pass, oom],
         )?;
+        let ksyms = Arc::new(OnceLock::new());
         Ok(Keytime {
             skel,
             switch_newer: switch.use_newer,
@@ -110,9 +113,9 @@ impl Keytime {
             summarizing: false,
             top: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
             interval_start_ns: 0,
-            ksyms: Rc::new(OnceCell::new()),
+            ksyms: ksyms.clone(),
             whole_system: Rc::default(),
-            users: Rc::default(),
+            namer: Rc::new(RefCell::new(namer::StackNamer::start(ksyms)?)),
         })
     }
 
@@ -320,12 +323,14 @@ impl Collector for Keytime {
         self.summarizing = act.target.is_system() && switches;
         self.whole_system.set(act.target.is_system());
         let stacks = act.keytime_level >= bpf_intf::KEYTIME_LEVEL_STACKS && !act.target.is_system();
-        self.users.set_active(stacks);
+        self.namer.borrow_mut().set_active(stacks);
         if stacks {
             // read the target's mappings while it lives: its stacks are
             // unwound even if it has ended when they are decoded
             match act.target {
-                Target::Thread { tgid, .. } | Target::Group { tgid, .. } => self.users.watch(tgid),
+                Target::Thread { tgid, .. } | Target::Group { tgid, .. } => {
+                    self.namer.borrow().watch(tgid)
+                }
                 _ => {}
             }
         }
@@ -379,22 +384,27 @@ impl Collector for Keytime {
     fn decoder(&self) -> Decoder {
         let ksyms = self.ksyms.clone();
         let whole_system = self.whole_system.clone();
-        let users = self.users.clone();
-        let mut wakers = wakers::Wakers::default();
+        let namer = self.namer.clone();
         Box::new(move |data| {
-            // a waker waits for its stretch's off_cpu record, next from its CPU
-            if u32::from(decode::<event_hdr>(data)?.kind) == KEYTIME_WAKER {
-                wakers.keep(data, ksyms.get_or_init(Kallsyms::load), Some(&users))?;
+            // level 2's stacks (a waker's, then its stretch's) are named off the main loop
+            let kind = u32::from(decode::<event_hdr>(data)?.kind);
+            if kind == KEYTIME_WAKER || kind == KEYTIME_OFF_CPU_STACK {
+                namer.borrow_mut().decode(data);
                 return Ok(None);
             }
-            let rec = decode_record_with(data, &ksyms, Some(&users), Some(&mut wakers))?;
-            users.follow(&rec);
+            let rec = decode_record(data, &ksyms)?;
+            namer.borrow().follow(&rec);
             // the whole system: which container or service each thread is in
             Ok(Some(match whole_system.get() {
                 true => rec.cgroup(decode::<event_hdr>(data)?.cgroup_id),
                 false => rec,
             }))
         })
+    }
+
+    fn service(&mut self, out: &mut Output) -> Result<()> {
+        let named = self.namer.borrow_mut().ready();
+        emit_named(named, out)
     }
 
     fn on_interval(&mut self, out: &mut Output) -> Result<()> {
@@ -405,6 +415,8 @@ impl Collector for Keytime {
     }
 
     fn flush(&mut self, out: &mut Output) -> Result<()> {
+        let named = self.namer.borrow_mut().drain();
+        emit_named(named, out)?;
         self.on_interval(out)?;
         self.summarizing = false;
         Ok(())
@@ -417,4 +429,18 @@ impl Collector for Keytime {
     fn object(&self) -> &libbpf_rs::Object {
         libbpf_rs::skel::Skel::object(&self.skel)
     }
+}
+
+/// Stack records named off the main loop, written now; the first failure is
+/// said (a record that cannot be decoded is counted like the main loop's).
+fn emit_named(named: Vec<Result<Option<Record>>>, out: &mut Output) -> Result<()> {
+    let mut failed = None;
+    for rec in named {
+        match rec {
+            Ok(Some(rec)) => out.emit(&rec),
+            Ok(None) => {}
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    failed.map_or(Ok(()), Err)
 }

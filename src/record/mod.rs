@@ -20,7 +20,7 @@ use families::{Fam, Labels};
 use histogram::Log2Hist;
 
 /// One collector's record.
-pub trait Event: Debug {
+pub trait Event: Debug + Send {
     /// The collector that made it ("proc_image" for the tool's own).
     fn collector(&self) -> &'static str;
     /// Its `event` name.

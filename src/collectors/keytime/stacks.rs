@@ -11,7 +11,7 @@ use blazesym::symbolize::source::{Elf, Process, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use serde::Serialize;
 
-use super::unwind::{ElfImage, Unwinding, Unwound, UserFrame};
+use super::unwind::{ElfImage, ProcessMaps, Unwinding, Unwound, UserFrame};
 use crate::bpf_intf::user_regs_sample;
 use crate::kallsyms::Kallsyms;
 
@@ -153,37 +153,19 @@ fn frame_of(sym: &blazesym::symbolize::Sym, module: String) -> Frame {
 #[derive(Default)]
 pub struct UserStacks {
     unwinding: RefCell<Unwinding>,
-    active: std::cell::Cell<bool>,
     symbolizer: Symbolizer,
     named: RefCell<HashMap<(usize, u64), Frame>>,
 }
 
 impl UserStacks {
-    /// Level 2 is active (or not): exec records are followed only then.
-    pub fn set_active(&self, on: bool) {
-        self.active.set(on);
+    /// A process's mappings, read while it lived (at an activation, an exec).
+    pub fn install(&self, tgid: u32, maps: ProcessMaps) {
+        self.unwinding.borrow_mut().install(tgid, maps);
     }
 
-    /// Read the mappings of a process now, while it lives (at activation).
-    pub fn watch(&self, tgid: u32) {
-        self.unwinding.borrow_mut().read_process(tgid);
-    }
-
-    /// Follow the lifecycle of the processes whose stacks are unwound: an
-    /// exec replaces the mappings, the end of a process lets them go first.
-    pub fn follow(&self, rec: &crate::record::Record) {
-        let mut unwinding = self.unwinding.borrow_mut();
-        match rec.body.name() {
-            // a process that execs in the target (a cgroup's new process)
-            // is read at once: it may be gone when its stacks are decoded
-            "execve" if self.active.get() => {
-                unwinding.read_process(rec.tgid);
-            }
-            "exit" if rec.get("group_dead") == Some(true.into()) => {
-                unwinding.process_ended(rec.tgid)
-            }
-            _ => {}
-        }
+    /// The process has ended: its mappings may go first when room is needed.
+    pub fn process_ended(&self, tgid: u32) {
+        self.unwinding.borrow_mut().process_ended(tgid);
     }
 
     /// The frames of one copied stack, innermost first, and how the unwinding ended.

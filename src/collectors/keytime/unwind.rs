@@ -128,6 +128,58 @@ impl ProcessImage {
     }
 }
 
+/// One executable file mapping of a process, its file open.
+struct MappedFile {
+    start: u64,
+    end: u64,
+    offset: u64,
+    path: String,
+    file: File,
+}
+
+/// A process's executable mappings with their files open: cheap to read
+/// (no ELF parsing), and enough to unwind it after it has ended.
+pub struct ProcessMaps(Vec<MappedFile>);
+
+impl ProcessMaps {
+    pub fn read(tgid: u32) -> Option<ProcessMaps> {
+        let maps = std::fs::read_to_string(format!("/proc/{tgid}/maps")).ok()?;
+        let mut files = Vec::new();
+        for line in maps.lines() {
+            let mut f = line.split_ascii_whitespace();
+            let (Some(range), Some(perms), Some(offset)) = (f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            let path: Vec<&str> = f.skip(2).collect();
+            if !perms.contains('x') || !path.first().is_some_and(|p| p.starts_with('/')) {
+                continue;
+            }
+            let Some((start, end)) = range.split_once('-') else {
+                continue;
+            };
+            let (Ok(start), Ok(end), Ok(offset)) = (
+                u64::from_str_radix(start, 16),
+                u64::from_str_radix(end, 16),
+                u64::from_str_radix(offset, 16),
+            ) else {
+                continue;
+            };
+            // the file itself, deleted or in another mount namespace
+            let Ok(file) = File::open(format!("/proc/{tgid}/map_files/{range}")) else {
+                continue;
+            };
+            files.push(MappedFile {
+                start,
+                end,
+                offset,
+                path: path.join(" "),
+                file,
+            });
+        }
+        Some(ProcessMaps(files))
+    }
+}
+
 /// A user frame: its address, and where it is in which file when known.
 #[derive(Clone)]
 pub struct UserFrame {
@@ -179,39 +231,29 @@ impl Default for Unwinding {
 impl Unwinding {
     /// Read (again) the mappings of `tgid`; false if it cannot be read.
     pub fn read_process(&mut self, tgid: u32) -> bool {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{tgid}/maps")) else {
-            return false;
-        };
-        let mut mapped = Vec::new();
-        for line in maps.lines() {
-            let mut f = line.split_ascii_whitespace();
-            let (Some(range), Some(perms), Some(offset)) = (f.next(), f.next(), f.next()) else {
-                continue;
-            };
-            let path: Vec<&str> = f.skip(2).collect();
-            if !perms.contains('x') || !path.first().is_some_and(|p| p.starts_with('/')) {
-                continue;
+        match ProcessMaps::read(tgid) {
+            Some(maps) => {
+                self.install(tgid, maps);
+                true
             }
-            let Some((start, end)) = range.split_once('-') else {
+            None => false,
+        }
+    }
+
+    /// A process's mappings as read (maybe on another thread, while it lived).
+    pub fn install(&mut self, tgid: u32, maps: ProcessMaps) {
+        let mut mapped = Vec::new();
+        for m in maps.0 {
+            let Some(image) = self.image(m.file, m.path) else {
                 continue;
             };
-            let (Ok(start), Ok(end), Ok(offset)) = (
-                u64::from_str_radix(start, 16),
-                u64::from_str_radix(end, 16),
-                u64::from_str_radix(offset, 16),
-            ) else {
-                continue;
-            };
-            let Some(image) = self.image(tgid, range, path.join(" ")) else {
-                continue;
-            };
-            let Some(svma) = image.svma_of_offset(offset) else {
+            let Some(svma) = image.svma_of_offset(m.offset) else {
                 continue;
             };
             mapped.push(Mapped {
-                start,
-                end,
-                bias: start.wrapping_sub(svma),
+                start: m.start,
+                end: m.end,
+                bias: m.start.wrapping_sub(svma),
                 image,
             });
         }
@@ -247,11 +289,6 @@ impl Unwinding {
                 dead: false,
             },
         );
-        true
-    }
-
-    pub fn knows(&self, tgid: u32) -> bool {
-        self.procs.contains_key(&tgid)
     }
 
     /// The process has ended: its image may go first when room is needed.
@@ -261,9 +298,8 @@ impl Unwinding {
         }
     }
 
-    /// The file mapped at `range` ("start-end" as in maps), read once per file.
-    fn image(&mut self, tgid: u32, range: &str, path: String) -> Option<Arc<ElfImage>> {
-        let file = File::open(format!("/proc/{tgid}/map_files/{range}")).ok()?;
+    /// The image of a mapped file, read once per file.
+    fn image(&mut self, file: File, path: String) -> Option<Arc<ElfImage>> {
         let meta = file.metadata().ok()?;
         let key = (meta.dev(), meta.ino());
         if let Some(img) = self.images.get(&key) {

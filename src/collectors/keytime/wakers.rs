@@ -140,7 +140,7 @@ pub fn trace_wakeup(rec: &Record, w: &WokenBy, wake_ns: u64, t: &mut dyn TraceOu
 
 #[cfg(test)]
 mod tests {
-    use std::cell::OnceCell;
+    use std::sync::OnceLock;
 
     use super::*;
     use crate::bpf_intf::{
@@ -166,8 +166,8 @@ mod tests {
         h
     }
 
-    fn ksyms() -> OnceCell<Kallsyms> {
-        let k = OnceCell::new();
+    fn ksyms() -> OnceLock<Kallsyms> {
+        let k = OnceLock::new();
         let _ = k.set(Kallsyms::parse(
             "ffffffff81000000 T bpf_trace_run1\nffffffff81001000 T try_to_wake_up\n\
              ffffffff81002000 T pipe_write\nffffffff81003000 T pipe_read\n",

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use blazesym::symbolize::source::{Elf, Process, Source};
+use blazesym::symbolize::source::{Elf, Source};
 use blazesym::symbolize::{Input, Symbolized, Symbolizer};
 use serde::Serialize;
 
@@ -70,69 +70,9 @@ pub fn kernel_frames(ksyms: &Kallsyms, addrs: &[u64]) -> Vec<Frame> {
         .collect()
 }
 
-/// Frames cached per process and address beyond this many are dropped all at
+/// Frames cached per file and address beyond this many are dropped all at
 /// once (a long run with many processes must not grow without bound).
 const CACHE_MAX: usize = 200_000;
-
-/// User frames named with blazesym, cached per (tgid, address): a repeated
-/// stack costs hash lookups only, and a process that has exited is still
-/// named for the addresses seen while it lived.
-pub struct UserSyms {
-    symbolizer: Symbolizer,
-    cache: RefCell<HashMap<(u32, u64), Frame>>,
-}
-
-impl Default for UserSyms {
-    fn default() -> Self {
-        UserSyms {
-            symbolizer: Symbolizer::new(),
-            cache: RefCell::new(HashMap::new()),
-        }
-    }
-}
-
-impl UserSyms {
-    pub fn frames(&self, tgid: u32, addrs: &[u64]) -> Vec<Frame> {
-        let mut cache = self.cache.borrow_mut();
-        let missing: Vec<u64> = addrs
-            .iter()
-            .copied()
-            .filter(|a| !cache.contains_key(&(tgid, *a)))
-            .collect();
-        if !missing.is_empty() {
-            if cache.len() + missing.len() > CACHE_MAX {
-                cache.clear();
-            }
-            let src = Source::Process(Process::new(tgid.into()));
-            let named = self
-                .symbolizer
-                .symbolize(&src, Input::AbsAddr(&missing))
-                .unwrap_or_default();
-            for (i, &addr) in missing.iter().enumerate() {
-                let frame = match named.get(i) {
-                    Some(Symbolized::Sym(sym)) => frame_of(
-                        sym,
-                        sym.module
-                            .as_deref()
-                            .map(|m| m.to_string_lossy().into_owned())
-                            .unwrap_or_default(),
-                    ),
-                    _ => Frame::unknown(addr, ""),
-                };
-                cache.insert((tgid, addr), frame);
-            }
-        }
-        addrs
-            .iter()
-            .map(|a| {
-                cache
-                    .get(&(tgid, *a))
-                    .cloned()
-                    .unwrap_or_else(|| Frame::unknown(*a, ""))
-            })
-            .collect()
-    }
-}
 
 /// A symbol as blazesym gives it, as a frame of `module`.
 fn frame_of(sym: &blazesym::symbolize::Sym, module: String) -> Frame {

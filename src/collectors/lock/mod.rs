@@ -287,7 +287,8 @@ impl Lock {
             .ok_or_else(|| anyhow!("lock: .bss is not mapped"))
     }
 
-    /// Forget every hold: they belong to an earlier activation or image.
+    /// Forget every hold: they belong to an earlier activation or image, or
+    /// calls were missed since they were taken (see `attach_anchor`).
     fn clear_holds(&self) {
         for map in [
             &self.skel.maps.holds as &dyn MapCore,
@@ -396,6 +397,14 @@ impl Lock {
                     .unwrap_or(before)
             };
             lost = Some(unarmed_record(tgid, from, armed_at, unseen));
+            // an unlock missed meanwhile left its hold recorded: four such
+            // stale holds filled the thread's stack for that lock, and from
+            // then on its every hold only counted as a deeper recursive one
+            // (no record, ever again); and the lock passed for held, so
+            // others' requests for contended. What was held before the
+            // window cannot be known: start over (an unlock of a hold
+            // taken before it is an unmatched record)
+            self.clear_holds();
         }
         self.unarmed_since = None;
         self.anchors.push(Anchor {

@@ -287,8 +287,7 @@ impl Lock {
             .ok_or_else(|| anyhow!("lock: .bss is not mapped"))
     }
 
-    /// Forget every hold: they belong to an earlier activation or image, or
-    /// calls were missed since they were taken (see `attach_anchor`).
+    /// Forget every hold: they belong to an earlier activation or image.
     fn clear_holds(&self) {
         for map in [
             &self.skel.maps.holds as &dyn MapCore,
@@ -400,11 +399,11 @@ impl Lock {
             // an unlock missed meanwhile left its hold recorded: four such
             // stale holds filled the thread's stack for that lock, and from
             // then on its every hold only counted as a deeper recursive one
-            // (no record, ever again); and the lock passed for held, so
-            // others' requests for contended. What was held before the
-            // window cannot be known: start over (an unlock of a hold
-            // taken before it is an unmatched record)
-            self.clear_holds();
+            // (no record, ever again). BPF drops a full stack pushed
+            // before this (push_hold in lock.bpf.c)
+            if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+                bss.holds_epoch = bss.holds_epoch.wrapping_add(1);
+            }
         }
         self.unarmed_since = None;
         self.anchors.push(Anchor {

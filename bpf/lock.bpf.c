@@ -54,6 +54,11 @@ struct lock_config cfg;
  * get no return run once they are gone (see drop_stale).
  */
 __u32 oldest_live_seq;
+/*
+ * Written by proc_image: one more after each window in which no probed
+ * thread was alive (see push_hold).
+ */
+__u32 holds_epoch;
 
 /*
  * The uprobes fire only in the target's mm (see above), and a recycled pid
@@ -126,7 +131,7 @@ struct lock_hold {
 	__u8 type[LOCK_HOLD_DEPTH];
 	__u8 op[LOCK_HOLD_DEPTH];
 	__u8 flags[LOCK_HOLD_DEPTH];
-	__u8 _pad[4];
+	__u32 epoch;    /* holds_epoch at the last push */
 };
 
 struct {
@@ -352,9 +357,21 @@ static __always_inline void push_hold(struct task_struct *task, struct lock_requ
 			__sync_fetch_and_add(&s->writers, 1);
 	}
 	if (h->depth >= LOCK_HOLD_DEPTH || h->overflow) {
-		h->overflow++;
-		return;
+		if (h->epoch == holds_epoch) {
+			h->overflow++;
+			return;
+		}
+		/*
+		 * A full stack pushed before a window without probes: its holds
+		 * are likely ones whose unlock was missed then. Kept, they would
+		 * make this and every later hold a deeper recursive one, never
+		 * a record: they go (what they added to lock_state stays: others'
+		 * requests may pass for contended, as after any missed unlock).
+		 */
+		h->depth = 0;
+		h->overflow = 0;
 	}
+	h->epoch = holds_epoch;
 	i = h->depth & (LOCK_HOLD_DEPTH - 1);
 	h->request_ns[i] = r->request_ns;
 	h->acquire_ns[i] = now;

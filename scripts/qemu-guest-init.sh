@@ -14,6 +14,9 @@ mount -t tracefs none /sys/kernel/tracing
 mount -t debugfs none /sys/kernel/debug
 mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
 . /guest.env
+# the console also gets KERN_WARNING and the dumps that follow a soft
+# lockup report (printed at the default level): where a stalled guest is
+echo 5 >/proc/sys/kernel/printk
 if [ -n "$DUMP_BTF" ]; then
 	stty -F "$DATA" raw -echo 2>/dev/null
 	{
@@ -47,7 +50,10 @@ start() {
 	mkfifo /tmp/go
 	/bin/proc_image_workload "$@" </tmp/go >$O/$name.truth &
 	WPID=$!
-	exec 3>/tmp/go
+	# read-write: never blocks (a write-only open waits for the reader, and
+	# a SIGCHLD of an earlier child interrupted it once: EINTR, and the
+	# shell, init, died on the failed redirection)
+	exec 3<>/tmp/go
 	# the shell forked for it has become the workload
 	while [ "$(readlink /proc/$WPID/exe)" != /bin/proc_image_workload ]; do sleep 0.05; done
 	# and is asleep (in its read of the fifo), not still starting up: a

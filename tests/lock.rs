@@ -539,6 +539,17 @@ fn acquisitions_by_thread(recs: &[Value], addr: &str) -> std::collections::BTree
     by
 }
 
+/// The perf events process `pid` holds open (one per uprobe it attached).
+fn perf_events_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_str() == Some("anon_inode:[perf_event]"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 fn no_losses(recs: &[Value]) {
     let lost: Vec<&Value> = recs.iter().filter(|r| r["event"] == "lost").collect();
     assert!(lost.is_empty(), "{lost:?}");
@@ -549,13 +560,37 @@ fn no_losses(recs: &[Value]) {
 fn the_main_thread_exiting_leaves_the_probes_armed() {
     need_root();
     let pi = ProcImage::start("lock_leader_exit", &["-l"]);
-    let mut w = Workload::start(&["lock-leader-exit", "--threads", "4", "--pairs", "1000"]);
+    let mut w = Workload::start(&[
+        "lock-leader-exit",
+        "--threads",
+        "4",
+        "--pairs",
+        "1000",
+        "--second-go",
+    ]);
     let ready = w.wait_truth("ready", Duration::from_secs(10));
     let pid = u64_of(&ready, "pid");
     let mutex = addr_of(&ready, "mutex");
     let lock_fn = u64_of(&ready, "pthread_mutex_lock");
     // the default interval: the workers go on for several
     pi.control_ok(&["-a", "-P", &pid.to_string(), "-l"]);
+    // one probe set, on the only thread there is
+    let one_set = perf_events_of(pi.child.id());
+    assert!(one_set > 0);
+    w.send_go();
+    w.wait_truth("threads_started", Duration::from_secs(10));
+    // the threads started: a second set goes on one of them. Attaching ~30
+    // uprobes takes 0.3-0.9 s when another proc_image detaches its own at
+    // the same time (each waits for an RCU grace period); a main thread
+    // that exits before the second set is in leaves the probes unarmed
+    // meanwhile (calls_while_no_probed_thread_lives_are_counted_lost).
+    // Here the main thread exits once the second set is armed.
+    assert!(
+        wait_until(Duration::from_secs(30), || perf_events_of(pi.child.id())
+            >= 2 * one_set),
+        "no second probe set:\n{}",
+        pi.stderr_text()
+    );
     w.go();
     let main = w.wait_truth("main_exits", Duration::from_secs(10));
     let main_tid = u64_of(&main, "tid");

@@ -259,6 +259,13 @@ impl Workload {
         stdin.write_all(b"go\n").unwrap();
     }
 
+    /// A go line, keeping stdin open for another (go() closes it).
+    pub fn send_go(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
     /// The workload's own account of what it did, by "event".
     pub fn truth(&self, event: &str) -> Value {
         self.stdout

@@ -89,13 +89,15 @@
 //!       one rwlock, and the last pair a write lock), pausing P ms after
 //!       every 10 (default 0); then the main thread makes one pair alone;
 //!       prints their tids and how long it took
-//!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K] [--exit-first]
+//!   proc_image_workload lock-leader-exit [--threads N] [--pairs M] [--main-pairs K] [--exit-first] [--second-go]
 //!       prints its mutex, waits for a line on stdin, starts N threads and
 //!       takes the mutex K (20) times itself (10 ms apart), then the main
 //!       thread exits alone (as pthread_exit() does); each thread makes M pairs, 20 ms
 //!       pause every 10, says when it saw the main thread gone, and waits
 //!       for the others before it ends. --exit-first: the main thread
-//!       starts the threads and exits first; the go line starts them
+//!       starts the threads and exits first; the go line starts them.
+//!       --second-go: the go line starts the threads, which wait (and so
+//!       does the main thread's exit) for a second line
 //!   proc_image_workload lock-anchors-go [--pairs M]
 //!       the main thread and one more (the two threads lock's probes are
 //!       attached to) end while a later thread waits in pthread_mutex_lock()
@@ -223,6 +225,7 @@ fn main() {
             num("--pairs", 300),
             num("--main-pairs", 20),
             args.iter().any(|a| a == "--exit-first"),
+            args.iter().any(|a| a == "--second-go"),
         ),
         "lock-robust" => lock_robust(),
         "futex" => futex_workload(&args),
@@ -1478,7 +1481,9 @@ fn main_thread_gone() -> bool {
 }
 
 /// The main thread exits with pthread_exit() while its threads go on.
-fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool) {
+/// --second-go: the threads are started at the first line and begin (and
+/// the main thread heads for its exit) at a second one.
+fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool, second_go: bool) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static GO: AtomicBool = AtomicBool::new(false);
     let l = Locks::new();
@@ -1488,7 +1493,7 @@ fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool)
     );
     if !exit_first {
         wait_for_go();
-        GO.store(true, Ordering::SeqCst);
+        GO.store(!second_go, Ordering::SeqCst);
     }
     let barrier: &'static std::sync::Barrier =
         Box::leak(Box::new(std::sync::Barrier::new(threads as usize)));
@@ -1526,6 +1531,11 @@ fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool)
                 say(json!({"event": "done", "main_pairs": main_pairs, "workers": workers}));
             }
         });
+    }
+    if second_go && !exit_first {
+        say(json!({"event": "threads_started"}));
+        wait_for_go();
+        GO.store(true, Ordering::SeqCst);
     }
     for _ in 0..main_pairs {
         unsafe {

@@ -396,6 +396,14 @@ impl Lock {
                     .unwrap_or(before)
             };
             lost = Some(unarmed_record(tgid, from, armed_at, unseen));
+            // an unlock missed meanwhile left its hold recorded: four such
+            // stale holds filled the thread's stack for that lock, and from
+            // then on its every hold only counted as a deeper recursive one
+            // (no record, ever again). BPF drops a full stack pushed
+            // before this (push_hold in lock.bpf.c)
+            if let Some(bss) = self.skel.maps.bss_data.as_deref_mut() {
+                bss.holds_epoch = bss.holds_epoch.wrapping_add(1);
+            }
         }
         self.unarmed_since = None;
         self.anchors.push(Anchor {

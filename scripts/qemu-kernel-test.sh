@@ -45,14 +45,14 @@ case "$arch" in
 x86_64)
 	deb_arch=amd64; qemu=qemu-system-x86_64; qemu_pkg=qemu-system-x86
 	rust_target=""; console=ttyS0; data=/dev/ttyS1
-	# nested KVM hangs at boot on these machines: TCG only. Multi-threaded
-	# TCG (a host thread per vCPU) stalled 2 runs of ~30 under host load: a
-	# vCPU kept re-entering the int3 that text_poke_bp() put on a
-	# tracepoint's static call in __schedule() (irqs off) while proc_image,
-	# closing a raw_tp link, waited for its IPI. thread=single cured it (7
-	# of 7) but made the locks workload's "B asks while A holds 20 ms"
-	# false (B ran 60 ms late): not used until that workload is sequenced
-	machine=(-machine q35 -accel tcg -cpu max)
+	# nested KVM hangs at boot on these machines: TCG only, and one host
+	# thread for all vCPUs. Multi-threaded TCG stalled 2 runs of ~30 under
+	# host load: a vCPU kept re-entering the int3 that text_poke_bp() put on
+	# a tracepoint's static call in __schedule() (irqs off) while proc_image,
+	# closing a raw_tp link, waited for its IPI. thread=single: 7 of 7, and
+	# faster here (the locks workload waits until its other thread is
+	# really blocked, however late the emulator runs it)
+	machine=(-machine q35 -accel tcg,thread=single -cpu max)
 	;;
 aarch64)
 	deb_arch=arm64; qemu=qemu-system-aarch64; qemu_pkg=qemu-system-arm

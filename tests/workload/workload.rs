@@ -817,6 +817,22 @@ fn held(ms: u64, take: impl FnOnce() -> u64, give: impl FnOnce()) -> (u64, u64) 
     (acquired, released)
 }
 
+/// Wait (5 s at most) until thread `tid` of this process is blocked in a
+/// futex call: "B asks while A holds" then holds however late B runs (a
+/// single-threaded emulator can run it tens of ms after A).
+fn until_in_futex(tid: i32) {
+    let path = format!("/proc/self/task/{tid}/syscall");
+    let futex = libc::SYS_futex.to_string();
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        let now = std::fs::read_to_string(&path).unwrap_or_default();
+        if now.split_whitespace().next() == Some(futex.as_str()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 fn locks(args: &[String]) {
     let flag = |f: &str| args.iter().any(|a| a == f);
     let into = args
@@ -868,8 +884,9 @@ fn locks(args: &[String]) {
     }
     let (mutex, rw, spin, busy) = (l.mutex.get(), l.rwlock.get(), l.spin.get(), l.busy.get());
     let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let main_tid = unsafe { libc::gettid() };
 
-    // mutex: A holds 20 ms; B asks while A holds, then holds 20 ms
+    // mutex: A holds 20 ms after B asks; B asks while A holds, then holds 20 ms
     let a = std::thread::spawn(move || {
         held(
             20,
@@ -877,6 +894,7 @@ fn locks(args: &[String]) {
                 libc::pthread_mutex_lock(l.mutex.get());
                 let acquired = monotonic_ns();
                 tx.send(()).unwrap();
+                until_in_futex(main_tid);
                 acquired
             },
             || unsafe {
@@ -910,6 +928,7 @@ fn locks(args: &[String]) {
                         libc::pthread_rwlock_rdlock(l.rwlock.get());
                         let acquired = monotonic_ns();
                         tx.send(()).unwrap();
+                        until_in_futex(main_tid);
                         acquired
                     },
                     || unsafe {

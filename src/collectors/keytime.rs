@@ -61,7 +61,7 @@ pub struct Keytime {
     top: Option<usize>,
     /// summaries since this time (CLOCK_MONOTONIC ns)
     interval_start_ns: u64,
-    /// read on the first off-CPU stack, not at start: it costs ~10 MB
+    /// read at the first targeted activation, not at start: it costs ~10 MB
     ksyms: Rc<OnceCell<Kallsyms>>,
     /// the activation traces the whole system (its records name cgroups)
     whole_system: Rc<std::cell::Cell<bool>>,
@@ -239,6 +239,11 @@ impl Collector for Keytime {
 
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
+        // targeted: off_cpu records name where they blocked from the first
+        // one on; the symbols are read now, not in the middle of an interval
+        if act.keytime_level >= KEYTIME_LEVEL_ALL && !act.target.is_system() {
+            self.ksyms.get_or_init(Kallsyms::load);
+        }
         let now = sys::monotonic_ns();
         let cfg = keytime_config {
             target: act.filter(),

@@ -27,10 +27,11 @@ median_col() {
 	awk -v c="$2" '{print $c}' "$1" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
 }
 
-# median over reps of (column X - a) / (f - a): the overhead as a multiple of the floor's
+# median over reps of (column X - a) / (f - a): the overhead as a multiple of
+# the floor's ("n/a" when no rep measured the floor above (a): noise)
 median_ratio() {
-	awk -v x="$2" '{fl = $2 - $1; if (fl <= 0) fl = 1e-9; print ($x - $1) / fl}' "$1" |
-		sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'
+	awk -v x="$2" '$2 > $1 {print ($x - $1) / ($2 - $1)}' "$1" |
+		sort -g | awk '{v[NR]=$1} END {if (NR) printf "%.2fx (%d reps)", v[int((NR+1)/2)], NR; else print "n/a"}'
 }
 
 # deactivate whatever is active (nothing is fine too)
@@ -72,12 +73,25 @@ for mode in ${MODES:-bench-syscalls bench-pipe bench-forks}; do
 	if awk -v fl="$fl" -v a="$a" 'BEGIN { exit !(fl < a / 100) }'; then
 		echo "  the floor is within the noise (under 1% of (a)): ratios to it mean little here"
 	fi
-	printf "  overhead over (a) as a multiple of the floor's, median of per-rep ratios: on workload %.2fx, -k 2 %.2fx, other process %.2fx, whole system %.2fx\n" \
+	printf "  overhead over (a) as a multiple of the floor's, median of per-rep ratios: on workload %s, -k 2 %s, other process %s, whole system %s\n" \
 		"$(median_ratio "$runs" 5)" "$(median_ratio "$runs" 7)" "$(median_ratio "$runs" 4)" "$(median_ratio "$runs" 6)"
 	printf "  per rep (a f b c d e g ns/op):"
 	awk '{printf " [%s]", $0} END {print ""}' "$runs"
 	rm -f "$runs"
 done
+
+# bpf_per_op LABEL PID NAME-PREFIX OPS: the run time of those programs of
+# process PID, summed, per workload op (the host's other switches included)
+bpf_per_op() {
+	local ids
+	ids=$(sed -n 's/^prog_id:\s*//p' /proc/"$2"/fdinfo/* 2>/dev/null | sort -u | tr '\n' ' ')
+	bpftool prog show | awk -v l="$1" -v ids=" $ids" -v p="$3" -v ops="$4" '
+		/^[0-9]+:/ { id = $1; sub(":", "", id); name = ""
+			for (i = 1; i < NF; i++) {
+				if ($i == "name") name = $(i + 1)
+				if ($i == "run_time_ns" && index(name, p) == 1 && index(ids, " " id " ")) ns += $(i + 1) } }
+		END { printf "  %-28s %-22s %10.1f BPF ns per op\n", l, "(all programs)", ns / ops }'
+}
 
 # BPF run time per program run, pipe ping-pong and fork loop (every
 # program's runs count, the other tasks' switches included)
@@ -88,15 +102,18 @@ for mode in bench-pipe bench-forks; do
 	floor_start keytime
 	run_once "$mode" "$n" >/dev/null
 	bpf_prog_stats "floor (no-op)" "$(pgrep -f -n "$WL noop-hooks")" noop__
+	bpf_per_op "floor (no-op)" "$(pgrep -f -n "$WL noop-hooks")" noop__ "$n"
 	floor_stop
 	pi_start -k
 	run_once "$mode" "$n" -k >/dev/null
 	bpf_prog_stats "keytime on the workload" "$PI_PID" handle__
+	bpf_per_op "keytime on the workload" "$PI_PID" handle__ "$n"
 	pi_stop
 	pi_start -k
 	"$CTL" -a -k >/dev/null
 	run_once "$mode" "$n" >/dev/null
 	bpf_prog_stats "keytime on the whole system" "$PI_PID" handle__
+	bpf_per_op "keytime on the whole system" "$PI_PID" handle__ "$n"
 	pi_stop
 done
 bpf_stats_off

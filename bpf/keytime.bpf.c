@@ -69,6 +69,16 @@ struct cpu_state {
 	__u64 rep_off_ns[OFFCPU_REASON_COUNT];
 	__u64 rep_switches;
 	__u64 rep_preemptions;
+	/*
+	 * The totals up to a close, cut by the task's first switch after it
+	 * (its stretch then spans the close), so that what it does between the
+	 * close and the pass reaching it counts in the next interval.
+	 */
+	__u64 snap_close;    /* the close they are cut at; written last */
+	__u64 snap_runtime;  /* se.sum_exec_runtime (idle: on_ns) up to it */
+	__u64 snap_switches;
+	__u64 snap_preemptions;
+	__u64 snap_off_ns[OFFCPU_REASON_COUNT];
 };
 
 struct {
@@ -273,6 +283,7 @@ static __always_inline void reset_totals(struct cpu_state *st, __u64 runtime)
 	st->rep_runtime = runtime;
 	st->rep_switches = 0;
 	st->rep_preemptions = 0;
+	st->snap_close = 0;
 }
 
 /*
@@ -900,6 +911,47 @@ static __always_inline void keep_user_stack(struct task_struct *prev)
 
 static __always_inline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now);
 
+static __always_inline __u32 current_slot(void)
+{
+	return *(volatile __u32 *)&cfg.summary_slot & 1;
+}
+
+/*
+ * The first switch of a task after an interval's close (its stretch, from
+ * `stamp`, spans the close) keeps its totals up to the close: the close
+ * pass reports those, whenever it reaches the task. `running`: the stretch
+ * is on-CPU (a switch-out) and has run since the close for `now - close`.
+ */
+static __always_inline void cut_at_close(struct task_struct *task, struct cpu_state *st,
+					 __u64 stamp, __u64 now, bool running)
+{
+	__u64 close = cfg.slot_start_ns[current_slot()], runtime;
+	__u32 reason = st->reason;
+
+	if (!stamp || stamp >= close || st->snap_close == close)
+		return;
+	for (int i = 0; i < OFFCPU_REASON_COUNT; i++)
+		st->snap_off_ns[i] = st->off_ns[i];
+	if (!running && reason < OFFCPU_REASON_COUNT)
+		st->snap_off_ns[reason] += close - stamp;
+	/* two loads the compiler must not merge: the verifier wants one pointer type per insn */
+	if (task->pid) {
+		runtime = task->se.sum_exec_runtime;
+		asm volatile("" : "+r"(runtime));
+		if (running)
+			runtime = runtime > now - close ? runtime - (now - close) : 0;
+	} else {
+		runtime = st->on_ns;
+		asm volatile("" : "+r"(runtime));
+		runtime += running ? close - stamp : 0;
+	}
+	st->snap_runtime = runtime;
+	st->snap_switches = st->switches;
+	st->snap_preemptions = st->preemptions;
+	barrier();
+	st->snap_close = close;
+}
+
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
 				       __u32 prev_state, __u64 now)
 {
@@ -911,6 +963,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 		return;
 	if (cfg.level >= KEYTIME_LEVEL_STACKS)
 		keep_user_stack(prev);
+	cut_at_close(prev, st, st->on_since, now, true);
 	/* stamps before totals: the close pass reads them the other way round */
 	since = st->on_since;
 	st->on_since = 0;
@@ -947,6 +1000,7 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
 	if (!st)
 		return;
 	since = st->off_since;
+	cut_at_close(next, st, since, now, false);
 	if (since) {
 		duration = now - since;
 		reason = st->reason;
@@ -972,11 +1026,6 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
  * when an interval closes is cut at the close. So an interval holds what
  * happened in it, not the whole of stretches that ended in it.
  */
-
-static __always_inline __u32 current_slot(void)
-{
-	return *(volatile __u32 *)&cfg.summary_slot & 1;
-}
 
 static __always_inline struct keytime_summary *summary_lookup(__u32 slot,
 							      struct keytime_summary_key *key)
@@ -1208,37 +1257,56 @@ static __always_inline __u64 grown(__u64 *reported, __u64 total)
 }
 
 /*
- * `runtime`: the task's on-CPU account up to `close` (an idle task's,
- * task NULL, is timed here). The totals are read before the stamps, which
- * its switches write the other way round: a stretch that ends meanwhile is
- * either cut here at the close from its stamp or counted whole in the next
- * interval, never both. `last`: the thread's last switch, nothing follows.
+ * The task's totals up to `close`, as the close pass finds them: cut by
+ * the task itself if it has switched since (cut_at_close), else its running
+ * totals with the open stretch cut at the close. `runtime`: its on-CPU
+ * account up to the close (an idle task's, task NULL, is timed here). The
+ * totals are read before the stamps, which its switches write the other way
+ * round: a stretch that ends meanwhile is either cut here at the close from
+ * its stamp or counted whole in the next interval, never both.
  */
-static __always_inline void report_task(struct task_struct *task, __u32 cpu, struct cpu_state *st,
-					__u32 slot, __u64 runtime, __u64 close, bool last)
+static __always_inline void totals_at(struct task_struct *task, struct cpu_state *st,
+				      __u64 close, __u64 runtime, struct task_report *r)
 {
-	struct keytime_summary *s;
-	struct task_report r;
 	__u64 since;
 	__u32 reason;
 	int i;
 
+	if (st->snap_close == close) {
+		barrier();
+		for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+			r->off[i] = st->snap_off_ns[i];
+		r->on = st->snap_runtime;
+		r->switches = st->snap_switches;
+		r->preemptions = st->snap_preemptions;
+		return;
+	}
 	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
-		r.off[i] = st->off_ns[i];
-	r.on = st->on_ns;
-	r.switches = st->switches;
-	r.preemptions = st->preemptions;
+		r->off[i] = st->off_ns[i];
+	r->on = runtime;
+	if (!task)
+		r->on = st->on_ns;
+	r->switches = st->switches;
+	r->preemptions = st->preemptions;
 	barrier();
 	since = st->off_since;
 	reason = st->reason;
 	if (since && since < close && reason < OFFCPU_REASON_COUNT)
-		r.off[reason] += close - since;
+		r->off[reason] += close - since;
 	if (!task) {
 		since = st->on_since;
 		if (since && since < close)
-			r.on += close - since;
-		runtime = r.on;
+			r->on += close - since;
 	}
+}
+
+/* Report what the totals `r` add to what was reported, into `slot`'s summary. */
+static __always_inline void report_totals(struct task_struct *task, __u32 cpu,
+					  struct cpu_state *st, __u32 slot,
+					  struct task_report *r, bool last)
+{
+	struct keytime_summary *s;
+	int i;
 
 	/* the pass and a last switch may meet: each part is reported once */
 	bpf_spin_lock(&st->lock);
@@ -1247,31 +1315,48 @@ static __always_inline void report_task(struct task_struct *task, __u32 cpu, str
 		return;
 	}
 	st->flushed = last;
-	r.on = grown(&st->rep_runtime, runtime);
+	r->on = grown(&st->rep_runtime, r->on);
 	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
-		r.off[i] = grown(&st->rep_off_ns[i], r.off[i]);
-	r.switches = grown(&st->rep_switches, r.switches);
-	r.preemptions = grown(&st->rep_preemptions, r.preemptions);
+		r->off[i] = grown(&st->rep_off_ns[i], r->off[i]);
+	r->switches = grown(&st->rep_switches, r->switches);
+	r->preemptions = grown(&st->rep_preemptions, r->preemptions);
 	bpf_spin_unlock(&st->lock);
 
 	s = summary_entry(slot, task, cpu);
 	if (!s)
 		return;
-	if (r.on)
-		__sync_fetch_and_add(&s->on_cpu_ns, r.on);
+	if (r->on)
+		__sync_fetch_and_add(&s->on_cpu_ns, r->on);
 	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
-		if (r.off[i])
-			__sync_fetch_and_add(&s->off_cpu_ns[i], r.off[i]);
-	if (r.switches)
-		__sync_fetch_and_add(&s->switches_out, r.switches);
-	if (r.preemptions)
-		__sync_fetch_and_add(&s->preemptions, r.preemptions);
+		if (r->off[i])
+			__sync_fetch_and_add(&s->off_cpu_ns[i], r->off[i]);
+	if (r->switches)
+		__sync_fetch_and_add(&s->switches_out, r->switches);
+	if (r->preemptions)
+		__sync_fetch_and_add(&s->preemptions, r->preemptions);
 }
 
-/* A target thread's last switch: its last partial interval, exact (the scheduler has just accounted it). */
+/*
+ * A target thread's last switch: its last partial interval, exact (the
+ * scheduler has just accounted it). The part up to a close whose pass has
+ * not reached it yet (it exited in between) goes to that closing interval.
+ */
 static __always_inline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now)
 {
-	report_task(task, 0, st, current_slot(), task->se.sum_exec_runtime, now, true);
+	__u32 slot = current_slot();
+	struct task_report r;
+	int i;
+
+	if (st->snap_close == cfg.slot_start_ns[slot] && cfg.closing_open) {
+		totals_at(task, st, st->snap_close, 0, &r);
+		report_totals(task, 0, st, slot ^ 1, &r, false);
+	}
+	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+		r.off[i] = st->off_ns[i];
+	r.on = task->se.sum_exec_runtime;
+	r.switches = st->switches;
+	r.preemptions = st->preemptions;
+	report_totals(task, 0, st, slot, &r, true);
 }
 
 /* At a close (targeted): a live target task's part of the closing interval. */
@@ -1279,15 +1364,25 @@ static __always_inline void report_at_close(struct task_struct *task, struct cpu
 {
 	__u32 slot = current_slot();
 	__u64 close = cfg.slot_start_ns[slot], now = bpf_ktime_get_ns();
-	__u64 runtime = task->se.sum_exec_runtime, on = st->on_since, from, after;
+	__u64 runtime = task->se.sum_exec_runtime, on = st->on_since, after;
+	struct task_report r;
 
-	/* running: what it ran since the close (or since it got the CPU after it) is the next's */
+	/* running since before the close (else it would have cut): the time since is the next's */
 	if (on) {
-		from = on > close ? on : close;
-		after = now > from ? now - from : 0;
+		after = now > close ? now - close : 0;
 		runtime = runtime > after ? runtime - after : 0;
 	}
-	report_task(task, 0, st, slot ^ 1, runtime, close, false);
+	totals_at(task, st, close, runtime, &r);
+	report_totals(task, 0, st, slot ^ 1, &r, false);
+}
+
+/* At a close, -p 0 -c N: the idle task of that CPU. */
+static __always_inline void report_idle_at_close(struct cpu_state *st, __u32 cpu, __u32 slot)
+{
+	struct task_report r;
+
+	totals_at(NULL, st, cfg.slot_start_ns[slot ^ 1], 0, &r);
+	report_totals(NULL, cpu, st, slot, &r, false);
 }
 
 /* ---------------------------------------------------------------- */
@@ -1388,8 +1483,7 @@ static __always_inline int iter_task(struct bpf_iter__task *ctx, bool has_loop)
 		if (cfg.target.mode == TARGET_IDLE && !activation) {
 			st = idle_state(cfg.target.cpu);
 			if (st)
-				report_task(NULL, cfg.target.cpu, st, closing,
-					    0, cfg.slot_start_ns[closing ^ 1], false);
+				report_idle_at_close(st, cfg.target.cpu, closing);
 		}
 		if (cfg.target.mode == TARGET_SYSTEM) {
 			if (has_loop) {

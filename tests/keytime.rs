@@ -299,6 +299,8 @@ fn one_thread_only() {
         pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
             && r["pid"] == pid)
     );
+    // proc_image notices the end on its own (its liveness check)
+    assert!(pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"));
     let recs = pi.finish();
     let keytime: Vec<&Value> = recs
         .iter()
@@ -337,9 +339,37 @@ fn idle_task_of_one_cpu() {
         .max_by_key(|(_, (after, before))| *after - *before)
         .map(|(i, _)| i)
         .unwrap();
-    pi.control_ok(&["-a", "-p", "0", "-c", &cpu.to_string(), "-k"]);
+    // every stretch: on a busy host an idle stretch may be short
+    pi.control_ok(&[
+        "-a",
+        "-p",
+        "0",
+        "-c",
+        &cpu.to_string(),
+        "-k",
+        "--stretch-min-us",
+        "0",
+    ]);
     assert!(pi.wait_for(Duration::from_secs(30), |r| r["event"] == "on_cpu"));
     let recs = pi.finish();
+    // its time per interval too (the last one comes with the end), its alone
+    let sums: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "cpu_summary")
+        .collect();
+    assert!(!sums.is_empty());
+    for r in &sums {
+        assert_eq!(
+            (r["pid"].as_u64(), r["cpu"].as_u64()),
+            (Some(0), Some(cpu as u64)),
+            "{r}"
+        );
+        let both = u64_of(r, "on_cpu_ns") + u64_of(r, "off_cpu_ns");
+        assert!(
+            both <= u64_of(r, "interval_ns") + TICK_MAX_NS,
+            "more than its interval: {r}"
+        );
+    }
     let cpu_events: Vec<&Value> = recs
         .iter()
         .filter(|r| r["event"] == "on_cpu" || r["event"] == "off_cpu")

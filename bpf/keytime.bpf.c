@@ -46,6 +46,7 @@ struct cpu_state {
 	__u32 reason;        /* why it went off-CPU */
 	__u64 on_since;      /* 0 = not known to be on a CPU */
 	__u64 off_since;     /* 0 = not known to be off */
+	__u64 runtime_base;  /* TARGET_SYSTEM: se.sum_exec_runtime summed so far */
 	__u32 prev_state;
 	__u32 _pad;
 	/*
@@ -54,14 +55,13 @@ struct cpu_state {
 	 * plain adds; the close pass reads them and reports what grew since it
 	 * last looked (the rep_* below). on_ns is timed for idle tasks only:
 	 * other tasks' on-CPU time is the scheduler's se.sum_exec_runtime.
-	 * What a switch touches comes first: one cache line and the off_ns
-	 * entry of its reason.
+	 * What a switch touches comes first: one cache line (the whole
+	 * system's switches stay in it) and the off_ns entry of its reason.
 	 */
 	__u64 switches;
 	__u64 preemptions;
 	__u64 on_ns;
 	__u64 off_ns[OFFCPU_REASON_COUNT];
-	__u64 runtime_base;  /* TARGET_SYSTEM: se.sum_exec_runtime summed so far */
 	/* what the close passes and the final flush reported, under `lock` */
 	struct bpf_spin_lock lock;
 	__u32 flushed;       /* its last switch reported it: nothing more to say */

@@ -8,8 +8,8 @@
 //! capture again and re-bless: `PROC_IMAGE_BLESS=1 cargo test --test golden`.
 //! Kernel symbols are left out (an empty symbol table): they differ per boot.
 
-use std::cell::OnceCell;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use proc_image::bpf_intf::{decode, futex_wait_event, lock_event};
 use proc_image::collectors::{futex, keytime, lock, read_captured};
@@ -20,7 +20,7 @@ use proc_image::record::Record;
 fn decoded() -> Vec<Record> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
     let raw = std::fs::read(dir.join("raw.bin")).expect("tests/golden/raw.bin");
-    let ksyms = OnceCell::from(Kallsyms::parse(""));
+    let ksyms = OnceLock::from(Kallsyms::parse(""));
     let mut records = Vec::new();
     for (collector, data) in read_captured(&raw) {
         let rec = match collector.as_str() {

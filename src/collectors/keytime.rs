@@ -2,9 +2,10 @@
 //! off-CPU interval of the target with the reason it left the CPU.
 //! BPF side: bpf/keytime.bpf.c.
 
-use std::cell::OnceCell;
 use std::io::Read;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
 use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
@@ -62,7 +63,7 @@ pub struct Keytime {
     /// summaries since this time (CLOCK_MONOTONIC ns)
     interval_start_ns: u64,
     /// read at the first targeted activation, not at start: it costs ~10 MB
-    ksyms: Rc<OnceCell<Kallsyms>>,
+    ksyms: Arc<OnceLock<Kallsyms>>,
     /// the activation traces the whole system (its records name cgroups)
     whole_system: Rc<std::cell::Cell<bool>>,
     /// level 2: user frames named, cached per process and address
@@ -109,7 +110,7 @@ impl Keytime {
             summarizing: false,
             top: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
             interval_start_ns: 0,
-            ksyms: Rc::new(OnceCell::new()),
+            ksyms: Arc::new(OnceLock::new()),
             whole_system: Rc::default(),
             users: Rc::default(),
         })
@@ -240,9 +241,16 @@ impl Collector for Keytime {
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
         // targeted: off_cpu records name where they blocked from the first
-        // one on; the symbols are read now, not in the middle of an interval
-        if act.keytime_level >= KEYTIME_LEVEL_ALL && !act.target.is_system() {
-            self.ksyms.get_or_init(Kallsyms::load);
+        // one on; the symbols are read beside the main loop from now (a
+        // record needs them only if it comes first), not in an interval
+        if act.keytime_level >= KEYTIME_LEVEL_ALL
+            && !act.target.is_system()
+            && self.ksyms.get().is_none()
+        {
+            let ksyms = self.ksyms.clone();
+            let _ = std::thread::Builder::new()
+                .name("kallsyms".into())
+                .spawn(move || ksyms.get_or_init(Kallsyms::load).is_empty());
         }
         let now = sys::monotonic_ns();
         let cfg = keytime_config {

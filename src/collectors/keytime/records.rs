@@ -1,7 +1,7 @@
 //! keytime's records: decoded from the ring buffer and built from the
 //! interval summaries, and what each adds to the metrics and the trace.
 
-use std::cell::OnceCell;
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
@@ -27,7 +27,7 @@ fn task_record(hdr: &event_hdr, event: Event) -> Record {
     Record::new(hdr.ts_ns, event).task(hdr.pid, hdr.tgid, c_str(&hdr.comm))
 }
 
-pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> {
+pub fn decode_record(data: &[u8], ksyms: &OnceLock<Kallsyms>) -> Result<Record> {
     decode_record_with(data, ksyms, None)
 }
 
@@ -35,7 +35,7 @@ pub fn decode_record(data: &[u8], ksyms: &OnceCell<Kallsyms>) -> Result<Record> 
 /// it they stay addresses).
 pub fn decode_record_with(
     data: &[u8],
-    ksyms: &OnceCell<Kallsyms>,
+    ksyms: &OnceLock<Kallsyms>,
     users: Option<&UserStacks>,
 ) -> Result<Record> {
     let hdr = decode::<event_hdr>(data)?;

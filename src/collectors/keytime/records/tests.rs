@@ -4,7 +4,7 @@ use serde_json::Value;
 
 #[test]
 fn level2_record_decodes_to_a_folded_stack() {
-    let ksyms = OnceCell::new();
+    let ksyms = OnceLock::new();
     let _ = ksyms.set(Kallsyms::parse(
         "ffffffff81000000 T hrtimer_nanosleep\nffffffff81001000 T do_syscall_64\n",
     ));
@@ -77,7 +77,7 @@ fn clone_kinds() {
             child_pid: 20,
             child_tgid: 20,
         };
-        let r = decode_record(&bytes(&e), &OnceCell::new()).unwrap();
+        let r = decode_record(&bytes(&e), &OnceLock::new()).unwrap();
         assert_eq!(
             (r.event(), r.pid, r.tgid, r.comm.as_str()),
             (name, 11, 10, "work")
@@ -97,7 +97,7 @@ fn execve_argv_and_exit_status() {
     let args = b"true\0-x\0\0";
     e.args[..args.len()].copy_from_slice(args);
     e.args_len = args.len() as u32;
-    let r = decode_record(&bytes(&e), &OnceCell::new()).unwrap();
+    let r = decode_record(&bytes(&e), &OnceLock::new()).unwrap();
     assert_eq!(r.get("filename"), Some(Value::from("/bin/true")));
     assert_eq!(r.get("argv"), Some(serde_json::json!(["true", "-x", ""])));
     assert_eq!(r.get("old_pid"), None);
@@ -108,13 +108,13 @@ fn execve_argv_and_exit_status() {
         group_dead: 1,
         ..Default::default()
     };
-    let r = decode_record(&bytes(&x), &OnceCell::new()).unwrap();
+    let r = decode_record(&bytes(&x), &OnceLock::new()).unwrap();
     assert_eq!(
         (r.get("exit_code"), r.get("signal")),
         (Some(Value::from(7)), Some(Value::from(0)))
     );
     let killed = keytime_exit_event { exit_code: 9, ..x };
-    let r = decode_record(&bytes(&killed), &OnceCell::new()).unwrap();
+    let r = decode_record(&bytes(&killed), &OnceLock::new()).unwrap();
     assert_eq!(
         (r.get("exit_code"), r.get("signal")),
         (Some(Value::from(0)), Some(Value::from(9)))
@@ -132,7 +132,7 @@ fn execve_argv_and_exit_status() {
         ..killed
     };
     oom.killer_comm[..3].copy_from_slice(b"hog");
-    let r = decode_record(&bytes(&oom), &OnceCell::new()).unwrap();
+    let r = decode_record(&bytes(&oom), &OnceLock::new()).unwrap();
     assert_eq!(
         r.get("killed_by"),
         Some(serde_json::json!({"pid": 30, "tgid": 29, "comm": "hog", "kernel": true}))
@@ -152,7 +152,7 @@ fn child_exit_and_failed_exec() {
         ..Default::default()
     };
     c.child_comm[..2].copy_from_slice(b"sh");
-    let r = decode_record(&bytes(&c), &OnceCell::new()).unwrap();
+    let r = decode_record(&bytes(&c), &OnceLock::new()).unwrap();
     assert_eq!(
         (r.event(), r.pid, r.comm.as_str()),
         ("child_exit", 11, "work")
@@ -174,7 +174,7 @@ fn child_exit_and_failed_exec() {
     let args = b"cmd\0-v\0";
     f.args[..args.len()].copy_from_slice(args);
     f.args_len = args.len() as u32;
-    let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
+    let r = decode_record(&bytes(&f), &OnceLock::new()).unwrap();
     assert_eq!(r.event(), "execve_failed");
     assert_eq!(r.get("syscall"), Some(Value::from("execve")));
     assert_eq!(r.get("filename"), Some(Value::from("/no/cmd")));
@@ -186,7 +186,7 @@ fn child_exit_and_failed_exec() {
     // args_len past the buffer's reported part is cut, not trusted
     f.args_len = u32::MAX;
     f.execveat = 1;
-    let r = decode_record(&bytes(&f), &OnceCell::new()).unwrap();
+    let r = decode_record(&bytes(&f), &OnceLock::new()).unwrap();
     assert_eq!(r.get("syscall"), Some(Value::from("execveat")));
 }
 
@@ -198,7 +198,7 @@ fn off_cpu_reason_and_stack() {
         reason: OFFCPU_SLEEP,
         ..Default::default()
     };
-    let ksyms = OnceCell::new();
+    let ksyms = OnceLock::new();
     let _ = ksyms.set(Kallsyms::parse("ffffffff81000000 T __schedule\nffffffff81001000 T io_schedule\nffffffff81002000 T folio_wait_bit_common\n"));
     e.kstack[..3].copy_from_slice(&[0xffffffff81000010, 0xffffffff81001010, 0xffffffff81002010]);
     e.stack_len = 24;
@@ -220,5 +220,5 @@ fn off_cpu_reason_and_stack() {
 #[test]
 fn short_record_is_an_error() {
     let e = hdr(KEYTIME_EXECVE);
-    assert!(decode_record(&bytes(&e), &OnceCell::new()).is_err());
+    assert!(decode_record(&bytes(&e), &OnceLock::new()).is_err());
 }

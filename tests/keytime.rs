@@ -1164,11 +1164,14 @@ fn targeted_summaries_hold_every_short_stretch() {
             slices > 1000 && switches.abs_diff(slices) <= (slices / 100).max(10),
             "{name}: {switches} switches summed, schedstat {slices} timeslices"
         );
-        // alive through every interval but its last: on + off fill it
+        // alive through every interval but its last: on + off fill it (but
+        // for the IRQ and steal time the scheduler's clock leaves out of
+        // on-CPU time: a few % on a loaded VM)
         for r in &sums[..sums.len() - 1] {
             let both = u64_of(r, "on_cpu_ns") + u64_of(r, "off_cpu_ns");
+            let interval = u64_of(r, "interval_ns");
             assert!(
-                both.abs_diff(u64_of(r, "interval_ns")) <= 2 * TICK_MAX_NS,
+                both <= interval + 2 * TICK_MAX_NS && both >= interval / 100 * 95,
                 "{name}: on + off {both} ns in an interval: {r}"
             );
         }

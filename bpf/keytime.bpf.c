@@ -15,10 +15,13 @@
  * catch it. The last signal sent to a target process and an OOM kill are
  * kept in its leader's task storage, for its threads' exit records.
  *
- * Targeted modes stream one record per on/off-CPU stretch. TARGET_SYSTEM
- * would flood, so there stretches are summed per thread into
- * summary_a/summary_b, which proc_image swaps and drains every reporting
- * interval, cutting the stretches still open at the close (handle__iter_task).
+ * On/off-CPU stretches are summed per thread per reporting interval into
+ * summary_a/summary_b, which proc_image swaps and drains every interval,
+ * cutting the stretches still open at the close (handle__iter_task). The
+ * whole system (TARGET_SYSTEM) sums into them at every switch; targeted
+ * modes sum into the task's own storage, which the close pass reports, and
+ * stream a stretch as its own record when it lasts cfg.stretch_min_ns: a
+ * thread switching 100k times a second would otherwise flood.
  * Where a hook's arguments changed between kernels, a program comes in a
  * newer and an older (_compat) form; proc_image loads the one this kernel
  * takes (src/kernel_btf.rs).
@@ -46,6 +49,36 @@ struct cpu_state {
 	__u64 runtime_base;  /* TARGET_SYSTEM: se.sum_exec_runtime summed so far */
 	__u32 prev_state;
 	__u32 _pad;
+	/*
+	 * Targeted modes: running totals since the activation, written only by
+	 * the task's own switches (a task switches on one CPU at a time), so
+	 * plain adds; the close pass reads them and reports what grew since it
+	 * last looked (the rep_* below). on_ns is timed for idle tasks only:
+	 * other tasks' on-CPU time is the scheduler's se.sum_exec_runtime.
+	 * What a switch touches comes first: one cache line (the whole
+	 * system's switches stay in it) and the off_ns entry of its reason.
+	 */
+	__u64 switches;
+	__u64 preemptions;
+	__u64 on_ns;
+	__u64 off_ns[OFFCPU_REASON_COUNT];
+	/* what the close passes and the final flush reported, under `lock` */
+	struct bpf_spin_lock lock;
+	__u32 flushed;       /* its last switch reported it: nothing more to say */
+	__u64 rep_runtime;
+	__u64 rep_off_ns[OFFCPU_REASON_COUNT];
+	__u64 rep_switches;
+	__u64 rep_preemptions;
+	/*
+	 * The totals up to a close, cut by the task's first switch after it
+	 * (its stretch then spans the close), so that what it does between the
+	 * close and the pass reaching it counts in the next interval.
+	 */
+	__u64 snap_close;    /* the close they are cut at; written last */
+	__u64 snap_runtime;  /* se.sum_exec_runtime (idle: on_ns) up to it */
+	__u64 snap_switches;
+	__u64 snap_preemptions;
+	__u64 snap_off_ns[OFFCPU_REASON_COUNT];
 };
 
 struct {
@@ -254,6 +287,24 @@ static __always_inline __u32 offcpu_reason(bool preempt, __u32 state)
 }
 
 
+/* Targeted modes: nothing summed or reported yet; the scheduler's account starts at `runtime`. */
+static __always_inline void reset_totals(struct cpu_state *st, __u64 runtime)
+{
+	/* field by field: the spin lock may not be written */
+	for (int i = 0; i < OFFCPU_REASON_COUNT; i++) {
+		st->off_ns[i] = 0;
+		st->rep_off_ns[i] = 0;
+	}
+	st->on_ns = 0;
+	st->switches = 0;
+	st->preemptions = 0;
+	st->flushed = 0;
+	st->rep_runtime = runtime;
+	st->rep_switches = 0;
+	st->rep_preemptions = 0;
+	st->snap_close = 0;
+}
+
 /*
  * First sight of `task` in this activation: nothing of it was seen since
  * the programs were attached, so the stretch it is in began before the
@@ -278,6 +329,8 @@ static __always_inline void start_from_activation(struct task_struct *task, stru
 		st->off_since = from;
 		st->runtime_base = rt;
 	}
+	/* the idle tasks' on-CPU time is timed (on_ns), from 0 */
+	reset_totals(st, task->pid ? st->runtime_base : 0);
 }
 
 static __always_inline struct cpu_state *task_cpu_state(struct task_struct *task, bool running,
@@ -321,6 +374,7 @@ static __always_inline void start_new_task(struct task_struct *task, __u64 now)
 	st->on_since = 0;
 	st->off_since = now;
 	st->runtime_base = 0;
+	reset_totals(st, 0);
 }
 
 /* `task` was created by a target: its end will be a child_exit record. */
@@ -347,13 +401,14 @@ int BPF_PROG(handle__task_newtask, struct task_struct *task, __u64 clone_flags)
 {
 	struct task_struct *parent = bpf_get_current_task_btf();
 	struct keytime_clone_event *e;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now;
 	__u8 kind;
 
 	if (cfg.level >= KEYTIME_LEVEL_ALL && is_target(&cfg.target, task))
-		start_new_task(task, now);
+		start_new_task(task, bpf_ktime_get_ns());
 	if (!is_target(&cfg.target, parent))
 		return 0;
+	now = bpf_ktime_get_ns();
 
 	if (task->flags & (PF_IO_WORKER | PF_USER_WORKER))
 		kind = KEYTIME_KERNEL_WORKER;
@@ -418,15 +473,16 @@ int BPF_PROG(handle__sched_process_exec, struct task_struct *task, pid_t old_pid
 }
 
 /* A marked child of a target has ended (it need not be a target itself). */
-static __always_inline void report_child_exit(struct task_struct *task, __u64 now)
+static __always_inline void report_child_exit(struct task_struct *task)
 {
 	struct keytime_child_exit_event *e;
 	struct child_state *c;
-	__u64 born;
+	__u64 born, now;
 
 	c = bpf_task_storage_get(&children, task, 0, 0);
 	if (!c || c->generation != cfg.target.generation)
 		return;
+	now = bpf_ktime_get_ns();
 	e = reserve_record(sizeof(*e));
 	if (!e)
 		return;
@@ -494,7 +550,7 @@ static __always_inline int report_exit(struct task_struct *task, bool group_dead
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle__sched_process_exit, struct task_struct *task, bool group_dead)
 {
-	report_child_exit(task, bpf_ktime_get_ns());
+	report_child_exit(task);
 	if (!is_target(&cfg.target, task))
 		return 0;
 	return report_exit(task, group_dead);
@@ -512,7 +568,7 @@ int BPF_PROG(handle__sched_process_exit_compat, struct task_struct *task)
 	struct group_state *g;
 	bool dead;
 
-	report_child_exit(task, bpf_ktime_get_ns());
+	report_child_exit(task);
 	if (!is_target(&cfg.target, task))
 		return 0;
 	dead = BPF_CORE_READ(task, signal, live.counter) == 0;
@@ -740,7 +796,18 @@ int handle__sys_exit_execveat(struct trace_event_raw_sys_exit *ctx)
 }
 
 /* ---------------------------------------------------------------- */
-/* On-CPU / off-CPU, targeted: one record per stretch */
+/*
+ * On-CPU / off-CPU, targeted: every stretch is summed into the task's
+ * totals in cpu_states (the close pass reports what they grew by in each
+ * interval, as the whole-system mode does), and one that lasts at least
+ * cfg.stretch_min_ns is also streamed as its own record.
+ */
+
+/* blocked_in and the lock / disk refinement need the first frames past the scheduler's */
+#define KEYTIME_BLOCKED_FRAMES 8
+
+/* The compiler keeps the stores on either side in order (x86 keeps them so too). */
+#define barrier() asm volatile("" ::: "memory")
 
 static __always_inline void emit_interval(struct task_struct *task, __u8 kind, __u64 now,
 					  __u64 duration, struct cpu_state *st)
@@ -763,9 +830,11 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 		/*
 		 * Switching in, `task` has not run since it blocked: its saved
 		 * kernel stack still names where. A preemption names nothing.
+		 * The walk costs per frame: only the innermost ones are taken.
 		 */
 		if (st->reason != OFFCPU_PREEMPTED && duration >= cfg.stack_min_ns) {
-			n = bpf_get_task_stack(task, e->kstack, sizeof(e->kstack), 0);
+			n = bpf_get_task_stack(task, e->kstack,
+					       KEYTIME_BLOCKED_FRAMES * sizeof(e->kstack[0]), 0);
 			if (n > 0)
 				e->stack_len = n;
 		}
@@ -926,8 +995,7 @@ static __always_inline void wakeup_seen(void *ctx, void *state, struct task_stru
  * woken from task context during it: sent just before the stretch's
  * KEYTIME_OFF_CPU_STACK record (same CPU, so the ring keeps the order).
  */
-static __always_inline void emit_waker(struct task_struct *task, __u64 now,
-				       struct cpu_state *st)
+static __always_inline void emit_waker(struct task_struct *task, __u64 now, __u64 off_since)
 {
 	struct keytime_waker_event *e;
 	struct waker_slot *w;
@@ -935,7 +1003,7 @@ static __always_inline void emit_waker(struct task_struct *task, __u64 now,
 
 	w = bpf_task_storage_get(&wakers, task, 0, 0);
 	if (!w || !w->ev.waker_pid || w->generation != cfg.target.generation ||
-	    w->ev.wake_ns < st->off_since)
+	    w->ev.wake_ns < off_since)
 		return;
 	e = &w->ev;
 	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_WAKER, now);
@@ -946,40 +1014,111 @@ static __always_inline void emit_waker(struct task_struct *task, __u64 now,
 	e->waker_pid = 0; /* said once */
 }
 
+static __always_inline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now);
+
+static __always_inline __u32 current_slot(void)
+{
+	return *(volatile __u32 *)&cfg.summary_slot & 1;
+}
+
+/*
+ * The first switch of a task after an interval's close (its stretch, from
+ * `stamp`, spans the close) keeps its totals up to the close: the close
+ * pass reports those, whenever it reaches the task. `running`: the stretch
+ * is on-CPU (a switch-out) and has run since the close for `now - close`.
+ */
+static __always_inline void cut_at_close(struct task_struct *task, struct cpu_state *st,
+					 __u64 stamp, __u64 now, bool running)
+{
+	__u64 close = cfg.slot_start_ns[current_slot()], runtime;
+	__u32 reason = st->reason;
+
+	if (!stamp || stamp >= close || st->snap_close == close)
+		return;
+	for (int i = 0; i < OFFCPU_REASON_COUNT; i++)
+		st->snap_off_ns[i] = st->off_ns[i];
+	if (!running && reason < OFFCPU_REASON_COUNT)
+		st->snap_off_ns[reason] += close - stamp;
+	/* two loads the compiler must not merge: the verifier wants one pointer type per insn */
+	if (task->pid) {
+		runtime = task->se.sum_exec_runtime;
+		asm volatile("" : "+r"(runtime));
+		if (running)
+			runtime = runtime > now - close ? runtime - (now - close) : 0;
+	} else {
+		runtime = st->on_ns;
+		asm volatile("" : "+r"(runtime));
+		runtime += running ? close - stamp : 0;
+	}
+	st->snap_runtime = runtime;
+	st->snap_switches = st->switches;
+	st->snap_preemptions = st->preemptions;
+	barrier();
+	st->snap_close = close;
+}
+
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
 				       __u32 prev_state, __u64 now)
 {
 	struct cpu_state *st = task_cpu_state(prev, true, now);
+	__u64 since, ran;
+	__u32 reason;
 
 	if (!st)
 		return;
 	if (cfg.level >= KEYTIME_LEVEL_STACKS)
 		keep_user_stack(prev);
-	if (st->on_since)
-		emit_interval(prev, KEYTIME_ON_CPU, now, now - st->on_since, st);
+	cut_at_close(prev, st, st->on_since, now, true);
+	/* stamps before totals: the close pass reads them the other way round */
+	since = st->on_since;
 	st->on_since = 0;
+	barrier();
+	if (since) {
+		ran = now - since;
+		/* the scheduler keeps no account of its idle tasks: time them */
+		if (!prev->pid)
+			st->on_ns += ran;
+		if (ran >= cfg.stretch_min_ns)
+			emit_interval(prev, KEYTIME_ON_CPU, now, ran, st);
+	}
+	reason = offcpu_reason(preempt, prev_state);
 	st->prev_state = prev_state;
-	st->reason = offcpu_reason(preempt, prev_state);
+	st->reason = reason;
+	st->switches++;
+	if (reason == OFFCPU_PREEMPTED)
+		st->preemptions++;
 	/* an exited thread has no off-CPU stretch after its last switch */
-	st->off_since = st->reason == OFFCPU_DEAD ? 0 : now;
+	if (reason == OFFCPU_DEAD) {
+		st->off_since = 0;
+		flush_task(prev, st, now);
+	} else {
+		st->off_since = now;
+	}
 }
 
 static __always_inline void switch_in(struct task_struct *next, __u64 now)
 {
 	struct cpu_state *st = task_cpu_state(next, false, now);
+	__u64 since, duration;
+	__u32 reason;
 
 	if (!st)
 		return;
-	if (st->off_since) {
-		__u64 duration = now - st->off_since;
-
+	since = st->off_since;
+	cut_at_close(next, st, since, now, false);
+	if (since) {
+		duration = now - since;
+		reason = st->reason;
+		st->off_since = 0;
+		barrier();
+		if (reason < OFFCPU_REASON_COUNT)
+			st->off_ns[reason] += duration;
 		if (cfg.level >= KEYTIME_LEVEL_STACKS && duration >= cfg.offcpu_stack_min_ns) {
-			emit_waker(next, now, st);
+			emit_waker(next, now, since);
 			emit_offcpu_stacks(next, now, duration, st);
-		} else
+		} else if (duration >= cfg.stretch_min_ns)
 			emit_interval(next, KEYTIME_OFF_CPU, now, duration, st);
 	}
-	st->off_since = 0;
 	st->on_since = now;
 }
 
@@ -993,11 +1132,6 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
  * when an interval closes is cut at the close. So an interval holds what
  * happened in it, not the whole of stretches that ended in it.
  */
-
-static __always_inline __u32 current_slot(void)
-{
-	return *(volatile __u32 *)&cfg.summary_slot & 1;
-}
 
 static __always_inline struct keytime_summary *summary_lookup(__u32 slot,
 							      struct keytime_summary_key *key)
@@ -1161,16 +1295,24 @@ static __always_inline void summarize_in(struct task_struct *next, __u64 now)
 static __always_inline void on_switch(void *ctx, bool preempt, struct task_struct *prev,
 				      struct task_struct *next, __u32 prev_state)
 {
-	__u64 now = bpf_ktime_get_ns();
+	bool out, in;
+	__u64 now;
 
 	if (cfg.target.mode == TARGET_SYSTEM) {
+		now = bpf_ktime_get_ns();
 		summarize_out(prev, preempt, prev_state, now);
 		summarize_in(next, now);
 		return;
 	}
-	if (is_target(&cfg.target, prev))
+	out = is_target(&cfg.target, prev);
+	in = is_target(&cfg.target, next);
+	/* a switch between other tasks: not even a timestamp */
+	if (!out && !in)
+		return;
+	now = bpf_ktime_get_ns();
+	if (out)
 		switch_out(ctx, prev, preempt, prev_state, now);
-	if (is_target(&cfg.target, next))
+	if (in)
 		switch_in(next, now);
 }
 
@@ -1195,6 +1337,161 @@ int BPF_PROG(handle__sched_switch_compat, bool preempt, struct task_struct *prev
 }
 
 /* ---------------------------------------------------------------- */
+/*
+ * On-CPU / off-CPU, targeted: the close pass, and a thread's last switch,
+ * report what the task's totals grew by since they were last reported,
+ * into the interval's summary map: the same cpu_summary records as the
+ * whole system's, for the target's threads only.
+ */
+
+struct task_report {
+	__u64 on;
+	__u64 off[OFFCPU_REASON_COUNT];
+	__u64 switches;
+	__u64 preemptions;
+};
+
+/* What `total` has grown by since *reported, now reported. */
+static __always_inline __u64 grown(__u64 *reported, __u64 total)
+{
+	__u64 was = *reported;
+
+	if (total <= was)
+		return 0;
+	*reported = total;
+	return total - was;
+}
+
+/*
+ * The task's totals up to `close`, as the close pass finds them: cut by
+ * the task itself if it has switched since (cut_at_close), else its running
+ * totals with the open stretch cut at the close. `runtime`: its on-CPU
+ * account up to the close (an idle task's, task NULL, is timed here). The
+ * totals are read before the stamps, which its switches write the other way
+ * round: a stretch that ends meanwhile is either cut here at the close from
+ * its stamp or counted whole in the next interval, never both.
+ */
+static __always_inline void totals_at(struct task_struct *task, struct cpu_state *st,
+				      __u64 close, __u64 runtime, struct task_report *r)
+{
+	__u64 since;
+	__u32 reason;
+	int i;
+
+	if (st->snap_close == close) {
+		barrier();
+		for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+			r->off[i] = st->snap_off_ns[i];
+		r->on = st->snap_runtime;
+		r->switches = st->snap_switches;
+		r->preemptions = st->snap_preemptions;
+		return;
+	}
+	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+		r->off[i] = st->off_ns[i];
+	r->on = runtime;
+	if (!task)
+		r->on = st->on_ns;
+	r->switches = st->switches;
+	r->preemptions = st->preemptions;
+	barrier();
+	since = st->off_since;
+	reason = st->reason;
+	if (since && since < close && reason < OFFCPU_REASON_COUNT)
+		r->off[reason] += close - since;
+	if (!task) {
+		since = st->on_since;
+		if (since && since < close)
+			r->on += close - since;
+	}
+}
+
+/* Report what the totals `r` add to what was reported, into `slot`'s summary. */
+static __always_inline void report_totals(struct task_struct *task, __u32 cpu,
+					  struct cpu_state *st, __u32 slot,
+					  struct task_report *r, bool last)
+{
+	struct keytime_summary *s;
+	int i;
+
+	/* the pass and a last switch may meet: each part is reported once */
+	bpf_spin_lock(&st->lock);
+	if (st->flushed) {
+		bpf_spin_unlock(&st->lock);
+		return;
+	}
+	st->flushed = last;
+	r->on = grown(&st->rep_runtime, r->on);
+	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+		r->off[i] = grown(&st->rep_off_ns[i], r->off[i]);
+	r->switches = grown(&st->rep_switches, r->switches);
+	r->preemptions = grown(&st->rep_preemptions, r->preemptions);
+	bpf_spin_unlock(&st->lock);
+
+	s = summary_entry(slot, task, cpu);
+	if (!s)
+		return;
+	if (r->on)
+		__sync_fetch_and_add(&s->on_cpu_ns, r->on);
+	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+		if (r->off[i])
+			__sync_fetch_and_add(&s->off_cpu_ns[i], r->off[i]);
+	if (r->switches)
+		__sync_fetch_and_add(&s->switches_out, r->switches);
+	if (r->preemptions)
+		__sync_fetch_and_add(&s->preemptions, r->preemptions);
+}
+
+/*
+ * A target thread's last switch: its last partial interval, exact (the
+ * scheduler has just accounted it). The part up to a close whose pass has
+ * not reached it yet (it exited in between) goes to that closing interval.
+ */
+static __always_inline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now)
+{
+	__u32 slot = current_slot();
+	struct task_report r;
+	int i;
+
+	if (st->snap_close == cfg.slot_start_ns[slot] && cfg.closing_open) {
+		totals_at(task, st, st->snap_close, 0, &r);
+		report_totals(task, 0, st, slot ^ 1, &r, false);
+	}
+	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+		r.off[i] = st->off_ns[i];
+	r.on = task->se.sum_exec_runtime;
+	r.switches = st->switches;
+	r.preemptions = st->preemptions;
+	report_totals(task, 0, st, slot, &r, true);
+}
+
+/* At a close (targeted): a live target task's part of the closing interval. */
+static __always_inline void report_at_close(struct task_struct *task, struct cpu_state *st)
+{
+	__u32 slot = current_slot();
+	__u64 close = cfg.slot_start_ns[slot], now = bpf_ktime_get_ns();
+	__u64 runtime = task->se.sum_exec_runtime, on = st->on_since, after;
+	struct task_report r;
+
+	/* running since before the close (else it would have cut): the time since is the next's */
+	if (on) {
+		after = now > close ? now - close : 0;
+		runtime = runtime > after ? runtime - after : 0;
+	}
+	totals_at(task, st, close, runtime, &r);
+	report_totals(task, 0, st, slot ^ 1, &r, false);
+}
+
+/* At a close, -p 0 -c N: the idle task of that CPU. */
+static __always_inline void report_idle_at_close(struct cpu_state *st, __u32 cpu, __u32 slot)
+{
+	struct task_report r;
+
+	totals_at(NULL, st, cfg.slot_start_ns[slot ^ 1], 0, &r);
+	report_totals(NULL, cpu, st, slot, &r, false);
+}
+
+/* ---------------------------------------------------------------- */
 /* The pass proc_image runs at the activation and at every interval's close */
 
 /* Cut a stamp at `close`; true (and *since set) if this caller moved it. */
@@ -1206,29 +1503,41 @@ static __always_inline bool cut_stamp(__u64 *stamp, __u64 close, __u64 *since)
 	return s && s < close && __sync_val_compare_and_swap(stamp, s, close) == s;
 }
 
-/* The idle task of one CPU (bpf_loop callback; `activation` as in handle__iter_task). */
-static long close_idle(__u64 cpu, bool *activation)
+/* The idle task of `cpu` as the pass finds it (to be called at the pass's end). */
+static __always_inline struct cpu_state *idle_state(__u32 cpu)
 {
-	__u32 key = cpu, slot = current_slot(), closing = slot ^ 1;
-	__u64 close = cfg.slot_start_ns[slot], since;
 	struct cpu_state *st;
 	bool running;
 
-	if (key >= cfg.nr_cpus || key >= MAX_CPUS)
-		return 1;
-	st = bpf_map_lookup_elem(&idle_states, &key);
+	st = bpf_map_lookup_elem(&idle_states, &cpu);
 	if (!st)
-		return 1;
+		return NULL;
 	if (st->generation != cfg.target.generation) {
 		/* not switched since the activation: running if the pass saw no task on its CPU */
-		running = busy_pass[key & (MAX_CPUS - 1)] != pass_seq;
+		running = busy_pass[cpu & (MAX_CPUS - 1)] != pass_seq;
 		st->generation = cfg.target.generation;
 		st->reason = OFFCPU_PREEMPTED;
 		st->prev_state = 0;
 		st->runtime_base = 0;
 		st->on_since = running ? cfg.activated_ns : 0;
 		st->off_since = running ? 0 : cfg.activated_ns;
+		reset_totals(st, 0);
 	}
+	return st;
+}
+
+/* The idle task of one CPU (bpf_loop callback; `activation` as in handle__iter_task). */
+static long close_idle(__u64 cpu, bool *activation)
+{
+	__u32 key = cpu, slot = current_slot(), closing = slot ^ 1;
+	__u64 close = cfg.slot_start_ns[slot], since;
+	struct cpu_state *st;
+
+	if (key >= cfg.nr_cpus || key >= MAX_CPUS)
+		return 1;
+	st = idle_state(key);
+	if (!st)
+		return 1;
 	if (*activation)
 		return 0;
 	if (cut_stamp(&st->on_since, close, &since))
@@ -1276,6 +1585,12 @@ static __always_inline int iter_task(struct bpf_iter__task *ctx, bool has_loop)
 	bool activation = !cfg.slot_start_ns[closing];
 
 	if (!task) {
+		/* -p 0 -c N: the idle task, as the live tasks below */
+		if (cfg.target.mode == TARGET_IDLE && !activation) {
+			st = idle_state(cfg.target.cpu);
+			if (st)
+				report_idle_at_close(st, cfg.target.cpu, closing);
+		}
 		if (cfg.target.mode == TARGET_SYSTEM) {
 			if (has_loop) {
 				bpf_loop(MAX_CPUS, close_idle, &activation, 0);
@@ -1307,8 +1622,12 @@ static __always_inline int iter_task(struct bpf_iter__task *ctx, bool has_loop)
 		if (activation)
 			return 0;
 	}
-	if (cfg.target.mode == TARGET_SYSTEM && !activation)
+	if (activation)
+		return 0;
+	if (cfg.target.mode == TARGET_SYSTEM)
 		close_task(task, st);
+	else
+		report_at_close(task, st);
 	return 0;
 }
 

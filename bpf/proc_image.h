@@ -184,6 +184,11 @@ struct keytime_config {
 	__u32 _pad;
 	/* level 2: off-CPU stretches at least this long carry both stacks */
 	__u64 offcpu_stack_min_ns;
+	/*
+	 * Targeted modes: a stretch at least this long is streamed as its own
+	 * on_cpu / off_cpu record (0: every one); every stretch is summed.
+	 */
+	__u64 stretch_min_ns;
 };
 
 /* fork, vfork, pthread_create, kernel_worker: hdr is the parent */
@@ -717,7 +722,7 @@ struct futex_part {
  * The version changes whenever a layout here changes.
  */
 #define CONTROL_MAGIC 0x474d4950 /* "PIMG" */
-#define CONTROL_VERSION 5
+#define CONTROL_VERSION 6
 #define CONTROL_SLOT_SIZE 1024  /* a request */
 #define CONTROL_STATE_SIZE 4096 /* the state: it lists the BPF programs' stats */
 #define CONTROL_MESSAGE_LEN 256
@@ -812,6 +817,7 @@ struct control_request {
 	__u32 activation_ids[PI_COLLECTOR_COUNT];
 	__u32 futex_min_us;  /* futex: futex_wait records only for waits this long */
 	__u32 stack_min_us;  /* keytime level 2: stacks only for off-CPU stretches this long */
+	__u32 stretch_min_us; /* keytime targeted: on_cpu / off_cpu records only for stretches this long */
 };
 _Static_assert(sizeof(struct control_request) <= CONTROL_SLOT_SIZE, "control_request size");
 

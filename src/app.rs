@@ -386,6 +386,7 @@ impl App {
             syscall_seq_len: req.syscall_seq_len,
             futex_min_us: req.futex_min_us,
             stack_min_us: req.stack_min_us,
+            stretch_min_us: req.stretch_min_us,
             interval_ms: if req.interval_ms > 0 {
                 req.interval_ms
             } else {

@@ -7,6 +7,7 @@ use clap::{
     value_parser, Arg, ArgAction, ArgGroup, ArgMatches, Args, Command, FromArgMatches, Parser,
 };
 
+use crate::bpf_intf::KEYTIME_LEVEL_ALL;
 use crate::collectors::{CollectorKind, COLLECTORS};
 use crate::output::Format;
 
@@ -182,6 +183,11 @@ pub struct ControllerArgs {
     /// microseconds [default: 1000]
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
     pub stack_min_us: Option<u32>,
+    /// keytime -k 1 and 2 on a thread, process or cgroup: on_cpu / off_cpu
+    /// records only for stretches of at least US microseconds, 0 = every
+    /// stretch (every one is summed in the per-interval cpu_summary) [default: 50]
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
+    pub stretch_min_us: Option<u32>,
     /// Reporting interval in milliseconds (default: proc_image's --interval)
     #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub interval: Option<u32>,
@@ -201,10 +207,11 @@ impl ControllerArgs {
             || self.interval.is_some()
             || self.myproc
             || self.futex_min_us.is_some()
-            || self.stack_min_us.is_some();
+            || self.stack_min_us.is_some()
+            || self.stretch_min_us.is_some();
         if !self.activate && with_activation {
             return Err(
-                "error: -p, -P, -c, --cgroup, -t, -i, -m, --futex-min-us and --stack-min-us go only with -a (see --help)".into(),
+                "error: -p, -P, -c, --cgroup, -t, -i, -m, --futex-min-us, --stack-min-us and --stretch-min-us go only with -a (see --help)".into(),
             );
         }
         let futex = self.collectors().contains(&CollectorKind::Futex);
@@ -216,6 +223,16 @@ impl ControllerArgs {
         }
         if self.stack_min_us.is_some() && self.value_of(CollectorKind::Keytime) != Some(2) {
             return Err("error: --stack-min-us goes with -k 2 (see --help)".into());
+        }
+        // a bare -a activates keytime at level 1 too
+        let keytime_level = match self.collectors().is_empty() {
+            true => Some(KEYTIME_LEVEL_ALL),
+            false => self.value_of(CollectorKind::Keytime),
+        };
+        if self.stretch_min_us.is_some() && !matches!(keytime_level, Some(1 | 2)) {
+            return Err(
+                "error: --stretch-min-us goes with -k 1 or -k 2 (or a bare -a) (see --help)".into(),
+            );
         }
         if !self.activate && !self.deactivate && !self.collectors().is_empty() {
             return Err("error: the collector flags go only with -a or -d (see --help)".into());

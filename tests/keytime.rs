@@ -299,6 +299,8 @@ fn one_thread_only() {
         pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
             && r["pid"] == pid)
     );
+    // proc_image notices the end on its own (its liveness check)
+    assert!(pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"));
     let recs = pi.finish();
     let keytime: Vec<&Value> = recs
         .iter()
@@ -337,9 +339,37 @@ fn idle_task_of_one_cpu() {
         .max_by_key(|(_, (after, before))| *after - *before)
         .map(|(i, _)| i)
         .unwrap();
-    pi.control_ok(&["-a", "-p", "0", "-c", &cpu.to_string(), "-k"]);
+    // every stretch: on a busy host an idle stretch may be short
+    pi.control_ok(&[
+        "-a",
+        "-p",
+        "0",
+        "-c",
+        &cpu.to_string(),
+        "-k",
+        "--stretch-min-us",
+        "0",
+    ]);
     assert!(pi.wait_for(Duration::from_secs(30), |r| r["event"] == "on_cpu"));
     let recs = pi.finish();
+    // its time per interval too (the last one comes with the end), its alone
+    let sums: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "cpu_summary")
+        .collect();
+    assert!(!sums.is_empty());
+    for r in &sums {
+        assert_eq!(
+            (r["pid"].as_u64(), r["cpu"].as_u64()),
+            (Some(0), Some(cpu as u64)),
+            "{r}"
+        );
+        let both = u64_of(r, "on_cpu_ns") + u64_of(r, "off_cpu_ns");
+        assert!(
+            both <= u64_of(r, "interval_ns") + TICK_MAX_NS,
+            "more than its interval: {r}"
+        );
+    }
     let cpu_events: Vec<&Value> = recs
         .iter()
         .filter(|r| r["event"] == "on_cpu" || r["event"] == "off_cpu")
@@ -1058,4 +1088,151 @@ fn an_oom_kill_is_said() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn an_oom_kill_is_said_with_the_older_program_forms() {
     oom_killed("oom_compat", COMPAT);
+}
+
+/// The default --stretch-min-us: stretches shorter are summed, not streamed.
+const STRETCH_MIN_NS: u64 = 50_000;
+
+/// The pingpong workload traced as a process at the default interval, to
+/// its end: its tids, its account ("done") and every record.
+fn pingpong_run(test: &str, args: &[&str]) -> (Value, Value, Vec<Value>) {
+    need_root();
+    let pi = start(test, &["-k"], &[]);
+    let mut w = Workload::start(&[&["pingpong"], args].concat());
+    let threads = w.wait_truth("threads", Duration::from_secs(10));
+    let pid = u64_of(&threads, "pid");
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-k"]);
+    w.go();
+    let done = w.wait_truth("done", Duration::from_secs(60));
+    assert!(w.wait().success());
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "exit"
+            && r["pid"] == pid),
+        "no exit record:\n{}",
+        pi.stderr_text()
+    );
+    // the last partial interval comes with the end of the activation
+    (threads["tids"].clone(), done, pi.finish())
+}
+
+/// The streamed stretches of thread `tid`: (event, duration_ns, record).
+fn stretches(recs: &[Value], tid: u64) -> Vec<&Value> {
+    recs.iter()
+        .filter(|r| (r["event"] == "on_cpu" || r["event"] == "off_cpu") && r["pid"] == tid)
+        .collect()
+}
+
+/// Two threads bouncing a byte switch ~100k times a second, over several
+/// 1 s intervals: each interval's cpu_summary holds all of it (on-CPU
+/// summed to the scheduler's own schedstat figure, every switch counted,
+/// on + off filling the interval), while only stretches of at least
+/// --stretch-min-us are streamed.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn targeted_summaries_hold_every_short_stretch() {
+    let (tids, done, recs) = pingpong_run("pingpong", &["--secs", "6", "--sleeps", "0"]);
+    assert!(u64_of(&done["ping"], "round_trips") > 1000, "{done}");
+    for name in ["ping", "pong"] {
+        let tid = u64_of(&tids, name);
+        let sums = summaries(&recs, tid);
+        let view: Vec<(u64, u64, u64)> = sums
+            .iter()
+            .map(|r| {
+                (
+                    u64_of(r, "interval_ns"),
+                    u64_of(r, "on_cpu_ns"),
+                    u64_of(r, "off_cpu_ns"),
+                )
+            })
+            .collect();
+        // (fewer, longer ones if proc_image was held up on a loaded host)
+        assert!(
+            sums.len() >= 3,
+            "{name}: a 6 s run spans intervals: {view:?}"
+        );
+        // on-CPU: the scheduler's own account, to 1%
+        let on: u64 = sums.iter().map(|r| u64_of(r, "on_cpu_ns")).sum();
+        let truth = u64_of(&done[name], "run_ns");
+        assert!(
+            on.abs_diff(truth) <= truth / 100,
+            "{name}: on-CPU summed over intervals {on} ns, schedstat {truth} ns: {view:?}"
+        );
+        // every switch: schedstat counts the timeslices it ran
+        let switches: u64 = sums.iter().map(|r| u64_of(r, "switches")).sum();
+        let slices = u64_of(&done[name], "slices");
+        assert!(
+            slices > 1000 && switches.abs_diff(slices) <= (slices / 100).max(10),
+            "{name}: {switches} switches summed, schedstat {slices} timeslices"
+        );
+        // alive through every interval but its last: on + off fill it (but
+        // for the IRQ and steal time the scheduler's clock leaves out of
+        // on-CPU time: a few % on a loaded VM)
+        for r in &sums[..sums.len() - 1] {
+            let both = u64_of(r, "on_cpu_ns") + u64_of(r, "off_cpu_ns");
+            let interval = u64_of(r, "interval_ns");
+            assert!(
+                both <= interval + 2 * TICK_MAX_NS && both >= interval / 100 * 95,
+                "{name}: on + off {both} ns in an interval: {r}"
+            );
+        }
+        // streamed: only stretches from the threshold, and fewer than the switches
+        let streamed = stretches(&recs, tid);
+        for r in &streamed {
+            assert!(u64_of(r, "duration_ns") >= STRETCH_MIN_NS, "{r}");
+        }
+        assert!(streamed.len() as u64 <= 2 * switches, "{name}");
+    }
+}
+
+/// A thread that sleeps 30 ms at a time: each sleep is one streamed
+/// off_cpu record, reason sleep, named by the kernel function it blocked
+/// in, and all of them are in the thread's summaries too.
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn a_sleep_loop_streams_each_sleep() {
+    let (tids, done, recs) = pingpong_run(
+        "sleeploop",
+        &["--secs", "0", "--sleeps", "60", "--sleep-ms", "30"],
+    );
+    let tid = u64_of(&tids, "sleeper");
+    let spans: Vec<(u64, u64)> = done["sleeper"]["sleeps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0].as_u64().unwrap(), s[1].as_u64().unwrap()))
+        .collect();
+    assert_eq!(spans.len(), 60);
+    let streamed = stretches(&recs, tid);
+    for &(start, end) in &spans {
+        let inside: Vec<&&Value> = streamed
+            .iter()
+            .filter(|r| r["event"] == "off_cpu")
+            .filter(|r| (start..=end).contains(&u64_of(r, "ts_ns")))
+            .filter(|r| u64_of(r, "duration_ns") >= 29_000_000)
+            .collect();
+        assert_eq!(inside.len(), 1, "the sleep {start}..{end}: {inside:?}");
+        let r = inside[0];
+        assert_eq!(r["reason"], "sleep", "{r}");
+        assert!(u64_of(r, "duration_ns") <= end - start, "{r}");
+        assert!(
+            r["blocked_in"]
+                .as_str()
+                .is_some_and(|f| f.contains("nanosleep")),
+            "{r}"
+        );
+    }
+    // what is streamed is a part of what is summed
+    let sums = summaries(&recs, tid);
+    let summed_off: u64 = sums.iter().map(|r| u64_of(r, "off_cpu_ns")).sum();
+    let streamed_off: u64 = streamed
+        .iter()
+        .filter(|r| r["event"] == "off_cpu")
+        .map(|r| u64_of(r, "duration_ns"))
+        .sum();
+    let slept: u64 = sums
+        .iter()
+        .map(|r| r["off_cpu_by_reason_ns"]["sleep"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(slept >= 60 * 30_000_000, "{sums:?}");
+    assert!(streamed_off <= summed_off, "{streamed_off} > {summed_off}");
 }

@@ -68,6 +68,19 @@ fn bad_input_is_one_line() {
         (&["-a", "-k", "3"], "3 is not in 0..=2"),
         (&["-a", "-k", "1", "--stack-min-us", "5"], "goes with -k 2"),
         (&["-d", "--stack-min-us", "5"], "only with -a"),
+        (
+            &["-a", "-k", "0", "--stretch-min-us", "5"],
+            "goes with -k 1 or -k 2",
+        ),
+        (
+            &["-a", "-s", "--stretch-min-us", "5"],
+            "goes with -k 1 or -k 2",
+        ),
+        (&["-d", "--stretch-min-us", "5"], "only with -a"),
+        (
+            &["-a", "--stretch-min-us", "60000001"],
+            "not in 0..=60000000",
+        ),
         (&["-a", "-d"], "cannot be used with"),
         (&["-d", "-p", "4"], "only with -a"),
         (&["-f", "-k"], "only with -a or -d"),
@@ -82,6 +95,18 @@ fn bad_input_is_one_line() {
             "{args:?}: {err}"
         );
         assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn stretch_min_us_goes_with_keytime_levels_1_and_2() {
+    for args in [
+        &["-a", "--stretch-min-us", "0"][..],
+        &["-a", "-k", "--stretch-min-us", "100"],
+        &["-a", "-k", "2", "-s", "--stretch-min-us", "1"],
+    ] {
+        let a = controller(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(a.stretch_min_us.is_some(), "{args:?}");
     }
 }
 

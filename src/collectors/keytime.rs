@@ -58,13 +58,13 @@ pub struct Keytime {
     links: Vec<Link>,
     /// the activation's target, as userspace last knew it
     target: Option<Target>,
-    /// whole system at level 1: summaries to drain, until flushed
+    /// level 1 and 2: summaries to drain, until flushed
     summarizing: bool,
-    /// whole system: threads per interval to print (None = all)
+    /// threads per interval to print (None = all)
     top: Option<usize>,
     /// summaries since this time (CLOCK_MONOTONIC ns)
     interval_start_ns: u64,
-    /// read on the first off-CPU stack, not at start: it costs ~10 MB
+    /// read at the first targeted activation, not at start: it costs ~10 MB
     ksyms: Arc<OnceLock<Kallsyms>>,
     /// the activation traces the whole system (its records name cgroups)
     whole_system: Rc<std::cell::Cell<bool>>,
@@ -216,8 +216,9 @@ impl Keytime {
             )
         });
         let shown = self.top.unwrap_or(usize::MAX).min(threads.len());
+        let whole_system = self.whole_system.get();
         for (key, sum) in &threads[..shown] {
-            out.emit(&summary_record(now, interval_ns, key, sum));
+            out.emit(&summary_record(now, interval_ns, key, sum, whole_system));
         }
         if shown < threads.len() {
             let rest = &threads[shown..];
@@ -242,6 +243,18 @@ impl Collector for Keytime {
 
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
+        // targeted: off_cpu records name where they blocked from the first
+        // one on; the symbols are read beside the main loop from now (a
+        // record needs them only if it comes first), not in an interval
+        if act.keytime_level >= KEYTIME_LEVEL_ALL
+            && !act.target.is_system()
+            && self.ksyms.get().is_none()
+        {
+            let ksyms = self.ksyms.clone();
+            let _ = std::thread::Builder::new()
+                .name("kallsyms".into())
+                .spawn(move || ksyms.get_or_init(Kallsyms::load).is_empty());
+        }
         let now = sys::monotonic_ns();
         let cfg = keytime_config {
             target: act.filter(),
@@ -259,11 +272,12 @@ impl Collector for Keytime {
             oom_from_mm: u32::from(!self.oom_newer),
             _pad: 0,
             offcpu_stack_min_ns: u64::from(act.stack_min_us) * 1000,
+            stretch_min_ns: u64::from(act.stretch_min_us) * 1000,
         };
         bpf_intf::copy_into(self.config()?, &cfg);
         self.target = Some(act.target);
-        if act.target.is_system() {
-            // leftovers of an earlier whole-system activation
+        if act.keytime_level >= KEYTIME_LEVEL_ALL {
+            // leftovers of an earlier activation
             for slot in [0, 1] {
                 let _ = self
                     .summary_map(slot)
@@ -320,7 +334,7 @@ impl Collector for Keytime {
                 return Err(e);
             }
         }
-        self.summarizing = act.target.is_system() && switches;
+        self.summarizing = switches;
         self.whole_system.set(act.target.is_system());
         let stacks = act.keytime_level >= bpf_intf::KEYTIME_LEVEL_STACKS && !act.target.is_system();
         self.namer.borrow_mut().set_active(stacks);
@@ -362,14 +376,17 @@ impl Collector for Keytime {
     fn describe(&self, act: &Activation) -> String {
         let what = if act.keytime_level >= KEYTIME_LEVEL_STACKS && !act.target.is_system() {
             format!(
-                "lifecycle events, every on/off-CPU interval, off-CPU stacks and their wakers from {} us",
-                act.stack_min_us
+                "lifecycle events, on/off-CPU summed per thread per interval, stretches from {} us, off-CPU stacks and their wakers from {} us",
+                act.stretch_min_us, act.stack_min_us
             )
         } else if act.keytime_level >= KEYTIME_LEVEL_ALL {
             if act.target.is_system() {
                 "lifecycle events, on/off-CPU summed per thread per interval".into()
             } else {
-                "lifecycle events and every on/off-CPU interval".into()
+                format!(
+                    "lifecycle events, on/off-CPU summed per thread per interval, stretches from {} us",
+                    act.stretch_min_us
+                )
             }
         } else {
             "lifecycle events only (level 0)".into()

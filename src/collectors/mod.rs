@@ -87,7 +87,7 @@ pub const COLLECTORS: [CollectorInfo; 6] = [
         load_short_aliases: &[],
         about: "Load keytime: fork, vfork, pthread_create, execve, exit, on/off-CPU intervals",
         controller_about:
-            "keytime; LEVEL 0 = lifecycle only, 1 = also every on/off-CPU interval (default), 2 = also off-CPU stacks and who woke them (--stack-min-us)",
+            "keytime; LEVEL 0 = lifecycle only, 1 = also on/off-CPU time per thread per interval and each stretch from --stretch-min-us (default), 2 = also off-CPU stacks and who woke them (--stack-min-us)",
         value: Some(CollectorValue {
             value_name: "LEVEL",
             default: KEYTIME_LEVEL_ALL,
@@ -248,6 +248,9 @@ pub struct Activation {
     pub futex_min_us: u32,
     /// keytime level 2: off-CPU stacks only for stretches at least this long
     pub stack_min_us: u32,
+    /// keytime, targeted: on_cpu / off_cpu records only for stretches at
+    /// least this long (every stretch is summed per interval)
+    pub stretch_min_us: u32,
     /// Never traced as part of the whole system: proc_image's own thread
     /// group, unless controller -m asked for it (then 0).
     pub exclude_tgid: u32,

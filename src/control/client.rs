@@ -27,6 +27,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// keytime -k 2: off-CPU stretches shorter than this carry no stacks.
 const DEFAULT_STACK_MIN_US: u32 = 1000;
+/// keytime's on_cpu / off_cpu records: stretches from 50 us, as blocked_in's stacks
+const DEFAULT_STRETCH_MIN_US: u32 = 50;
 
 pub fn run(args: &ControllerArgs) -> Result<String> {
     sys::require_root("controller")?;
@@ -83,6 +85,7 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
         req.interval_ms = args.interval.unwrap_or(0);
         req.futex_min_us = args.futex_min_us.unwrap_or(0);
         req.stack_min_us = args.stack_min_us.unwrap_or(DEFAULT_STACK_MIN_US);
+        req.stretch_min_us = args.stretch_min_us.unwrap_or(DEFAULT_STRETCH_MIN_US);
         if args.myproc {
             req.flags |= CONTROL_F_MYPROC;
         }

@@ -205,7 +205,7 @@ fn respond<B>(req: &hyper::Request<B>, shared: &Arc<Mutex<Snapshot>>) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::collectors::keytime::{Event, OnCpu};
+    use crate::collectors::keytime::{Event, Summary};
     use crate::metrics::tests::{exporter, S};
     use crate::record::Record;
 
@@ -215,9 +215,9 @@ mod tests {
         e.apply(
             &Record::new(
                 S,
-                Event::OnCpu(OnCpu {
-                    cpu: 0,
-                    duration_ns: S,
+                Event::CpuSummary(Summary {
+                    on_cpu_ns: S,
+                    ..Default::default()
                 }),
             )
             .task(11, 10, "a \"quoted\" comm"),

@@ -59,17 +59,18 @@ fn keytime_records_become_counters() {
     e.apply(&rec(fork(12)), S);
     e.apply(&rec(fork(13)), S);
     e.apply(&rec(keytime::Event::Exit(Default::default())), S);
+    let sum = keytime::Summary {
+        on_cpu_ns: 300_000_000,
+        off_cpu_by_reason_ns: keytime::ByReason(vec![("sleep", 2 * S)]),
+        ..Default::default()
+    };
+    e.apply(&rec(keytime::Event::CpuSummary(sum)), S);
+    // a streamed stretch is part of a summary: not counted again
     let on = keytime::OnCpu {
         cpu: 0,
         duration_ns: 300_000_000,
     };
     e.apply(&rec(keytime::Event::OnCpu(on)), S);
-    let off = keytime::OffCpu {
-        duration_ns: 2 * S,
-        reason: "sleep",
-        ..Default::default()
-    };
-    e.apply(&rec(keytime::Event::OffCpu(off)), S);
     let t11 = thread(11);
     let mut l = labels(&t11);
     l.push(("event", "fork"));

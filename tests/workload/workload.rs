@@ -53,6 +53,12 @@
 //!       N times over S seconds while the other spins, then both block in a
 //!       read for good and it prints "done" (the sleeper's switch-ins while
 //!       traced are its schedstat count's growth)
+//!   proc_image_workload pingpong [--secs S] [--sleeps N] [--sleep-ms MS]
+//!       threads "ping" and "pong" bounce a byte over two pipes for S
+//!       seconds (many short stretches), while a thread "sleeper" sleeps MS
+//!       N times; prints their tids, waits for a line on stdin, and at the
+//!       end each thread's /proc schedstat growth over its work (run ns,
+//!       timeslices), the round trips and each sleep's CLOCK_MONOTONIC span
 //!   proc_image_workload sched [--busy-threads N] [--secs S]
 //!       N threads spinning and one thread sleeping 2 ms at a time, all
 //!       pinned to CPU 0, for S seconds; prints their tids first
@@ -234,6 +240,7 @@ fn main() {
             args.iter().any(|a| a == "--spin"),
             args.iter().any(|a| a == "--peer"),
         ),
+        "pingpong" => pingpong(num("--secs", 4), num("--sleeps", 50), num("--sleep-ms", 30)),
         "steady" => steady(num("--busy-secs", 5), num("--sleep-secs", 10)),
         "exit-group" => exit_group(num("--threads", 4)),
         "exec-thread" => exec_thread(),
@@ -2365,4 +2372,100 @@ fn oom() {
         std::hint::black_box(&hog);
     }
     say(json!({"event": "survived"}));
+}
+
+/// /proc/thread-self/schedstat: (ns on a CPU, timeslices run).
+fn own_schedstat() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    match f[..] {
+        [run, _, slices] => (run, slices),
+        _ => die("no /proc/thread-self/schedstat"),
+    }
+}
+
+/// Threads ping and pong bounce a byte for `secs` while a third sleeps
+/// `sleep_ms` `sleeps` times (see the usage at the top).
+fn pingpong(secs: u64, sleeps: u64, sleep_ms: u64) {
+    let (mut a, mut b) = ([0i32; 2], [0i32; 2]);
+    if unsafe { libc::pipe(a.as_mut_ptr()) != 0 || libc::pipe(b.as_mut_ptr()) != 0 } {
+        die("pipe");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let go = std::sync::Arc::new(std::sync::Barrier::new(4));
+    // each thread: its tid, then (after the go) its schedstat growth
+    let spawn = |name: &'static str, work: Box<dyn FnOnce() -> serde_json::Value + Send>| {
+        let (tx, go) = (tx.clone(), go.clone());
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let _ = tx.send((name, gettid()));
+                go.wait();
+                let (run0, slices0) = own_schedstat();
+                let mut done = work();
+                let (run1, slices1) = own_schedstat();
+                done["tid"] = gettid().into();
+                done["run_ns"] = (run1 - run0).into();
+                done["slices"] = (slices1 - slices0).into();
+                done
+            })
+            .unwrap_or_else(|_| die("spawn"))
+    };
+    let ping = spawn(
+        "ping",
+        Box::new(move || {
+            let end = Instant::now() + Duration::from_secs(secs);
+            let mut byte = [1u8];
+            let mut trips = 0u64;
+            while Instant::now() < end {
+                unsafe {
+                    libc::write(a[1], byte.as_ptr().cast(), 1);
+                    libc::read(b[0], byte.as_mut_ptr().cast(), 1);
+                }
+                trips += 1;
+            }
+            byte[0] = 0; // pong's signal to stop
+            unsafe { libc::write(a[1], byte.as_ptr().cast(), 1) };
+            json!({"round_trips": trips})
+        }),
+    );
+    let pong = spawn(
+        "pong",
+        Box::new(move || {
+            let mut byte = [0u8];
+            loop {
+                let n = unsafe { libc::read(a[0], byte.as_mut_ptr().cast(), 1) };
+                if n != 1 || byte[0] == 0 {
+                    break;
+                }
+                unsafe { libc::write(b[1], byte.as_ptr().cast(), 1) };
+            }
+            json!({})
+        }),
+    );
+    let sleeper = spawn(
+        "sleeper",
+        Box::new(move || {
+            let spans: Vec<(u64, u64)> = (0..sleeps)
+                .map(|_| {
+                    let start = monotonic_ns();
+                    std::thread::sleep(Duration::from_millis(sleep_ms));
+                    (start, monotonic_ns())
+                })
+                .collect();
+            json!({"sleeps": spans})
+        }),
+    );
+    let tids: std::collections::BTreeMap<&str, u32> = rx.iter().take(3).collect();
+    say(json!({"event": "threads", "pid": std::process::id(), "tids": tids}));
+    wait_go();
+    go.wait();
+    let mut done = json!({"event": "done"});
+    for (name, t) in [("ping", ping), ("pong", pong), ("sleeper", sleeper)] {
+        done[name] = t.join().unwrap_or_else(|_| die("join"));
+    }
+    say(done);
 }

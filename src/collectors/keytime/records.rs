@@ -312,6 +312,7 @@ pub(super) fn summary_record(
     interval_ns: u64,
     key: &keytime_summary_key,
     s: &keytime_summary,
+    whole_system: bool,
 ) -> Record {
     let by_reason = s
         .off_cpu_ns
@@ -334,10 +335,12 @@ pub(super) fn summary_record(
         carried_ns: (s.carried_ns > 0).then_some(s.carried_ns),
         cpu: (key.pid == 0).then_some(key.cpu),
     };
+    let rec = Record::new(now, Event::CpuSummary(summary)).task(key.pid, s.tgid, comm);
     // the whole system: which container or service each thread is in
-    Record::new(now, Event::CpuSummary(summary))
-        .task(key.pid, s.tgid, comm)
-        .cgroup(s.cgroup_id)
+    match whole_system {
+        true => rec.cgroup(s.cgroup_id),
+        false => rec,
+    }
 }
 
 // ---------------------------------------------------------------------
@@ -519,18 +522,9 @@ impl record::Event for Event {
                     1.0,
                 );
             }
-            Event::KernelWorker(_) => {}
-            Event::OnCpu(e) => {
-                let labels = m.thread(e.duration_ns);
-                m.add(Fam::OnCpu, labels, e.duration_ns as f64 / 1e9);
-            }
+            // the streamed stretches are a part of what cpu_summary counts whole
+            Event::KernelWorker(_) | Event::OnCpu(_) => {}
             Event::OffCpu(e) => {
-                let labels = m.thread(0);
-                m.add(
-                    Fam::OffCpu,
-                    with_label(labels, "reason", e.reason),
-                    e.duration_ns as f64 / 1e9,
-                );
                 if let Some(stack) = &e.stack {
                     let target = vec![("target", m.target())];
                     m.add(Fam::OffcpuStacks, target.clone(), 1.0);

@@ -1176,8 +1176,7 @@ fn targeted_summaries_hold_every_short_stretch() {
             let interval = u64_of(r, "interval_ns");
             let switch_overlap = u64_of(r, "switches") * 1_000;
             assert!(
-                both <= interval + 2 * TICK_MAX_NS + switch_overlap
-                    && both >= interval / 100 * 95,
+                both <= interval + 2 * TICK_MAX_NS + switch_overlap && both >= interval / 100 * 95,
                 "{name}: on + off {both} ns in an interval: {r}"
             );
         }

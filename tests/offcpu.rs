@@ -1,7 +1,8 @@
 //! keytime -k 2: off-CPU stacks, end to end. The `offcpu` workload has one
-//! thread that sleeps in `offcpu_nanosleep_here` and one that reads a pipe
-//! in `offcpu_pipe_read_here`, 20 ms at a time, over several reporting
-//! intervals (default interval), and says how often each blocked.
+//! thread that sleeps in `offcpu_nanosleep_here`, one that reads a pipe in
+//! `offcpu_pipe_read_here` and one that takes a pthread mutex the main
+//! thread holds in `offcpu_mutex_lock_here`, 20 ms at a time, over several
+//! reporting intervals (default interval), and says how often each blocked.
 //!
 //! The workload and Debian's glibc are built without frame pointers (the
 //! distribution's and cargo's defaults): the user stacks are right only if
@@ -178,6 +179,28 @@ fn level2_stacks_name_where_threads_block() {
         let (f, module) = first_user(r).unwrap_or_else(|| panic!("no user frame: {r}"));
         assert!(f.contains("read") && module.contains("libc"), "{r}");
         has_function_and_caller(r, "offcpu_pipe_read_here");
+    }
+    // the contended pthread mutex: a futex wait in the kernel, glibc's lock
+    // path (no frame pointers) in user space, then the workload's function
+    let locker = u64_of(&w.truth("locker"), "tid");
+    let locked = u64_of(&w.truth("locked"), "count");
+    let waits: Vec<&Value> = with(locker, "futex_wait")
+        .into_iter()
+        .filter(|r| r["reason"] != "preempted")
+        .collect();
+    assert!(
+        waits.len() as u64 >= locked / 2,
+        "{} of {locked} lock waits have futex_wait in their stack",
+        waits.len()
+    );
+    for r in &waits {
+        let user = user_frames(r);
+        assert!(
+            user.iter()
+                .any(|(f, m)| f.contains("pthread_mutex_lock") && m.contains("libc")),
+            "{r}"
+        );
+        has_function_and_caller(r, "offcpu_mutex_lock_here");
     }
     // every frame is named: kernel frames from kallsyms, user ones with an offset
     for r in sleeps.iter().chain(&reads) {

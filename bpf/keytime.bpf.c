@@ -1371,6 +1371,18 @@ static __always_inline __u64 grown(__u64 *reported, __u64 total)
  * round: a stretch that ends meanwhile is either cut here at the close from
  * its stamp or counted whole in the next interval, never both.
  */
+static __always_inline void snapshot_totals(struct cpu_state *st, struct task_report *r)
+{
+	int i;
+
+	barrier();
+	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
+		r->off[i] = st->snap_off_ns[i];
+	r->on = st->snap_runtime;
+	r->switches = st->snap_switches;
+	r->preemptions = st->snap_preemptions;
+}
+
 static __always_inline void totals_at(struct task_struct *task, struct cpu_state *st,
 				      __u64 close, __u64 runtime, struct task_report *r)
 {
@@ -1379,12 +1391,7 @@ static __always_inline void totals_at(struct task_struct *task, struct cpu_state
 	int i;
 
 	if (st->snap_close == close) {
-		barrier();
-		for (i = 0; i < OFFCPU_REASON_COUNT; i++)
-			r->off[i] = st->snap_off_ns[i];
-		r->on = st->snap_runtime;
-		r->switches = st->snap_switches;
-		r->preemptions = st->snap_preemptions;
+		snapshot_totals(st, r);
 		return;
 	}
 	for (i = 0; i < OFFCPU_REASON_COUNT; i++)
@@ -1404,6 +1411,16 @@ static __always_inline void totals_at(struct task_struct *task, struct cpu_state
 		if (since && since < close)
 			r->on += close - since;
 	}
+	/*
+	 * A switch on another CPU may have cut the task at the close while
+	 * these were read: it snapshots (and sets snap_close) before it moves
+	 * a stamp or adds to a total, so what was read here may hold part of
+	 * a stretch after the close, or miss one before it. Its snapshot is
+	 * the consistent account.
+	 */
+	barrier();
+	if (st->snap_close == close)
+		snapshot_totals(st, r);
 }
 
 /* Report what the totals `r` add to what was reported, into `slot`'s summary. */

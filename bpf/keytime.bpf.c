@@ -152,6 +152,80 @@ struct {
 __u32 busy_pass[MAX_CPUS];
 __u32 pass_seq = 1;
 
+/*
+ * The time of a context switch as the scheduler keeps it, without reading
+ * a clocksource (bpf_ktime_get_ns does, through an indirect call: as much
+ * as the rest of a switch's work). __schedule reads sched_clock into
+ * rq->clock for the switch, or keeps the value of a wakeup just before it
+ * that asked it to skip the update (an idle CPU woken from another one:
+ * the time it takes to leave idle then counts as the woken task's run, in
+ * se.sum_exec_runtime too). keytime's on-CPU times are that account, so
+ * on-CPU and off-CPU times add up as the scheduler counts. Records carry
+ * CLOCK_MONOTONIC: each CPU keeps the offset from sched_clock, sampled
+ * against bpf_ktime_get_ns every SWITCH_CLOCK_PERIOD_NS of its clock. A
+ * sample at a switch whose clock lags is too large, so the offset is the
+ * least sample of the last SWITCH_CLOCK_WINDOW (the two clocks drift apart
+ * only by NTP's slew, parts per million).
+ */
+#define SWITCH_CLOCK_PERIOD_NS 200000ULL
+#define SWITCH_CLOCK_WINDOW 8
+
+struct switch_clock {
+	__u64 next_sample; /* rq->clock at which to sample again */
+	__s64 offset;	   /* CLOCK_MONOTONIC - sched_clock, in use */
+	__s64 window_min;  /* the least sample of the window being taken */
+	__u32 samples;	   /* in that window */
+	__u32 valid;	   /* offset holds a sample */
+} __attribute__((aligned(64))); /* a cache line per CPU: written at samples only */
+
+struct switch_clock switch_clocks[MAX_CPUS];
+
+/*
+ * `prev` is switching out of this CPU: its sched_entity's cfs_rq is on this
+ * CPU's run queue whatever its class (set_task_rq sets it for every task,
+ * the idle tasks included). That pointer exists with group scheduling
+ * (CONFIG_FAIR_GROUP_SCHED, in every distribution kernel); the `runqueues`
+ * per-CPU variable needs CONFIG_KALLSYMS_ALL, which many lack.
+ */
+static __always_inline __u64 switch_time(struct task_struct *prev)
+{
+	struct switch_clock *c;
+	struct cfs_rq *cfs;
+	__s64 sample;
+	__u64 clock;
+
+	if (!bpf_core_field_exists(prev->se.cfs_rq) || !bpf_core_field_exists(struct cfs_rq, rq))
+		return bpf_ktime_get_ns();
+	cfs = prev->se.cfs_rq;
+	clock = cfs->rq->clock;
+	c = &switch_clocks[bpf_get_smp_processor_id() & (MAX_CPUS - 1)];
+	if (clock >= c->next_sample || !c->valid) {
+		sample = (__s64)(bpf_ktime_get_ns() - clock);
+		if (!c->samples || sample < c->window_min)
+			c->window_min = sample;
+		if (!c->valid || sample < c->offset)
+			c->offset = sample;
+		c->valid = 1;
+		if (++c->samples >= SWITCH_CLOCK_WINDOW) {
+			/* a fresh window: the offset follows the clocks' drift either way */
+			c->offset = c->window_min;
+			c->samples = 0;
+		}
+		c->next_sample = clock + SWITCH_CLOCK_PERIOD_NS;
+	}
+	return clock + c->offset;
+}
+
+/*
+ * `to - from`, or 0 if `to` is not later: switch times from two CPUs (each
+ * with its own offset), or a switch time and a clock read, can be out of
+ * order by a little.
+ */
+static __always_inline __u64 elapsed(__u64 from, __u64 to)
+{
+	return to > from ? to - from : 0;
+}
+
 /* Kernels before 6.16: whether a thread group's death was reported, on its leader. */
 struct group_state {
 	__u64 dead_reported; /* 64 bits: compare-and-swap without ALU32 */
@@ -959,7 +1033,7 @@ static __always_inline void *wakeup_wanted(struct task_struct *cur, struct task_
 	st = bpf_task_storage_get(&cpu_states, p, 0, 0);
 	if (!st || st->generation != cfg.target.generation || !st->off_since)
 		return NULL;
-	if (bpf_ktime_get_ns() - st->off_since < cfg.offcpu_stack_min_ns)
+	if (elapsed(st->off_since, bpf_ktime_get_ns()) < cfg.offcpu_stack_min_ns)
 		return NULL;
 	return st;
 }
@@ -1044,7 +1118,7 @@ static __always_inline void cut_at_close(struct task_struct *task, struct cpu_st
 		runtime = task->se.sum_exec_runtime;
 		asm volatile("" : "+r"(runtime));
 		if (running)
-			runtime = runtime > now - close ? runtime - (now - close) : 0;
+			runtime = runtime > elapsed(close, now) ? runtime - elapsed(close, now) : 0;
 	} else {
 		runtime = st->on_ns;
 		asm volatile("" : "+r"(runtime));
@@ -1074,7 +1148,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 	st->on_since = 0;
 	barrier();
 	if (since) {
-		ran = now - since;
+		ran = elapsed(since, now);
 		/* the scheduler keeps no account of its idle tasks: time them */
 		if (!prev->pid)
 			st->on_ns += ran;
@@ -1107,7 +1181,7 @@ static __always_inline void switch_in(struct task_struct *next, __u64 now)
 	since = st->off_since;
 	cut_at_close(next, st, since, now, false);
 	if (since) {
-		duration = now - since;
+		duration = elapsed(since, now);
 		reason = st->reason;
 		st->off_since = 0;
 		barrier();
@@ -1213,7 +1287,7 @@ static __always_inline void sum_span(struct task_struct *task, __u32 cpu, bool o
 
 	if (from < start) {
 		cut = to < start ? to : start;
-		sum_add(slot ^ 1, task, cpu, on, reason, cut - from);
+		sum_add(slot ^ 1, task, cpu, on, reason, elapsed(from, cut));
 		from = cut;
 	}
 	if (to > from)
@@ -1299,7 +1373,7 @@ static __always_inline void on_switch(void *ctx, bool preempt, struct task_struc
 	__u64 now;
 
 	if (cfg.target.mode == TARGET_SYSTEM) {
-		now = bpf_ktime_get_ns();
+		now = switch_time(prev);
 		summarize_out(prev, preempt, prev_state, now);
 		summarize_in(next, now);
 		return;
@@ -1309,7 +1383,7 @@ static __always_inline void on_switch(void *ctx, bool preempt, struct task_struc
 	/* a switch between other tasks: not even a timestamp */
 	if (!out && !in)
 		return;
-	now = bpf_ktime_get_ns();
+	now = switch_time(prev);
 	if (out)
 		switch_out(ctx, prev, preempt, prev_state, now);
 	if (in)

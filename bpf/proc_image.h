@@ -795,6 +795,7 @@ _Static_assert(sizeof(struct control_state) <= CONTROL_STATE_SIZE, "control_stat
 
 /* control_request.flags */
 #define CONTROL_F_MYPROC 1 /* trace proc_image's own threads too (controller -m) */
+#define CONTROL_F_EXEC_FAILURES 2 /* keytime: execve_failed records (controller --exec-failures) */
 
 struct control_request {
 	struct control_header hdr;

@@ -92,7 +92,7 @@ finish_phase lifecycle
 
 log "keytime: failed execs"
 start exec_fail exec-fail
-ctl -a -P $WPID -k 0
+ctl -a -P $WPID -k 0 --exec-failures
 go
 finish_phase exec_fail
 

@@ -13,8 +13,8 @@ use libbpf_rs::{MapHandle, RingBuffer, RingBufferBuilder};
 
 use crate::bpf_intf::{
     control_activation, control_answer, control_request, control_state, CONTROL_ACTIVATE,
-    CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_DONE,
-    CONTROL_STATUS_ENDING, CONTROL_STATUS_ERROR, PI_COLLECTOR_COUNT,
+    CONTROL_DEACTIVATE, CONTROL_FINISH, CONTROL_F_EXEC_FAILURES, CONTROL_F_MYPROC,
+    CONTROL_STATUS_DONE, CONTROL_STATUS_ENDING, CONTROL_STATUS_ERROR, PI_COLLECTOR_COUNT,
 };
 use crate::bpf_stats;
 use crate::cli::ProcImageArgs;
@@ -387,6 +387,7 @@ impl App {
             futex_min_us: req.futex_min_us,
             stack_min_us: req.stack_min_us,
             stretch_min_us: req.stretch_min_us,
+            exec_failures: req.flags & CONTROL_F_EXEC_FAILURES != 0,
             interval_ms: if req.interval_ms > 0 {
                 req.interval_ms
             } else {

@@ -188,6 +188,12 @@ pub struct ControllerArgs {
     /// stretch (every one is summed in the per-interval cpu_summary) [default: 50]
     #[arg(long, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=60_000_000))]
     pub stretch_min_us: Option<u32>,
+    /// keytime: also an execve_failed record for every execve / execveat that
+    /// returns an error. Needs the syscall tracepoints, which send every
+    /// syscall of every task on the host through the kernel's slower traced
+    /// path while keytime is active (+30-50 ns a syscall measured here)
+    #[arg(long)]
+    pub exec_failures: bool,
     /// Reporting interval in milliseconds (default: proc_image's --interval)
     #[arg(short = 'i', long, value_name = "MS", value_parser = clap::value_parser!(u32).range(100..=60_000))]
     pub interval: Option<u32>,
@@ -208,10 +214,11 @@ impl ControllerArgs {
             || self.myproc
             || self.futex_min_us.is_some()
             || self.stack_min_us.is_some()
-            || self.stretch_min_us.is_some();
+            || self.stretch_min_us.is_some()
+            || self.exec_failures;
         if !self.activate && with_activation {
             return Err(
-                "error: -p, -P, -c, --cgroup, -t, -i, -m, --futex-min-us, --stack-min-us and --stretch-min-us go only with -a (see --help)".into(),
+                "error: -p, -P, -c, --cgroup, -t, -i, -m, --futex-min-us, --stack-min-us, --stretch-min-us and --exec-failures go only with -a (see --help)".into(),
             );
         }
         let futex = self.collectors().contains(&CollectorKind::Futex);
@@ -229,6 +236,9 @@ impl ControllerArgs {
             true => Some(KEYTIME_LEVEL_ALL),
             false => self.value_of(CollectorKind::Keytime),
         };
+        if self.exec_failures && keytime_level.is_none() {
+            return Err("error: --exec-failures goes with -k (or a bare -a) (see --help)".into());
+        }
         if self.stretch_min_us.is_some() && !matches!(keytime_level, Some(1 | 2)) {
             return Err(
                 "error: --stretch-min-us goes with -k 1 or -k 2 (or a bare -a) (see --help)".into(),

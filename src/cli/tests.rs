@@ -77,6 +77,8 @@ fn bad_input_is_one_line() {
             "goes with -k 1 or -k 2",
         ),
         (&["-d", "--stretch-min-us", "5"], "only with -a"),
+        (&["-a", "-s", "--exec-failures"], "goes with -k"),
+        (&["-d", "--exec-failures"], "only with -a"),
         (
             &["-a", "--stretch-min-us", "60000001"],
             "not in 0..=60000000",
@@ -107,6 +109,18 @@ fn stretch_min_us_goes_with_keytime_levels_1_and_2() {
     ] {
         let a = controller(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         assert!(a.stretch_min_us.is_some(), "{args:?}");
+    }
+}
+
+#[test]
+fn exec_failures_go_with_keytime() {
+    for args in [
+        &["-a", "--exec-failures"][..],
+        &["-a", "-k", "0", "--exec-failures"],
+        &["-a", "-k", "-s", "--exec-failures"],
+    ] {
+        let a = controller(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(a.exec_failures, "{args:?}");
     }
 }
 

@@ -300,11 +300,17 @@ impl Collector for Keytime {
                 },
             ),
             ("keytime/signal_generate", &p.handle__signal_generate),
-            ("keytime/sys_enter_execve", &p.handle__sys_enter_execve),
-            ("keytime/sys_exit_execve", &p.handle__sys_exit_execve),
-            ("keytime/sys_enter_execveat", &p.handle__sys_enter_execveat),
-            ("keytime/sys_exit_execveat", &p.handle__sys_exit_execveat),
         ];
+        // any syscall tracepoint puts every task's every syscall on the
+        // kernel's traced path (SYSCALL_WORK_SYSCALL_TRACEPOINT): only when asked
+        if act.exec_failures {
+            progs.extend([
+                ("keytime/sys_enter_execve", &p.handle__sys_enter_execve),
+                ("keytime/sys_exit_execve", &p.handle__sys_exit_execve),
+                ("keytime/sys_enter_execveat", &p.handle__sys_enter_execveat),
+                ("keytime/sys_exit_execveat", &p.handle__sys_exit_execveat),
+            ]);
+        }
         // the older mark_victim names no task: exits read signal->oom_mm instead
         if self.oom_newer {
             progs.push(("keytime/mark_victim", &p.handle__mark_victim));
@@ -391,7 +397,12 @@ impl Collector for Keytime {
         } else {
             "lifecycle events only (level 0)".into()
         };
-        format!("keytime on {}: {what}", act.target)
+        let execs = if act.exec_failures {
+            ", failed execs"
+        } else {
+            ""
+        };
+        format!("keytime on {}: {what}{execs}", act.target)
     }
 
     fn events(&self) -> Result<MapHandle> {

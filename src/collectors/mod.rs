@@ -251,6 +251,9 @@ pub struct Activation {
     /// keytime, targeted: on_cpu / off_cpu records only for stretches at
     /// least this long (every stretch is summed per interval)
     pub stretch_min_us: u32,
+    /// keytime: execve_failed records (the syscall tracepoints they need
+    /// slow every syscall on the host, so only when asked)
+    pub exec_failures: bool,
     /// Never traced as part of the whole system: proc_image's own thread
     /// group, unless controller -m asked for it (then 0).
     pub exclude_tgid: u32,

@@ -11,7 +11,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::bpf_intf::{
     c_str, control_answer, control_request, control_state, CONTROL_ACTIVATE, CONTROL_DEACTIVATE,
-    CONTROL_FINISH, CONTROL_F_MYPROC, CONTROL_STATUS_ERROR, KEYTIME_LEVEL_ALL, SYSCALL_SEQ_DEFAULT,
+    CONTROL_FINISH, CONTROL_F_EXEC_FAILURES, CONTROL_F_MYPROC, CONTROL_STATUS_ERROR,
+    KEYTIME_LEVEL_ALL, SYSCALL_SEQ_DEFAULT,
 };
 use crate::cli::ControllerArgs;
 use crate::collectors::CollectorKind;
@@ -88,6 +89,9 @@ pub fn run(args: &ControllerArgs) -> Result<String> {
         req.stretch_min_us = args.stretch_min_us.unwrap_or(DEFAULT_STRETCH_MIN_US);
         if args.myproc {
             req.flags |= CONTROL_F_MYPROC;
+        }
+        if args.exec_failures {
+            req.flags |= CONTROL_F_EXEC_FAILURES;
         }
     } else if args.deactivate {
         req.command = CONTROL_DEACTIVATE;

@@ -186,8 +186,8 @@ for t in $ONLY; do
 	case $t in
 	syscall) table syscall bench-syscalls 2000000 -s syscalls syscount "$BT_SYSCALL" ;;
 	schedule) table schedule bench-pipe 100000 -S sched runqlat "$BT_SCHED" ;;
-	keytime) table keytime bench-pipe 100000 -k resource - "$BT_KEYTIME" ;;
-	keytime-forks) table keytime-forks bench-forks 2000 -k resource - "$BT_KEYTIME" ;;
+	keytime) table keytime bench-pipe 100000 -k keytime - "$BT_KEYTIME" ;;
+	keytime-forks) table keytime-forks bench-forks 2000 -k keytime - "$BT_KEYTIME" ;;
 	resource) table resource bench-forks 2000 -r resource - "$BT_RESOURCE" ;;
 	lock) table lock bench-mutex 200000000 -l - - "$BT_LOCK" ;;
 	*) echo "unknown table $t" >&2; exit 1 ;;

@@ -198,6 +198,9 @@ static __always_inline __u64 switch_time(struct task_struct *prev)
 		return bpf_ktime_get_ns();
 	cfs = prev->se.cfs_rq;
 	clock = cfs->rq->clock;
+	/* (a pointer the kernel had not set reads as 0 here) */
+	if (!clock)
+		return bpf_ktime_get_ns();
 	c = &switch_clocks[bpf_get_smp_processor_id() & (MAX_CPUS - 1)];
 	if (clock >= c->next_sample || !c->valid) {
 		sample = (__s64)(bpf_ktime_get_ns() - clock);

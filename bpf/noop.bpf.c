@@ -31,3 +31,6 @@ int BPF_PROG(noop__task_newtask) { return 0; }
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(noop__sched_process_exec) { return 0; }
+
+SEC("tp_btf/signal_generate")
+int BPF_PROG(noop__signal_generate) { return 0; }

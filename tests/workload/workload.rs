@@ -335,6 +335,7 @@ fn noop_hooks(which: &str) {
             &p.noop__sched_process_exec,
             &p.noop__sched_process_exit,
             &p.noop__sched_switch,
+            &p.noop__signal_generate,
         ],
         _ => die("noop-hooks syscalls|sched|resource|keytime"),
     };

@@ -10,6 +10,8 @@
 #   ref      the job written the classic way (bpf/bench_ref.bpf.c: a hash
 #            map keyed by tid, as libbpf-tools' syscount -L and runqlat do;
 #            whole system, their default), for syscall and schedule
+#   ref2     schedule only: runqlat with its start times in task storage
+#            instead of the hash (the per-event bar schedule must stay under)
 # each in time per operation (ratio to none, and overhead as a multiple of
 # the floor's) and in BPF run time per event (the kernel's run time / run
 # count of the tracer's programs). Every rep runs the configurations one
@@ -112,7 +114,7 @@ one_run() {
 	wl=$!
 	exec 9>"$fifo"
 	case $cfg in
-	floor | ref) tracer=$TR_PID ;;
+	floor | ref | ref2) tracer=$TR_PID ;;
 	target) "$CTL" -a -P "$wl" "$FLAG" >/dev/null; tracer=$PI_PID ;;
 	other) "$CTL" -a -P "$OTHER_PID" "$FLAG" >/dev/null; tracer=$PI_PID ;;
 	bpftrace)
@@ -141,10 +143,10 @@ one_run() {
 	fi
 }
 
-# table NAME MODE N FLAG FLOOR-SET REF BT: REPS interleaved reps of every
+# table NAME MODE N FLAG FLOOR-SET REF BT [REF2]: REPS interleaved reps of every
 # configuration; lines "NAME CFG REP ns_per_op runs run_ns stats_ops" to RESULTS
 table() {
-	local name=$1 mode=$2 n=$3 floor=$5 ref=$6
+	local name=$1 mode=$2 n=$3 floor=$5 ref=$6 ref2=${8:--}
 	FLAG=$4
 	BT=$7
 	# lock: its uprobes (its other programs see every task's exit, exec, fork)
@@ -154,6 +156,7 @@ table() {
 	[ "$floor" != - ] && cfgs+=" floor"
 	cfgs+=" target other bpftrace"
 	[ "$ref" != - ] && cfgs+=" ref"
+	[ "$ref2" != - ] && cfgs+=" ref2"
 	echo "$name: $mode $n, configurations: $cfgs" >&2
 	pi_start "$FLAG"
 	for rep in $(seq 1 "$REPS"); do
@@ -164,6 +167,7 @@ table() {
 			case $cfg in
 			floor) tracer_start "$WL" noop-hooks "$floor" ;;
 			ref) tracer_start "$WL" ref-hooks "$ref" ;;
+			ref2) tracer_start "$WL" ref-hooks "$ref2" ;;
 			esac
 			local timed counted
 			timed=$(one_run "$cfg" "$mode" "$cn" 0)
@@ -174,7 +178,7 @@ table() {
 				counted=$(one_run "$cfg" "$mode" $((cn / 4)) 1 | cut -d' ' -f2-)
 				stats_off
 			fi
-			case $cfg in floor | ref) tracer_stop ;; esac
+			case $cfg in floor | ref | ref2) tracer_stop ;; esac
 			echo "$name $cfg $rep ${timed%% *} $counted $((cn / 4))" >>"$RESULTS"
 		done
 	done
@@ -185,7 +189,7 @@ LOCK_SLOW_N=${LOCK_SLOW_N:-20000}
 for t in $ONLY; do
 	case $t in
 	syscall) table syscall bench-syscalls 2000000 -s syscalls syscount "$BT_SYSCALL" ;;
-	schedule) table schedule bench-pipe 100000 -S sched runqlat "$BT_SCHED" ;;
+	schedule) table schedule bench-pipe 100000 -S sched runqlat "$BT_SCHED" runqlat-ts ;;
 	keytime) table keytime bench-pipe 100000 -k keytime - "$BT_KEYTIME" ;;
 	keytime-forks) table keytime-forks bench-forks 2000 -k keytime - "$BT_KEYTIME" ;;
 	resource) table resource bench-forks 2000 -r resource - "$BT_RESOURCE" ;;
@@ -220,6 +224,7 @@ labels = {
     "other": "proc_image on another process",
     "bpftrace": "bpftrace, same job",
     "ref": "reference, classic ({})",
+    "ref2": "reference, task storage ({})",
 }
 med = lambda xs: statistics.median(xs) if xs else None
 print(f"medians of {sys.argv[2]} interleaved runs (ratios taken per run, then their median);")
@@ -232,7 +237,7 @@ for t in order:
     print(f"  {'':38} {'ns/op':>10} {'vs none':>8} {'x floor':>8} {'BPF ns/event':>13} {'events/op':>10}")
     none = rows[(t, "none")]
     floor = rows.get((t, "floor"), {})
-    for cfg in ["none", "floor", "target", "other", "bpftrace", "ref"]:
+    for cfg in ["none", "floor", "target", "other", "bpftrace", "ref", "ref2"]:
         r = rows.get((t, cfg))
         if not r:
             continue

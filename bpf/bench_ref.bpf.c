@@ -5,8 +5,9 @@
  * timestamp in a hash map keyed by thread id, looked up and deleted at the
  * end of the interval, figures in hash maps. Whole system, no filter (the
  * tools' default). On the same tp_btf hooks as the collectors and the no-op
- * floor (noop.bpf.c), so that only the work differs. Written for
- * bench/compare.sh (the workload's `ref-hooks` mode attaches them).
+ * floor (noop.bpf.c), so that only the work differs; and runqlat once more
+ * with the start time in task storage. Written for bench/compare.sh (the
+ * workload's `ref-hooks` mode attaches them).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -162,5 +163,74 @@ int BPF_PROG(ref__sched_switch, bool preempt, struct task_struct *prev, struct t
 	__sync_fetch_and_add(&h->slots[log2_slot(delta / 1000) & (SLOTS - 1)], 1);
 out:
 	bpf_map_delete_elem(&rq_start, &pid);
+	return 0;
+}
+
+/*
+ * ---- runqlat with the start time in task storage instead of a hash ----
+ * The same job, the way a newer tool would keep per-task state: no hash
+ * insert and delete per wait. The histogram is the same.
+ */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} rq_start_ts SEC(".maps");
+
+static __always_inline void enqueue_ts(struct task_struct *p)
+{
+	__u64 *ts;
+
+	if (!p->pid)
+		return;
+	ts = bpf_task_storage_get(&rq_start_ts, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (ts)
+		*ts = bpf_ktime_get_ns();
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(ref_ts__sched_wakeup, struct task_struct *p)
+{
+	enqueue_ts(p);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(ref_ts__sched_wakeup_new, struct task_struct *p)
+{
+	enqueue_ts(p);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(ref_ts__sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	static const struct hist zero;
+	__u32 key = 0;
+	struct hist *h;
+	__u64 *tsp;
+	__s64 delta;
+
+	if (prev->__state == 0)
+		enqueue_ts(prev);
+	if (!next->pid)
+		return 0;
+	tsp = bpf_task_storage_get(&rq_start_ts, next, 0, 0);
+	if (!tsp || !*tsp)
+		return 0;
+	delta = bpf_ktime_get_ns() - *tsp;
+	*tsp = 0;
+	if (delta < 0)
+		return 0;
+	h = bpf_map_lookup_elem(&rq_hists, &key);
+	if (!h) {
+		bpf_map_update_elem(&rq_hists, &key, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&rq_hists, &key);
+		if (!h)
+			return 0;
+	}
+	__sync_fetch_and_add(&h->slots[log2_slot(delta / 1000) & (SLOTS - 1)], 1);
 	return 0;
 }

@@ -140,10 +140,10 @@
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup, or keytime's hooks) until stdin closes:
 //!       the benchmark floor
-//!   proc_image_workload ref-hooks syscount|runqlat
+//!   proc_image_workload ref-hooks syscount|runqlat|runqlat-ts
 //!       attach the benchmark reference (bpf/bench_ref.bpf.c: syscount -L or
-//!       runqlat done the classic way, hash maps keyed by tid) until stdin
-//!       closes
+//!       runqlat done the classic way, hash maps keyed by tid; runqlat-ts:
+//!       runqlat with its start times in task storage) until stdin closes
 //!   proc_image_workload bpf-stats-on
 //!       keep the kernel's BPF run-time stats on (BPF_ENABLE_STATS) until
 //!       stdin closes
@@ -367,7 +367,12 @@ fn ref_hooks(which: &str) {
             &p.ref__sched_wakeup_new,
             &p.ref__sched_switch,
         ],
-        _ => die("ref-hooks syscount|runqlat"),
+        "runqlat-ts" => vec![
+            &p.ref_ts__sched_wakeup,
+            &p.ref_ts__sched_wakeup_new,
+            &p.ref_ts__sched_switch,
+        ],
+        _ => die("ref-hooks syscount|runqlat|runqlat-ts"),
     };
     let _links: Vec<libbpf_rs::Link> = progs
         .iter()

@@ -318,14 +318,22 @@ fn exec_case(test: &str, flag: &str, reattached: bool) {
     let ready = w.wait_truth("ready", Duration::from_secs(10));
     let pid = u64_of(&ready, "pid");
     pi.control_ok(&["-a", "-P", &pid.to_string(), "-l", "-i", "500"]);
-    w.go();
+    // the first line: exec
+    w.send_go();
     let locks = w.wait_truth("locks", Duration::from_secs(10));
     assert_eq!(u64_of(&locks, "pid"), pid, "exec keeps the pid");
     let lock_fn = u64_of(&locks, "pthread_mutex_lock");
-    // it sleeps 500 ms before locking: the probes are in by then
-    let armed = wait_until(Duration::from_millis(400), || {
-        code_byte(pid, lock_fn) == Some(INT3)
-    });
+    // proc_image says when its probes follow the exec (a reattachment
+    // took over 0.5 s once, under a full parallel test run): then the
+    // second line starts the locking
+    assert!(
+        pi.wait_for(Duration::from_secs(30), |r| r["event"]
+            == "probes_follow_exec"),
+        "{}",
+        pi.stderr_text()
+    );
+    let armed = code_byte(pid, lock_fn) == Some(INT3);
+    w.go();
     let done = w.wait_truth("done", Duration::from_secs(20));
     assert!(w.wait().success());
     assert!(pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"));

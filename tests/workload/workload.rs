@@ -80,7 +80,8 @@
 //!       then write-locked. Prints what
 //!       it measured. --fork: a forked child then takes a mutex of its own 5
 //!       times. --exec: first re-exec itself into `locks` (from a second
-//!       thread with --exec-from-thread), which sleeps 500 ms, then locks;
+//!       thread with --exec-from-thread) at the first line, which prints its
+//!       addresses and locks at a second line;
 //!       --exec-into: exec PROGRAM (no arguments) after the go line.
 //!   proc_image_workload soak [--threads N] [--secs S] [--churn-ms MS]
 //!       waits for a line on stdin, then for S seconds runs N threads, half
@@ -861,12 +862,11 @@ fn locks(args: &[String]) {
             die(&format!("exec {program}: {err}"));
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
-        let mut rest: Vec<String> = args[1..]
+        let rest: Vec<String> = args[1..]
             .iter()
             .filter(|a| !a.starts_with("--exec"))
             .cloned()
             .collect();
-        rest.push("--after-exec".into());
         let run = move || {
             let err = std::process::Command::new(&exe)
                 .arg("locks")
@@ -888,13 +888,11 @@ fn locks(args: &[String]) {
                "spinlock": addr(l.spin.get()), "trylock_mutex": addr(l.busy.get()),
                "recursive_mutex": addr(l.recursive.get()), "handed_rwlock": addr(l.handed.get()),
                "pthread_mutex_lock": libc::pthread_mutex_lock as *const () as usize}));
-    if flag("--after-exec") {
-        // the tracer follows the exec in the meantime
-        std::thread::sleep(Duration::from_millis(500));
-    } else {
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-    }
+    // after an exec, a second go line (stdin is kept across it): the
+    // tracer says when its probes follow the exec, which under load can
+    // take longer than any fixed wait
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
     let (mutex, rw, spin, busy) = (l.mutex.get(), l.rwlock.get(), l.spin.get(), l.busy.get());
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let main_tid = unsafe { libc::gettid() };

@@ -152,72 +152,7 @@ struct {
 __u32 busy_pass[MAX_CPUS];
 __u32 pass_seq = 1;
 
-/*
- * The time of a context switch as the scheduler keeps it, without reading
- * a clocksource (bpf_ktime_get_ns does, through an indirect call: as much
- * as the rest of a switch's work). __schedule reads sched_clock into
- * rq->clock for the switch, or keeps the value of a wakeup just before it
- * that asked it to skip the update (an idle CPU woken from another one:
- * the time it takes to leave idle then counts as the woken task's run, in
- * se.sum_exec_runtime too). keytime's on-CPU times are that account, so
- * on-CPU and off-CPU times add up as the scheduler counts. Records carry
- * CLOCK_MONOTONIC: each CPU keeps the offset from sched_clock, sampled
- * against bpf_ktime_get_ns every SWITCH_CLOCK_PERIOD_NS of its clock. A
- * sample at a switch whose clock lags is too large, so the offset is the
- * least sample of the last SWITCH_CLOCK_WINDOW (the two clocks drift apart
- * only by NTP's slew, parts per million).
- */
-#define SWITCH_CLOCK_PERIOD_NS 200000ULL
-#define SWITCH_CLOCK_WINDOW 8
-
-struct switch_clock {
-	__u64 next_sample; /* rq->clock at which to sample again */
-	__s64 offset;	   /* CLOCK_MONOTONIC - sched_clock, in use */
-	__s64 window_min;  /* the least sample of the window being taken */
-	__u32 samples;	   /* in that window */
-	__u32 valid;	   /* offset holds a sample */
-} __attribute__((aligned(64))); /* a cache line per CPU: written at samples only */
-
-struct switch_clock switch_clocks[MAX_CPUS];
-
-/*
- * `prev` is switching out of this CPU: its sched_entity's cfs_rq is on this
- * CPU's run queue whatever its class (set_task_rq sets it for every task,
- * the idle tasks included). That pointer exists with group scheduling
- * (CONFIG_FAIR_GROUP_SCHED, in every distribution kernel); the `runqueues`
- * per-CPU variable needs CONFIG_KALLSYMS_ALL, which many lack.
- */
-static __always_inline __u64 switch_time(struct task_struct *prev)
-{
-	struct switch_clock *c;
-	struct cfs_rq *cfs;
-	__s64 sample;
-	__u64 clock;
-
-	if (!bpf_core_field_exists(prev->se.cfs_rq) || !bpf_core_field_exists(struct cfs_rq, rq))
-		return bpf_ktime_get_ns();
-	cfs = prev->se.cfs_rq;
-	clock = cfs->rq->clock;
-	/* (a pointer the kernel had not set reads as 0 here) */
-	if (!clock)
-		return bpf_ktime_get_ns();
-	c = &switch_clocks[bpf_get_smp_processor_id() & (MAX_CPUS - 1)];
-	if (clock >= c->next_sample || !c->valid) {
-		sample = (__s64)(bpf_ktime_get_ns() - clock);
-		if (!c->samples || sample < c->window_min)
-			c->window_min = sample;
-		if (!c->valid || sample < c->offset)
-			c->offset = sample;
-		c->valid = 1;
-		if (++c->samples >= SWITCH_CLOCK_WINDOW) {
-			/* a fresh window: the offset follows the clocks' drift either way */
-			c->offset = c->window_min;
-			c->samples = 0;
-		}
-		c->next_sample = clock + SWITCH_CLOCK_PERIOD_NS;
-	}
-	return clock + c->offset;
-}
+#include "switch_clock.bpf.h"
 
 /*
  * `to - from`, or 0 if `to` is not later: switch times from two CPUs (each

@@ -25,6 +25,7 @@ struct schedule_config cfg;
 
 #include "latency.bpf.h"
 #include "compat.bpf.h"
+#include "switch_clock.bpf.h"
 
 struct runnable {
 	__u64 since_ns; /* 0 = not waiting for a CPU (as far as we saw) */
@@ -196,17 +197,23 @@ static __always_inline void mark_runnable(struct task_struct *task, __u64 now)
 	r->generation = cfg.target.generation;
 }
 
+/*
+ * A wakeup's time is the scheduler's clock at the enqueue (no clocksource
+ * read, see switch_clock.bpf.h); the end of the wait, at sched_switch, is
+ * read from the clocksource: the scheduler may have skipped its clock
+ * update there, and that delay is part of the wait.
+ */
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(handle__sched_wakeup, struct task_struct *p)
 {
-	mark_runnable(p, bpf_ktime_get_ns());
+	mark_runnable(p, wakeup_time(p));
 	return 0;
 }
 
 SEC("tp_btf/sched_wakeup_new")
 int BPF_PROG(handle__sched_wakeup_new, struct task_struct *p)
 {
-	mark_runnable(p, bpf_ktime_get_ns());
+	mark_runnable(p, wakeup_time(p));
 	return 0;
 }
 
@@ -216,6 +223,9 @@ static __always_inline int on_sched_switch(bool preempt, struct task_struct *pre
 	__u64 now = bpf_ktime_get_ns(), lat;
 	__u32 interval = this_interval();
 	struct runnable *r;
+
+	/* this CPU's offset from the scheduler's clock, for wakeup_time */
+	switch_clock_feed(prev, now);
 
 	/*
 	 * switched out while still runnable: it waits for a CPU from now. A
@@ -231,7 +241,8 @@ static __always_inline int on_sched_switch(bool preempt, struct task_struct *pre
 		return 0;
 	r = bpf_task_storage_get(&runnable, next, 0, 0);
 	if (r && r->since_ns) {
-		lat = now - r->since_ns;
+		/* a wakeup stamped from the scheduler's clock: its offset is the least seen */
+		lat = now > r->since_ns ? now - r->since_ns : 0;
 		r->since_ns = 0;
 		if (r->generation != cfg.target.generation)
 			return 0;

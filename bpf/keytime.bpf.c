@@ -154,16 +154,6 @@ __u32 pass_seq = 1;
 
 #include "switch_clock.bpf.h"
 
-/*
- * `to - from`, or 0 if `to` is not later: switch times from two CPUs (each
- * with its own offset), or a switch time and a clock read, can be out of
- * order by a little.
- */
-static __always_inline __u64 elapsed(__u64 from, __u64 to)
-{
-	return to > from ? to - from : 0;
-}
-
 /* Kernels before 6.16: whether a thread group's death was reported, on its leader. */
 struct group_state {
 	__u64 dead_reported; /* 64 bits: compare-and-swap without ALU32 */
@@ -1056,7 +1046,7 @@ static __always_inline void cut_at_close(struct task_struct *task, struct cpu_st
 		runtime = task->se.sum_exec_runtime;
 		asm volatile("" : "+r"(runtime));
 		if (running)
-			runtime = runtime > elapsed(close, now) ? runtime - elapsed(close, now) : 0;
+			runtime = elapsed(elapsed(close, now), runtime);
 	} else {
 		runtime = st->on_ns;
 		asm volatile("" : "+r"(runtime));

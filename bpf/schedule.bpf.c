@@ -242,7 +242,7 @@ static __always_inline int on_sched_switch(bool preempt, struct task_struct *pre
 	r = bpf_task_storage_get(&runnable, next, 0, 0);
 	if (r && r->since_ns) {
 		/* a wakeup stamped from the scheduler's clock: its offset is the least seen */
-		lat = now > r->since_ns ? now - r->since_ns : 0;
+		lat = elapsed(r->since_ns, now);
 		r->since_ns = 0;
 		if (r->generation != cfg.target.generation)
 			return 0;

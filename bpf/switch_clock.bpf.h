@@ -55,6 +55,16 @@ static __always_inline struct rq *rq_of(struct task_struct *task)
 	return cfs->rq;
 }
 
+/*
+ * `to - from`, or 0 if `to` is not later: times from this clock on two CPUs
+ * (each with its own offset), or one of them and a clocksource read, can be
+ * out of order by a little.
+ */
+static __always_inline __u64 elapsed(__u64 from, __u64 to)
+{
+	return to > from ? to - from : 0;
+}
+
 static __always_inline struct switch_clock *this_switch_clock(void)
 {
 	return &switch_clocks[bpf_get_smp_processor_id() & (SWITCH_CLOCK_CPUS - 1)];

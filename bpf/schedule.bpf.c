@@ -221,7 +221,7 @@ static __always_inline int on_sched_switch(bool preempt, struct task_struct *pre
 					   struct task_struct *next, unsigned int prev_state)
 {
 	__u64 now = bpf_ktime_get_ns(), lat;
-	__u32 interval = this_interval();
+	__u32 interval = this_interval(), bucket;
 	struct runnable *r;
 
 	/* this CPU's offset from the scheduler's clock, for wakeup_time */
@@ -266,10 +266,11 @@ static __always_inline int on_sched_switch(bool preempt, struct task_struct *pre
 	} else {
 		return 0;
 	}
-	latency_add(interval, LAT_SYSTEM, lat);
+	bucket = lat_bucket(lat);
+	latency_add(interval, LAT_SYSTEM, lat, bucket);
 	if (!wait_of_target(next))
 		return 0;
-	latency_add(interval, LAT_TARGET, lat);
+	latency_add(interval, LAT_TARGET, lat, bucket);
 	if (r)
 		thread_add(r, next, interval, lat);
 	else

@@ -84,7 +84,7 @@ struct {
 #define MAX_THREADS 16384
 #define MAX_COUNTS (1 << 18)
 
-/* allocated as threads appear: an entry is over 1 KiB */
+/* allocated as threads appear: an entry is ~3.3 KiB */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_THREADS);
@@ -166,32 +166,46 @@ static __always_inline void count_in(struct syscall_count *c, __u32 interval)
 	c->count[i]++;
 }
 
+/* Where an id's counts start looking for a place in a thread's entry. */
+static __always_inline __u32 count_home(__u32 id)
+{
+	return (id * 0x9e3779b1U) >> (32 - SYSCALL_COUNT_SLOTS_LOG2);
+}
+
+/* A count that found no place in the thread's entry: the `counts` map. */
+static __always_inline void count_in_map(struct syscall_thread_key *tk, __u32 id, __u32 interval)
+{
+	struct syscall_count_key key = { .pid = tk->pid, .id = id, .start_ns = tk->start_ns };
+	struct syscall_count *c, fresh = {};
+
+	c = lookup_or_init(&counts, &key, &fresh);
+	if (c)
+		count_in(c, interval);
+}
+
 /* Count a syscall: in the thread's entry if it has room for the id, else in `counts`. */
 static __always_inline void count_syscall(struct syscall_thread *t,
 					  struct syscall_thread_key *tk, __u32 id,
 					  __u32 interval)
 {
-	struct syscall_count_key key = { .pid = tk->pid, .id = id, .start_ns = tk->start_ns };
-	struct syscall_count *c, fresh = {};
-	__u32 j;
+	__u32 home = count_home(id), j;
+	struct syscall_count *c;
 
 	if (t) {
 #pragma unroll
 		for (int p = 0; p < SYSCALL_COUNT_PROBES; p++) {
-			j = (id + p) & (SYSCALL_COUNT_SLOTS - 1);
+			j = (home + p) & (SYSCALL_COUNT_SLOTS - 1);
+			c = &t->counts[j];
 			/* only this thread writes its entry's ids: no race */
-			if (t->count_id[j] == 0)
-				t->count_id[j] = id + 1;
-			if (t->count_id[j] == id + 1) {
-				count_in(&t->counts[j], interval);
+			if (c->id_plus_one == 0)
+				c->id_plus_one = id + 1;
+			if (c->id_plus_one == id + 1) {
+				count_in(c, interval);
 				return;
 			}
 		}
 	}
-	c = lookup_or_init(&counts, &key, &fresh);
-	if (!c)
-		return;
-	count_in(c, interval);
+	count_in_map(tk, id, interval);
 }
 
 static __always_inline struct cpu_slot *this_cpu_slot(void)
@@ -302,7 +316,7 @@ int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 {
-	__u32 interval = this_interval(), id, generation, of_target, in_seq = 0, idx;
+	__u32 interval = this_interval(), id, generation, of_target, in_seq = 0, idx, bucket;
 	struct cpu_slot *s = this_cpu_slot();
 	struct syscall_thread_key key = {};
 	struct task_struct *task;
@@ -340,10 +354,11 @@ int BPF_PROG(handle__sys_exit, struct pt_regs *regs, long ret)
 	if (generation != cfg.target.generation)
 		return 0;
 
-	latency_add(interval, LAT_SYSTEM, lat);
+	bucket = lat_bucket(lat);
+	latency_add(interval, LAT_SYSTEM, lat, bucket);
 	if (!of_target)
 		return 0;
-	latency_add(interval, LAT_TARGET, lat);
+	latency_add(interval, LAT_TARGET, lat, bucket);
 
 	task = bpf_get_current_task_btf();
 	if (s->key_task == (__u64)task && s->key_task_start == task->start_boottime) {

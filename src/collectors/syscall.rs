@@ -146,12 +146,12 @@ impl Syscall {
             let thread = (key.pid, key.start_ns);
             known.insert(thread);
             // the counts kept in the entry itself (the rest are in `counts`)
-            for (id, c) in t.count_id.iter().zip(&t.counts) {
-                if *id != 0 && c.interval[slot] == old && c.count[slot] > 0 {
+            for c in &t.counts {
+                if c.id_plus_one != 0 && c.interval[slot] == old && c.count[slot] > 0 {
                     by_thread
                         .entry(thread)
                         .or_default()
-                        .push((id - 1, c.count[slot]));
+                        .push((c.id_plus_one - 1, c.count[slot]));
                 }
             }
             let s = &t.slot[slot];

@@ -26,12 +26,15 @@
 //!       /dev/null, one nanosleep of MS, then getpid, getuid, getgid and
 //!       _exit (exit_group): nothing else
 //!   proc_image_workload syscall-threads [--threads N] [--getppid K] [--ia32-getpid M] [--secs S]
+//!                                       [--distinct D]
 //!       starts N threads that block in a read; prints their tids; waits for a
-//!       line on stdin; then each thread makes exactly K getppid (and M ia32
-//!       getpid through int 0x80, on x86_64) spread over S seconds, pacing
-//!       itself with clock_nanosleep, and blocks in a read for good: while
-//!       traced it makes only these syscalls. Prints each thread's counts and
-//!       the CLOCK_MONOTONIC time all were done, then waits to be killed
+//!       line on stdin; then each thread makes D distinct syscalls once each
+//!       (x86_64 only; every argument -1 or 0: all fail, none of the others),
+//!       and exactly K getppid (and M ia32 getpid through int 0x80, on
+//!       x86_64) spread over S seconds, pacing itself with clock_nanosleep,
+//!       and blocks in a read for good: while traced it makes only these
+//!       syscalls. Prints each thread's counts and the CLOCK_MONOTONIC time
+//!       all were done, then waits to be killed
 //!   proc_image_workload sched-classes [--secs S] [--cpu C]
 //!       starts 4 spinners on CPU C (default 1), one of them at nice 5, one
 //!       SCHED_BATCH, and a thread that sleeps 1 ms at a time there too, all
@@ -202,6 +205,7 @@ fn main() {
             num("--getppid", 100_000),
             num("--ia32-getpid", 0),
             num("--secs", 5),
+            failing_syscalls(num("--distinct", 0)),
         ),
         "sched-classes" => sched_classes(num("--secs", 4), num("--cpu", 1)),
         "thread-churn" => thread_churn(num("--per-sec", 3000), num("--secs", 7)),
@@ -1164,7 +1168,39 @@ fn ia32_getpid() {
 }
 
 /// Threads that make exactly the syscalls they count while traced.
-fn syscall_threads(threads: u64, getppid: u64, ia32: u64, secs: u64) {
+/// Syscalls that fail harmlessly when every argument is -1 or 0 (a bad fd, a
+/// null pointer, a zero length): more than a thread's syscall entry has
+/// room for (64), and none that `syscall_threads` makes otherwise (nor
+/// writev: ia32 getpid's number in the x86_64 table, which a test checks is
+/// never counted).
+#[cfg(target_arch = "x86_64")]
+const FAILING_SYSCALLS: [libc::c_long; 75] = [
+    3, 5, 8, 16, 17, 18, 19, 32, 33, 40, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 54, 55, 72,
+    73, 74, 75, 77, 78, 81, 91, 93, 138, 187, 190, 193, 196, 199, 217, 221, 232, 233, 254, 255,
+    257, 258, 259, 260, 261, 262, 263, 264, 265, 266, 267, 268, 269, 275, 276, 277, 278, 280, 281,
+    285, 288, 292, 295, 296, 299, 301, 303, 304, 306, 307, 308,
+];
+
+/// The first `n` of FAILING_SYSCALLS.
+fn failing_syscalls(n: u64) -> &'static [libc::c_long] {
+    #[cfg(target_arch = "x86_64")]
+    return FAILING_SYSCALLS
+        .get(..n as usize)
+        .unwrap_or_else(|| die(&format!("--distinct: at most {}", FAILING_SYSCALLS.len())));
+    #[cfg(not(target_arch = "x86_64"))]
+    match n {
+        0 => &[],
+        _ => die("--distinct: x86_64 only"),
+    }
+}
+
+fn syscall_threads(
+    threads: u64,
+    getppid: u64,
+    ia32: u64,
+    secs: u64,
+    distinct: &'static [libc::c_long],
+) {
     use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
     use std::sync::Arc;
     let pipe = || {
@@ -1191,7 +1227,13 @@ fn syscall_threads(threads: u64, getppid: u64, ia32: u64, secs: u64) {
             let mut byte = 0u8;
             // SAFETY: reads one byte into `byte`.
             unsafe { libc::read(start[0], (&mut byte as *mut u8).cast(), 1) };
-            // from here: only getppid, int 0x80 getpid and clock_nanosleep
+            // from here: only these, then getppid, int 0x80 getpid and clock_nanosleep
+            for &nr in distinct {
+                // every argument a whole register (a variadic int may carry junk above)
+                let zero: libc::c_long = 0;
+                // SAFETY: each fails on the bad fd or null pointer before doing anything
+                unsafe { libc::syscall(nr, -1 as libc::c_long, zero, zero, zero, zero, zero) };
+            }
             let period = Duration::from_millis(10);
             let steps = (secs * 100).max(1);
             let begun = Instant::now();
@@ -1251,7 +1293,8 @@ fn syscall_threads(threads: u64, getppid: u64, ia32: u64, secs: u64) {
         .iter()
         .map(|s| {
             json!({"tid": s[0].load(SeqCst), "getppid": s[1].load(SeqCst),
-                   "ia32_getpid": s[2].load(SeqCst), "clock_nanosleep": s[3].load(SeqCst)})
+                   "ia32_getpid": s[2].load(SeqCst), "clock_nanosleep": s[3].load(SeqCst),
+                   "distinct": distinct.len()})
         })
         .collect();
     say(json!({"event": "done", "done_ns": done_ns, "threads": per_thread}));

@@ -148,6 +148,7 @@ static __always_inline struct syscall_thread *thread_entry(struct task_struct *t
 	t = bpf_map_lookup_elem(&threads, key);
 	if (!t)
 		return NULL;
+	/* proc_image leaves an entry alone until it has its start time */
 	t->tgid = task->tgid;
 	t->task_start_ns = task->start_boottime;
 	t->cgroup_id = cgroup_id_of(task);

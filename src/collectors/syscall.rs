@@ -160,11 +160,14 @@ impl Syscall {
             }
             // Its last figures are read now: the exit fell in this interval or
             // before. Or (a missed exit) it did nothing for two intervals and
-            // is no longer alive: nothing will write its entry again.
+            // is no longer alive: nothing will write its entry again. An entry
+            // without a start time is being made (BPF inserts a zeroed one,
+            // then fills it in): its thread is about to write it.
             let last_read = if t.exited != 0 {
                 not_after(t.exit_interval, old)
             } else {
-                t.slot.iter().all(|s| !not_after(old, s.interval))
+                t.task_start_ns != 0
+                    && t.slot.iter().all(|s| !not_after(old, s.interval))
                     && !sys::task_alive(key.pid, t.task_start_ns / ns_per_tick)
             };
             if last_read {

@@ -71,10 +71,22 @@ fn run(test: &str, workload: &[&str], extra: &[&str]) -> (Vec<Value>, Workload) 
 
 /// Every record's woken_by names `waker` (pid and comm) with some user
 /// frames and a kernel stack from try_to_wake_up on; all but `others` of
-/// them hold `waker_fn`.
-fn assert_woken_by(recs: &[&Value], waker: u64, waker_fn: &str, others: usize) {
+/// them hold `waker_fn`. Up to `unwoken` records may name no waker: a
+/// wait woken before the stack threshold (1 ms) carries none, however long
+/// it then waits for a CPU (bpf/keytime.bpf.c, wakeup_wanted).
+fn assert_woken_by(recs: &[&Value], waker: u64, waker_fn: &str, others: usize, unwoken: usize) {
     let mut without = Vec::new();
-    for r in recs {
+    let named: Vec<&&Value> = recs
+        .iter()
+        .filter(|r| r.get("woken_by").is_some())
+        .collect();
+    assert!(
+        recs.len() - named.len() <= unwoken,
+        "{} of {} records name no waker",
+        recs.len() - named.len(),
+        recs.len()
+    );
+    for r in named {
         let by = &r["woken_by"];
         assert_eq!(by["pid"], waker, "{r}");
         assert_eq!(by["tgid"], r["tgid"], "{r}");
@@ -142,7 +154,7 @@ fn wakers_are_named_for_pipe_and_mutex_and_not_for_timers() {
         reads.len()
     );
     // (the last read ends at the pipe's close)
-    assert_woken_by(&reads, main, "pipe_write", 1);
+    assert_woken_by(&reads, main, "pipe_write", 1, 0);
     // the mutex waits: woken by its unlock. Only those in the workload's
     // own lock call: the locker also waits for stdout's lock when it says
     // what it did (main may be printing too), and a wait woken before the
@@ -162,7 +174,7 @@ fn wakers_are_named_for_pipe_and_mutex_and_not_for_timers() {
         "{} of {locked} lock waits",
         locks.len()
     );
-    assert_woken_by(&locks, main, "futex_wake", 0);
+    assert_woken_by(&locks, main, "futex_wake", 0, 0);
     // a waker in another process (not a target): its pid, tgid and comm
     let peer = u64_of(&w.truth("peer"), "pid");
     let peer_reader = u64_of(&w.truth("peer_reader"), "tid");
@@ -305,7 +317,11 @@ fn a_timer_interrupt_over_a_spinning_user_task_names_no_waker() {
     let reader = u64_of(&w.truth("reader"), "tid");
     let reads = blocked_in(&off_cpu_with_stack(&recs, reader), "pipe_read");
     assert!(reads.len() > 40, "{} reads", reads.len());
-    assert_woken_by(&reads, main, "pipe_write", 1);
+    // with a spinner hogging a CPU (and, in CI, other tests on the other), a
+    // reader held off a CPU for one write's 20 ms reads it late and blocks
+    // just before the next write: woken within the threshold, it then waits
+    // again (seen once in CI: a 22 ms read without a waker)
+    assert_woken_by(&reads, main, "pipe_write", 1, reads.len() / 10);
 }
 
 /// The names of the BPF programs proc_image (`pid`) has attached: its

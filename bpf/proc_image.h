@@ -427,8 +427,8 @@ struct syscall_thread_key {
 
 /*
  * Counts of one syscall by one thread, by interval & 1 like syscall_slot.
- * In a thread's entry the id is beside its counts: 32 bytes, one cache line
- * per syscall (a separate array of ids cost ~30 ns a syscall, measured).
+ * In a thread's entry the id is beside its counts: one 32-byte place to
+ * read and write per syscall, not an id array and a count array.
  */
 struct syscall_count {
 	__u32 id_plus_one; /* in a thread's entry: the syscall's id + 1 (0: free); in `counts` 0 */

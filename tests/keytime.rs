@@ -122,7 +122,9 @@ fn lifecycle(env: &[(&str, &str)]) {
         "7",
     ]);
     let pid = w.pid() as u64;
-    pi.control_ok(&["-a", "-P", &pid.to_string(), "-k"]);
+    // every stretch streamed: a busy loop that others preempt often (a
+    // loaded CI machine) runs in stretches below the default 50 us
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-k", "--stretch-min-us", "0"]);
     w.go();
     let status = w.wait();
     assert_eq!(status.code(), Some(7));

@@ -152,6 +152,12 @@ fn known_syscalls_are_counted_exactly() {
         .map(|b| b["count"].as_u64().unwrap())
         .sum();
     assert_eq!(hist_sum, u64_of(total, "count"));
+    // BPF's log2 buckets: the lowest holds the fastest syscall, the highest
+    // the slowest (the 50 ms sleep)
+    let hist = total["hist"].as_array().unwrap();
+    let holds = |b: &Value, ns: u64| b["le_ns"].as_u64().is_none_or(|le| le / 2 <= ns && ns < le);
+    assert!(holds(&hist[0], u64_of(t, "min_ns")), "{hist:?}");
+    assert!(holds(hist.last().unwrap(), max), "{hist:?}");
 }
 
 /// strace -c -f on the same workload counts the same syscalls.

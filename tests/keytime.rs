@@ -237,7 +237,24 @@ fn lifecycle(env: &[(&str, &str)]) {
     let busy_cpu = u64_of(&exec, "busy_cpu_ns");
     assert!(
         busy >= busy_cpu * 95 / 100,
-        "busy loop of {busy_cpu} ns CPU shows {busy} ns on CPU"
+        "busy loop of {busy_cpu} ns CPU shows {busy} ns on CPU (sleep end {end}, busy end {}); \
+         the thread's on_cpu records: {:?}; off_cpu: {:?}; lost: {:?}",
+        u64_of(&exec, "busy_end_ns"),
+        on.iter()
+            .map(|r| (u64_of(r, "ts_ns"), u64_of(r, "duration_ns")))
+            .collect::<Vec<_>>(),
+        events(&recs, "off_cpu", pid)
+            .iter()
+            .filter(|r| r["pid"] == pid)
+            .map(|r| (
+                u64_of(r, "ts_ns"),
+                u64_of(r, "duration_ns"),
+                r["reason"].clone()
+            ))
+            .collect::<Vec<_>>(),
+        recs.iter()
+            .filter(|r| r["event"] == "lost")
+            .collect::<Vec<_>>()
     );
     let ts: Vec<u64> = on.iter().map(|r| u64_of(r, "ts_ns")).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]));
@@ -1236,7 +1253,21 @@ fn a_sleep_loop_streams_each_sleep() {
             .filter(|r| (start..=end).contains(&u64_of(r, "ts_ns")))
             .filter(|r| u64_of(r, "duration_ns") >= 29_000_000)
             .collect();
-        assert_eq!(inside.len(), 1, "the sleep {start}..{end}: {inside:?}");
+        assert_eq!(
+            inside.len(),
+            1,
+            "the sleep {start}..{end}: {inside:?}; the sleeper's records around it: {:?}",
+            streamed
+                .iter()
+                .filter(|r| u64_of(r, "ts_ns").abs_diff(end) < 100_000_000)
+                .map(|r| (
+                    r["event"].clone(),
+                    u64_of(r, "ts_ns"),
+                    u64_of(r, "duration_ns"),
+                    r["cpu"].clone()
+                ))
+                .collect::<Vec<_>>()
+        );
         let r = inside[0];
         assert_eq!(r["reason"], "sleep", "{r}");
         assert!(u64_of(r, "duration_ns") <= end - start, "{r}");

@@ -25,26 +25,18 @@ struct {
  */
 static __always_inline __u32 lat_bucket(__u64 ns)
 {
-	__u64 v = ns, shift, b;
+	__u64 v = ns, shift, b = 0;
 
 	if (v >> 62) /* no real latency: the sign test below needs v < 2^63 */
 		return LAT_HIST_BUCKETS - 1;
-	shift = ((0xffffffffULL - v) >> 63) << 5;
-	v >>= shift;
-	b = shift;
-	shift = ((0xffffULL - v) >> 63) << 4;
-	v >>= shift;
-	b += shift;
-	shift = ((0xffULL - v) >> 63) << 3;
-	v >>= shift;
-	b += shift;
-	shift = ((0xfULL - v) >> 63) << 2;
-	v >>= shift;
-	b += shift;
-	shift = ((0x3ULL - v) >> 63) << 1;
-	v >>= shift;
-	b += shift;
-	b += (0x1ULL - v) >> 63;
+	/* halve the width looked at: 32, 16, 8, 4, 2 bits, then the last one */
+#pragma unroll
+	for (int k = 5; k > 0; k--) {
+		shift = ((((1ULL << (1 << k)) - 1) - v) >> 63) << k;
+		v >>= shift;
+		b += shift;
+	}
+	b += (1ULL - v) >> 63;
 	return b < LAT_HIST_BUCKETS ? b : LAT_HIST_BUCKETS - 1;
 }
 

@@ -571,7 +571,7 @@ int BPF_PROG(handle__exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 	return 0;
 }
 
-static __always_inline void emit_thread(struct task_struct *p, __u8 kind)
+static __always_inline void emit_thread(struct task_struct *p, __u8 kind, __u8 flags)
 {
 	struct lock_event *e = reserve_record(sizeof(*e));
 
@@ -580,22 +580,35 @@ static __always_inline void emit_thread(struct task_struct *p, __u8 kind)
 	__builtin_memset(e, 0, sizeof(*e));
 	fill_hdr(&e->hdr, p, PI_LOCK, kind, bpf_ktime_get_ns());
 	e->aux = p->pid;
+	e->flags = flags;
 	/* proc_image attaches to another thread before this one's probes are all gone */
 	bpf_ringbuf_submit(e, BPF_RB_FORCE_WAKEUP);
 	STAT_INC(events);
 }
 
-/* A thread the probes are attached to exited: proc_image takes another. */
+/* include/linux/sched/signal.h: exit_group() or a fatal signal */
+#define SIGNAL_GROUP_EXIT 0x4
+
+/*
+ * A thread the probes are attached to exited: proc_image takes another.
+ * Whether the others live on tells a real window without probes (they
+ * still call) from the end of the whole process: do_exit() has counted
+ * this thread out of signal->live before this tracepoint.
+ */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle__thread_exit, struct task_struct *p)
 {
+	struct signal_struct *sig = p->signal;
+	__u8 flags = 0;
 	__u32 i;
 
 	if (p->tgid != cfg.target.tgid)
 		return 0;
+	if (sig->live.counter > 0 && !(sig->flags & SIGNAL_GROUP_EXIT))
+		flags = LOCK_F_OTHERS_LIVE;
 	for (i = 0; i < LOCK_ANCHORS; i++) {
 		if (cfg.anchors[i] && cfg.anchors[i] == p->pid) {
-			emit_thread(p, LOCK_ANCHOR_EXIT);
+			emit_thread(p, LOCK_ANCHOR_EXIT, flags);
 			return 0;
 		}
 	}
@@ -608,6 +621,6 @@ int BPF_PROG(handle__new_thread, struct task_struct *parent, struct task_struct 
 {
 	if (!cfg.want_threads || child->tgid != cfg.target.tgid || child->pid == child->tgid)
 		return 0;
-	emit_thread(child, LOCK_NEW_THREAD);
+	emit_thread(child, LOCK_NEW_THREAD, 0);
 	return 0;
 }

@@ -588,6 +588,9 @@ enum lock_kind {
 
 /* lock_event.flags */
 #define LOCK_F_CONTENDED 1 /* the lock was held by another acquisition when asked for */
+/* LOCK_ANCHOR_EXIT: the thread ended alone (no exit_group, no fatal signal)
+ * and others of its process live on, still calling the probed functions */
+#define LOCK_F_OTHERS_LIVE 2
 
 /* Recursive holds of one lock by one thread kept with their times. */
 #define LOCK_HOLD_DEPTH 4

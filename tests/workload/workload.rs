@@ -108,10 +108,12 @@
 //!       starts the threads and exits first; the go line starts them.
 //!       --second-go: the go line starts the threads, which wait (and so
 //!       does the main thread's exit) for a second line
-//!   proc_image_workload lock-anchors-go [--pairs M]
+//!   proc_image_workload lock-anchors-go [--pairs M] [--hold-ms H]
 //!       the main thread and one more (the two threads lock's probes are
 //!       attached to) end while a later thread waits in pthread_mutex_lock()
-//!       for a fourth one's 2 s hold; the waiter then makes M (100) pairs
+//!       for a fourth one, which holds the mutex until H ms (5000) after
+//!       the main thread's exit; the waiter then makes M (100) pairs, and
+//!       the process ends 2 s after the release
 //!   proc_image_workload lock-robust
 //!       a robust mutex whose owner thread ends holding it; the main thread
 //!       then takes it (EOWNERDEAD), makes it consistent, releases it and
@@ -252,7 +254,7 @@ fn main() {
         "io-uring" => io_uring(),
         "exec-fail" => exec_fail(),
         "oom" => oom(),
-        "lock-anchors-go" => lock_anchors_go(num("--pairs", 100)),
+        "lock-anchors-go" => lock_anchors_go(num("--pairs", 100), num("--hold-ms", 5000)),
         "noop-hooks" => noop_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "ref-hooks" => ref_hooks(args.get(1).map(String::as_str).unwrap_or("")),
         "bpf-stats-on" => bpf_stats_on(),
@@ -1628,9 +1630,11 @@ fn lock_leader_exit(threads: u64, pairs: u64, main_pairs: u64, exit_first: bool,
 /// first one) end while another waits for the mutex a fourth one holds;
 /// the sets of probes that saw its call go with them, so its return is
 /// never seen. Its later pairs must all be.
-fn lock_anchors_go(pairs: u64) {
+fn lock_anchors_go(pairs: u64, hold_ms: u64) {
     use std::sync::atomic::{AtomicBool, Ordering};
     static FIRST_EXIT: AtomicBool = AtomicBool::new(false);
+    static MAIN_EXITS: AtomicBool = AtomicBool::new(false);
+    static RELEASE_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let l: &'static Locks = Locks::new();
     let first = std::thread::spawn(|| {
         while !FIRST_EXIT.load(Ordering::SeqCst) {
@@ -1643,10 +1647,18 @@ fn lock_anchors_go(pairs: u64) {
     std::thread::spawn(move || unsafe {
         libc::pthread_mutex_lock(l.mutex.get());
         tx.send(gettid()).unwrap();
-        // long enough for proc_image to move the probes and let the
-        // first two sets go (~85 ms per uprobe; seconds on a loaded host)
-        std::thread::sleep(Duration::from_secs(5));
+        // until the two anchors are gone, then long enough for proc_image
+        // to move the probes and let the first two sets go (~85 ms per
+        // uprobe; seconds on a loaded host)
+        while !MAIN_EXITS.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(hold_ms));
+        RELEASE_NS.store(monotonic_ns(), Ordering::SeqCst);
         libc::pthread_mutex_unlock(l.mutex.get());
+        // the process lives on a while: time for proc_image to probe a
+        // thread again even on a loaded host, and say what it missed
+        std::thread::sleep(Duration::from_secs(2));
     });
     let holder = rx.recv().unwrap();
     std::thread::spawn(move || {
@@ -1659,13 +1671,18 @@ fn lock_anchors_go(pairs: u64) {
                 libc::pthread_mutex_unlock(l.mutex.get());
             }
         }
-        say(json!({"event": "done", "holder": holder, "waiter": waiter, "pairs": pairs}));
+        let release_ns = RELEASE_NS.load(Ordering::SeqCst);
+        say(
+            json!({"event": "done", "holder": holder, "waiter": waiter, "pairs": pairs,
+                   "release_ns": release_ns}),
+        );
     });
     // the waiter is in pthread_mutex_lock() by then
     std::thread::sleep(Duration::from_millis(200));
     FIRST_EXIT.store(true, Ordering::SeqCst);
     first.join().unwrap();
     say(json!({"event": "main_exits", "tid": gettid()}));
+    MAIN_EXITS.store(true, Ordering::SeqCst);
     unsafe { libc::syscall(libc::SYS_exit, 0) };
     unreachable!("exit returned");
 }

@@ -25,7 +25,7 @@ use libbpf_rs::{Link, MapCore, MapHandle, UprobeOpts};
 use super::{load_skel, read_stats, Activation, Collector, CollectorKind, Decoder, LoadOptions};
 use crate::bpf_intf::{
     self, decode, lock_config, lock_event, LOCK_ANCHORS, LOCK_ANCHOR_EXIT, LOCK_COOKIE_PROBE_SHIFT,
-    LOCK_COOKIE_SEQ_SHIFT, LOCK_EXEC, LOCK_NEW_THREAD,
+    LOCK_COOKIE_SEQ_SHIFT, LOCK_EXEC, LOCK_F_OTHERS_LIVE, LOCK_NEW_THREAD,
 };
 use crate::losses::{Losses, Unprobed};
 use crate::output::Output;
@@ -74,6 +74,16 @@ struct Shared {
     anchor_exits: Vec<(u32, u64)>,
     /// threads the target started while it had too few anchors
     new_threads: Vec<u32>,
+    /// the anchors last published to BPF whose exit has not come yet
+    live_anchors: Vec<u32>,
+    /// the last of them ended while other threads of the process lived on,
+    /// at this time (ns): their calls go unseen until a set is armed again
+    unprobed_since: Option<u64>,
+    /// meanwhile, how many probed functions were seen to have lost their
+    /// breakpoint (calls missed for sure): if the process ends before a set
+    /// is armed again, `flush` reports the window when this is not 0 (the
+    /// last threads of a process that ends one by one call nothing)
+    unseen_while_unprobed: u64,
 }
 
 // ---------------------------------------------------------------------
@@ -343,6 +353,13 @@ impl Lock {
         bss.cfg.want_threads = u32::from(want);
         // before the sets older than it go (see drop_stale in lock.bpf.c)
         bss.oldest_live_seq = oldest;
+        let mut shared = self.shared.borrow_mut();
+        shared.live_anchors = self.anchors.iter().map(|a| a.tid).collect();
+        if !self.anchors.is_empty() {
+            // armed again (a window before is reported by attach_anchor)
+            shared.unprobed_since = None;
+            shared.unseen_while_unprobed = 0;
+        }
         Ok(())
     }
 
@@ -597,6 +614,15 @@ impl Lock {
         let Some(lib) = self.library.clone() else {
             return Ok(());
         };
+        if self.anchors.is_empty() && self.shared.borrow().unprobed_since.is_some() {
+            // count the calls missed so far now: the process may end before
+            // another thread is probed (see flush)
+            if let Some(&tid) = live_threads(tgid).first() {
+                let unseen = unarmed_sites(tgid, tid, &lib);
+                let mut sh = self.shared.borrow_mut();
+                sh.unseen_while_unprobed = sh.unseen_while_unprobed.max(unseen);
+            }
+        }
         // BPF reports the threads that start while anchors are wanted; the
         // full look at /proc (every interval) catches one that started
         // before it was told to
@@ -787,7 +813,13 @@ impl Collector for Lock {
             let mut s = shared.borrow_mut();
             match u32::from(e.hdr.kind) {
                 LOCK_EXEC => s.exec = Some((Instant::now(), e.aux, false)),
-                LOCK_ANCHOR_EXIT => s.anchor_exits.push((e.aux, e.hdr.ts_ns)),
+                LOCK_ANCHOR_EXIT => {
+                    s.anchor_exits.push((e.aux, e.hdr.ts_ns));
+                    s.live_anchors.retain(|&t| t != e.aux);
+                    if s.live_anchors.is_empty() && e.flags & LOCK_F_OTHERS_LIVE as u8 != 0 {
+                        s.unprobed_since = Some(e.hdr.ts_ns);
+                    }
+                }
                 LOCK_NEW_THREAD => s.new_threads.push(e.aux),
                 _ => s.locks.entry((e.hdr.tgid, e.lock_addr)).or_default().add(e),
             }
@@ -833,6 +865,20 @@ impl Collector for Lock {
 
     fn flush(&mut self, out: &mut Output) -> Result<()> {
         self.on_interval(out)?;
+        // the process ended (or tracing did) before its remaining threads
+        // were probed again: what they called meanwhile went unseen
+        let (since, unseen) = {
+            let mut sh = self.shared.borrow_mut();
+            (
+                sh.unprobed_since.take(),
+                std::mem::take(&mut sh.unseen_while_unprobed),
+            )
+        };
+        if let (Some(from), Some(Target::Group { tgid, .. })) = (since, self.target) {
+            if unseen > 0 {
+                out.emit(&unarmed_record(tgid, from, sys::monotonic_ns(), unseen));
+            }
+        }
         self.target = None;
         self.shared.borrow_mut().exec = None;
         Ok(())

@@ -811,8 +811,13 @@ int handle__sys_exit_execveat(struct trace_event_raw_sys_exit *ctx)
 /* The compiler keeps the stores on either side in order (x86 keeps them so too). */
 #define barrier() asm volatile("" ::: "memory")
 
+/*
+ * `blocked_stack`: an off-CPU stretch ending now, at its switch-in, whose
+ * kernel stack still names where it blocked.
+ */
 static __always_inline void emit_interval(struct task_struct *task, __u8 kind, __u64 now,
-					  __u64 duration, struct cpu_state *st)
+					  __u64 duration, struct cpu_state *st, bool blocked_stack,
+					  __u32 flags)
 {
 	struct keytime_cpu_event *e;
 	long n;
@@ -822,7 +827,7 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 		return;
 	fill_hdr(&e->hdr, task, PI_KEYTIME, kind, now);
 	e->duration_ns = duration;
-	e->_pad = 0;
+	e->flags = flags;
 	e->reason = 0;
 	e->prev_state = 0;
 	e->stack_len = 0;
@@ -834,7 +839,8 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 		 * kernel stack still names where. A preemption names nothing.
 		 * The walk costs per frame: only the innermost ones are taken.
 		 */
-		if (st->reason != OFFCPU_PREEMPTED && duration >= cfg.stack_min_ns) {
+		if (blocked_stack && st->reason != OFFCPU_PREEMPTED &&
+		    duration >= cfg.stack_min_ns) {
 			n = bpf_get_task_stack(task, e->kstack,
 					       KEYTIME_BLOCKED_FRAMES * sizeof(e->kstack[0]), 0);
 			if (n > 0)
@@ -859,7 +865,7 @@ static __always_inline void emit_offcpu_stacks(struct task_struct *task, __u64 n
 	us = bpf_task_storage_get(&user_stacks, task, 0, 0);
 	if (!us || us->generation != cfg.target.generation) {
 		/* no switch-out seen under this activation: level 1's record */
-		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st);
+		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, true, 0);
 		return;
 	}
 	e = &us->rec.ev;
@@ -1035,7 +1041,9 @@ static __always_inline void cut_at_close(struct task_struct *task, struct cpu_st
 	__u64 close = cfg.slot_start_ns[current_slot()], runtime;
 	__u32 reason = st->reason;
 
-	if (!stamp || stamp >= close || st->snap_close == close)
+	/* a stretch that ended by the close (`now`, on another CPU's clock, may
+	 * be a little before it) is the closing interval's alone */
+	if (!stamp || stamp >= close || now < close || st->snap_close == close)
 		return;
 	for (int i = 0; i < OFFCPU_REASON_COUNT; i++)
 		st->snap_off_ns[i] = st->off_ns[i];
@@ -1059,20 +1067,74 @@ static __always_inline void cut_at_close(struct task_struct *task, struct cpu_st
 	st->snap_close = close;
 }
 
+/*
+ * A task switching out whose switch-in was not seen: its last switch-out
+ * was (`off`, its off-CPU stretch's start), and it is on a CPU again. Some
+ * kernels skip the sched_switch tracepoint for a few switches: the test VM
+ * runs a task of its own once a second whose switches away are never
+ * traced (neither BPF nor the kernel's own trace event sees them). The
+ * scheduler stamps every arrival on a CPU (sched_info.last_arrival, its
+ * run queue's clock: this clock less the CPU's offset), which places the
+ * switch-in. Its time, or 0 if no arrival fits after `off` and by `now`.
+ */
+static __always_inline __u64 unseen_switch_in(struct task_struct *task, __u64 off, __u64 now)
+{
+	struct switch_clock *c = this_switch_clock();
+	__u64 arrival;
+
+	if (!off || !c->valid || !bpf_core_field_exists(task->sched_info.last_arrival))
+		return 0;
+	arrival = BPF_CORE_READ(task, sched_info.last_arrival) + c->offset;
+	return arrival > off && arrival <= now ? arrival : 0;
+}
+
+/*
+ * Targeted: the off-CPU stretch from `since` ends at `now`. `switching_in`:
+ * `task` is switching in now (else its switch-in was unseen and is placed
+ * after the fact: no waker, no stacks, its kernel stack is not where it
+ * blocked any more).
+ */
+static __always_inline void end_offcpu(struct task_struct *task, struct cpu_state *st,
+				       __u64 since, __u64 now, bool switching_in)
+{
+	__u64 duration = elapsed(since, now);
+	__u32 reason = st->reason;
+
+	cut_at_close(task, st, since, now, false);
+	st->off_since = 0;
+	barrier();
+	if (reason < OFFCPU_REASON_COUNT)
+		st->off_ns[reason] += duration;
+	if (switching_in && cfg.level >= KEYTIME_LEVEL_STACKS &&
+	    duration >= cfg.offcpu_stack_min_ns) {
+		emit_waker(task, now, since);
+		emit_offcpu_stacks(task, now, duration, st);
+	} else if (duration >= cfg.stretch_min_ns)
+		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, switching_in,
+			      switching_in ? 0 : KEYTIME_CPU_F_UNSEEN_SWITCH_IN);
+}
+
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
 				       __u32 prev_state, __u64 now)
 {
 	struct cpu_state *st = task_cpu_state(prev, true, now);
+	__u32 reason, flags = 0;
 	__u64 since, ran;
-	__u32 reason;
 
 	if (!st)
 		return;
 	if (cfg.level >= KEYTIME_LEVEL_STACKS)
 		keep_user_stack(prev);
-	cut_at_close(prev, st, st->on_since, now, true);
-	/* stamps before totals: the close pass reads them the other way round */
 	since = st->on_since;
+	if (!since) {
+		since = unseen_switch_in(prev, st->off_since, now);
+		if (since) {
+			end_offcpu(prev, st, st->off_since, since, false);
+			flags = KEYTIME_CPU_F_UNSEEN_SWITCH_IN;
+		}
+	}
+	cut_at_close(prev, st, since, now, true);
+	/* stamps before totals: the close pass reads them the other way round */
 	st->on_since = 0;
 	barrier();
 	if (since) {
@@ -1081,7 +1143,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 		if (!prev->pid)
 			st->on_ns += ran;
 		if (ran >= cfg.stretch_min_ns)
-			emit_interval(prev, KEYTIME_ON_CPU, now, ran, st);
+			emit_interval(prev, KEYTIME_ON_CPU, now, ran, st, false, flags);
 	}
 	reason = offcpu_reason(preempt, prev_state);
 	st->prev_state = prev_state;
@@ -1101,26 +1163,13 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 static __always_inline void switch_in(struct task_struct *next, __u64 now)
 {
 	struct cpu_state *st = task_cpu_state(next, false, now);
-	__u64 since, duration;
-	__u32 reason;
+	__u64 since;
 
 	if (!st)
 		return;
 	since = st->off_since;
-	cut_at_close(next, st, since, now, false);
-	if (since) {
-		duration = elapsed(since, now);
-		reason = st->reason;
-		st->off_since = 0;
-		barrier();
-		if (reason < OFFCPU_REASON_COUNT)
-			st->off_ns[reason] += duration;
-		if (cfg.level >= KEYTIME_LEVEL_STACKS && duration >= cfg.offcpu_stack_min_ns) {
-			emit_waker(next, now, since);
-			emit_offcpu_stacks(next, now, duration, st);
-		} else if (duration >= cfg.stretch_min_ns)
-			emit_interval(next, KEYTIME_OFF_CPU, now, duration, st);
-	}
+	if (since)
+		end_offcpu(next, st, since, now, true);
 	st->on_since = now;
 }
 
@@ -1245,13 +1294,20 @@ static __always_inline void summarize_out(struct task_struct *prev, bool preempt
 	struct task_struct *task = prev->pid ? prev : NULL;
 	struct keytime_summary *sum;
 	struct cpu_state *st;
-	__u64 since, ran, before, start;
+	__u64 since, ran, before, start, off, arrived;
 	__u32 slot;
 
 	st = task_cpu_state(prev, true, now);
 	if (!st)
 		return;
 	since = __sync_lock_test_and_set(&st->on_since, 0);
+	if (!since && task) {
+		/* its switch-in was not seen: its off-CPU stretch ends at it */
+		off = st->off_since;
+		arrived = unseen_switch_in(prev, off, now);
+		if (arrived && __sync_val_compare_and_swap(&st->off_since, off, 0) == off)
+			sum_span(task, cpu, false, st->reason, off, arrived);
+	}
 	if (task)
 		ran = claim_runtime(st, prev->se.sum_exec_runtime);
 	else

@@ -258,9 +258,14 @@ struct keytime_cpu_event {
 	__u32 reason;      /* off_cpu: enum offcpu_reason */
 	__u32 prev_state;  /* off_cpu: raw task state when it left */
 	__u32 stack_len;   /* off_cpu: bytes used in kstack */
-	__u32 _pad;
+	__u32 flags;       /* KEYTIME_CPU_F_* */
 	__u64 kstack[KEYTIME_STACK_DEPTH];
 };
+
+/* keytime_cpu_event.flags: the switch-in this stretch ends at (off_cpu) or
+ * starts at (on_cpu) was not traced; its time is the scheduler's stamp of
+ * the arrival (see unseen_switch_in in keytime.bpf.c) */
+#define KEYTIME_CPU_F_UNSEEN_SWITCH_IN 1
 
 /*
  * off_cpu with stacks (level 2). The kernel stack is the one the task is

@@ -69,6 +69,7 @@ fn keytime_records_become_counters() {
     let on = keytime::OnCpu {
         cpu: 0,
         duration_ns: 300_000_000,
+        ..Default::default()
     };
     e.apply(&rec(keytime::Event::OnCpu(on)), S);
     let t11 = thread(11);

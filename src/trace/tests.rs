@@ -28,6 +28,7 @@ fn on(duration_ns: u64) -> keytime::Event {
     keytime::Event::OnCpu(keytime::OnCpu {
         cpu: 0,
         duration_ns,
+        ..Default::default()
     })
 }
 

@@ -12,9 +12,9 @@ use super::wakers::{folded_waker, trace_wakeup, Wakers, WokenBy};
 use crate::bpf_intf::{
     c_str, decode, event_hdr, keytime_child_exit_event, keytime_clone_event, keytime_cpu_event,
     keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
-    keytime_summary_key, KEYTIME_ARGS_LEN, KEYTIME_CHILD_EXIT, KEYTIME_EXECVE, KEYTIME_EXEC_FAILED,
-    KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER, KEYTIME_OFF_CPU, KEYTIME_ON_CPU,
-    KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
+    keytime_summary_key, KEYTIME_ARGS_LEN, KEYTIME_CHILD_EXIT, KEYTIME_CPU_F_UNSEEN_SWITCH_IN,
+    KEYTIME_EXECVE, KEYTIME_EXEC_FAILED, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER,
+    KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
 use crate::bpf_intf::{keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, OFFCPU_PREEMPTED};
 use crate::kallsyms::Kallsyms;
@@ -90,6 +90,7 @@ pub fn decode_record_with(
             Event::OnCpu(OnCpu {
                 cpu: hdr.cpu,
                 duration_ns: e.duration_ns,
+                switch_in_unseen: e.flags & KEYTIME_CPU_F_UNSEEN_SWITCH_IN != 0,
             })
         }
         KEYTIME_OFF_CPU => {
@@ -112,6 +113,7 @@ pub fn decode_record_with(
                 unwind: None,
                 woken_by: None,
                 wake_latency_ns: None,
+                switch_in_unseen: e.flags & KEYTIME_CPU_F_UNSEEN_SWITCH_IN != 0,
             })
         }
         KEYTIME_OFF_CPU_STACK => {
@@ -152,6 +154,7 @@ pub fn decode_record_with(
                 unwind,
                 wake_latency_ns: wake.as_ref().map(|w| hdr.ts_ns.saturating_sub(w.wake_ns)),
                 woken_by: wake.map(|w| w.by),
+                switch_in_unseen: false,
             })
         }
         other => return Err(anyhow!("unknown keytime record kind {other}")),
@@ -412,6 +415,10 @@ pub struct Exit {
 pub struct OnCpu {
     pub cpu: u16,
     pub duration_ns: u64,
+    /// it started at a switch-in the kernel did not trace, placed by the
+    /// scheduler's stamp of the arrival
+    #[serde(skip_serializing_if = "is_false")]
+    pub switch_in_unseen: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -440,6 +447,11 @@ pub struct OffCpu {
     /// from the wakeup to the switch-in (waiting for a CPU)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wake_latency_ns: Option<u64>,
+    /// it ended at a switch-in the kernel did not trace, placed by the
+    /// scheduler's stamp of the arrival (so no `blocked_in`: the kernel
+    /// stack is no longer where it blocked)
+    #[serde(skip_serializing_if = "is_false")]
+    pub switch_in_unseen: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

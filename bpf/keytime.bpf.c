@@ -1041,9 +1041,7 @@ static __always_inline void cut_at_close(struct task_struct *task, struct cpu_st
 	__u64 close = cfg.slot_start_ns[current_slot()], runtime;
 	__u32 reason = st->reason;
 
-	/* a stretch that ended by the close (`now`, on another CPU's clock, may
-	 * be a little before it) is the closing interval's alone */
-	if (!stamp || stamp >= close || now < close || st->snap_close == close)
+	if (!stamp || stamp >= close || st->snap_close == close)
 		return;
 	for (int i = 0; i < OFFCPU_REASON_COUNT; i++)
 		st->snap_off_ns[i] = st->off_ns[i];
@@ -1100,7 +1098,10 @@ static __always_inline void end_offcpu(struct task_struct *task, struct cpu_stat
 	__u64 duration = elapsed(since, now);
 	__u32 reason = st->reason;
 
-	cut_at_close(task, st, since, now, false);
+	/* placed after the fact, it may have ended before the close: then it
+	 * is the closing interval's alone */
+	if (switching_in || now >= cfg.slot_start_ns[current_slot()])
+		cut_at_close(task, st, since, now, false);
 	st->off_since = 0;
 	barrier();
 	if (reason < OFFCPU_REASON_COUNT)
@@ -1112,6 +1113,22 @@ static __always_inline void end_offcpu(struct task_struct *task, struct cpu_stat
 	} else if (duration >= cfg.stretch_min_ns)
 		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, switching_in,
 			      switching_in ? 0 : KEYTIME_CPU_F_UNSEEN_SWITCH_IN);
+}
+
+/*
+ * `task` is switching out at `now` with no switch-in seen since its last
+ * switch-out: end that off-CPU stretch at the unseen switch-in, and return
+ * its time (the start of the on-CPU stretch ending now), or 0. Out of line:
+ * rare, and the switch's own path stays as short as it was.
+ */
+static __noinline __u64 place_unseen_switch_in(struct task_struct *task, struct cpu_state *st,
+					       __u64 now)
+{
+	__u64 arrived = unseen_switch_in(task, st->off_since, now);
+
+	if (arrived)
+		end_offcpu(task, st, st->off_since, arrived, false);
+	return arrived;
 }
 
 static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool preempt,
@@ -1127,11 +1144,9 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 		keep_user_stack(prev);
 	since = st->on_since;
 	if (!since) {
-		since = unseen_switch_in(prev, st->off_since, now);
-		if (since) {
-			end_offcpu(prev, st, st->off_since, since, false);
+		since = place_unseen_switch_in(prev, st, now);
+		if (since)
 			flags = KEYTIME_CPU_F_UNSEEN_SWITCH_IN;
-		}
 	}
 	cut_at_close(prev, st, since, now, true);
 	/* stamps before totals: the close pass reads them the other way round */

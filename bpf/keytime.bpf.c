@@ -811,13 +811,9 @@ int handle__sys_exit_execveat(struct trace_event_raw_sys_exit *ctx)
 /* The compiler keeps the stores on either side in order (x86 keeps them so too). */
 #define barrier() asm volatile("" ::: "memory")
 
-/*
- * `blocked_stack`: an off-CPU stretch ending now, at its switch-in, whose
- * kernel stack still names where it blocked.
- */
+/* `flags`: KEYTIME_CPU_F_* */
 static __always_inline void emit_interval(struct task_struct *task, __u8 kind, __u64 now,
-					  __u64 duration, struct cpu_state *st, bool blocked_stack,
-					  __u32 flags)
+					  __u64 duration, struct cpu_state *st, __u32 flags)
 {
 	struct keytime_cpu_event *e;
 	long n;
@@ -836,10 +832,11 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 		e->prev_state = st->prev_state;
 		/*
 		 * Switching in, `task` has not run since it blocked: its saved
-		 * kernel stack still names where. A preemption names nothing.
-		 * The walk costs per frame: only the innermost ones are taken.
+		 * kernel stack still names where (not if that switch-in was
+		 * unseen). A preemption names nothing. The walk costs per
+		 * frame: only the innermost ones are taken.
 		 */
-		if (blocked_stack && st->reason != OFFCPU_PREEMPTED &&
+		if (!(flags & KEYTIME_CPU_F_UNSEEN_SWITCH_IN) && st->reason != OFFCPU_PREEMPTED &&
 		    duration >= cfg.stack_min_ns) {
 			n = bpf_get_task_stack(task, e->kstack,
 					       KEYTIME_BLOCKED_FRAMES * sizeof(e->kstack[0]), 0);
@@ -865,7 +862,7 @@ static __always_inline void emit_offcpu_stacks(struct task_struct *task, __u64 n
 	us = bpf_task_storage_get(&user_stacks, task, 0, 0);
 	if (!us || us->generation != cfg.target.generation) {
 		/* no switch-out seen under this activation: level 1's record */
-		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, true, 0);
+		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, 0);
 		return;
 	}
 	e = &us->rec.ev;
@@ -1111,7 +1108,7 @@ static __always_inline void end_offcpu(struct task_struct *task, struct cpu_stat
 		emit_waker(task, now, since);
 		emit_offcpu_stacks(task, now, duration, st);
 	} else if (duration >= cfg.stretch_min_ns)
-		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, switching_in,
+		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st,
 			      switching_in ? 0 : KEYTIME_CPU_F_UNSEEN_SWITCH_IN);
 }
 
@@ -1158,7 +1155,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 		if (!prev->pid)
 			st->on_ns += ran;
 		if (ran >= cfg.stretch_min_ns)
-			emit_interval(prev, KEYTIME_ON_CPU, now, ran, st, false, flags);
+			emit_interval(prev, KEYTIME_ON_CPU, now, ran, st, flags);
 	}
 	reason = offcpu_reason(preempt, prev_state);
 	st->prev_state = prev_state;
@@ -1302,6 +1299,20 @@ static __always_inline __u64 claim_runtime(struct cpu_state *st, __u64 runtime)
 	return 0;
 }
 
+/*
+ * Whole system: `task` switches out with no switch-in seen since its last
+ * switch-out (see unseen_switch_in): its off-CPU span ends at that
+ * switch-in. Out of line: rare.
+ */
+static __noinline void sum_unseen_switch_in(struct task_struct *task, struct cpu_state *st,
+					    __u32 cpu, __u64 now)
+{
+	__u64 off = st->off_since, arrived = unseen_switch_in(task, off, now);
+
+	if (arrived && __sync_val_compare_and_swap(&st->off_since, off, 0) == off)
+		sum_span(task, cpu, false, st->reason, off, arrived);
+}
+
 static __always_inline void summarize_out(struct task_struct *prev, bool preempt,
 					  __u32 prev_state, __u64 now)
 {
@@ -1309,20 +1320,15 @@ static __always_inline void summarize_out(struct task_struct *prev, bool preempt
 	struct task_struct *task = prev->pid ? prev : NULL;
 	struct keytime_summary *sum;
 	struct cpu_state *st;
-	__u64 since, ran, before, start, off, arrived;
+	__u64 since, ran, before, start;
 	__u32 slot;
 
 	st = task_cpu_state(prev, true, now);
 	if (!st)
 		return;
 	since = __sync_lock_test_and_set(&st->on_since, 0);
-	if (!since && task) {
-		/* its switch-in was not seen: its off-CPU stretch ends at it */
-		off = st->off_since;
-		arrived = unseen_switch_in(prev, off, now);
-		if (arrived && __sync_val_compare_and_swap(&st->off_since, off, 0) == off)
-			sum_span(task, cpu, false, st->reason, off, arrived);
-	}
+	if (!since && task)
+		sum_unseen_switch_in(task, st, cpu, now);
 	if (task)
 		ran = claim_runtime(st, prev->se.sum_exec_runtime);
 	else

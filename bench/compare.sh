@@ -12,6 +12,12 @@
 #            whole system, their default), for syscall and schedule
 #   ref2     schedule only: runqlat with its start times in task storage
 #            instead of the hash (the per-event bar schedule must stay under)
+#   least    syscall and keytime: the least job (bpf/bench_ref.bpf.c): only
+#            the clock reads and per-task state that any way of doing the
+#            collector's job needs (syscall: every syscall timed, for the
+#            system's latency; keytime: the target's stretches summed in its
+#            task storage), so that what is left of proc_image's cost over
+#            it is the collector's own work
 # each in time per operation (ratio to none, and overhead as a multiple of
 # the floor's) and in BPF run time per event (the kernel's run time / run
 # count of the tracer's programs). Every rep runs the configurations one
@@ -115,6 +121,12 @@ one_run() {
 	exec 9>"$fifo"
 	case $cfg in
 	floor | ref | ref2) tracer=$TR_PID ;;
+	least)
+		# its filter's tgid (least-keytime), read from its stdin
+		echo "$wl" >&7
+		sleep 0.1
+		tracer=$TR_PID
+		;;
 	target) "$CTL" -a -P "$wl" "$FLAG" >/dev/null; tracer=$PI_PID ;;
 	other) "$CTL" -a -P "$OTHER_PID" "$FLAG" >/dev/null; tracer=$PI_PID ;;
 	bpftrace)
@@ -143,10 +155,10 @@ one_run() {
 	fi
 }
 
-# table NAME MODE N FLAG FLOOR-SET REF BT [REF2]: REPS interleaved reps of every
-# configuration; lines "NAME CFG REP ns_per_op runs run_ns stats_ops" to RESULTS
+# table NAME MODE N FLAG FLOOR-SET REF BT [REF2 [LEAST]]: REPS interleaved reps of
+# every configuration; lines "NAME CFG REP ns_per_op runs run_ns stats_ops" to RESULTS
 table() {
-	local name=$1 mode=$2 n=$3 floor=$5 ref=$6 ref2=${8:--}
+	local name=$1 mode=$2 n=$3 floor=$5 ref=$6 ref2=${8:--} least=${9:--}
 	FLAG=$4
 	BT=$7
 	# lock: its uprobes (its other programs see every task's exit, exec, fork)
@@ -154,6 +166,7 @@ table() {
 	[ "$FLAG" = -l ] && STATS_OPTS=--uprobes
 	local cfgs="none"
 	[ "$floor" != - ] && cfgs+=" floor"
+	[ "$least" != - ] && cfgs+=" least"
 	cfgs+=" target other bpftrace"
 	[ "$ref" != - ] && cfgs+=" ref"
 	[ "$ref2" != - ] && cfgs+=" ref2"
@@ -168,6 +181,7 @@ table() {
 			floor) tracer_start "$WL" noop-hooks "$floor" ;;
 			ref) tracer_start "$WL" ref-hooks "$ref" ;;
 			ref2) tracer_start "$WL" ref-hooks "$ref2" ;;
+			least) tracer_start "$WL" ref-hooks "$least" ;;
 			esac
 			local timed counted
 			timed=$(one_run "$cfg" "$mode" "$cn" 0)
@@ -178,7 +192,7 @@ table() {
 				counted=$(one_run "$cfg" "$mode" $((cn / 4)) 1 | cut -d' ' -f2-)
 				stats_off
 			fi
-			case $cfg in floor | ref | ref2) tracer_stop ;; esac
+			case $cfg in floor | ref | ref2 | least) tracer_stop ;; esac
 			echo "$name $cfg $rep ${timed%% *} $counted $((cn / 4))" >>"$RESULTS"
 		done
 	done
@@ -188,9 +202,9 @@ table() {
 LOCK_SLOW_N=${LOCK_SLOW_N:-20000}
 for t in $ONLY; do
 	case $t in
-	syscall) table syscall bench-syscalls 2000000 -s syscalls syscount "$BT_SYSCALL" ;;
+	syscall) table syscall bench-syscalls 2000000 -s syscalls syscount "$BT_SYSCALL" - least-syscall ;;
 	schedule) table schedule bench-pipe 100000 -S sched runqlat "$BT_SCHED" runqlat-ts ;;
-	keytime) table keytime bench-pipe 100000 -k keytime - "$BT_KEYTIME" ;;
+	keytime) table keytime bench-pipe 100000 -k keytime - "$BT_KEYTIME" - least-keytime ;;
 	keytime-forks) table keytime-forks bench-forks 2000 -k keytime - "$BT_KEYTIME" ;;
 	resource) table resource bench-forks 2000 -r resource - "$BT_RESOURCE" ;;
 	lock) table lock bench-mutex 200000000 -l - - "$BT_LOCK" ;;
@@ -220,6 +234,7 @@ what = {
 labels = {
     "none": "no tracing",
     "floor": "hook floor (no-op programs)",
+    "least": "least job (clock reads, task state)",
     "target": "proc_image on the target",
     "other": "proc_image on another process",
     "bpftrace": "bpftrace, same job",
@@ -237,7 +252,7 @@ for t in order:
     print(f"  {'':38} {'ns/op':>10} {'vs none':>8} {'x floor':>8} {'BPF ns/event':>13} {'events/op':>10}")
     none = rows[(t, "none")]
     floor = rows.get((t, "floor"), {})
-    for cfg in ["none", "floor", "target", "other", "bpftrace", "ref", "ref2"]:
+    for cfg in ["none", "floor", "least", "target", "other", "bpftrace", "ref", "ref2"]:
         r = rows.get((t, cfg))
         if not r:
             continue

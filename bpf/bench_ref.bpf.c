@@ -6,11 +6,15 @@
  * end of the interval, figures in hash maps. Whole system, no filter (the
  * tools' default). On the same tp_btf hooks as the collectors and the no-op
  * floor (noop.bpf.c), so that only the work differs; and runqlat once more
- * with the start time in task storage. Written for bench/compare.sh (the
- * workload's `ref-hooks` mode attaches them).
+ * with the start time in task storage. Then the least job of syscall and
+ * keytime: the clock reads and per-task state no way of doing their job
+ * can go without, and nothing else, to tell what of a collector's cost is
+ * its own. Written for bench/compare.sh (the workload's `ref-hooks` mode
+ * attaches them).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
 char LICENSE[] SEC("license") = "GPL";
@@ -232,5 +236,110 @@ int BPF_PROG(ref_ts__sched_switch, bool preempt, struct task_struct *prev, struc
 			return 0;
 	}
 	__sync_fetch_and_add(&h->slots[log2_slot(delta / 1000) & (SLOTS - 1)], 1);
+	return 0;
+}
+
+/*
+ * ---- the least job of syscall: every syscall timed ----
+ * The system's latency, which syscall keeps beside its target's, needs a
+ * clock read at every entry and exit. Here that and a per-CPU count and
+ * sum, nothing more: no filter, no figures per thread or syscall, no care
+ * for a syscall that blocks (its entry time is lost to the next entry).
+ */
+struct least_syscalls {
+	__u64 enter_ns;
+	__u64 count;
+	__u64 sum_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct least_syscalls);
+} least_syscalls SEC(".maps");
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(least__sys_enter)
+{
+	__u32 zero = 0;
+	struct least_syscalls *s = bpf_map_lookup_elem(&least_syscalls, &zero);
+
+	if (s)
+		s->enter_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(least__sys_exit)
+{
+	__u32 zero = 0;
+	struct least_syscalls *s = bpf_map_lookup_elem(&least_syscalls, &zero);
+
+	if (!s || !s->enter_ns)
+		return 0;
+	s->count++;
+	s->sum_ns += bpf_ktime_get_ns() - s->enter_ns;
+	s->enter_ns = 0;
+	return 0;
+}
+
+/*
+ * ---- the least job of keytime (level 1): a target's on-CPU and off-CPU time ----
+ * At a switch of the target (thread group least_tgid, which the workload
+ * sets from its stdin), the scheduler's clock as the switch stamped it
+ * (the run queue's, keytime's clock too: no clocksource read), and for
+ * each of the two tasks that is the target its task storage: the stretch
+ * that ends is summed, the next one starts. Nothing more: no reason, no
+ * interval, no record, no conversion to CLOCK_MONOTONIC.
+ */
+__u32 least_tgid = 0xffffffff; /* none until set: 0 would be the idle tasks */
+
+struct least_task {
+	__u64 since;
+	__u64 on_ns;
+	__u64 off_ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct least_task);
+} least_tasks SEC(".maps");
+
+static __always_inline void least_stretch(struct task_struct *task, __u64 now, bool was_on)
+{
+	struct least_task *t = bpf_task_storage_get(&least_tasks, task, 0,
+						     BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!t)
+		return;
+	if (t->since && now > t->since) {
+		if (was_on)
+			t->on_ns += now - t->since;
+		else
+			t->off_ns += now - t->since;
+	}
+	t->since = now;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(least__sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u32 tgid = least_tgid;
+	bool out = prev->tgid == tgid, in = next->tgid == tgid;
+	__u64 now;
+
+	if (!out && !in)
+		return 0;
+	if (bpf_core_field_exists(prev->se.cfs_rq))
+		now = prev->se.cfs_rq->rq->clock;
+	else
+		now = bpf_ktime_get_ns();
+	if (out)
+		least_stretch(prev, now, true);
+	if (in)
+		least_stretch(next, now, false);
 	return 0;
 }

@@ -146,10 +146,12 @@
 //!       attach BPF programs that do nothing to sys_enter/sys_exit (or
 //!       sched_switch/sched_wakeup, or keytime's hooks) until stdin closes:
 //!       the benchmark floor
-//!   proc_image_workload ref-hooks syscount|runqlat|runqlat-ts
+//!   proc_image_workload ref-hooks syscount|runqlat|runqlat-ts|least-syscall|least-keytime
 //!       attach the benchmark reference (bpf/bench_ref.bpf.c: syscount -L or
 //!       runqlat done the classic way, hash maps keyed by tid; runqlat-ts:
-//!       runqlat with its start times in task storage) until stdin closes
+//!       runqlat with its start times in task storage; least-*: the least
+//!       job of syscall or keytime, its clock reads and per-task state only)
+//!       until stdin closes; each line read is the tgid least-keytime follows
 //!   proc_image_workload bpf-stats-on
 //!       keep the kernel's BPF run-time stats on (BPF_ENABLE_STATS) until
 //!       stdin closes
@@ -362,7 +364,7 @@ mod bench_ref {
 fn ref_hooks(which: &str) {
     use libbpf_rs::skel::{OpenSkel, SkelBuilder};
     let mut storage = std::mem::MaybeUninit::uninit();
-    let skel = bench_ref::BenchRefSkelBuilder::default()
+    let mut skel = bench_ref::BenchRefSkelBuilder::default()
         .open(&mut storage)
         .and_then(|s| s.load())
         .unwrap_or_else(|e| die(&format!("load the reference programs: {e}")));
@@ -379,15 +381,23 @@ fn ref_hooks(which: &str) {
             &p.ref_ts__sched_wakeup_new,
             &p.ref_ts__sched_switch,
         ],
-        _ => die("ref-hooks syscount|runqlat|runqlat-ts"),
+        "least-syscall" => vec![&p.least__sys_enter, &p.least__sys_exit],
+        "least-keytime" => vec![&p.least__sched_switch],
+        _ => die("ref-hooks syscount|runqlat|runqlat-ts|least-syscall|least-keytime"),
     };
     let _links: Vec<libbpf_rs::Link> = progs
-        .iter()
+        .into_iter()
         .map(|p| p.attach().unwrap_or_else(|e| die(&format!("attach: {e}"))))
         .collect();
     say(json!({"event": "ready"}));
-    let mut rest = String::new();
-    let _ = std::io::Read::read_to_string(&mut std::io::stdin(), &mut rest);
+    // every line a target's tgid, for least-keytime's filter, until stdin closes
+    for line in std::io::stdin().lines().map_while(Result::ok) {
+        if let Ok(tgid) = line.trim().parse::<u32>() {
+            if let Some(data) = skel.maps.data_data.as_deref_mut() {
+                data.least_tgid = tgid;
+            }
+        }
+    }
 }
 
 fn bpf_stats_on() {

@@ -127,7 +127,7 @@ struct cgroup___ids {
  * 6.5, and needs a reference to the target cgroup). Always the task the
  * event is about, never `current`.
  */
-static __always_inline bool in_cgroup(const struct target_filter *t, struct task_struct *task)
+static __noinline bool in_cgroup(const struct target_filter *t, struct task_struct *task)
 {
 	struct cgroup *cg = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	__u32 want = t->cgroup_level;

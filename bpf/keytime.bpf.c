@@ -48,7 +48,7 @@ struct cpu_state {
 	__u64 off_since;     /* 0 = not known to be off */
 	__u64 runtime_base;  /* TARGET_SYSTEM: se.sum_exec_runtime summed so far */
 	__u32 prev_state;
-	__u32 _pad;
+	__u32 stranger;      /* the generation under which its switches found it not the target */
 	/*
 	 * Targeted modes: running totals since the activation, written only by
 	 * the task's own switches (a task switches on one CPU at a time), so
@@ -335,6 +335,30 @@ static __always_inline void start_from_activation(struct task_struct *task, stru
 	reset_totals(st, task->pid ? st->runtime_base : 0);
 }
 
+/*
+ * First sight of `task` at a switch under this activation. The switch's
+ * filter (may_be_target) compared ids only: a task with the target's id but
+ * not its start time (a recycled id) is a stranger, said so once per
+ * activation. Else why it left the CPU before the activation is not known.
+ * False for a stranger. Out of line, like everything a switch rarely does:
+ * the code a switch runs stays short and together (inlined, it was spread
+ * among what a switch seldom runs: ~10 ns a switch of a target, measured).
+ */
+static __noinline bool first_sight(struct task_struct *task, struct cpu_state *st, bool running,
+				   __u64 now)
+{
+	const struct target_filter *t = &cfg.target;
+
+	if (st->stranger == t->generation)
+		return false;
+	if (!start_matches(t, t->mode == TARGET_TGID ? task->group_leader : task)) {
+		st->stranger = t->generation;
+		return false;
+	}
+	start_from_activation(task, st, running, OFFCPU_OTHER, 0, now);
+	return true;
+}
+
 static __always_inline struct cpu_state *task_cpu_state(struct task_struct *task, bool running,
 							__u64 now)
 {
@@ -351,9 +375,8 @@ static __always_inline struct cpu_state *task_cpu_state(struct task_struct *task
 		STAT_INC(no_task_state);
 		return NULL;
 	}
-	/* why it left the CPU before the activation is not known */
-	if (st->generation != cfg.target.generation)
-		start_from_activation(task, st, running, OFFCPU_OTHER, 0, now);
+	if (st->generation != cfg.target.generation && !first_sight(task, st, running, now))
+		return NULL;
 	return st;
 }
 
@@ -847,6 +870,19 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 	submit_record(e);
 }
 
+/* Out of line (see start_at_switch): a stretch's record is the exception. */
+static __noinline void emit_on_cpu(struct task_struct *task, __u64 now, __u64 duration,
+				   struct cpu_state *st, __u32 flags)
+{
+	emit_interval(task, KEYTIME_ON_CPU, now, duration, st, flags);
+}
+
+static __noinline void emit_off_cpu(struct task_struct *task, __u64 now, __u64 duration,
+				    struct cpu_state *st, __u32 flags)
+{
+	emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, flags);
+}
+
 /*
  * Level 2, stretch long enough: off_cpu with the kernel stack the task is
  * switching back in from and the user stack copied at its switch-out.
@@ -862,7 +898,7 @@ static __always_inline void emit_offcpu_stacks(struct task_struct *task, __u64 n
 	us = bpf_task_storage_get(&user_stacks, task, 0, 0);
 	if (!us || us->generation != cfg.target.generation) {
 		/* no switch-out seen under this activation: level 1's record */
-		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st, 0);
+		emit_off_cpu(task, now, duration, st, 0);
 		return;
 	}
 	e = &us->rec.ev;
@@ -932,7 +968,7 @@ static __always_inline void copy_user_context(struct task_struct *task,
 }
 
 /* Level 2: keep the user registers and stack `prev` (current) leaves the CPU with. */
-static __always_inline void keep_user_stack(struct task_struct *prev)
+static __noinline void keep_user_stack(struct task_struct *prev)
 {
 	struct keytime_offcpu_stack_event *e;
 	struct user_stack *us;
@@ -1019,7 +1055,7 @@ static __always_inline void emit_waker(struct task_struct *task, __u64 now, __u6
 	e->waker_pid = 0; /* said once */
 }
 
-static __always_inline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now);
+static __noinline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now);
 
 static __always_inline __u32 current_slot(void)
 {
@@ -1032,14 +1068,12 @@ static __always_inline __u32 current_slot(void)
  * pass reports those, whenever it reaches the task. `running`: the stretch
  * is on-CPU (a switch-out) and has run since the close for `now - close`.
  */
-static __always_inline void cut_at_close(struct task_struct *task, struct cpu_state *st,
-					 __u64 stamp, __u64 now, bool running)
+static __noinline void cut_totals_at_close(struct task_struct *task, struct cpu_state *st,
+					   __u64 stamp, __u64 now, bool running)
 {
 	__u64 close = cfg.slot_start_ns[current_slot()], runtime;
 	__u32 reason = st->reason;
 
-	if (!stamp || stamp >= close || st->snap_close == close)
-		return;
 	for (int i = 0; i < OFFCPU_REASON_COUNT; i++)
 		st->snap_off_ns[i] = st->off_ns[i];
 	if (!running && reason < OFFCPU_REASON_COUNT)
@@ -1062,6 +1096,16 @@ static __always_inline void cut_at_close(struct task_struct *task, struct cpu_st
 	st->snap_close = close;
 }
 
+/* The check inline, the cut (once an interval) out of line. */
+static __always_inline void cut_at_close(struct task_struct *task, struct cpu_state *st,
+					 __u64 stamp, __u64 now, bool running)
+{
+	__u64 close = cfg.slot_start_ns[current_slot()];
+
+	if (stamp && stamp < close && st->snap_close != close)
+		cut_totals_at_close(task, st, stamp, now, running);
+}
+
 /*
  * A task switching out whose switch-in was not seen: its last switch-out
  * was (`off`, its off-CPU stretch's start), and it is on a CPU again. Some
@@ -1081,6 +1125,14 @@ static __always_inline __u64 unseen_switch_in(struct task_struct *task, __u64 of
 		return 0;
 	arrival = BPF_CORE_READ(task, sched_info.last_arrival) + c->offset;
 	return arrival > off && arrival <= now ? arrival : 0;
+}
+
+/* Level 2: the stretch's waker and its record with stacks, out of line. */
+static __noinline void emit_with_stacks(struct task_struct *task, struct cpu_state *st,
+					__u64 since, __u64 now, __u64 duration)
+{
+	emit_waker(task, now, since);
+	emit_offcpu_stacks(task, now, duration, st);
 }
 
 /*
@@ -1105,11 +1157,10 @@ static __always_inline void end_offcpu(struct task_struct *task, struct cpu_stat
 		st->off_ns[reason] += duration;
 	if (switching_in && cfg.level >= KEYTIME_LEVEL_STACKS &&
 	    duration >= cfg.offcpu_stack_min_ns) {
-		emit_waker(task, now, since);
-		emit_offcpu_stacks(task, now, duration, st);
+		emit_with_stacks(task, st, since, now, duration);
 	} else if (duration >= cfg.stretch_min_ns)
-		emit_interval(task, KEYTIME_OFF_CPU, now, duration, st,
-			      switching_in ? 0 : KEYTIME_CPU_F_UNSEEN_SWITCH_IN);
+		emit_off_cpu(task, now, duration, st,
+			     switching_in ? 0 : KEYTIME_CPU_F_UNSEEN_SWITCH_IN);
 }
 
 /*
@@ -1155,7 +1206,7 @@ static __always_inline void switch_out(void *ctx, struct task_struct *prev, bool
 		if (!prev->pid)
 			st->on_ns += ran;
 		if (ran >= cfg.stretch_min_ns)
-			emit_interval(prev, KEYTIME_ON_CPU, now, ran, st, flags);
+			emit_on_cpu(prev, now, ran, st, flags);
 	}
 	reason = offcpu_reason(preempt, prev_state);
 	st->prev_state = prev_state;
@@ -1371,20 +1422,36 @@ static __always_inline void summarize_in(struct task_struct *next, __u64 now)
 	st->on_since = now;
 }
 
+/*
+ * The switch's filter: is_target without the start-time check of a thread
+ * or thread-group target, which task_cpu_state makes at a task's first
+ * sight (first_sight): the start time is two loads through pointers the
+ * switch does not otherwise touch, ~9 ns a switch of a target (measured).
+ */
+static __always_inline bool may_be_target(const struct target_filter *t, struct task_struct *task)
+{
+	__u32 mode = t->mode;
+
+	if (mode == TARGET_TGID)
+		return task->tgid == t->tgid;
+	if (mode == TARGET_THREAD)
+		return task->pid == t->pid;
+	return is_target(t, task);
+}
+
+/*
+ * Targeted and whole-system switches are separate programs (proc_image
+ * attaches the activation's): each holds only its own path, short and
+ * together.
+ */
 static __always_inline void on_switch(void *ctx, bool preempt, struct task_struct *prev,
 				      struct task_struct *next, __u32 prev_state)
 {
 	bool out, in;
 	__u64 now;
 
-	if (cfg.target.mode == TARGET_SYSTEM) {
-		now = switch_time(prev);
-		summarize_out(prev, preempt, prev_state, now);
-		summarize_in(next, now);
-		return;
-	}
-	out = is_target(&cfg.target, prev);
-	in = is_target(&cfg.target, next);
+	out = may_be_target(&cfg.target, prev);
+	in = may_be_target(&cfg.target, next);
 	/* a switch between other tasks: not even a timestamp */
 	if (!out && !in)
 		return;
@@ -1395,11 +1462,28 @@ static __always_inline void on_switch(void *ctx, bool preempt, struct task_struc
 		switch_in(next, now);
 }
 
+static __always_inline void on_switch_system(bool preempt, struct task_struct *prev,
+					     struct task_struct *next, __u32 prev_state)
+{
+	__u64 now = switch_time(prev);
+
+	summarize_out(prev, preempt, prev_state, now);
+	summarize_in(next, now);
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(handle__sched_switch, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
 	on_switch(ctx, preempt, prev, next, prev_state);
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(handle__sched_switch_system, bool preempt, struct task_struct *prev,
+	     struct task_struct *next, unsigned int prev_state)
+{
+	on_switch_system(preempt, prev, next, prev_state);
 	return 0;
 }
 
@@ -1412,6 +1496,14 @@ int BPF_PROG(handle__sched_switch_compat, bool preempt, struct task_struct *prev
 	     struct task_struct *next)
 {
 	on_switch(ctx, preempt, prev, next, task_state_now(prev));
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(handle__sched_switch_system_compat, bool preempt, struct task_struct *prev,
+	     struct task_struct *next)
+{
+	on_switch_system(preempt, prev, next, task_state_now(prev));
 	return 0;
 }
 
@@ -1543,7 +1635,7 @@ static __always_inline void report_totals(struct task_struct *task, __u32 cpu,
  * scheduler has just accounted it). The part up to a close whose pass has
  * not reached it yet (it exited in between) goes to that closing interval.
  */
-static __always_inline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now)
+static __noinline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now)
 {
 	__u32 slot = current_slot();
 	struct task_report r;

@@ -70,8 +70,8 @@ static __always_inline struct switch_clock *this_switch_clock(void)
 	return &switch_clocks[bpf_get_smp_processor_id() & (SWITCH_CLOCK_CPUS - 1)];
 }
 
-/* A sample at a switch on this CPU, whose run queue `rq` has `clock`. */
-static __always_inline void switch_clock_sample(struct switch_clock *c, struct rq *rq, __u64 clock,
+/* A sample at a switch on this CPU, whose run queue `rq` has `clock`. Out of line: rare. */
+static __noinline void switch_clock_sample(struct switch_clock *c, struct rq *rq, __u64 clock,
 						__u64 mono)
 {
 	__s64 sample = (__s64)(mono - clock);
@@ -91,9 +91,10 @@ static __always_inline void switch_clock_sample(struct switch_clock *c, struct r
 	c->next_mono = mono + SWITCH_CLOCK_PERIOD_NS;
 }
 
+/* next_sample is 0 until the first sample (then `valid` is set too) */
 static __always_inline bool switch_clock_due(struct switch_clock *c, __u64 clock)
 {
-	return clock >= c->next_sample || !c->valid;
+	return clock >= c->next_sample;
 }
 
 /*

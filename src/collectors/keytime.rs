@@ -80,6 +80,12 @@ impl Keytime {
             older: "handle__sched_switch_compat",
             use_newer: features.sched_switch_prev_state,
         };
+        // the whole system's switches have a program of their own
+        let switch_system = Variant {
+            newer: "handle__sched_switch_system",
+            older: "handle__sched_switch_system_compat",
+            use_newer: features.sched_switch_prev_state,
+        };
         let exit = Variant {
             newer: "handle__sched_process_exit",
             older: "handle__sched_process_exit_compat",
@@ -99,7 +105,7 @@ impl Keytime {
             KeytimeSkelBuilder::default(),
             NAME,
             opts.ringbuf_bytes,
-            &[switch, exit, pass, oom],
+            &[switch, switch_system, exit, pass, oom],
         )?;
         let ksyms = Arc::new(OnceLock::new());
         Ok(Keytime {
@@ -324,10 +330,11 @@ impl Collector for Keytime {
         if switches {
             progs.push((
                 "keytime/sched_switch",
-                if self.switch_newer {
-                    &p.handle__sched_switch
-                } else {
-                    &p.handle__sched_switch_compat
+                match (act.target.is_system(), self.switch_newer) {
+                    (false, true) => &p.handle__sched_switch,
+                    (false, false) => &p.handle__sched_switch_compat,
+                    (true, true) => &p.handle__sched_switch_system,
+                    (true, false) => &p.handle__sched_switch_system_compat,
                 },
             ));
         }

@@ -1428,6 +1428,11 @@ static __always_inline void summarize_in(struct task_struct *next, __u64 now)
  * sight (first_sight): the start time is two loads through pointers the
  * switch does not otherwise touch, ~9 ns a switch of a target (measured).
  */
+static __noinline bool is_target_out_of_line(struct task_struct *task)
+{
+	return is_target(&cfg.target, task);
+}
+
 static __always_inline bool may_be_target(const struct target_filter *t, struct task_struct *task)
 {
 	__u32 mode = t->mode;
@@ -1436,7 +1441,10 @@ static __always_inline bool may_be_target(const struct target_filter *t, struct 
 		return task->tgid == t->tgid;
 	if (mode == TARGET_THREAD)
 		return task->pid == t->pid;
-	return is_target(t, task);
+	/* an idle task or a cgroup: out of line, or the compiler merges the
+	 * two compares above into is_target's dispatch (~8 ns a switch of an
+	 * untargeted task, measured) */
+	return is_target_out_of_line(task);
 }
 
 /*

@@ -870,7 +870,7 @@ static __always_inline void emit_interval(struct task_struct *task, __u8 kind, _
 	submit_record(e);
 }
 
-/* Out of line (see start_at_switch): a stretch's record is the exception. */
+/* Out of line (see first_sight): a stretch's record is the exception. */
 static __noinline void emit_on_cpu(struct task_struct *task, __u64 now, __u64 duration,
 				   struct cpu_state *st, __u32 flags)
 {

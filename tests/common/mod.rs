@@ -212,8 +212,8 @@ impl Drop for ProcImage {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_file(self.pin_dir.join("control"));
-        let _ = std::fs::remove_dir(&self.pin_dir);
+        // every pin, not a list of them: a killed proc_image leaves all its own
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
 }
 

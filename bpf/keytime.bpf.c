@@ -1074,6 +1074,9 @@ static __noinline void cut_totals_at_close(struct task_struct *task, struct cpu_
 	__u64 close = cfg.slot_start_ns[current_slot()], runtime;
 	__u32 reason = st->reason;
 
+	/* read again: a close may have been published since the check inline */
+	if (!stamp || stamp >= close || st->snap_close == close)
+		return;
 	for (int i = 0; i < OFFCPU_REASON_COUNT; i++)
 		st->snap_off_ns[i] = st->off_ns[i];
 	if (!running && reason < OFFCPU_REASON_COUNT)

@@ -15,7 +15,7 @@
 //! is taken as soon as one of them exits.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -79,11 +79,11 @@ struct Shared {
     /// the last of them ended while other threads of the process lived on,
     /// at this time (ns): their calls go unseen until a set is armed again
     unprobed_since: Option<u64>,
-    /// meanwhile, how many probed functions were seen to have lost their
-    /// breakpoint (calls missed for sure): if the process ends before a set
-    /// is armed again, `flush` reports the window when this is not 0 (the
-    /// last threads of a process that ends one by one call nothing)
-    unseen_while_unprobed: u64,
+    /// meanwhile, the probed functions (offsets) seen to have lost their
+    /// breakpoint (a call missed for sure each): if the process ends before
+    /// a set is armed again, `flush` reports the window when there is one
+    /// (the last threads of a process that ends one by one call nothing)
+    unarmed_seen: BTreeSet<u64>,
 }
 
 // ---------------------------------------------------------------------
@@ -104,6 +104,11 @@ pub struct Lock {
     skel: LockSkel<'static>,
     /// the probe sets attached now, oldest first
     anchors: Vec<Anchor>,
+    /// the sets of anchors that exited, kept until a new set is armed:
+    /// letting one go unregisters its uprobes, and the kernel then takes
+    /// out the breakpoints no live set wants, which would pass for calls
+    /// missed if the other anchor died meanwhile (see `unarmed_sites`)
+    retiring: Vec<Anchor>,
     /// the seq of the next probe set: only grows, so a newer set always has
     /// a higher one (lock.bpf.c relies on it to drop repeated runs)
     next_seq: u32,
@@ -189,20 +194,23 @@ fn unarmed_record(tgid: u32, from: u64, to: u64, at_least: u64) -> Record {
     rec
 }
 
-/// How many probed instructions lost their breakpoint in process `tgid`
-/// (read through thread `tid`: a zombie leader has no memory): while no
-/// probed thread is alive, the first hit of each takes it out, so each one
-/// without its int3 is a call not seen.
-fn unarmed_sites(tgid: u32, tid: u32, lib: &Library) -> u64 {
+/// Which of `probes` (of `lib`) lost their breakpoint in process `tgid`,
+/// by offset: while no probed thread is alive, the first hit of each takes
+/// it out, so each one without its int3 is a call not seen. Read through
+/// a live thread (a zombie leader has no memory); none when none lives.
+fn unarmed_sites(tgid: u32, lib: &Library, probes: &[Probe]) -> Vec<u64> {
     use std::os::unix::fs::FileExt;
+    let Some(tid) = live_threads(tgid).first().copied() else {
+        return Vec::new();
+    };
     let (Ok(maps), Ok(mem)) = (
         std::fs::read_to_string(format!("/proc/{tgid}/task/{tid}/maps")),
         std::fs::File::open(format!("/proc/{tgid}/task/{tid}/mem")),
     ) else {
-        return 0;
+        return Vec::new();
     };
-    let mut unarmed = 0;
-    for p in &lib.probes {
+    let mut unarmed = Vec::new();
+    for p in probes {
         let addr = maps.lines().find_map(|l| {
             let f: Vec<&str> = l.split_ascii_whitespace().collect();
             if f.len() < 6
@@ -221,7 +229,7 @@ fn unarmed_sites(tgid: u32, tid: u32, lib: &Library) -> u64 {
         });
         let mut b = [0u8];
         if addr.is_some_and(|a| mem.read_exact_at(&mut b, a).is_ok() && b[0] != 0xcc) {
-            unarmed += 1;
+            unarmed.push(p.offset);
         }
     }
     unarmed
@@ -276,6 +284,7 @@ impl Lock {
         Ok(Lock {
             skel,
             anchors: Vec::new(),
+            retiring: Vec::new(),
             next_seq: 1,
             hooks: Vec::new(),
             library: None,
@@ -327,7 +336,7 @@ impl Lock {
     }
 
     fn detach_anchors(&mut self) {
-        for mut a in self.anchors.drain(..) {
+        for mut a in self.anchors.drain(..).chain(self.retiring.drain(..)) {
             self.reaper.detach(&mut a.links);
         }
     }
@@ -358,7 +367,6 @@ impl Lock {
         if !self.anchors.is_empty() {
             // armed again (a window before is reported by attach_anchor)
             shared.unprobed_since = None;
-            shared.unseen_while_unprobed = 0;
         }
         Ok(())
     }
@@ -378,13 +386,6 @@ impl Lock {
     ) -> Result<Option<Record>> {
         let before = sys::monotonic_ns();
         let alive_before = self.others_alive(tgid, before);
-        // no anchor alive: the first hit of each probe since took its
-        // breakpoint out; count them before this set puts them back
-        let unseen = if replacing && !alive_before {
-            unarmed_sites(tgid, tid, lib)
-        } else {
-            0
-        };
         let seq = self.next_seq;
         self.next_seq += 1;
         use std::os::fd::AsRawFd;
@@ -393,8 +394,14 @@ impl Lock {
             None => lib.mapping.file(tgid),
         };
         let mut links = Vec::new();
-        if let Err(e) = self.attach_into(&mut links, tid, &path, lib, seq) {
-            self.reaper.detach(&mut links);
+        if let Err(e) = self.attach_into(&mut links, tid, &path, lib, seq, replacing) {
+            // its thread exited, most likely: a set like the dead anchors'
+            self.retiring.push(Anchor {
+                tid,
+                seq,
+                seen_alive_ns: before,
+                links,
+            });
             return Err(e);
         }
         let armed_at = sys::monotonic_ns();
@@ -412,6 +419,7 @@ impl Lock {
                     .max()
                     .unwrap_or(before)
             };
+            let unseen = self.shared.borrow().unarmed_seen.len() as u64;
             lost = Some(unarmed_record(tgid, from, armed_at, unseen));
             // an unlock missed meanwhile left its hold recorded: four such
             // stale holds filled the thread's stack for that lock, and from
@@ -422,7 +430,12 @@ impl Lock {
                 bss.holds_epoch = bss.holds_epoch.wrapping_add(1);
             }
         }
+        self.shared.borrow_mut().unarmed_seen.clear();
         self.unarmed_since = None;
+        // armed: the sets of the dead anchors can go
+        for mut a in std::mem::take(&mut self.retiring) {
+            self.reaper.detach(&mut a.links);
+        }
         self.anchors.push(Anchor {
             tid,
             seq,
@@ -488,6 +501,12 @@ impl Lock {
         published
     }
 
+    /// Attach `lib`'s probes to thread `tid` (of process `tgid`). When
+    /// `replacing` a set, no other may be armed: before each probe goes in
+    /// (and puts back the breakpoints of the ones before it), the ones
+    /// still to go are looked at for a breakpoint a call took out. On a
+    /// loaded host the whole set takes seconds to attach, and the process
+    /// may end meanwhile: what was seen by then is still reported.
     fn attach_into(
         &self,
         links: &mut Vec<Link>,
@@ -495,10 +514,16 @@ impl Lock {
         path: &str,
         lib: &Library,
         seq: u32,
+        replacing: bool,
     ) -> Result<()> {
         let p = &self.skel.progs;
         let pid = tid as i32;
+        let tgid = self.target.as_ref().and_then(tgid_of).unwrap_or(tid);
         for (index, probe) in lib.probes.iter().enumerate() {
+            if replacing {
+                let unarmed = unarmed_sites(tgid, lib, &lib.probes[index..]);
+                self.shared.borrow_mut().unarmed_seen.extend(unarmed);
+            }
             let offset = probe.offset as usize;
             let entry = 2 * index as u32;
             let what = || {
@@ -604,9 +629,8 @@ impl Lock {
         }
         if !gone.is_empty() {
             self.publish_anchors()?;
-            for mut a in gone {
-                self.reaper.detach(&mut a.links);
-            }
+            // until a new set is armed: the anchor left may die meanwhile
+            self.retiring.extend(gone);
         }
         let Some(Target::Group { tgid, .. }) = self.target else {
             return self.publish_anchors();
@@ -615,13 +639,10 @@ impl Lock {
             return Ok(());
         };
         if self.anchors.is_empty() && self.shared.borrow().unprobed_since.is_some() {
-            // count the calls missed so far now: the process may end before
+            // note the calls missed so far now: the process may end before
             // another thread is probed (see flush)
-            if let Some(&tid) = live_threads(tgid).first() {
-                let unseen = unarmed_sites(tgid, tid, &lib);
-                let mut sh = self.shared.borrow_mut();
-                sh.unseen_while_unprobed = sh.unseen_while_unprobed.max(unseen);
-            }
+            let unarmed = unarmed_sites(tgid, &lib, &lib.probes);
+            self.shared.borrow_mut().unarmed_seen.extend(unarmed);
         }
         // BPF reports the threads that start while anchors are wanted; the
         // full look at /proc (every interval) catches one that started
@@ -871,7 +892,7 @@ impl Collector for Lock {
             let mut sh = self.shared.borrow_mut();
             (
                 sh.unprobed_since.take(),
-                std::mem::take(&mut sh.unseen_while_unprobed),
+                std::mem::take(&mut sh.unarmed_seen).len() as u64,
             )
         };
         if let (Some(from), Some(Target::Group { tgid, .. })) = (since, self.target) {

@@ -7,12 +7,29 @@
 mod common;
 
 use std::os::unix::fs::FileExt;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
 const INT3: u8 = 0xcc;
+
+/// The kernel has one uprobe per probed instruction of a library, shared
+/// by every set of probes on it. When one proc_image lets a set go, the
+/// kernel takes that breakpoint out of every process no other set wants:
+/// a traced process in a window without a live probed thread too, where
+/// it would pass for a call missed. The tests that count those calls run
+/// while no other lock test moves probes.
+static LIBC_PROBES: RwLock<()> = RwLock::new(());
+
+fn alone_with_libc_probes() -> RwLockWriteGuard<'static, ()> {
+    LIBC_PROBES.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn beside_other_libc_probes() -> RwLockReadGuard<'static, ()> {
+    LIBC_PROBES.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The first byte of `addr` in process `pid`'s memory.
 fn code_byte(pid: u64, addr: u64) -> Option<u8> {
@@ -222,6 +239,7 @@ fn check_known_locking(recs: &[Value], locks: &Value, done: &Value, tgid: u64) {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn known_locking_is_measured() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_known", &["-l"]);
     let mut w = Workload::start(&["locks"]);
     let locks = w.wait_truth("locks", Duration::from_secs(10));
@@ -246,6 +264,7 @@ fn known_locking_is_measured() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn whole_system_and_idle_targets_are_refused() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_refused", &["-l"]);
     for (args, end) in [
         (&["-a", "-l"][..], "the whole system"),
@@ -270,6 +289,7 @@ fn whole_system_and_idle_targets_are_refused() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_forked_child_is_not_traced_and_keeps_no_probe() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_fork", &["-l"]);
     let mut w = Workload::start(&["locks", "--fork"]);
     let locks = w.wait_truth("locks", Duration::from_secs(10));
@@ -313,6 +333,7 @@ fn a_forked_child_is_not_traced_and_keeps_no_probe() {
 /// image's locking is measured like the first one's.
 fn exec_case(test: &str, flag: &str, reattached: bool) {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start(test, &["-l"]);
     let mut w = Workload::start(&["locks", flag]);
     let ready = w.wait_truth("ready", Duration::from_secs(10));
@@ -364,6 +385,7 @@ fn exec_from_another_thread_is_reattached() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn one_thread_is_traced_alone() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_thread", &["-l"]);
     let mut w = Workload::start(&["locks"]);
     let locks = w.wait_truth("locks", Duration::from_secs(10));
@@ -404,6 +426,7 @@ fn one_thread_is_traced_alone() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_static_program_is_refused_clearly() {
     need_root();
+    let _probes = beside_other_libc_probes();
     use std::os::unix::process::CommandExt;
     let pi = ProcImage::start("lock_static", &["-l", "-k"]);
     // ldconfig is linked statically; PTRACE_TRACEME stops it right after
@@ -440,6 +463,7 @@ fn a_static_program_is_refused_clearly() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_deleted_libc_is_still_probed() {
     need_root();
+    let _probes = beside_other_libc_probes();
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
     // the workload runs on a copy of libc, deleted before tracing starts
@@ -492,6 +516,7 @@ fn a_deleted_libc_is_still_probed() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn exec_into_a_static_program_is_reported() {
     need_root();
+    let _probes = beside_other_libc_probes();
     // a statically linked program that sleeps 2 s
     let dir = std::env::temp_dir().join(format!("pi_lock_static_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -567,6 +592,7 @@ fn no_losses(recs: &[Value]) {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn the_main_thread_exiting_leaves_the_probes_armed() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_leader_exit", &["-l"]);
     let mut w = Workload::start(&[
         "lock-leader-exit",
@@ -654,6 +680,7 @@ fn the_main_thread_exiting_leaves_the_probes_armed() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn four_threads_of_10000_pairs_are_counted_exactly() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_storm", &["-l"]);
     let mut w = Workload::start(&[
         "lock-storm",
@@ -733,6 +760,7 @@ fn four_threads_of_10000_pairs_are_counted_exactly() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn an_owner_dead_mutex_starts_over() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_robust", &["-l"]);
     let mut w = Workload::start(&["lock-robust"]);
     let ready = w.wait_truth("ready", Duration::from_secs(10));
@@ -776,6 +804,7 @@ fn musl_gcc() -> Option<&'static str> {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_musl_program_counts_its_calls_not_musl_s_inner_ones() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let Some(cc) = musl_gcc() else {
         return;
     };
@@ -852,6 +881,7 @@ fn a_musl_program_counts_its_calls_not_musl_s_inner_ones() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_static_musl_program_is_refused_in_one_line() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let Some(cc) = musl_gcc() else {
         return;
     };
@@ -899,6 +929,7 @@ fn a_static_musl_program_is_refused_in_one_line() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn calls_while_no_probed_thread_lives_are_counted_lost() {
     need_root();
+    let _probes = alone_with_libc_probes();
     let pi = ProcImage::start("lock_unarmed", &["-l"]);
     let mut w = Workload::start(&[
         "lock-leader-exit",
@@ -977,6 +1008,7 @@ fn calls_while_no_probed_thread_lives_are_counted_lost() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_call_whose_return_is_never_seen_hides_no_later_call() {
     need_root();
+    let _probes = alone_with_libc_probes();
     for hold_ms in [5_000, 15_000, 45_000] {
         match waiter_outlives_its_probes(hold_ms) {
             Ok(()) => return,
@@ -997,6 +1029,7 @@ fn a_call_whose_return_is_never_seen_hides_no_later_call() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn calls_while_the_probes_move_are_seen_or_reported() {
     need_root();
+    let _probes = alone_with_libc_probes();
     if let Err(lost) = waiter_outlives_its_probes(0) {
         eprintln!("reported: {lost}");
     }
@@ -1057,6 +1090,7 @@ fn waiter_outlives_its_probes(hold_ms: u64) -> Result<(), String> {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn a_process_whose_main_thread_exited_is_traced() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_after_exit", &["-l"]);
     let mut w = Workload::start(&[
         "lock-leader-exit",
@@ -1100,6 +1134,7 @@ fn a_process_whose_main_thread_exited_is_traced() {
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn concurrent_readers_leave_an_exact_count() {
     need_root();
+    let _probes = beside_other_libc_probes();
     let pi = ProcImage::start("lock_readers", &["-l"]);
     let mut w = Workload::start(&[
         "lock-storm",

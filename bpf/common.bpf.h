@@ -88,7 +88,7 @@ static __always_inline void submit_record(void *rec)
  * A record of a size known only at run time, copied from `data` (which
  * the program has built in a map value): woken up like submit_record.
  */
-static __always_inline void output_record(void *data, __u64 size)
+static __always_inline bool output_record(void *data, __u64 size)
 {
 	__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	__u64 ring = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
@@ -96,9 +96,10 @@ static __always_inline void output_record(void *data, __u64 size)
 	if (bpf_ringbuf_output(&events, data, size,
 			       waiting >= ring / 4 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP)) {
 		STAT_INC(ringbuf_drops);
-		return;
+		return false;
 	}
 	STAT_INC(events);
+	return true;
 }
 
 /* Same start time as /proc/PID/stat shows (clock ticks since boot)? */

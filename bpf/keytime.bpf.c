@@ -888,7 +888,7 @@ static __noinline void emit_off_cpu(struct task_struct *task, __u64 now, __u64 d
  * switching back in from and the user stack copied at its switch-out.
  */
 static __always_inline void emit_offcpu_stacks(struct task_struct *task, __u64 now,
-					       __u64 duration, struct cpu_state *st)
+					       __u64 duration, struct cpu_state *st, __u32 flags)
 {
 	struct keytime_offcpu_stack_event *e;
 	struct user_stack *us;
@@ -906,6 +906,7 @@ static __always_inline void emit_offcpu_stacks(struct task_struct *task, __u64 n
 	e->duration_ns = duration;
 	e->reason = st->reason;
 	e->prev_state = st->prev_state;
+	e->flags = flags;
 	e->kstack_len = 0;
 	n = bpf_get_task_stack(task, e->kstack, sizeof(e->kstack), 0);
 	if (n > 0)
@@ -1035,24 +1036,27 @@ static __always_inline void wakeup_seen(void *ctx, void *state, struct task_stru
  * The waker of the stretch `task` is switching back in from, if it was
  * woken from task context during it: sent just before the stretch's
  * KEYTIME_OFF_CPU_STACK record (same CPU, so the ring keeps the order).
+ * False if there was one and its record was dropped.
  */
-static __always_inline void emit_waker(struct task_struct *task, __u64 now, __u64 off_since)
+static __always_inline bool emit_waker(struct task_struct *task, __u64 now, __u64 off_since)
 {
 	struct keytime_waker_event *e;
 	struct waker_slot *w;
 	__u32 bytes;
+	bool sent;
 
 	w = bpf_task_storage_get(&wakers, task, 0, 0);
 	if (!w || !w->ev.waker_pid || w->generation != cfg.target.generation ||
 	    w->ev.wake_ns < off_since)
-		return;
+		return true;
 	e = &w->ev;
 	fill_hdr(&e->hdr, task, PI_KEYTIME, KEYTIME_WAKER, now);
 	bytes = e->ustack_bytes;
 	if (bytes > KEYTIME_USTACK_PAGES * 4096)
 		bytes = KEYTIME_USTACK_PAGES * 4096;
-	output_record(w, sizeof(*e) + bytes);
+	sent = output_record(w, sizeof(*e) + bytes);
 	e->waker_pid = 0; /* said once */
+	return sent;
 }
 
 static __noinline void flush_task(struct task_struct *task, struct cpu_state *st, __u64 now);
@@ -1134,8 +1138,9 @@ static __always_inline __u64 unseen_switch_in(struct task_struct *task, __u64 of
 static __noinline void emit_with_stacks(struct task_struct *task, struct cpu_state *st,
 					__u64 since, __u64 now, __u64 duration)
 {
-	emit_waker(task, now, since);
-	emit_offcpu_stacks(task, now, duration, st);
+	__u32 flags = emit_waker(task, now, since) ? 0 : KEYTIME_STACK_F_WAKER_LOST;
+
+	emit_offcpu_stacks(task, now, duration, st, flags);
 }
 
 /*

@@ -295,10 +295,14 @@ struct keytime_offcpu_stack_event {
 	__u32 kstack_len;   /* bytes used in kstack */
 	__u32 ustack_bytes; /* bytes of user stack pages that follow the record */
 	__u32 ustack_start; /* where sp is in them */
-	__u32 _pad;
+	__u32 flags;        /* KEYTIME_STACK_F_* */
 	__u64 kstack[KEYTIME_KSTACK_DEPTH];
 	struct user_regs_sample regs; /* all 0: no user context (a kernel thread) */
 };
+
+/* keytime_offcpu_stack_event.flags: a thread woke it, but the record that
+ * said which was dropped (ring buffer full) */
+#define KEYTIME_STACK_F_WAKER_LOST 1
 
 /* level 2: frames kept of a waker's kernel stack, innermost first */
 #define KEYTIME_WAKER_KSTACK_DEPTH 32

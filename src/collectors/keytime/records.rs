@@ -14,7 +14,8 @@ use crate::bpf_intf::{
     keytime_exec_event, keytime_exec_failed_event, keytime_exit_event, keytime_summary,
     keytime_summary_key, KEYTIME_ARGS_LEN, KEYTIME_CHILD_EXIT, KEYTIME_CPU_F_UNSEEN_SWITCH_IN,
     KEYTIME_EXECVE, KEYTIME_EXEC_FAILED, KEYTIME_EXIT, KEYTIME_FORK, KEYTIME_KERNEL_WORKER,
-    KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_VFORK, OFFCPU_REASON_COUNT,
+    KEYTIME_OFF_CPU, KEYTIME_ON_CPU, KEYTIME_PTHREAD_CREATE, KEYTIME_STACK_F_WAKER_LOST,
+    KEYTIME_VFORK, OFFCPU_REASON_COUNT,
 };
 use crate::bpf_intf::{keytime_offcpu_stack_event, KEYTIME_OFF_CPU_STACK, OFFCPU_PREEMPTED};
 use crate::kallsyms::Kallsyms;
@@ -113,6 +114,7 @@ pub fn decode_record_with(
                 unwind: None,
                 woken_by: None,
                 wake_latency_ns: None,
+                waker_lost: false,
                 switch_in_unseen: e.flags & KEYTIME_CPU_F_UNSEEN_SWITCH_IN != 0,
             })
         }
@@ -154,6 +156,7 @@ pub fn decode_record_with(
                 unwind,
                 wake_latency_ns: wake.as_ref().map(|w| hdr.ts_ns.saturating_sub(w.wake_ns)),
                 woken_by: wake.map(|w| w.by),
+                waker_lost: e.flags & KEYTIME_STACK_F_WAKER_LOST != 0,
                 switch_in_unseen: false,
             })
         }
@@ -447,6 +450,10 @@ pub struct OffCpu {
     /// from the wakeup to the switch-in (waiting for a CPU)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wake_latency_ns: Option<u64>,
+    /// level 2: a thread woke it, but the record that said which was
+    /// dropped (ring buffer full): no `woken_by` does not mean nobody
+    #[serde(skip_serializing_if = "is_false")]
+    pub waker_lost: bool,
     /// it ended at a switch-in the kernel did not trace, placed by the
     /// scheduler's stamp of the arrival (so no `blocked_in`: the kernel
     /// stack is no longer where it blocked)

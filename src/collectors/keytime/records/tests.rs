@@ -16,7 +16,7 @@ fn level2_record_decodes_to_a_folded_stack() {
         kstack_len: 16,
         ustack_bytes: 0,
         ustack_start: 0,
-        _pad: 0,
+        flags: 0,
         kstack: [0; 32],
         regs: user_regs_sample {
             ip: 0x1234,

@@ -66,24 +66,45 @@ fn run(test: &str, workload: &[&str], extra: &[&str]) -> (Vec<Value>, Workload) 
     pi.wait_for(Duration::from_secs(20), |r| {
         r["event"] == "exit" && r["tgid"] == tgid && r["group_dead"] == true
     });
-    (pi.finish(), w)
+    let recs = pi.finish();
+    // a waker said lost is a record proc_image counted as dropped
+    let dropped: u64 = recs
+        .iter()
+        .filter(|r| r["event"] == "lost" && r["lost_collector"] == "keytime")
+        .filter_map(|r| r["ringbuf_drops"].as_u64())
+        .sum();
+    let waker_lost = recs
+        .iter()
+        .filter(|r| r.get("waker_lost").is_some())
+        .count();
+    assert!(
+        waker_lost as u64 <= dropped,
+        "{waker_lost} wakers lost, {dropped} records dropped"
+    );
+    (recs, w)
 }
 
 /// Every record's woken_by names `waker` (pid and comm) with some user
 /// frames and a kernel stack from try_to_wake_up on; all but `others` of
 /// them hold `waker_fn`. Up to `unwoken` records may name no waker: a
 /// wait woken before the stack threshold (1 ms) carries none, however long
-/// it then waits for a CPU (bpf/keytime.bpf.c, wakeup_wanted).
+/// it then waits for a CPU (bpf/keytime.bpf.c, wakeup_wanted). A record
+/// whose waker's was dropped (ring buffer full: a loaded host, a debug
+/// build) says so, and proc_image counts the drop.
 fn assert_woken_by(recs: &[&Value], waker: u64, waker_fn: &str, others: usize, unwoken: usize) {
     let mut without = Vec::new();
     let named: Vec<&&Value> = recs
         .iter()
         .filter(|r| r.get("woken_by").is_some())
         .collect();
+    let unnamed: Vec<&&Value> = recs
+        .iter()
+        .filter(|r| r.get("woken_by").is_none() && r.get("waker_lost").is_none())
+        .collect();
     assert!(
-        recs.len() - named.len() <= unwoken,
-        "{} of {} records name no waker",
-        recs.len() - named.len(),
+        unnamed.len() <= unwoken,
+        "{} of {} records name no waker: {unnamed:?}",
+        unnamed.len(),
         recs.len()
     );
     for r in named {
@@ -185,7 +206,7 @@ fn wakers_are_named_for_pipe_and_mutex_and_not_for_timers() {
         "{} of {peer_read} peer reads blocked",
         peer_reads.len()
     );
-    for r in &peer_reads {
+    for r in peer_reads.iter().filter(|r| r.get("waker_lost").is_none()) {
         let by = &r["woken_by"];
         assert_eq!(
             (&by["pid"], &by["tgid"]),
@@ -317,11 +338,9 @@ fn a_timer_interrupt_over_a_spinning_user_task_names_no_waker() {
     let reader = u64_of(&w.truth("reader"), "tid");
     let reads = blocked_in(&off_cpu_with_stack(&recs, reader), "pipe_read");
     assert!(reads.len() > 40, "{} reads", reads.len());
-    // with a spinner hogging a CPU (and, in CI, other tests on the other), a
-    // reader held off a CPU for one write's 20 ms reads it late and blocks
-    // just before the next write: woken within the threshold, it then waits
-    // again (seen once in CI: a 22 ms read without a waker)
-    assert_woken_by(&reads, main, "pipe_write", 1, reads.len() / 10);
+    // (a reader held off a CPU by the spinner blocks late: the workload
+    // writes once it has slept 2 ms, past the stack threshold)
+    assert_woken_by(&reads, main, "pipe_write", 1, 0);
 }
 
 /// The names of the BPF programs proc_image (`pid`) has attached: its

@@ -1797,8 +1797,11 @@ fn offcpu(secs: u64, spin: bool, peer: bool) {
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         die("pipe");
     }
+    let (reader_tx, reader_tid) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        say(json!({"event": "reader", "tid": unsafe { libc::gettid() }}));
+        let tid = unsafe { libc::gettid() };
+        say(json!({"event": "reader", "tid": tid}));
+        reader_tx.send(tid as u32).unwrap();
         let n = offcpu_reader_loop(fds[0]);
         say(json!({"event": "read", "count": n}));
     });
@@ -1811,14 +1814,30 @@ fn offcpu(secs: u64, spin: bool, peer: bool) {
     unsafe { libc::pthread_mutex_lock(m.0.get()) };
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done_l = done.clone();
+    let (locker_tx, locker_tid) = std::sync::mpsc::channel();
     let locker = std::thread::spawn(move || {
-        say(json!({"event": "locker", "tid": unsafe { libc::gettid() }}));
+        let tid = unsafe { libc::gettid() };
+        say(json!({"event": "locker", "tid": tid}));
+        locker_tx.send(tid as u32).unwrap();
         let n = offcpu_locker_loop(m, &done_l);
         say(json!({"event": "locked", "count": n}));
     });
+    let (reader_tid, locker_tid) = (reader_tid.recv().unwrap(), locker_tid.recv().unwrap());
     let mut held = 0u64;
     while Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
+        let me = std::process::id();
+        let seen = |tid, nr| asleep_in(me, tid, nr).then(Instant::now);
+        let (read_seen, lock_seen) = (
+            seen(reader_tid, libc::SYS_read),
+            seen(locker_tid, libc::SYS_futex),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+        // a wait woken before proc_image's stack threshold (1 ms) names no
+        // waker: a reader or locker that came back to its wait late (a
+        // loaded host) waits 2 ms at least before it is woken
+        until_asleep_2ms(me, reader_tid, libc::SYS_read, read_seen);
+        until_asleep_2ms(me, locker_tid, libc::SYS_futex, lock_seen);
         // ends the locker's wait and the reader's, ~20 ms each
         unsafe { libc::pthread_mutex_unlock(m.0.get()) };
         unsafe { libc::write(fds[1], b"x".as_ptr().cast(), 1) };
@@ -1876,19 +1895,27 @@ fn offcpu_fork_peer(secs: u64) -> (libc::pid_t, std::thread::JoinHandle<()>) {
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
         die("pipe");
     }
+    // the reader's tid, once it runs
+    let (tid_rx, tid_tx) = pipe();
     let rounds = secs * 50;
-    // SAFETY: the child only makes syscalls (no allocation) and _exits
+    let parent = std::process::id();
+    // SAFETY: forked while this process has one thread (no lock is held)
     let child = unsafe { libc::fork() };
     if child == 0 {
         unsafe {
             libc::prctl(libc::PR_SET_NAME, c"offcpu_peer".as_ptr());
             libc::close(fds[0]);
-            let ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 20_000_000,
-            };
+            let mut tid = [0u8; 4];
+            if libc::read(tid_rx, tid.as_mut_ptr().cast(), 4) != 4 {
+                libc::_exit(1);
+            }
+            let tid = u32::from_ne_bytes(tid);
             for _ in 0..rounds {
-                libc::nanosleep(&ts, std::ptr::null_mut());
+                // as the main thread's writes (see offcpu())
+                std::thread::sleep(Duration::from_millis(10));
+                let seen = asleep_in(parent, tid, libc::SYS_read).then(Instant::now);
+                std::thread::sleep(Duration::from_millis(10));
+                until_asleep_2ms(parent, tid, libc::SYS_read, seen);
                 libc::write(fds[1], b"p".as_ptr().cast(), 1);
             }
             libc::_exit(0);
@@ -1900,7 +1927,9 @@ fn offcpu_fork_peer(secs: u64) -> (libc::pid_t, std::thread::JoinHandle<()>) {
     unsafe { libc::close(fds[1]) };
     say(json!({"event": "peer", "pid": child, "comm": "offcpu_peer"}));
     let reader = std::thread::spawn(move || {
-        say(json!({"event": "peer_reader", "tid": unsafe { libc::gettid() }}));
+        let tid = unsafe { libc::gettid() };
+        say(json!({"event": "peer_reader", "tid": tid}));
+        unsafe { libc::write(tid_tx, (tid as u32).to_ne_bytes().as_ptr().cast(), 4) };
         let mut n = 0u64;
         while offcpu_peer_read_here(fds[0]) > 0 {
             n += 1;
@@ -2106,6 +2135,36 @@ fn asleep_in_futex(tid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
     let state = stat.rsplit(')').next()?.split_whitespace().next()?;
     (state == "S").then_some(uaddr)
+}
+
+/// Is thread `tid` of process `pid` asleep in syscall `nr`?
+fn asleep_in(pid: u32, tid: u32, nr: i64) -> bool {
+    let task = format!("/proc/{pid}/task/{tid}");
+    let in_nr = std::fs::read_to_string(format!("{task}/syscall"))
+        .is_ok_and(|sc| sc.split_whitespace().next() == Some(&nr.to_string()));
+    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    in_nr && state == Some("S")
+}
+
+/// Wait until thread `tid` of process `pid` has slept in syscall `nr` for
+/// 2 ms at least: seen asleep in it that far apart (the first time at
+/// `since`, if given), a wait only the caller ends. Gives up after 2 s.
+fn until_asleep_2ms(pid: u32, tid: u32, nr: i64, mut since: Option<Instant>) {
+    let give_up = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < give_up {
+        if !asleep_in(pid, tid, nr) {
+            since = None;
+        } else if since.is_some_and(|t| t.elapsed() >= Duration::from_millis(2)) {
+            return;
+        } else if since.is_none() {
+            since = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn pipe() -> (i32, i32) {

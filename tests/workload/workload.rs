@@ -1768,6 +1768,8 @@ fn steady(busy_secs: u64, sleep_secs: u64) {
 /// the timer interrupt finds a user task running there. `--peer`: a child
 /// process (`offcpu_peer`) writes a second pipe every 20 ms, which a fourth
 /// thread reads in `offcpu_peer_read_here`: a waker in another process.
+/// Never inlined: the tests look for it in the waker's stack.
+#[inline(never)]
 fn offcpu(secs: u64, spin: bool, peer: bool) {
     say(json!({"event": "ready", "pid": std::process::id()}));
     offcpu_wait_go();
@@ -1890,6 +1892,7 @@ fn offcpu_wait_go() {
 
 /// The `--peer` child process, writing a pipe every 20 ms for `secs`, and
 /// the thread of ours that reads it.
+#[inline(never)]
 fn offcpu_fork_peer(secs: u64) -> (libc::pid_t, std::thread::JoinHandle<()>) {
     let mut fds = [0i32; 2];
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -2022,7 +2025,9 @@ fn offcpu_pipe_read_here(fd: i32) -> isize {
 
 #[inline(never)]
 fn offcpu_mutex_lock_here(m: &OffcpuMutex) {
-    unsafe { libc::pthread_mutex_lock(m.0.get()) };
+    let ret = unsafe { libc::pthread_mutex_lock(m.0.get()) };
+    // used after the call: no tail call, so this frame stays on the stack
+    std::hint::black_box(ret);
 }
 
 /// exit_group() while `threads` threads spin on the CPUs.

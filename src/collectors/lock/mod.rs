@@ -197,10 +197,12 @@ fn unarmed_record(tgid: u32, from: u64, to: u64, at_least: u64) -> Record {
 /// Which of `probes` (of `lib`) lost their breakpoint in process `tgid`,
 /// by offset: while no probed thread is alive, the first hit of each takes
 /// it out, so each one without its int3 is a call not seen. Read through
-/// a live thread (a zombie leader has no memory); none when none lives.
-fn unarmed_sites(tgid: u32, lib: &Library, probes: &[Probe]) -> Vec<u64> {
+/// a live thread, `tid` if it is (a zombie leader has no memory); none
+/// when none lives.
+fn unarmed_sites(tgid: u32, tid: u32, lib: &Library, probes: &[Probe]) -> Vec<u64> {
     use std::os::unix::fs::FileExt;
-    let Some(tid) = live_threads(tgid).first().copied() else {
+    let live = thread_is_live(tgid, tid).then_some(tid);
+    let Some(tid) = live.or_else(|| live_threads(tgid).first().copied()) else {
         return Vec::new();
     };
     let (Ok(maps), Ok(mem)) = (
@@ -502,7 +504,7 @@ impl Lock {
     }
 
     /// Attach `lib`'s probes to thread `tid` (of process `tgid`). When
-    /// `replacing` a set, no other may be armed: before each probe goes in
+    /// `replacing` a set while no anchor is alive: before each probe goes in
     /// (and puts back the breakpoints of the ones before it), the ones
     /// still to go are looked at for a breakpoint a call took out. On a
     /// loaded host the whole set takes seconds to attach, and the process
@@ -520,8 +522,9 @@ impl Lock {
         let pid = tid as i32;
         let tgid = self.target.as_ref().and_then(tgid_of).unwrap_or(tid);
         for (index, probe) in lib.probes.iter().enumerate() {
-            if replacing {
-                let unarmed = unarmed_sites(tgid, lib, &lib.probes[index..]);
+            // (with an anchor alive, every breakpoint is in)
+            if replacing && !self.anchors.iter().any(|a| thread_is_live(tgid, a.tid)) {
+                let unarmed = unarmed_sites(tgid, tid, lib, &lib.probes[index..]);
                 self.shared.borrow_mut().unarmed_seen.extend(unarmed);
             }
             let offset = probe.offset as usize;
@@ -641,7 +644,7 @@ impl Lock {
         if self.anchors.is_empty() && self.shared.borrow().unprobed_since.is_some() {
             // note the calls missed so far now: the process may end before
             // another thread is probed (see flush)
-            let unarmed = unarmed_sites(tgid, &lib, &lib.probes);
+            let unarmed = unarmed_sites(tgid, tgid, &lib, &lib.probes);
             self.shared.borrow_mut().unarmed_seen.extend(unarmed);
         }
         // BPF reports the threads that start while anchors are wanted; the

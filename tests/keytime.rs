@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::sched::*;
 use common::*;
 use serde_json::Value;
 
@@ -754,6 +755,9 @@ fn io_uring_workers_are_kernel_workers() {
     assert!(events(&recs, "pthread_create", pid).is_empty());
 }
 
+/// schedule through the older program forms is held to the kernel's own
+/// account as the newer ones are (tests/schedule.rs): each thread's waits,
+/// preemptions included, against its schedstat.
 #[test]
 #[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
 fn schedule_with_the_older_program_forms() {
@@ -762,40 +766,25 @@ fn schedule_with_the_older_program_forms() {
     assert!(pi
         .stderr_text()
         .contains("older form handle__sched_switch_compat"));
-    let w = Workload::start(&["sched", "--busy-threads", "2", "--secs", "8"]);
-    let threads = w.wait_truth("threads", Duration::from_secs(5));
-    let busy = threads["busy"][0].as_u64().unwrap();
-    let sleeper = threads["sleeper"].as_u64().unwrap();
-    let avg = |pid: u64| -> u64 {
-        pi.control_ok(&["-a", "-p", &pid.to_string(), "-S"]);
-        assert!(wait_until(Duration::from_secs(10), || {
-            pi.records()
-                .iter()
-                .filter(|r| {
-                    r["collector"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0
-                })
-                .count()
-                >= 2
-        }));
-        let recs = pi.records();
-        let recs: Vec<&Value> = recs
+    let mut w = Workload::start(&["sched-classes", "--secs", "4"]);
+    let pid = w.pid() as u64;
+    let before = class_threads(&w);
+    pi.control_ok(&["-a", "-P", &pid.to_string(), "-S"]);
+    run_to_end(&pi, &mut w);
+    let after: Vec<(u64, u64)> = before.iter().map(|(_, t, _)| schedstat(pid, *t)).collect();
+    let recs = pi.finish();
+    for ((role, tid, (delay0, waits0)), (delay1, waits1)) in before.iter().zip(&after) {
+        let mine: Vec<&Value> = recs
             .iter()
-            .filter(|r| r["collector"] == "schedule" && r["pid"] == pid && u64_of(r, "count") > 0)
+            .filter(|r| r["event"] == "schedule_thread" && r["pid"] == *tid)
             .collect();
-        let count: u64 = recs.iter().map(|r| u64_of(r, "count")).sum();
-        recs.iter()
-            .map(|r| u64_of(r, "avg_ns") * u64_of(r, "count"))
-            .sum::<u64>()
-            / count
-    };
-    let (busy_avg, sleeper_avg) = (avg(busy), avg(sleeper));
-    // busy threads pinned to one CPU wait for each other's slice: they are
-    // seen as preempted (runnable) with the state read from the task too
-    assert!(
-        busy_avg > 10 * sleeper_avg,
-        "busy {busy_avg} ns vs sleeper {sleeper_avg} ns"
-    );
-    pi.finish();
+        let mine: Vec<&&Value> = mine.iter().collect();
+        waits_match_schedstat(
+            &format!("{role} {tid}"),
+            &mine,
+            (delay1 - delay0, waits1 - waits0),
+        );
+    }
 }
 
 /// Activated while one thread spins and another sleeps: the stretch each is

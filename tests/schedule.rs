@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::sched::*;
 use common::*;
 use serde_json::Value;
 
@@ -144,57 +145,6 @@ fn every_switch_in_is_one_run_queue_wait() {
     assert!(intervals >= 3, "5 s of sleeps in {intervals} intervals");
 }
 
-/// (run-queue wait ns, waits) of thread `tid` so far, from the kernel's
-/// /proc schedstat (2nd and 3rd fields).
-fn schedstat(pid: u64, tid: u64) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).unwrap();
-    let f: Vec<u64> = text
-        .split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect();
-    (f[1], f[2])
-}
-
-/// Our count of waits against the kernel's: never more, and fewer only by
-/// the few wakeups the kernel does not let BPF see: a wakeup from an
-/// interrupt that came in while this CPU ran the same wakeup program skips
-/// it (bpftool prog show: recursion_misses), seen with other BPF users busy
-/// on the machine.
-fn close_to(ours: u64, kernel: u64) -> bool {
-    ours <= kernel && ours + 3 + kernel / 200 >= kernel
-}
-
-/// The sched-classes workload's threads by role, and their schedstat now.
-fn class_threads(w: &Workload) -> Vec<(String, u64, (u64, u64))> {
-    let truth = w.wait_truth("threads", Duration::from_secs(10));
-    let pid = w.pid() as u64;
-    truth["tids"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(role, tid)| {
-            let tid = tid.as_u64().unwrap();
-            (role.clone(), tid, schedstat(pid, tid))
-        })
-        .collect()
-}
-
-/// Run the workload (already activated on) to its end, and wait until two
-/// reports have closed after it: every wait of its threads is reported.
-fn run_to_end(pi: &ProcImage, w: &mut Workload) -> u64 {
-    w.go();
-    let done = w.wait_truth("done", Duration::from_secs(60));
-    let done_ns = u64_of(&done, "done_ns");
-    assert!(wait_until(Duration::from_secs(10), || {
-        pi.records()
-            .iter()
-            .filter(|r| r["event"] == "schedule" && u64_of(r, "ts_ns") > done_ns)
-            .count()
-            >= 2
-    }));
-    u64_of(&done, "churned")
-}
-
 /// Four spinners (one at nice 5, one SCHED_BATCH) and a sleeper share CPU 1
 /// with short-lived threads coming and going, over several intervals at the
 /// default interval: each thread's records carry its class, its waits add
@@ -220,20 +170,10 @@ fn per_thread_waits_and_classes_match_schedstat() {
         .collect();
     for ((role, tid, (delay0, waits0)), (delay1, waits1)) in before.iter().zip(&after) {
         let mine: Vec<&&Value> = threads.iter().filter(|r| r["pid"] == *tid).collect();
-        let waits: u64 = mine.iter().map(|r| u64_of(r, "count")).sum();
-        let wait_ns: u64 = mine.iter().map(|r| u64_of(r, "sum_ns")).sum();
-        let (kernel_waits, kernel_ns) = (waits1 - waits0, delay1 - delay0);
-        eprintln!("{role} {tid}: {waits} waits {wait_ns} ns; schedstat {kernel_waits} waits {kernel_ns} ns");
-        assert!(
-            close_to(waits, kernel_waits),
-            "{role} {tid}: {waits} vs {kernel_waits}"
-        );
-        // the wakeup tracepoint fires just after the enqueue schedstat times
-        // from: a few microseconds a wait
-        let slack = kernel_ns / 20 + kernel_waits * 20_000;
-        assert!(
-            wait_ns.abs_diff(kernel_ns) <= slack,
-            "{role} {tid}: {wait_ns} vs {kernel_ns}"
+        waits_match_schedstat(
+            &format!("{role} {tid}"),
+            &mine,
+            (delay1 - delay0, waits1 - waits0),
         );
         let busy = mine.iter().filter(|r| u64_of(r, "count") > 0).count();
         assert!(busy >= 3, "{role}: 4 s of contention in {busy} intervals");

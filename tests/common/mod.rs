@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod qemu;
+pub mod sched;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

@@ -309,6 +309,7 @@ mod tests {
             offset: 4,
             file: None,
             line: None,
+            inlined: false,
         };
         let off = OffCpu {
             cpu: 1,

@@ -113,6 +113,7 @@ fn offcpu_stacks_and_their_failures_are_counted() {
         offset: 0,
         file: None,
         line: None,
+        inlined: false,
     };
     let off = |stack: Option<Vec<keytime::stacks::Frame>>, unwind| {
         let o = keytime::OffCpu {

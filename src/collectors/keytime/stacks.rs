@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use blazesym::symbolize::source::{Elf, Source};
-use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized, Symbolizer};
 use serde::Serialize;
 
 use super::unwind::{ElfImage, ProcessMaps, Unwinding, Unwound, UserFrame};
@@ -29,6 +29,10 @@ pub struct Frame {
     pub file: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
+    /// the compiler inlined this function into the frame below it (the
+    /// next one out): both are at the same instruction, each at its line
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
 }
 
 impl Frame {
@@ -39,6 +43,7 @@ impl Frame {
             offset: 0,
             file: None,
             line: None,
+            inlined: false,
         }
     }
 }
@@ -64,6 +69,7 @@ pub fn kernel_frames(ksyms: &Kallsyms, addrs: &[u64]) -> Vec<Frame> {
                 offset,
                 file: None,
                 line: None,
+                inlined: false,
             },
             None => Frame::unknown(a, "kernel"),
         })
@@ -74,18 +80,26 @@ pub fn kernel_frames(ksyms: &Kallsyms, addrs: &[u64]) -> Vec<Frame> {
 /// once (a long run with many processes must not grow without bound).
 const CACHE_MAX: usize = 200_000;
 
-/// A symbol as blazesym gives it, as a frame of `module`.
-fn frame_of(sym: &blazesym::symbolize::Sym, module: String) -> Frame {
-    Frame {
-        func: sym.name.to_string(),
-        module,
+/// A symbol as blazesym gives it, as frames of `module`, innermost first:
+/// the functions inlined at the address (blazesym lists them outermost
+/// first), then the function the code is in. Each has its own line there.
+fn frames_of(sym: &Sym, module: &str) -> Vec<Frame> {
+    let frame = |func: &str, code: Option<&CodeInfo>, inlined| Frame {
+        func: func.to_string(),
+        module: module.to_string(),
         offset: sym.offset as u64,
-        file: sym
-            .code_info
-            .as_ref()
-            .map(|c| c.file.to_string_lossy().into_owned()),
-        line: sym.code_info.as_ref().and_then(|c| c.line),
-    }
+        file: code.map(|c| c.file.to_string_lossy().into_owned()),
+        line: code.and_then(|c| c.line),
+        inlined,
+    };
+    let mut frames: Vec<Frame> = sym
+        .inlined
+        .iter()
+        .rev()
+        .map(|f| frame(&f.name, f.code_info.as_ref(), true))
+        .collect();
+    frames.push(frame(&sym.name, sym.code_info.as_deref(), false));
+    frames
 }
 
 /// User stacks from the copied registers and stack bytes: unwound, then
@@ -94,7 +108,7 @@ fn frame_of(sym: &blazesym::symbolize::Sym, module: String) -> Frame {
 pub struct UserStacks {
     unwinding: RefCell<Unwinding>,
     symbolizer: Symbolizer,
-    named: RefCell<HashMap<(usize, u64), Frame>>,
+    named: RefCell<HashMap<(usize, u64), Vec<Frame>>>,
 }
 
 impl UserStacks {
@@ -116,34 +130,35 @@ impl UserStacks {
         stack: &[u8],
     ) -> (Vec<Frame>, Unwound) {
         let (frames, outcome) = self.unwinding.borrow_mut().unwind(tgid, regs, stack);
-        (frames.iter().map(|f| self.name(f)).collect(), outcome)
+        (frames.iter().flat_map(|f| self.name(f)).collect(), outcome)
     }
 
-    fn name(&self, f: &UserFrame) -> Frame {
+    /// A user frame's function, and the ones inlined into it there.
+    fn name(&self, f: &UserFrame) -> Vec<Frame> {
         let Some((image, svma)) = &f.at else {
-            return Frame::unknown(f.addr, "");
+            return vec![Frame::unknown(f.addr, "")];
         };
         let key = (Arc::as_ptr(image) as usize, *svma);
-        if let Some(frame) = self.named.borrow().get(&key) {
-            return frame.clone();
+        if let Some(frames) = self.named.borrow().get(&key) {
+            return frames.clone();
         }
-        let frame = self.symbolize(image, *svma, f.addr);
+        let frames = self.symbolize(image, *svma, f.addr);
         let mut named = self.named.borrow_mut();
         if named.len() >= CACHE_MAX {
             named.clear();
         }
-        named.insert(key, frame.clone());
-        frame
+        named.insert(key, frames.clone());
+        frames
     }
 
-    fn symbolize(&self, image: &ElfImage, svma: u64, addr: u64) -> Frame {
+    fn symbolize(&self, image: &ElfImage, svma: u64, addr: u64) -> Vec<Frame> {
         let src = Source::Elf(Elf::new(&image.fd_path));
         match self
             .symbolizer
             .symbolize_single(&src, Input::VirtOffset(svma))
         {
-            Ok(Symbolized::Sym(sym)) => frame_of(&sym, image.path.clone()),
-            _ => Frame::unknown(addr, &image.path),
+            Ok(Symbolized::Sym(sym)) => frames_of(&sym, &image.path),
+            _ => vec![Frame::unknown(addr, &image.path)],
         }
     }
 }

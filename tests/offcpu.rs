@@ -169,6 +169,35 @@ fn level2_stacks_name_where_threads_block() {
         assert!(f.contains("nanosleep") && module.contains("libc"), "{r}");
         assert!(u64_of(r, "duration_ns") >= 1_000_000);
         has_function_and_caller(r, "offcpu_nanosleep_here");
+        // its caller was inlined into the loop: named, at its own line
+        let frames = frames(r);
+        let at = frames
+            .iter()
+            .position(|f| {
+                f["fn"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("offcpu_nanosleep_here"))
+            })
+            .unwrap();
+        let (inlined, outer) = (&frames[at + 1], &frames[at + 2]);
+        assert!(
+            inlined["fn"]
+                .as_str()
+                .unwrap()
+                .ends_with("offcpu_sleep_inlined")
+                && inlined["inlined"] == true
+                && inlined["line"].as_u64().is_some(),
+            "{r}"
+        );
+        assert!(
+            outer["fn"]
+                .as_str()
+                .unwrap()
+                .ends_with("offcpu_sleeper_loop")
+                && outer.get("inlined").is_none()
+                && outer["line"] != inlined["line"],
+            "{r}"
+        );
     }
     // the pipe reads: pipe_read in the kernel, libc's read first in user space
     let reads = with(reader, "pipe_read");

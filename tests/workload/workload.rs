@@ -1958,7 +1958,7 @@ fn offcpu_sleeper_loop(end: Instant, asleep: &std::sync::atomic::AtomicU64) -> u
     let mut n = 0u64;
     while Instant::now() < end {
         asleep.store(monotonic_ns(), std::sync::atomic::Ordering::SeqCst);
-        offcpu_nanosleep_here(20);
+        offcpu_sleep_inlined(20);
         n += 1;
     }
     std::hint::black_box(n)
@@ -2006,6 +2006,15 @@ fn offcpu_spin_around_wakeups(end: Instant, asleep: &std::sync::atomic::AtomicU6
             std::hint::spin_loop();
         }
     }
+}
+
+/// Always inlined into offcpu_sleeper_loop: its debug information names
+/// it all the same, and so must the stacks.
+#[inline(always)]
+fn offcpu_sleep_inlined(ms: i64) {
+    offcpu_nanosleep_here(ms);
+    // used after the call: it is not the last thing the loop does there
+    std::hint::black_box(ms);
 }
 
 #[inline(never)]

@@ -397,13 +397,17 @@ impl Lock {
         };
         let mut links = Vec::new();
         if let Err(e) = self.attach_into(&mut links, tid, &path, lib, seq, replacing) {
-            // its thread exited, most likely: a set like the dead anchors'
-            self.retiring.push(Anchor {
-                tid,
-                seq,
-                seen_alive_ns: before,
-                links,
-            });
+            if thread_is_live(tgid, tid) {
+                self.reaper.detach(&mut links);
+            } else {
+                // its thread exited: a set like the dead anchors'
+                self.retiring.push(Anchor {
+                    tid,
+                    seq,
+                    seen_alive_ns: before,
+                    links,
+                });
+            }
             return Err(e);
         }
         let armed_at = sys::monotonic_ns();

@@ -119,15 +119,8 @@ fn every_switch_in_is_one_run_queue_wait() {
     pi.control_ok(&["-a", "-p", &sleeper.to_string(), "-S"]);
     w.go();
     let done = w.wait_truth("done", Duration::from_secs(60));
-    let done_ns = u64_of(&done, "done_ns");
     // the second report after it went back to its read has every wait
-    assert!(wait_until(Duration::from_secs(10), || {
-        pi.records()
-            .iter()
-            .filter(|r| r["event"] == "schedule" && u64_of(r, "ts_ns") > done_ns)
-            .count()
-            >= 2
-    }));
+    two_reports_after(&pi, u64_of(&done, "done_ns"));
     let after = switch_ins(pid, sleeper);
     let recs = pi.finish();
     let mine: Vec<&Value> = recs

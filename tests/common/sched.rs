@@ -48,7 +48,13 @@ pub fn class_threads(w: &Workload) -> Vec<(String, u64, (u64, u64))> {
 pub fn run_to_end(pi: &ProcImage, w: &mut Workload) -> u64 {
     w.go();
     let done = w.wait_truth("done", Duration::from_secs(60));
-    let done_ns = u64_of(&done, "done_ns");
+    two_reports_after(pi, u64_of(&done, "done_ns"));
+    u64_of(&done, "churned")
+}
+
+/// Wait until two schedule reports have closed after `done_ns`: every wait
+/// before it is in them.
+pub fn two_reports_after(pi: &ProcImage, done_ns: u64) {
     assert!(wait_until(Duration::from_secs(10), || {
         pi.records()
             .iter()
@@ -56,7 +62,6 @@ pub fn run_to_end(pi: &ProcImage, w: &mut Workload) -> u64 {
             .count()
             >= 2
     }));
-    u64_of(&done, "churned")
 }
 
 /// A thread's schedule_thread records (`mine`) against the kernel's

@@ -1441,18 +1441,29 @@ static __noinline bool is_target_out_of_line(struct task_struct *task)
 	return is_target(&cfg.target, task);
 }
 
-static __always_inline bool may_be_target(const struct target_filter *t, struct task_struct *task)
+/*
+ * Whether `prev` and `next` may be the target, by their ids (the start
+ * time is checked at a task's first sight, see first_sight): the mode is
+ * looked at once for both. An idle task or a cgroup: out of line, or the
+ * compiler merges the compares into is_target's dispatch on the mode (~8
+ * ns a switch of an untargeted task, measured).
+ */
+static __always_inline void may_be_target(const struct target_filter *t,
+					  struct task_struct *prev, struct task_struct *next,
+					  bool *out, bool *in)
 {
 	__u32 mode = t->mode;
 
-	if (mode == TARGET_TGID)
-		return task->tgid == t->tgid;
-	if (mode == TARGET_THREAD)
-		return task->pid == t->pid;
-	/* an idle task or a cgroup: out of line, or the compiler merges the
-	 * two compares above into is_target's dispatch (~8 ns a switch of an
-	 * untargeted task, measured) */
-	return is_target_out_of_line(task);
+	if (mode == TARGET_TGID) {
+		*out = prev->tgid == t->tgid;
+		*in = next->tgid == t->tgid;
+	} else if (mode == TARGET_THREAD) {
+		*out = prev->pid == t->pid;
+		*in = next->pid == t->pid;
+	} else {
+		*out = is_target_out_of_line(prev);
+		*in = is_target_out_of_line(next);
+	}
 }
 
 /*
@@ -1466,8 +1477,7 @@ static __always_inline void on_switch(void *ctx, bool preempt, struct task_struc
 	bool out, in;
 	__u64 now;
 
-	out = may_be_target(&cfg.target, prev);
-	in = may_be_target(&cfg.target, next);
+	may_be_target(&cfg.target, prev, next, &out, &in);
 	/* a switch between other tasks: not even a timestamp */
 	if (!out && !in)
 		return;

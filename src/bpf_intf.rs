@@ -32,6 +32,7 @@ plain_types!(
     syscall_config,
     syscall_thread,
     syscall_thread_key,
+    syscall_live,
     syscall_slot,
     syscall_count_key,
     syscall_count,
@@ -70,6 +71,20 @@ pub fn lock_type_name(t: u8) -> &'static str {
 
 /// The types a lock hold is reported as (`lock_type_name` of a held lock).
 pub const LOCK_HELD_TYPES: [&str; 4] = ["mutex", "rwlock_read", "rwlock_write", "spinlock"];
+
+/// Records of type `T` laid end to end (a task iterator's output), copied
+/// out: that buffer need not be aligned. A partial record at the end is
+/// left out.
+pub fn records_of<T: plain::Plain + Default>(bytes: &[u8]) -> Vec<T> {
+    bytes
+        .chunks_exact(std::mem::size_of::<T>())
+        .filter_map(|chunk| {
+            let mut r = T::default();
+            plain::copy_from_bytes(&mut r, chunk).ok()?;
+            Some(r)
+        })
+        .collect()
+}
 
 /// Decode a record of type `T` from the front of `data` (ring buffer samples
 /// are 8-byte aligned). A short or misaligned record is an error, not a panic.

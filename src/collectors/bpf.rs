@@ -316,70 +316,165 @@ pub fn attach_all(progs: &[(&str, &libbpf_rs::ProgramMut<'_>)]) -> Result<Vec<li
         .collect()
 }
 
+/// Run a task iterator once: what its program wrote. `what` names the
+/// collector in an error.
+pub fn read_task_iter(link: &libbpf_rs::Link, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    libbpf_rs::Iter::new(link)
+        .with_context(|| format!("{what}: start the task iterator"))?
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{what}: read the task iterator"))?;
+    Ok(bytes)
+}
+
 /// Every entry of a hash map, read in batches. libbpf-rs's `lookup_batch`
 /// iterator ends at the first batch shorter than asked for, but a hash map
 /// batch holds whole buckets only and comes back short whenever the next
 /// bucket does not fit: with thousands of entries it stopped part way. This
 /// goes on until the kernel says ENOENT. Entries BPF adds meanwhile may or
 /// may not be in it; none that was there all along is left out.
-pub fn hash_entries(map: &dyn MapCore) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    use libbpf_rs::libbpf_sys;
-    use std::os::fd::AsRawFd;
-    let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
-    let mut per_call: usize = 1024;
-    let mut out = Vec::new();
-    // the batch token: a bucket index for hash maps (8 bytes is room enough)
-    let mut token = vec![0u8; key_size.max(8)];
-    let mut next = vec![0u8; key_size.max(8)];
-    let mut first = true;
-    loop {
-        let mut keys = vec![0u8; key_size * per_call];
-        let mut values = vec![0u8; value_size * per_call];
-        let mut count = per_call as u32;
-        let opts = libbpf_sys::bpf_map_batch_opts {
-            sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
-            ..Default::default()
+pub fn hash_entries(map: &dyn MapCore) -> Result<Entries> {
+    Entries::read(map, false)
+}
+
+/// Every entry of a hash map, taken out of it: as `hash_entries`, with the
+/// kernel deleting what each batch returns (libbpf-rs's
+/// `lookup_and_delete_batch` iterator stops part way the same way).
+pub fn take_hash_entries(map: &dyn MapCore) -> Result<Entries> {
+    Entries::read(map, true)
+}
+
+/// Delete `keys` from a hash map in one call (one bpf() call per key was a
+/// share of proc_image's CPU under thread churn); should the batch stop
+/// short (a key already gone), the rest go one at a time.
+pub fn delete_keys<K: AsRef<[u8]>>(map: &dyn MapCore, keys: &[K]) {
+    if keys.is_empty() {
+        return;
+    }
+    let all: Vec<u8> = keys.iter().flat_map(|k| k.as_ref()).copied().collect();
+    let any = libbpf_rs::MapFlags::ANY;
+    if map.delete_batch(&all, keys.len() as u32, any, any).is_err() {
+        for k in keys {
+            let _ = map.delete(k.as_ref());
+        }
+    }
+}
+
+/// A hash map's entries as the kernel's batch calls return them: keys and
+/// values each in one flat buffer. One allocation per map read, not two per
+/// entry: under thread churn, per-entry buffers and the pages behind them
+/// were a quarter of proc_image's CPU.
+pub struct Entries {
+    key_size: usize,
+    value_size: usize,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl Entries {
+    fn read(map: &dyn MapCore, delete: bool) -> Result<Self> {
+        use libbpf_rs::libbpf_sys;
+        use std::os::fd::AsRawFd;
+        let (key_size, value_size) = (map.key_size() as usize, map.value_size() as usize);
+        let mut out = Entries {
+            key_size,
+            value_size,
+            keys: Vec::new(),
+            values: Vec::new(),
         };
-        // SAFETY: the buffers hold `count` keys and values and a token each.
-        let ret = unsafe {
-            libbpf_sys::bpf_map_lookup_batch(
-                map.as_fd().as_raw_fd(),
-                if first {
-                    std::ptr::null_mut()
-                } else {
-                    token.as_mut_ptr().cast()
-                },
-                next.as_mut_ptr().cast(),
-                keys.as_mut_ptr().cast(),
-                values.as_mut_ptr().cast(),
-                &mut count,
-                &opts,
-            )
-        };
-        let err = (ret < 0).then(std::io::Error::last_os_error);
-        match err.as_ref().and_then(|e| e.raw_os_error()) {
-            Some(libc::ENOSPC) => {
-                // one bucket holds more than a call's room
-                per_call *= 2;
-                continue;
+        let mut per_call: usize = 1024;
+        // the batch token: a bucket index for hash maps (8 bytes is room enough)
+        let mut token = vec![0u8; key_size.max(8)];
+        let mut next = vec![0u8; key_size.max(8)];
+        let mut first = true;
+        loop {
+            // the kernel writes this batch straight after the entries so
+            // far, into room reserved, not zeroed: a map of thousands of
+            // kilobyte values would have its room cleared and faulted in
+            // each interval for the few entries it holds
+            let have = out.len();
+            out.keys.reserve(per_call * key_size);
+            out.values.reserve(per_call * value_size);
+            let mut count = per_call as u32;
+            let opts = libbpf_sys::bpf_map_batch_opts {
+                sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+                ..Default::default()
+            };
+            let batch = if delete {
+                libbpf_sys::bpf_map_lookup_and_delete_batch
+            } else {
+                libbpf_sys::bpf_map_lookup_batch
+            };
+            // SAFETY: past their lengths the buffers have room for `count`
+            // keys and values, and the tokens room for a key each.
+            let ret = unsafe {
+                batch(
+                    map.as_fd().as_raw_fd(),
+                    if first {
+                        std::ptr::null_mut()
+                    } else {
+                        token.as_mut_ptr().cast()
+                    },
+                    next.as_mut_ptr().cast(),
+                    out.keys.spare_capacity_mut().as_mut_ptr().cast(),
+                    out.values.spare_capacity_mut().as_mut_ptr().cast(),
+                    &mut count,
+                    &opts,
+                )
+            };
+            let err = (ret < 0).then(std::io::Error::last_os_error);
+            let errno = err.as_ref().and_then(|e| e.raw_os_error());
+            match errno {
+                // one bucket holds more than a call's room: nothing written
+                Some(libc::ENOSPC) => {
+                    per_call *= 2;
+                    continue;
+                }
+                None | Some(libc::ENOENT) => {}
+                Some(_) => {
+                    return Err(err.unwrap())
+                        .with_context(|| format!("read map {}", map.name().to_string_lossy()))
+                }
             }
-            None | Some(libc::ENOENT) => {}
-            Some(_) => {
-                return Err(err.unwrap())
-                    .with_context(|| format!("read map {}", map.name().to_string_lossy()))
+            // SAFETY: the kernel wrote `count` keys and values there, at
+            // most the room asked for
+            let got = (count as usize).min(per_call);
+            unsafe {
+                out.keys.set_len((have + got) * key_size);
+                out.values.set_len((have + got) * value_size);
             }
+            if errno == Some(libc::ENOENT) {
+                return Ok(out);
+            }
+            std::mem::swap(&mut token, &mut next);
+            first = false;
         }
-        for i in 0..count as usize {
-            out.push((
-                keys[i * key_size..(i + 1) * key_size].to_vec(),
-                values[i * value_size..(i + 1) * value_size].to_vec(),
-            ));
-        }
-        if err.is_some() {
-            return Ok(out);
-        }
-        std::mem::swap(&mut token, &mut next);
-        first = false;
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len() / self.key_size.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// (key, value) byte slices, in the kernel's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Entries {
+    type Item = (&'a [u8], &'a [u8]);
+    type IntoIter =
+        std::iter::Zip<std::slice::ChunksExact<'a, u8>, std::slice::ChunksExact<'a, u8>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let keys = self.keys.chunks_exact(self.key_size.max(1));
+        let values = self.values.chunks_exact(self.value_size.max(1));
+        keys.zip(values)
     }
 }
 

@@ -15,8 +15,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{Link, MapCore, MapHandle, TracepointCategory};
 
 use super::{
-    hash_entries, load_skel, read_stats, wait_for_programs_in_flight, Activation, Collector,
-    CollectorKind, Decoder, LoadOptions,
+    delete_keys, hash_entries, load_skel, read_stats, wait_for_programs_in_flight, Activation,
+    Collector, CollectorKind, Decoder, LoadOptions,
 };
 use crate::bpf_intf::{
     self, c_str, decode, futex_addr_key, futex_config, futex_figures, futex_part, futex_part_key,
@@ -166,20 +166,21 @@ impl Futex {
         let slot = old & 1;
 
         let mut sums: Vec<((u32, u64), futex_figures)> = Vec::new();
-        for (k, v) in hash_entries(&self.skel.maps.futexes)? {
-            let (Ok(key), Ok(f)) = (decode::<futex_addr_key>(&k), decode::<futex_figures>(&v))
-            else {
+        let mut done: Vec<Vec<u8>> = Vec::new();
+        for (k, v) in &hash_entries(&self.skel.maps.futexes)? {
+            let (Ok(key), Ok(f)) = (decode::<futex_addr_key>(k), decode::<futex_figures>(v)) else {
                 continue;
             };
             if key.slot == slot {
                 sums.push(((key.tgid, key.uaddr), *f));
-                let _ = self.skel.maps.futexes.delete(&k);
+                done.push(k.to_vec());
             }
         }
         type Parties = (Vec<Party>, Vec<Party>);
         let mut by_addr: HashMap<(u32, u64), Parties> = HashMap::new();
-        for (k, v) in hash_entries(&self.skel.maps.parts)? {
-            let (Ok(key), Ok(p)) = (decode::<futex_part_key>(&k), decode::<futex_part>(&v)) else {
+        let mut parts_done: Vec<Vec<u8>> = Vec::new();
+        for (k, v) in &hash_entries(&self.skel.maps.parts)? {
+            let (Ok(key), Ok(p)) = (decode::<futex_part_key>(k), decode::<futex_part>(v)) else {
                 continue;
             };
             if u32::from(key.slot) != slot {
@@ -196,8 +197,10 @@ impl Futex {
                 FUTEX_WAKER => entry.1.push(party),
                 _ => {}
             }
-            let _ = self.skel.maps.parts.delete(&k);
+            parts_done.push(k.to_vec());
         }
+        delete_keys(&self.skel.maps.futexes, &done);
+        delete_keys(&self.skel.maps.parts, &parts_done);
 
         // the most contended first: by time waited, then waits
         sums.sort_by(|a, b| {

@@ -3,12 +3,11 @@
 //! BPF side: bpf/keytime.bpf.c.
 
 use std::cell::RefCell;
-use std::io::Read;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
+use libbpf_rs::{Link, MapCore, MapHandle};
 
 use super::{
     attach_all, load_skel_variants, read_stats, Activation, Collector, CollectorKind, Decoder,
@@ -153,11 +152,7 @@ impl Keytime {
             &p.handle__iter_task_compat
         };
         let link = prog.attach().context("attach keytime/iter_task")?;
-        let mut sink = Vec::new();
-        Iter::new(&link)
-            .context("keytime: start the task pass")?
-            .read_to_end(&mut sink)
-            .context("keytime: run the task pass")?;
+        super::read_task_iter(&link, "keytime")?;
         Ok(())
     }
 
@@ -195,13 +190,10 @@ impl Keytime {
         super::wait_for_programs_in_flight();
         let mut threads = Vec::new();
         let map = self.summary_map(old_slot);
-        for (k, v) in map
-            .lookup_and_delete_batch(1024, MapFlags::ANY, MapFlags::ANY)
-            .context("drain keytime summaries")?
-        {
+        for (k, v) in &super::take_hash_entries(map).context("drain keytime summaries")? {
             let (Ok(key), Ok(sum)) = (
-                decode::<keytime_summary_key>(&k),
-                decode::<keytime_summary>(&v),
+                decode::<keytime_summary_key>(k),
+                decode::<keytime_summary>(v),
             ) else {
                 continue;
             };
@@ -285,10 +277,7 @@ impl Collector for Keytime {
         if act.keytime_level >= KEYTIME_LEVEL_ALL {
             // leftovers of an earlier activation
             for slot in [0, 1] {
-                let _ = self
-                    .summary_map(slot)
-                    .lookup_and_delete_batch(1024, MapFlags::ANY, MapFlags::ANY)
-                    .map(|it| it.count());
+                let _ = super::take_hash_entries(self.summary_map(slot));
             }
         }
         self.interval_start_ns = now;

@@ -15,8 +15,9 @@ pub mod schedule;
 pub mod syscall;
 
 pub use bpf::{
-    attach_all, capture_raw, hash_entries, load_skel, load_skel_variants, read_captured,
-    read_stats, refusal_reason, set_libbpf_log, wait_for_programs_in_flight, SLOT_SETTLE,
+    attach_all, capture_raw, delete_keys, hash_entries, load_skel, load_skel_variants,
+    read_captured, read_stats, read_task_iter, refusal_reason, set_libbpf_log, take_hash_entries,
+    wait_for_programs_in_flight, Entries, SLOT_SETTLE,
 };
 
 use std::fmt;

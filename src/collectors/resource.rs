@@ -8,10 +8,9 @@
 //! interval are the differences from the thread's previous sample.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Iter, Link, MapCore, MapFlags, MapHandle};
+use libbpf_rs::{Link, MapCore, MapHandle};
 
 use super::{
     attach_all, load_skel, read_stats, Activation, Collector, CollectorKind, LoadOptions,
@@ -186,14 +185,7 @@ fn idle_sample(cpu: u32) -> Result<resource_sample> {
 
 /// Split an iterator's output into samples (copied: the buffer is not aligned).
 pub fn parse_samples(bytes: &[u8]) -> Vec<resource_sample> {
-    bytes
-        .chunks_exact(std::mem::size_of::<resource_sample>())
-        .filter_map(|chunk| {
-            let mut s = resource_sample::default();
-            plain::copy_from_bytes(&mut s, chunk).ok()?;
-            Some(s)
-        })
-        .collect()
+    crate::bpf_intf::records_of(bytes)
 }
 
 /// The threads sampled so far in this activation, and the group's (or
@@ -341,26 +333,12 @@ impl Resource {
             .iter
             .as_ref()
             .ok_or_else(|| anyhow!("resource: the task iterator is not attached"))?;
-        let mut bytes = Vec::new();
-        Iter::new(link)
-            .context("resource: start the task iterator")?
-            .read_to_end(&mut bytes)
-            .context("resource: read the task iterator")?;
-        let mut samples = parse_samples(&bytes);
+        let mut samples = parse_samples(&super::read_task_iter(link, "resource")?);
 
-        let exits = &self.skel.maps.exits;
-        let keys: Vec<Vec<u8>> = exits.keys().collect();
-        for k in keys {
-            // hash maps take lookup-and-delete since 5.14; before, the two
-            // (a pid exits once: nothing rewrites its entry in between)
-            let v = exits.lookup_and_delete(&k).or_else(|_| {
-                let v = exits.lookup(&k, MapFlags::ANY);
-                let _ = exits.delete(&k);
-                v
-            });
-            if let Ok(Some(v)) = v {
-                samples.extend(parse_samples(&v));
-            }
+        // taken out in batches (a pid exits once: nothing rewrites its
+        // entry; one BPF adds meanwhile is taken now or next time)
+        for (_, v) in &super::take_hash_entries(&self.skel.maps.exits)? {
+            samples.extend(parse_samples(v));
         }
         Ok(samples)
     }

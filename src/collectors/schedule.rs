@@ -5,10 +5,9 @@
 //! run queue. BPF side: bpf/schedule.bpf.c (aggregated in the kernel).
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use anyhow::{anyhow, Context, Result};
-use libbpf_rs::{Iter, Link, MapCore, MapHandle};
+use libbpf_rs::{Link, MapCore, MapHandle};
 use serde::Serialize;
 use serde_json::json;
 
@@ -174,23 +173,20 @@ impl Schedule {
             .iter
             .as_ref()
             .ok_or_else(|| anyhow!("schedule: the task iterator is not attached"))?;
-        let mut bytes = Vec::new();
-        Iter::new(link)
-            .context("schedule: start the task iterator")?
-            .read_to_end(&mut bytes)
-            .context("schedule: read the task iterator")?;
-        let live = parse_threads(&bytes);
+        let live = parse_threads(&super::read_task_iter(link, "schedule")?);
         let mut exits = Vec::new();
+        let mut done = Vec::new();
         let map = &self.skel.maps.exits;
-        for (k, v) in hash_entries(map)? {
-            let Ok(t) = decode::<schedule_thread>(&v) else {
+        for (k, v) in &hash_entries(map)? {
+            let Ok(t) = decode::<schedule_thread>(v) else {
                 continue;
             };
             if not_after(t.exit_interval, closed) {
-                let _ = map.delete(&k);
+                done.push(k.to_vec());
             }
             exits.push(*t);
         }
+        super::delete_keys(map, &done);
         Ok((live, exits))
     }
 
@@ -288,14 +284,7 @@ impl Schedule {
 
 /// Split an iterator's output into samples (copied: the buffer is not aligned).
 pub fn parse_threads(bytes: &[u8]) -> Vec<schedule_thread> {
-    bytes
-        .chunks_exact(std::mem::size_of::<schedule_thread>())
-        .filter_map(|chunk| {
-            let mut s = schedule_thread::default();
-            plain::copy_from_bytes(&mut s, chunk).ok()?;
-            Some(s)
-        })
-        .collect()
+    crate::bpf_intf::records_of(bytes)
 }
 
 /// The schedule collector's records.

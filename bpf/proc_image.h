@@ -469,6 +469,18 @@ struct syscall_thread {
 	struct syscall_count counts[SYSCALL_COUNT_SLOTS];
 };
 
+/*
+ * A live target thread's figures, in its task storage: the key its entry
+ * takes in `threads` when it exits, the activation they belong to, the
+ * figures. The task iterator writes it out as is once per interval.
+ */
+struct syscall_live {
+	struct syscall_thread_key key;
+	__u32 generation;
+	__u32 exited; /* its figures are in `threads` (t.exited is set before the copy) */
+	struct syscall_thread t;
+};
+
 struct syscall_count_key {
 	__u32 pid;
 	__u32 id; /* | SYSCALL_ID_IA32 */

@@ -580,6 +580,36 @@ fn reused_pid_is_a_new_thread_and_comm_follows_exec() {
     assert_eq!(getppid_of("proc_image_work"), 2 * K + 3 * K, "{of_pid:?}");
 }
 
+/// A thread other than the leader execs: it takes the leader's pid, and
+/// under a filter on that pid (`-p`) the new image's syscalls are the
+/// target's, every one, over several intervals at the default interval.
+/// Before the exec the thread is not the target, and proc_image remembers
+/// it per CPU as such: the leader's exit and the exec must make it forget
+/// (with neither, this test fails: checked).
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn a_thread_that_execs_under_its_leaders_pid_is_counted_exactly() {
+    need_root();
+    const K: u64 = 10_000_000;
+    let pi = ProcImage::start("exec_thread", &["-s"]);
+    let mut w = Workload::start(&["exec-thread", "--getppid", &K.to_string()]);
+    let thread = w.wait_truth("thread", Duration::from_secs(5));
+    let (tid, pid) = (u64_of(&thread, "tid"), u64_of(&thread, "pid"));
+    assert_ne!(tid, pid);
+    pi.control_ok(&["-a", "-p", &pid.to_string(), "-s"]);
+    w.go();
+    assert!(w.wait().success());
+    pi.expect_target_gone(Duration::from_secs(10));
+    let recs = pi.finish();
+    let of_pid: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["event"] == "syscalls" && r["pid"] == pid)
+        .collect();
+    assert!(of_pid.len() >= 2, "one interval only: {of_pid:?}");
+    let getppid: u64 = of_pid.iter().map(|r| count_of(r, "top", "getppid")).sum();
+    assert_eq!(getppid, K, "{of_pid:?}");
+}
+
 /// strace -c -f on the same multi-threaded run counts the same getppid as
 /// proc_image does, over several intervals.
 #[test]

@@ -10,11 +10,11 @@ use libbpf_rs::{Link, MapCore, MapHandle};
 
 use super::latency::{self, Figures};
 use super::{
-    attach_all, hash_entries, load_skel, read_stats, wait_for_programs_in_flight, Activation,
-    Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
+    attach_all, delete_keys, hash_entries, load_skel, read_stats, read_task_iter,
+    wait_for_programs_in_flight, Activation, Collector, CollectorKind, LoadOptions, MIN_RINGBUF,
 };
 use crate::bpf_intf::{
-    self, decode, syscall_config, syscall_count, syscall_count_key, syscall_thread,
+    self, decode, syscall_config, syscall_count, syscall_count_key, syscall_live, syscall_thread,
     syscall_thread_key, SYSCALL_ID_IA32, SYSCALL_SEQ_MAX,
 };
 use crate::output::Output;
@@ -38,6 +38,13 @@ const DEFAULT_TEXT_TOP: usize = 20;
 pub struct Syscall {
     skel: SyscallSkel<'static>,
     links: Vec<Link>,
+    /// the exit hook: kept, like the iterator, until the last interval is
+    /// flushed, so that a thread that exits after the others are detached
+    /// still leaves its figures in `threads`
+    exit_link: Option<Link>,
+    /// the task iterator over the live threads' figures: kept until the
+    /// last interval is flushed
+    iter: Option<Link>,
     /// what the current (or last) activation traces; None once flushed
     target: Option<Target>,
     seq_len: usize,
@@ -86,11 +93,25 @@ impl Syscall {
         Ok(Syscall {
             skel,
             links: Vec::new(),
+            exit_link: None,
+            iter: None,
             target: None,
             seq_len: 10,
             top_threads: opts.top.or((!opts.json).then_some(DEFAULT_TEXT_TOP)),
             interval_start_ns: 0,
         })
+    }
+
+    /// The live target threads' figures, of those that made syscalls in
+    /// the interval just closed (the task iterator).
+    /// What the task iterator wrote: `syscall_live` records, read in place
+    /// (each is kilobytes: copies of them were most of report's time).
+    fn live_threads(&self) -> Result<Vec<u8>> {
+        let link = self
+            .iter
+            .as_ref()
+            .ok_or_else(|| anyhow!("syscall: the task iterator is not attached"))?;
+        read_task_iter(link, NAME)
     }
 
     fn config(&mut self) -> Result<&mut skel::types::syscall_config> {
@@ -116,9 +137,10 @@ impl Syscall {
 
         // counts by thread and syscall (an id may come from both maps: named() adds them up)
         let mut by_thread: HashMap<ThreadKey, Vec<(u32, u64)>> = HashMap::new();
-        let mut count_keys: Vec<(ThreadKey, Vec<u8>)> = Vec::new();
-        for (k, v) in hash_entries(&self.skel.maps.counts)? {
-            let (Ok(key), Ok(c)) = (decode::<syscall_count_key>(&k), decode::<syscall_count>(&v))
+        // (with whether they hold counts newer than this interval's)
+        let mut count_keys: Vec<(ThreadKey, Vec<u8>, bool)> = Vec::new();
+        for (k, v) in &hash_entries(&self.skel.maps.counts)? {
+            let (Ok(key), Ok(c)) = (decode::<syscall_count_key>(k), decode::<syscall_count>(v))
             else {
                 continue;
             };
@@ -129,22 +151,41 @@ impl Syscall {
                     .or_default()
                     .push((key.id, c.count[slot]));
             }
-            count_keys.push((thread, k));
+            let newer = c.interval.iter().any(|&i| !not_after(i, old));
+            count_keys.push((thread, k.to_vec(), newer));
         }
 
         let ns_per_tick = 1_000_000_000 / sys::clock_ticks_per_sec();
-        let mut threads = Vec::new();
+        // the live threads' figures (the iterator), then the exited ones'
+        // (`threads`): in that order, a thread that exits meanwhile is in
+        // one or both (BPF marks it for the iterator only once it is in
+        // `threads`), with the same figures for this interval: it counts once
+        let live = self.live_threads()?;
+        let exited = hash_entries(&self.skel.maps.threads)?;
+        let mut entries: HashMap<ThreadKey, &syscall_thread> =
+            HashMap::with_capacity(exited.len() + live.len() / size_of::<syscall_live>());
         let mut done: Vec<(ThreadKey, Vec<u8>)> = Vec::new();
-        let mut known = std::collections::HashSet::new();
-        for (k, v) in hash_entries(&self.skel.maps.threads)? {
-            let (Ok(key), Ok(t)) = (
-                decode::<syscall_thread_key>(&k),
-                decode::<syscall_thread>(&v),
-            ) else {
+        for (k, v) in &exited {
+            let (Ok(key), Ok(t)) = (decode::<syscall_thread_key>(k), decode::<syscall_thread>(v))
+            else {
                 continue;
             };
             let thread = (key.pid, key.start_ns);
-            known.insert(thread);
+            // its last figures are read now: the exit fell in this interval or before
+            if not_after(t.exit_interval, old) {
+                done.push((thread, k.to_vec()));
+            }
+            entries.insert(thread, t);
+        }
+        for chunk in live.chunks_exact(size_of::<syscall_live>()) {
+            let Ok(l) = decode::<syscall_live>(chunk) else {
+                continue;
+            };
+            entries.entry((l.key.pid, l.key.start_ns)).or_insert(&l.t);
+        }
+        let known: std::collections::HashSet<ThreadKey> = entries.keys().copied().collect();
+        let mut threads = Vec::new();
+        for (thread, t) in entries {
             // the counts kept in the entry itself (the rest are in `counts`)
             for c in &t.counts {
                 if c.id_plus_one != 0 && c.interval[slot] == old && c.count[slot] > 0 {
@@ -156,22 +197,7 @@ impl Syscall {
             }
             let s = &t.slot[slot];
             if s.interval == old && s.count > 0 {
-                threads.push((thread, *t));
-            }
-            // Its last figures are read now: the exit fell in this interval or
-            // before. Or (a missed exit) it did nothing for two intervals and
-            // is no longer alive: nothing will write its entry again. An entry
-            // without a start time is being made (BPF inserts a zeroed one,
-            // then fills it in): its thread is about to write it.
-            let last_read = if t.exited != 0 {
-                not_after(t.exit_interval, old)
-            } else {
-                t.task_start_ns != 0
-                    && t.slot.iter().all(|s| !not_after(old, s.interval))
-                    && !sys::task_alive(key.pid, t.task_start_ns / ns_per_tick)
-            };
-            if last_read {
-                done.push((thread, k));
+                threads.push((thread, t));
             }
         }
 
@@ -231,19 +257,24 @@ impl Syscall {
         };
         out.emit(&Record::new(now, Event::SyscallsTotal(Box::new(total))).task(pid, tgid, ""));
 
-        // exited threads go, with their counts; so do counts of no thread
-        // entry whose thread is gone
+        // exited threads go, with their counts; so do counts of a thread
+        // not seen this interval that is gone (and has written no newer
+        // counts: a live thread keyed by its exec's time looks gone to /proc)
         let gone: std::collections::HashSet<ThreadKey> = done.iter().map(|(t, _)| *t).collect();
-        for (_, k) in &done {
-            let _ = self.skel.maps.threads.delete(k);
-        }
-        for (thread, k) in count_keys {
-            let orphan =
-                || !known.contains(&thread) && !sys::task_alive(thread.0, thread.1 / ns_per_tick);
+        let done_keys: Vec<Vec<u8>> = done.into_iter().map(|(_, k)| k).collect();
+        delete_keys(&self.skel.maps.threads, &done_keys);
+        let mut orphans = Vec::new();
+        for (thread, k, newer) in count_keys {
+            let orphan = || {
+                !newer
+                    && !known.contains(&thread)
+                    && !sys::task_alive(thread.0, thread.1 / ns_per_tick)
+            };
             if gone.contains(&thread) || orphan() {
-                let _ = self.skel.maps.counts.delete(&k);
+                orphans.push(k);
             }
         }
+        delete_keys(&self.skel.maps.counts, &orphans);
         Ok(())
     }
 
@@ -267,6 +298,8 @@ impl Collector for Syscall {
 
     fn activate(&mut self, act: &Activation) -> Result<()> {
         self.deactivate();
+        self.exit_link = None;
+        self.iter = None;
         self.clear_maps();
         latency::clear(&self.skel.maps.latencies)?;
         let cfg = syscall_config {
@@ -278,15 +311,28 @@ impl Collector for Syscall {
         self.seq_len = act.syscall_seq_len.clamp(1, SYSCALL_SEQ_MAX) as usize;
         self.interval_start_ns = sys::monotonic_ns();
         let p = &self.skel.progs;
-        // sched_switch first: from the first entry on, a syscall that is
-        // switched out moves to its task's storage
-        self.links = attach_all(&[
+        // exit, exec and sched_switch before the entry: from the first
+        // entry on, a syscall that is switched out moves to its task's
+        // storage, and a task remembered as not the target is forgotten
+        // when it (or its stack's owner) could become one
+        // (held in locals until all are in: a failed attach detaches the rest)
+        let exit = p
+            .handle__sched_process_exit
+            .attach()
+            .context("attach syscall/sched_process_exit")?;
+        let links = attach_all(&[
+            ("syscall/sched_process_exec", &p.handle__sched_process_exec),
             ("syscall/sched_switch", &p.handle__sched_switch),
             ("syscall/sys_enter", &p.handle__sys_enter),
             ("syscall/sys_exit", &p.handle__sys_exit),
-            ("syscall/sched_process_exit", &p.handle__sched_process_exit),
-            ("syscall/sched_process_exec", &p.handle__sched_process_exec),
         ])?;
+        let iter = p
+            .handle__iter_task
+            .attach()
+            .context("attach syscall/iter_task")?;
+        self.exit_link = Some(exit);
+        self.links = links;
+        self.iter = Some(iter);
         self.target = Some(act.target);
         Ok(())
     }
@@ -315,9 +361,11 @@ impl Collector for Syscall {
     }
 
     fn flush(&mut self, out: &mut Output) -> Result<()> {
-        self.on_interval(out)?;
+        let result = self.on_interval(out);
+        self.iter = None;
+        self.exit_link = None;
         self.target = None;
-        Ok(())
+        result
     }
 
     fn stats(&self) -> Result<crate::losses::Losses> {

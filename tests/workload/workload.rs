@@ -252,7 +252,7 @@ fn main() {
         "pingpong" => pingpong(num("--secs", 4), num("--sleeps", 50), num("--sleep-ms", 30)),
         "steady" => steady(num("--busy-secs", 5), num("--sleep-secs", 10)),
         "exit-group" => exit_group(num("--threads", 4)),
-        "exec-thread" => exec_thread(),
+        "exec-thread" => exec_thread(num("--getppid", 0)),
         "io-uring" => io_uring(),
         "exec-fail" => exec_fail(),
         "oom" => oom(),
@@ -2059,17 +2059,22 @@ fn exit_group(threads: u64) {
 }
 
 /// A thread other than the leader execs.
-fn exec_thread() {
-    let t = std::thread::spawn(|| {
+fn exec_thread(getppid: u64) {
+    let t = std::thread::spawn(move || {
         say(
             json!({"event": "thread", "tid": unsafe { libc::gettid() }, "pid": std::process::id()}),
         );
         wait_go();
         let exe = std::env::current_exe().unwrap_or_else(|_| die("no /proc/self/exe"));
-        let err = std::process::Command::new(exe)
-            .arg0("proc_image_workload")
-            .arg("spin")
-            .exec();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.arg0("proc_image_workload");
+        // the new image: `getppid` calls and an exit, or a spin that goes on
+        if getppid > 0 {
+            cmd.args(["bench-syscalls", &getppid.to_string()]);
+        } else {
+            cmd.arg("spin");
+        }
+        let err = cmd.exec();
         die(&format!("exec: {err}"));
     });
     let _ = t.join();

@@ -130,14 +130,22 @@ fn ask(
     req.id = control::new_request_id();
     ctl.push_request(req)?;
     let start = Instant::now();
+    let answered = |answer: control_answer| {
+        if answer.status == CONTROL_STATUS_ERROR {
+            bail!("{}", c_str(&answer.message));
+        }
+        Ok(answer)
+    };
     loop {
         if let Some(answer) = ctl.take_answer(req.id)? {
-            if answer.status == CONTROL_STATUS_ERROR {
-                bail!("{}", c_str(&answer.message));
-            }
-            return Ok(answer);
+            return answered(answer);
         }
         if !sys::task_alive(state.owner_pid, state.owner_start_ticks) {
+            // it answers before it ends (-f): the answer may have come
+            // between the look above and its exit
+            if let Some(answer) = ctl.take_answer(req.id)? {
+                return answered(answer);
+            }
             bail!(
                 "proc_image (pid {}) ended before answering",
                 state.owner_pid

@@ -6,6 +6,8 @@
 //! named records come back and are written at the main loop's next turn,
 //! and all of them before keytime's deactivation completes.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ use super::records::decode_record_with;
 use super::stacks::UserStacks;
 use super::unwind::ProcessMaps;
 use super::wakers::Wakers;
-use crate::bpf_intf::{decode, event_hdr, KEYTIME_WAKER};
+use crate::bpf_intf::{decode, event_hdr, keytime_waker_event, KEYTIME_WAKER};
 use crate::kallsyms::Kallsyms;
 use crate::record::Record;
 
@@ -29,6 +31,9 @@ enum Job {
     Decode(Vec<u8>),
 }
 
+/// Processes remembered as watched, at most.
+const WATCHED_MAX: usize = 65_536;
+
 /// How long a deactivation waits for the stacks still being named.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -39,6 +44,9 @@ pub struct StackNamer {
     in_flight: usize,
     /// level 2 is active: exec records are followed
     active: bool,
+    /// the processes whose mappings were sent (under churn, telling the
+    /// thread of every other process's end woke it a thousand times a second)
+    watched: RefCell<HashSet<u32>>,
 }
 
 impl StackNamer {
@@ -69,6 +77,7 @@ impl StackNamer {
             named,
             in_flight: 0,
             active: false,
+            watched: RefCell::default(),
         })
     }
 
@@ -86,12 +95,33 @@ impl StackNamer {
     /// read on the naming thread.
     pub fn watch(&self, tgid: u32) {
         if let Some(maps) = ProcessMaps::read(tgid) {
+            self.note_watched(Some(tgid));
             self.send(Job::Watch(tgid, maps));
         }
     }
 
+    /// Remember a process the thread may hold mappings of. Bounded: should
+    /// exits go unseen (a deactivation), forgetting only costs the thread
+    /// the hint that those mappings may go first.
+    fn note_watched(&self, tgid: Option<u32>) {
+        let mut watched = self.watched.borrow_mut();
+        if watched.len() >= WATCHED_MAX {
+            watched.clear();
+        }
+        watched.extend(tgid);
+    }
+
     /// A record for the thread: unwound, named and answered later.
     pub fn decode(&mut self, data: &[u8]) {
+        // the thread reads the mappings of a process it has not seen
+        let tgid = match decode::<event_hdr>(data) {
+            Ok(h) if u32::from(h.kind) == KEYTIME_WAKER => decode::<keytime_waker_event>(data)
+                .map(|w| w.waker_tgid)
+                .ok(),
+            Ok(h) => Some(h.tgid),
+            Err(_) => None,
+        };
+        self.note_watched(tgid);
         self.in_flight += 1;
         self.send(Job::Decode(data.to_vec()));
     }
@@ -102,7 +132,13 @@ impl StackNamer {
     pub fn follow(&self, rec: &Record) {
         match rec.body.name() {
             "execve" if self.active => self.watch(rec.tgid),
-            "exit" if rec.get("group_dead") == Some(true.into()) => self.send(Job::Ended(rec.tgid)),
+            "exit"
+                if self.watched.borrow().contains(&rec.tgid)
+                    && rec.get("group_dead") == Some(true.into()) =>
+            {
+                self.watched.borrow_mut().remove(&rec.tgid);
+                self.send(Job::Ended(rec.tgid))
+            }
             _ => {}
         }
     }

@@ -350,12 +350,18 @@ impl App {
         let loaded = self.state.loaded_mask;
         let target = Target::from_request(req)?;
         // no collector named: every loaded one that can trace this target
+        // (the answer names those left out: lock, say, with no pthread
+        // library mapped there yet)
+        let mut left_out = Vec::new();
         let mask = match req.collectors {
-            0 => self
-                .collectors
-                .iter()
-                .filter(|c| c.check_target(&target).is_ok())
-                .fold(0, |m, c| m | c.kind().bit()),
+            0 => self.collectors.iter().fold(0, |m, c| {
+                if c.check_target(&target).is_ok() {
+                    m | c.kind().bit()
+                } else {
+                    left_out.push(c.kind().name());
+                    m
+                }
+            }),
             named => named,
         };
         if let Some(k) = CollectorKind::from_mask(mask & !loaded).first() {
@@ -432,10 +438,11 @@ impl App {
         }
         out.activated(&target, &kinds.iter().map(|k| k.name()).collect::<Vec<_>>());
         drop(out);
-        Ok((
-            format!("activated {} on {target}", CollectorKind::names(mask)),
-            ids,
-        ))
+        let mut message = format!("activated {} on {target}", CollectorKind::names(mask));
+        if !left_out.is_empty() {
+            message += &format!("; not {}: cannot trace it", left_out.join(", "));
+        }
+        Ok((message, ids))
     }
 
     /// Deactivate the collectors asked for (all when none is named), each

@@ -114,8 +114,9 @@ impl ProcImageArgs {
 const AFTER_HELP_CONTROLLER: &str = "\
 Without -p/-P/--cgroup the target is the whole system (but proc_image itself,
 unless -m). Without a collector flag, -a activates every collector proc_image loaded
-that can trace the target. Each collector has its own activation: activating
-some replaces only theirs, and the others go on with their own targets.
+that can trace the target, and its answer names those left out. Each collector
+has its own activation: activating some replaces only theirs, and the others go
+on with their own targets.
 
 Examples:
   sudo controller -a -P 1234 -k        keytime on every thread of process 1234

@@ -454,6 +454,10 @@ fn a_static_program_is_refused_clearly() {
     // without collector flags, lock is left out and the rest goes ahead
     let answer = pi.control_ok(&["-a", "-P", &pid]);
     assert!(answer.contains("activated keytime on"), "{answer}");
+    assert!(
+        answer.trim_end().ends_with("; not lock: cannot trace it"),
+        "{answer}"
+    );
     let _ = child.kill();
     let _ = child.wait();
     pi.finish();
@@ -649,11 +653,7 @@ fn the_main_thread_exiting_leaves_the_probes_armed() {
     assert_eq!(byte, Some(INT3), "probe gone after the main thread exited");
     let done = w.wait_truth("done", Duration::from_secs(60));
     assert!(w.wait().success());
-    assert!(
-        pi.wait_for(Duration::from_secs(5), |r| r["event"] == "target_gone"),
-        "{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(5));
     let recs = pi.finish();
     // every acquisition, per thread, as the workload counted them
     let by = acquisitions_by_thread(&recs, &mutex);

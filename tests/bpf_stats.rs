@@ -64,11 +64,7 @@ fn traced_getppid_run(pi: &ProcImage) {
     w.go();
     assert!(w.wait().success());
     // the target's end stops the activation: every run it caused is counted
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
 }
 
 #[test]
@@ -117,11 +113,7 @@ fn syscall_programs_runs_in_status_summary_and_metrics() {
     w.wait_truth("done", Duration::from_secs(60));
     assert!(seen.windows(2).all(|p| p[0] <= p[1]), "{seen:?}");
     let _ = w.child.kill();
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
 
     // the hooks are the whole system's sys_enter/sys_exit: at least one run
     // of each per syscall of the target, K getppid among them

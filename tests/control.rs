@@ -435,11 +435,7 @@ fn a_cgroup_is_a_target_with_everything_that_enters_it() {
     // the cgroup removed: the activation ends with target_gone
     drop(outside);
     std::fs::remove_dir(&cg.dir).expect("remove the empty cgroup");
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
     pi.finish();
 }
 

@@ -252,12 +252,13 @@ fn dashboards_query_real_prometheus_scraping_proc_image() {
         &["-a", "--metrics", &addr, "--interval", "300", "--bpf-stats"],
     );
     let prom = Prometheus::start(mport);
-    // scraping from before the workload starts: rate() sees all it does
+    // scraping from before the workload starts: rate() sees all it does.
+    // Scrapes that succeeded (up is 1): a scrape that timed out on a busy
+    // machine has an `up` sample too, but no data
+    const SCRAPES: &str = r#"sum_over_time(up{job="proc_image"}[10m])"#;
     let scraped = |n: f64| {
         wait_until(Duration::from_secs(30), || {
-            prom.scalar(r#"count_over_time(up{job="proc_image"}[10m])"#)
-                .unwrap_or(0.0)
-                >= n
+            prom.scalar(SCRAPES).unwrap_or(0.0) >= n
         })
     };
     assert!(scraped(1.0), "prometheus did not scrape: {}", prom.log());
@@ -279,19 +280,19 @@ fn dashboards_query_real_prometheus_scraping_proc_image() {
         "4000",
     ]);
     let pid = w.pid();
-    pi.control_ok(&["-a", "-P", &pid.to_string()]);
+    // its C library mapped, or lock would be left out (no pthread library)
+    w.wait_truth("ready", Duration::from_secs(10));
+    let answer = pi.control_ok(&["-a", "-P", &pid.to_string()]);
+    assert!(
+        !answer.contains("; not "),
+        "every collector traces it: {answer}"
+    );
     w.go();
     assert_eq!(w.wait().code(), Some(0));
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
 
     // two scrapes after the last record
-    let before = prom
-        .scalar(r#"count_over_time(up{job="proc_image"}[10m])"#)
-        .unwrap_or(0.0);
+    let before = prom.scalar(SCRAPES).unwrap_or(0.0);
     assert!(
         scraped(before + 2.0),
         "prometheus did not scrape: {}",
@@ -338,18 +339,47 @@ fn dashboards_query_real_prometheus_scraping_proc_image() {
                 .replace("$__range", "10m")
                 .replace("$instance", &addr)
                 .replace("$target", &target);
-            let result = prom.query(&q);
-            let finite = result.iter().any(|s| {
-                s["value"][1]
-                    .as_str()
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .is_some_and(f64::is_finite)
-            });
-            assert!(
-                finite,
-                "{}: no data for\n  {q}\n  -> {result:?}",
-                path.display()
-            );
+            let finite_in = |result: &[Value]| {
+                result.iter().any(|s| {
+                    s["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .is_some_and(f64::is_finite)
+                })
+            };
+            let mut result = prom.query(&q);
+            // Prometheus goes on scraping: give a scrape that landed late
+            // on a loaded machine the time to show
+            let finite = finite_in(&result)
+                || wait_until(Duration::from_secs(10), || {
+                    result = prom.query(&q);
+                    finite_in(&result)
+                });
+            if !finite {
+                // what there was to see: the samples Prometheus holds of
+                // these metrics, the scrapes, the records proc_image wrote
+                let held: Vec<String> = metric_names(&expr)
+                    .iter()
+                    .map(|m| {
+                        let series = m.trim_end_matches("_bucket");
+                        let q = format!(r#"count_over_time({m}{{target="{target}"}}[10m])"#);
+                        format!("{series}: {:?}", prom.query(&q))
+                    })
+                    .collect();
+                let mut by_collector = std::collections::BTreeMap::new();
+                for r in pi.records() {
+                    *by_collector
+                        .entry(r["collector"].as_str().unwrap_or("-").to_string())
+                        .or_insert(0) += 1;
+                }
+                panic!(
+                    "{}: no data for\n  {q}\n  -> {result:?}\nsamples held: {held:?}\nscrapes: {:?} of {:?}\nrecords by collector: {by_collector:?}\nproc_image stderr:\n{}",
+                    path.display(),
+                    prom.scalar(SCRAPES),
+                    prom.scalar(r#"count_over_time(up{job="proc_image"}[10m])"#),
+                    pi.stderr_text()
+                );
+            }
             checked += 1;
         }
     }

@@ -143,11 +143,13 @@ fn level2_stacks_name_where_threads_block() {
     // a stack exactly for the stretches of 1 ms (the default) and longer,
     // but the first: a new thread's wait for its first run follows no
     // switch-out, so it has no user stack to show (under load it can last
-    // milliseconds)
+    // milliseconds); and but one whose switch-in the kernel did not trace
+    // (this VM has a few in ten seconds): placed after the fact, stackless
     for tid in [sleeper, reader] {
         for r in off_cpu_of(&recs, tid).into_iter().skip(1) {
             let long = u64_of(r, "duration_ns") >= 1_000_000;
-            assert_eq!(r.get("stack").is_some(), long, "{r}");
+            let unseen = r["switch_in_unseen"] == true;
+            assert_eq!(r.get("stack").is_some(), long && !unseen, "{r}");
         }
     }
 
@@ -216,9 +218,16 @@ fn level2_stacks_name_where_threads_block() {
     // path (no frame pointers) in user space, then the workload's function
     let locker = u64_of(&w.truth("locker"), "tid");
     let locked = u64_of(&w.truth("locked"), "count");
+    // (the workload's own reports take stdout's lock, which another of its
+    // threads may hold: a wait there is not the mutex under test)
     let waits: Vec<&Value> = with(locker, "futex_wait")
         .into_iter()
         .filter(|r| r["reason"] != "preempted")
+        .filter(|r| {
+            !user_frames(r)
+                .iter()
+                .any(|(f, _)| f.contains("proc_image_workload::say"))
+        })
         .collect();
     assert!(
         waits.len() as u64 >= locked / 2,
@@ -348,7 +357,8 @@ fn stack_min_us_and_level1_leave_stacks_out() {
     let offs = off_cpu_of(&recs, sleeper);
     assert!(offs.len() > 20, "{} off_cpu records", offs.len());
     for r in &offs {
-        let long = u64_of(r, "duration_ns") >= 50_000_000;
+        // (a switch-in the kernel did not trace leaves its stretch stackless)
+        let long = u64_of(r, "duration_ns") >= 50_000_000 && r["switch_in_unseen"] != true;
         assert_eq!(r.get("stack").is_some(), long, "{r}");
     }
     // blocked_in stays as at level 1

@@ -86,11 +86,7 @@ fn figures_agree_with_proc() {
     ]);
     w.go();
     assert!(w.wait().success());
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "no target_gone:\n{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
     let all = pi.finish();
     let recs: Vec<&Value> = all
         .iter()
@@ -364,11 +360,7 @@ fn group_total_sums_its_threads() {
     assert_eq!(reaped as u64, pid);
     let tv_ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000;
     let total_cpu = tv_ns(usage.ru_utime) + tv_ns(usage.ru_stime);
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
     let recs = pi.finish();
     drop(w);
 

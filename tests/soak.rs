@@ -91,11 +91,7 @@ fn a_minute_of_intervals_is_exact_and_flat() {
     }
     assert!(w.wait().success());
     let truth = w.truth("soak");
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "proc_image did not see the target end:\n{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
     let recs = pi.finish();
     let mut failures: Vec<String> = Vec::new();
     let tgid = w.pid() as u64;

@@ -90,14 +90,12 @@ fn trace_of_a_known_workload() {
         "7",
     ]);
     let pid = u64::from(w.pid());
+    // its C library mapped, or lock would be left out (no pthread library)
+    w.wait_truth("ready", Duration::from_secs(10));
     pi.control_ok(&["-a", "-P", &pid.to_string()]);
     w.go();
     assert_eq!(w.wait().code(), Some(7));
-    assert!(
-        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "target_gone"),
-        "{}",
-        pi.stderr_text()
-    );
+    pi.expect_target_gone(Duration::from_secs(10));
     let recs = pi.finish();
     let events = parse(&path);
     check_tracks(&events);

@@ -152,6 +152,16 @@ impl ProcImage {
         wait_until(timeout, || self.records().iter().any(&pred))
     }
 
+    /// Wait for the target's end (`target_gone`); fails with proc_image's stderr.
+    #[track_caller]
+    pub fn expect_target_gone(&self, timeout: Duration) {
+        assert!(
+            self.wait_for(timeout, |r| r["event"] == "target_gone"),
+            "no target_gone:\n{}",
+            self.stderr_text()
+        );
+    }
+
     /// wait_for, parsing each line once: for whole-system runs, whose
     /// output grows large (and must keep being read, or proc_image blocks).
     pub fn wait_for_new(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> bool {

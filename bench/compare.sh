@@ -22,7 +22,11 @@
 # the floor's) and in BPF run time per event (the kernel's run time / run
 # count of the tracer's programs). Every rep runs the configurations one
 # after another (none, floor, target, ...), REPS reps (default 5); each
-# figure and ratio is the median over the reps. Timed runs have the
+# figure and ratio is the median over the reps. Every tracer is loaded
+# afresh for each configuration of each rep, proc_image too: where the
+# kernel puts a tracer's JIT code moves its cost by tens of ns per event
+# from one load to the next, and one load kept for all the reps would put
+# one draw of that in every rep. Timed runs have the
 # kernel's BPF stats off; each configuration then makes a second, shorter
 # run with them on (BPF_ENABLE_STATS held by `proc_image_workload
 # bpf-stats-on`; the sysctl is not touched) for the ns per event.
@@ -171,7 +175,6 @@ table() {
 	[ "$ref" != - ] && cfgs+=" ref"
 	[ "$ref2" != - ] && cfgs+=" ref2"
 	echo "$name: $mode $n, configurations: $cfgs" >&2
-	pi_start "$FLAG"
 	for rep in $(seq 1 "$REPS"); do
 		for cfg in $cfgs; do
 			local cn=$n
@@ -182,6 +185,7 @@ table() {
 			ref) tracer_start "$WL" ref-hooks "$ref" ;;
 			ref2) tracer_start "$WL" ref-hooks "$ref2" ;;
 			least) tracer_start "$WL" ref-hooks "$least" ;;
+			target | other) pi_start "$FLAG" ;;
 			esac
 			local timed counted
 			timed=$(one_run "$cfg" "$mode" "$cn" 0)
@@ -192,11 +196,13 @@ table() {
 				counted=$(one_run "$cfg" "$mode" $((cn / 4)) 1 | cut -d' ' -f2-)
 				stats_off
 			fi
-			case $cfg in floor | ref | ref2 | least) tracer_stop ;; esac
+			case $cfg in
+			floor | ref | ref2 | least) tracer_stop ;;
+			target | other) pi_stop ;;
+			esac
 			echo "$name $cfg $rep ${timed%% *} $counted $((cn / 4))" >>"$RESULTS"
 		done
 	done
-	pi_stop
 }
 
 LOCK_SLOW_N=${LOCK_SLOW_N:-20000}

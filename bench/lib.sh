@@ -7,6 +7,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$ROOT/scripts/setup.sh"
 export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$(id -u)" -ne 0 ]; then echo "benchmarks load BPF: run as root" >&2; exit 1; fi
+# bpftrace finds tracepoints in tracefs, which a fresh boot may not have
+# mounted (proc_image mounts what it needs itself)
+if [ ! -d /sys/kernel/tracing/events ]; then
+	mount -t tracefs tracefs /sys/kernel/tracing
+fi
 (cd "$ROOT" && cargo build --release --bins --quiet)
 PI="$ROOT/target/release/proc_image"
 CTL="$ROOT/target/release/controller"

@@ -44,6 +44,11 @@ pub fn run(args: ProcImageArgs) -> Result<()> {
     let sinks = open_sinks(&args)?;
     let pin_dir = control::resolve_pin_dir(args.pin_dir.as_deref());
     control::prepare_pin_dir(&pin_dir)?;
+    // keytime's exec hooks and futex attach by tracefs's event ids: without
+    // it they would fail only at activation
+    if let Err(e) = sys::ensure_tracefs() {
+        eprintln!("proc_image: {e:#}: keytime's exec records and futex cannot attach");
+    }
     // pinned before the (slow) load, so a second proc_image is refused at once
     let control = ControlMap::create(&pin_dir)?;
 

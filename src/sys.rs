@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 /// `statfs(2)` magic numbers of the filesystems proc_image mounts itself.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
 
 pub fn require_root(tool: &str) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -41,23 +42,45 @@ pub fn ensure_bpffs(mount_point: &Path) -> Result<()> {
     }
     fs::create_dir_all(mount_point)
         .with_context(|| format!("create bpffs mount point {}", mount_point.display()))?;
-    let target = CString::new(mount_point.as_os_str().as_encoded_bytes())?;
+    mount("bpf", mount_point, "mode=0700")
+        .with_context(|| format!("bpffs is not mounted at {}", mount_point.display()))
+}
+
+/// Where tracefs lives when a fresh boot has not mounted it.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Mount tracefs at /sys/kernel/tracing when neither it nor debugfs's
+/// tracing directory is there: libbpf reads a `tracepoint/` program's event
+/// id from one of them (keytime's exec hooks, futex), and a fresh boot may
+/// have mounted neither.
+pub fn ensure_tracefs() -> Result<()> {
+    let at = Path::new(TRACEFS);
+    if fs_magic(at).is_ok_and(|m| m == TRACEFS_MAGIC)
+        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
+    {
+        return Ok(());
+    }
+    mount("tracefs", at, "").with_context(|| format!("tracefs is not mounted at {TRACEFS}"))
+}
+
+/// mount(2) a filesystem of type `fs` at `at`.
+fn mount(fs: &str, at: &Path, options: &str) -> Result<()> {
+    let target = CString::new(at.as_os_str().as_encoded_bytes())?;
+    let fs = CString::new(fs)?;
+    let options = CString::new(options)?;
     // SAFETY: all arguments are NUL-terminated strings that outlive the call.
     let rc = unsafe {
         libc::mount(
-            c"bpf".as_ptr(),
+            fs.as_ptr(),
             target.as_ptr(),
-            c"bpf".as_ptr(),
+            fs.as_ptr(),
             0,
-            c"mode=0700".as_ptr().cast(),
+            options.as_ptr().cast(),
         )
     };
     if rc != 0 {
         let err = io::Error::last_os_error();
-        bail!(
-            "bpffs is not mounted at {} and mounting it failed: {err}",
-            mount_point.display()
-        );
+        bail!("mounting it failed: {err}");
     }
     Ok(())
 }

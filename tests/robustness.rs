@@ -305,6 +305,57 @@ fn read_only_bpffs_is_a_clear_error() {
     assert_one_line_error(&out, "Read-only file system", "read-only bpffs");
 }
 
+/// The host's mounts of tracing filesystems, as mountinfo lists them.
+fn tracing_mounts() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" /sys/kernel/tracing ") || l.contains(" /sys/kernel/debug"))
+        .map(|l| l.split(' ').skip(4).take(1).collect())
+        .collect()
+}
+
+/// A fresh boot may have mounted neither tracefs nor debugfs: proc_image
+/// mounts tracefs itself, and keytime's exec hooks and futex, which attach
+/// by its event ids, work. Run in a mount namespace of its own where both
+/// are unmounted (the host's mounts stay as they are).
+#[test]
+#[ignore = "needs root (BPF): scripts/test.sh runs it as root"]
+fn a_missing_tracefs_is_mounted() {
+    need_root();
+    let host = tracing_mounts();
+    // (exit 99 if tracefs still shows: proc_image "did not start")
+    let unmount =
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
+                   [ -d /sys/kernel/tracing/events ] && exit 99; exec \"$@\"";
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        unmount,
+        "sh",
+    ];
+    let pi = ProcImage::start_under("no_tracefs", &wrapper, &["-k", "-M"]);
+    let mut w = Workload::start(&["exec-thread"]);
+    w.wait_truth("thread", Duration::from_secs(5));
+    let pid = u64::from(w.pid());
+    let answer = pi.control_ok(&["-a", "-P", &pid.to_string(), "-k", "-M"]);
+    assert!(answer.contains("activated keytime, futex"), "{answer}");
+    w.go();
+    assert!(
+        pi.wait_for(Duration::from_secs(10), |r| r["event"] == "execve"
+            && r["tgid"] == pid),
+        "no execve record:\n{}",
+        pi.stderr_text()
+    );
+    drop(w);
+    pi.finish();
+    assert_eq!(tracing_mounts(), host, "the host's mounts changed");
+}
+
 /// A live pid whose start time differs (what a recycled pid looks like) is
 /// not the process controller checked: proc_image refuses to trace it.
 #[test]

@@ -80,9 +80,24 @@ impl ProcImage {
     /// start, with these environment variables set for proc_image.
     #[track_caller]
     pub fn start_env(test: &str, args: &[&str], env: &[(&str, &str)]) -> ProcImage {
+        let mut cmd = Command::new(PROC_IMAGE);
+        cmd.envs(env.iter().copied());
+        Self::start_command(test, cmd, args)
+    }
+
+    /// start, run by `wrapper`: its last argument is proc_image's path,
+    /// and it must exec proc_image (whose pid it keeps).
+    #[track_caller]
+    pub fn start_under(test: &str, wrapper: &[&str], args: &[&str]) -> ProcImage {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(PROC_IMAGE);
+        Self::start_command(test, cmd, args)
+    }
+
+    #[track_caller]
+    fn start_command(test: &str, mut cmd: Command, args: &[&str]) -> ProcImage {
         let pin_dir = pin_dir(test);
-        let mut child = Command::new(PROC_IMAGE)
-            .envs(env.iter().copied())
+        let mut child = cmd
             .arg("--json")
             .args(args)
             .arg("--pin-dir")

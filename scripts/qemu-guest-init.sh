@@ -10,9 +10,8 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
-mount -t tracefs none /sys/kernel/tracing
-mount -t debugfs none /sys/kernel/debug
-mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf
+# tracefs, debugfs and bpffs stay unmounted, as a fresh boot may leave
+# them: proc_image mounts what it needs (tracefs, bpffs) on these kernels too
 . /guest.env
 # the console also gets KERN_WARNING and the dumps that follow a soft
 # lockup report (printed at the default level): where a stalled guest is

@@ -650,9 +650,15 @@ fn group_dead_once(test: &str, env: &[(&str, &str)]) {
             && r["pid"] == pids[RUNS - 1])
     );
     let recs = pi.finish();
+    // (should one fail: whether proc_image counted records it lost)
+    let lost: Vec<&Value> = recs.iter().filter(|r| r["event"] == "lost").collect();
     for pid in pids {
         let exits = exits(&recs, pid);
-        assert_eq!(exits.len(), 7, "six threads and the leader exit: {exits:?}");
+        assert_eq!(
+            exits.len(),
+            7,
+            "six threads and the leader exit: {exits:?}\nlost: {lost:?}"
+        );
         let dead: Vec<&Value> = exits.iter().filter(|r| r["group_dead"] == true).collect();
         assert_eq!(
             dead.len(),

@@ -46,21 +46,28 @@ pub fn ensure_bpffs(mount_point: &Path) -> Result<()> {
         .with_context(|| format!("bpffs is not mounted at {}", mount_point.display()))
 }
 
-/// Where tracefs lives when a fresh boot has not mounted it.
-pub const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where tracefs's events can be: its own mount point (proc_image mounts
+/// it at the first when a fresh boot has not), then debugfs's tracing
+/// directory.
+pub const TRACING_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// Mount tracefs at /sys/kernel/tracing when neither it nor debugfs's
-/// tracing directory is there: libbpf reads a `tracepoint/` program's event
-/// id from one of them (keytime's exec hooks, futex), and a fresh boot may
-/// have mounted neither.
+/// The first of TRACING_DIRS whose tracepoint events can be read.
+pub fn tracing_dir() -> Option<&'static Path> {
+    TRACING_DIRS
+        .iter()
+        .map(Path::new)
+        .find(|dir| dir.join("events").is_dir())
+}
+
+/// Mount tracefs at /sys/kernel/tracing when no tracing directory is
+/// there: libbpf reads a `tracepoint/` program's event id from one
+/// (keytime's exec hooks, futex), and a fresh boot may have mounted none.
 pub fn ensure_tracefs() -> Result<()> {
-    let at = Path::new(TRACEFS);
-    if fs_magic(at).is_ok_and(|m| m == TRACEFS_MAGIC)
-        || Path::new("/sys/kernel/debug/tracing/events").is_dir()
-    {
+    let at = Path::new(TRACING_DIRS[0]);
+    if fs_magic(at).is_ok_and(|m| m == TRACEFS_MAGIC) || tracing_dir().is_some() {
         return Ok(());
     }
-    mount("tracefs", at, "").with_context(|| format!("tracefs is not mounted at {TRACEFS}"))
+    mount("tracefs", at, "").with_context(|| format!("tracefs is not mounted at {}", at.display()))
 }
 
 /// mount(2) a filesystem of type `fs` at `at`.

@@ -63,11 +63,8 @@ const OPTIONAL: &[&str] = &["futex_waitv", "futex_wait", "futex_wake", "futex_re
 /// Does this kernel have tracepoint syscalls/NAME? None: tracefs is not
 /// where we can look (then attaching says).
 fn has_syscall_tracepoint(name: &str) -> Option<bool> {
-    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
-        .iter()
-        .map(|root| std::path::Path::new(root).join("events/syscalls"))
-        .find(|dir| dir.is_dir())
-        .map(|dir| dir.join(name).is_dir())
+    let syscalls = crate::sys::tracing_dir()?.join("events/syscalls");
+    syscalls.is_dir().then(|| syscalls.join(name).is_dir())
 }
 
 impl Futex {
